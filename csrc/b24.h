@@ -1,0 +1,90 @@
+/* Internal interface of the bitrix24.core C module: the pure-C codecs (usable without Lua,
+ * which is how the fuzz targets drive them) and the registration hooks of each area. */
+#ifndef B24_H
+#define B24_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "b24_compat.h"
+
+#define B24_VERSION "0.1.0"
+
+/* ---- arena: bump allocator in malloc'd chunks, freed all at once -------------------------- */
+typedef struct b24_arena_chunk b24_arena_chunk;
+typedef struct b24_arena {
+    b24_arena_chunk *head;
+    size_t total; /* bytes handed out by malloc, for the caller's own accounting */
+} b24_arena;
+
+void *b24_arena_alloc(b24_arena *a, size_t size);
+void b24_arena_reset(b24_arena *a); /* keeps the first chunk for reuse */
+void b24_arena_free(b24_arena *a);
+
+/* ---- form (PHP parse_str) parse tree ------------------------------------------------------ */
+typedef struct b24_form_array b24_form_array;
+
+typedef struct b24_form_value {
+    const char *str; /* the scalar, when arr is NULL */
+    size_t len;
+    b24_form_array *arr;
+} b24_form_value;
+
+typedef struct b24_form_entry {
+    const char *key; /* NULL for an integer key that had no text (an append) */
+    size_t key_len;
+    int64_t ikey;
+    int is_int;
+    int32_t next; /* next entry in the same hash bucket, -1 at the end */
+    uint32_t hash;
+    b24_form_value value;
+} b24_form_entry;
+
+struct b24_form_array {
+    b24_form_entry *entries; /* in insertion order */
+    uint32_t count, cap;
+    int32_t *buckets; /* NULL while the array is small enough for a linear scan */
+    uint32_t nbuckets;
+    int64_t next_free; /* PHP's nNextFreeElement; INT64_MIN until an integer key is inserted */
+    int is_list;       /* keys are exactly 0..count-1 in insertion order */
+};
+
+typedef struct b24_form_limits {
+    size_t max_depth, max_pairs, max_size;
+} b24_form_limits;
+
+#define B24_FORM_MAX_DEPTH 64
+#define B24_FORM_MAX_PAIRS 10000
+#define B24_FORM_MAX_SIZE (1024 * 1024)
+#define B24_FORM_DEPTH_CAP 1000 /* a configured depth above this is refused: C recursion */
+
+typedef enum {
+    B24_FORM_OK = 0,
+    B24_FORM_TOO_LARGE,
+    B24_FORM_TOO_MANY,
+    B24_FORM_TOO_DEEP,
+    B24_FORM_NO_MEMORY
+} b24_form_status;
+
+/* Parses s as PHP parse_str does into a tree allocated in arena; *root is set on success. */
+b24_form_status b24_form_parse(const char *s, size_t len, const b24_form_limits *limits,
+                               b24_arena *arena, b24_form_array **root);
+
+/* ---- codecs --------------------------------------------------------------------------------- */
+size_t b24_hex_encode(const unsigned char *in, size_t len, char *out); /* out: 2*len bytes */
+/* Returns 0 and the decoded length, or -1 with *bad at the offending offset. */
+int b24_hex_decode(const char *in, size_t len, unsigned char *out, size_t *outlen, size_t *bad);
+
+#define B24_BASE64_ENCODED_LEN(n) ((((n) + 2) / 3) * 4)
+size_t b24_base64_encode(const unsigned char *in, size_t len, int url, char *out);
+/* Accepts padded and unpadded input of the chosen alphabet; out needs 3*len/4 + 3 bytes. */
+int b24_base64_decode(const char *in, size_t len, int url, unsigned char *out, size_t *outlen,
+                      const char **why);
+
+/* ---- registration of each area into the module table on the top of the stack ----------- */
+void b24_form_open(lua_State *L);
+void b24_crypto_open(lua_State *L);
+void b24_http_open(lua_State *L);
+void b24_time_open(lua_State *L);
+
+#endif /* B24_H */

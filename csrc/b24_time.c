@@ -1,0 +1,39 @@
+/* now() and sleep() for hosts that bring no clock of their own (nginx brings ngx.now/sleep). */
+#include <errno.h>
+#include <math.h>
+#include <time.h>
+
+#include "b24.h"
+
+/* now() -> monotonic seconds as a float; only differences between calls mean anything */
+static int l_now(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    return 1;
+}
+
+/* sleep(seconds): blocks the calling thread; a signal does not cut it short */
+static int l_sleep(lua_State *L)
+{
+    lua_Number s = luaL_checknumber(L, 1);
+    luaL_argcheck(L, s >= 0 && s <= 1e9, 1, "seconds from 0 to 1e9 expected");
+    struct timespec ts;
+    ts.tv_sec = (time_t)s;
+    ts.tv_nsec = (long)((s - floor(s)) * 1e9);
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+        ;
+    return 0;
+}
+
+static const luaL_Reg time_funcs[] = {
+    {"now", l_now},
+    {"sleep", l_sleep},
+    {NULL, NULL},
+};
+
+void b24_time_open(lua_State *L)
+{
+    luaL_setfuncs(L, time_funcs, 0);
+}
