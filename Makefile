@@ -18,10 +18,7 @@ SO54  := $(BUILD)/5.4/bitrix24/core.so
 SO51  := $(BUILD)/5.1/bitrix24/core.so
 ASAN  := $(BUILD)/asan/bitrix24/core.so
 
-BUSTED_5_4 := busted --lua=lua5.4 --run=lua54
-BUSTED_5_1 := busted --lua=luajit --run=luajit
-
-.PHONY: all test test-5.4 test-5.1 check fuzz fuzz-run bench clean format lint
+.PHONY: all test check fuzz fuzz-run bench clean format lint
 
 all: $(SO54) $(SO51)
 
@@ -33,30 +30,19 @@ $(SO51): $(SRC) $(HDR)
 	@mkdir -p $(@D)
 	$(CC) $(BASE) $(CFLAGS) $(LUA51_INC) -shared -o $@ $(SRC) $(LIBS)
 
-# Both interpreters; each run prints busted's own summary. `.ci/run` adds them up.
+# Both interpreters; scripts/test.sh prints each run's failures and "N passed, N failed".
 test: all
-	$(BUSTED_5_4) $(BUSTED_ARGS)
-	$(BUSTED_5_1) $(BUSTED_ARGS)
-
-test-5.4: $(SO54)
-	$(BUSTED_5_4) $(BUSTED_ARGS)
-
-test-5.1: $(SO51)
-	$(BUSTED_5_1) $(BUSTED_ARGS)
+	scripts/test.sh lua5.4 luajit
 
 # The whole suite with the module built under AddressSanitizer + UndefinedBehaviorSanitizer.
-# The interpreter is not instrumented, so the runtime is preloaded; any report fails the run.
-ASAN_RT := $(shell $(CC) -print-file-name=libasan.so)
+# The interpreter is not instrumented, so scripts/test.sh preloads the runtime; any report fails.
 $(ASAN): $(SRC) $(HDR)
 	@mkdir -p $(@D)
 	$(CC) $(BASE) -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
 	  -fno-sanitize-recover=all $(LUA54_INC) -shared -o $@ $(SRC) $(LIBS)
 
 check: $(ASAN)
-	LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:halt_on_error=1 \
-	  LSAN_OPTIONS=suppressions=$(CURDIR)/.lsan-suppressions:print_suppressions=0 \
-	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  B24_CPATH=$(CURDIR)/$(BUILD)/asan/?.so busted --lua=lua5.4 --run=lua54 $(BUSTED_ARGS)
+	scripts/test.sh sanitizers
 
 # libFuzzer targets (clang): the form parser and the hex/base64 decoders.
 FUZZ_TARGETS := form_decode base64_decode hex_decode

@@ -1,0 +1,56 @@
+rockspec_format = "3.0"
+package = "bitrix24"
+version = "scm-1"
+
+source = {
+   url = "git+https://github.com/bitrix24-lua/bitrix24.git",
+}
+
+description = {
+   summary = "Bitrix24 REST API and events for Lua, with a C core",
+   detailed = [[
+A Bitrix24 client (incoming webhooks: calls, batches, fast exports under the portal's rate
+limits) and event receiver (outgoing webhooks: parse, verify, route), with a C core on
+libcurl and OpenSSL for HTTP, PHP-compatible form marshaling and HMAC.
+Works on Lua 5.1-5.4, LuaJIT and OpenResty.]],
+   homepage = "https://github.com/bitrix24-lua/bitrix24",
+   license = "MIT",
+}
+
+dependencies = {
+   "lua >= 5.1",
+   "lua-cjson",
+}
+
+external_dependencies = {
+   -- Debian keeps curl/curl.h under a multiarch directory the compiler searches but luarocks
+   -- does not, so the library alone locates libcurl.
+   CURL = { library = "curl" },
+   OPENSSL = { header = "openssl/hmac.h", library = "crypto" },
+}
+
+build = {
+   type = "builtin",
+   modules = {
+      ["bitrix24.core"] = {
+         sources = {
+            "csrc/b24_arena.c",
+            "csrc/b24_core.c",
+            "csrc/b24_crypto.c",
+            "csrc/b24_form.c",
+            "csrc/b24_form_parse.c",
+            "csrc/b24_http.c",
+            "csrc/b24_time.c",
+         },
+         defines = { "_DEFAULT_SOURCE" },
+         incdirs = { "csrc", "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
+         libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
+         libraries = { "curl", "crypto", "pthread", "m" },
+      },
+      ["bitrix24"] = "lua/bitrix24/init.lua",
+   },
+}
+
+test = {
+   type = "busted",
+}

@@ -1,0 +1,10 @@
+-- bitrix24: Bitrix24 REST API and events for Lua. The C mechanism lives in bitrix24.core;
+-- this module is the policy layer users require.
+local core = require "bitrix24.core"
+
+local _M = {
+   _VERSION = core._VERSION,
+   core = core,
+}
+
+return _M

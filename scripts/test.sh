@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs the busted suite under Lua 5.4, under LuaJIT, and under Lua 5.4 with the module built
+# with AddressSanitizer + UndefinedBehaviorSanitizer (scripts/test.sh [lua5.4|luajit|sanitizers…]); ends with the line "N passed, N failed"
+# counted from busted's TAP output of all runs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+log=$(mktemp -d)
+trap 'rm -rf "$log"' EXIT
+passed=0 failed=0 status=0
+
+run() { # name, command…
+  local name=$1; shift
+  echo "== $name"
+  "$@" -o TAP > "$log/$name.tap" 2> "$log/$name.err"
+  local rc=$?
+  local p f
+  p=$(grep -c '^ok ' "$log/$name.tap")
+  f=$(grep -c '^not ok ' "$log/$name.tap")
+  if [[ $f -gt 0 || $rc -ne 0 ]]; then
+    sed -n '/^not ok/,/^ok /p' "$log/$name.tap" | grep -v '^ok ' | head -200
+    tail -40 "$log/$name.err"
+    status=1
+    [[ $f -eq 0 ]] && f=1 # the runner itself failed (a crash, a sanitizer report)
+  fi
+  echo "$name: $p passed, $f failed"
+  passed=$((passed + p)) failed=$((failed + f))
+}
+
+[[ $# -gt 0 ]] || set -- lua5.4 luajit sanitizers
+for name in "$@"; do
+  case $name in
+    lua5.4) run lua5.4 busted --lua=lua5.4 --run=lua54 ;;
+    luajit) run luajit busted --lua=luajit --run=luajit ;;
+    sanitizers)
+      if make -s build/asan/bitrix24/core.so > "$log/asan-build.log" 2>&1; then
+        run sanitizers env LD_PRELOAD="$(cc -print-file-name=libasan.so)" \
+          ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:halt_on_error=1 \
+          UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+          B24_CPATH="$PWD/build/asan/?.so" busted --lua=lua5.4 --run=lua54
+      else
+        cat "$log/asan-build.log"; failed=$((failed + 1)); status=1
+      fi ;;
+    *) echo "unknown run '$name' (lua5.4, luajit, sanitizers)" >&2; exit 2 ;;
+  esac
+done
+
+echo "$passed passed, $failed failed"
+exit $status
