@@ -16,11 +16,15 @@ HDR := $(wildcard csrc/*.h)
 BUILD := build
 SO54  := $(BUILD)/5.4/bitrix24/core.so
 SO51  := $(BUILD)/5.1/bitrix24/core.so
+B24   := $(BUILD)/b24
+HOST_SRC := $(sort $(wildcard csrc/host/*.c))
+LUA_SRC  := $(sort $(wildcard lua/bitrix24/*.lua))
+PREFIX ?= /usr/local
 ASAN  := $(BUILD)/asan/bitrix24/core.so
 
-.PHONY: all test check fuzz fuzz-run bench clean format lint
+.PHONY: all test check install fuzz fuzz-run bench clean format lint
 
-all: $(SO54) $(SO51)
+all: $(SO54) $(SO51) $(B24)
 
 $(SO54): $(SRC) $(HDR)
 	@mkdir -p $(@D)
@@ -29,6 +33,19 @@ $(SO54): $(SRC) $(HDR)
 $(SO51): $(SRC) $(HDR)
 	@mkdir -p $(@D)
 	$(CC) $(BASE) $(CFLAGS) $(LUA51_INC) -shared -o $@ $(SRC) $(LIBS)
+
+# The b24 program: the C core and the Lua layer linked in, on Lua 5.4 and libmicrohttpd.
+$(BUILD)/b24_embedded.c: $(LUA_SRC) scripts/embed.lua
+	@mkdir -p $(@D)
+	lua5.4 scripts/embed.lua $(LUA_SRC) > $@
+
+$(B24): $(SRC) $(HDR) $(HOST_SRC) csrc/host/b24_host.h $(BUILD)/b24_embedded.c
+	$(CC) $(BASE) -fvisibility=default $(CFLAGS) $(LUA54_INC) -Icsrc -Icsrc/host -o $@ \
+	  $(SRC) $(HOST_SRC) $(BUILD)/b24_embedded.c $(LIBS) -llua5.4 -lmicrohttpd -Wl,-E
+
+install: $(B24)
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 755 $(B24) $(DESTDIR)$(PREFIX)/bin/b24
 
 # Both interpreters; scripts/test.sh prints each run's failures and "N passed, N failed".
 test: all

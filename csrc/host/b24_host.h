@@ -1,0 +1,56 @@
+/* Internal interface of the b24 program: logging, Lua states, metrics, the server. */
+#ifndef B24_HOST_H
+#define B24_HOST_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lua.h>
+
+/* ---- log: one line per call on stderr, logfmt or JSON, secrets masked ------------------- */
+typedef enum { B24_DEBUG, B24_INFO, B24_WARN, B24_ERROR } b24_level;
+
+int b24_log_configure(const char *format, const char *level); /* -1 on an unknown name */
+int b24_log_enabled(b24_level level);
+/* Logs msg with key/value string pairs, terminated by NULL. Values are masked. */
+void b24_log(b24_level level, const char *msg, ...);
+/* Copies s into out (size n) with webhook codes, tokens and secrets replaced by "***". */
+size_t b24_mask(const char *s, size_t len, char *out, size_t n);
+
+/* ---- Lua states ------------------------------------------------------------------------- */
+/* A fresh state with the standard libraries and bitrix24 (C core and Lua layer) preloaded. */
+lua_State *b24_state_new(void);
+/* lua_pcall with a traceback handler; on error the message (with traceback) is on the stack. */
+int b24_state_call(lua_State *L, int nargs, int nresults);
+/* Loads and runs a script's text; on success its first result is on the stack. */
+int b24_state_run_script(lua_State *L, const char *path, const char *src, size_t len, int nargs);
+/* Reads a whole file; NULL with errno set on failure. Caller frees. */
+char *b24_read_file(const char *path, size_t *len);
+double b24_now(void);
+
+/* ---- metrics (process-wide, lock-free) ------------------------------------------------- */
+void b24_metrics_request(int status, double seconds);
+void b24_metrics_handler_error(void);
+void b24_metrics_reload(int ok);
+void b24_metrics_in_flight(int delta);
+long b24_metrics_in_flight_now(void);
+/* Renders the Prometheus text format into a malloc'd string. */
+char *b24_metrics_render(size_t *len);
+
+/* ---- commands --------------------------------------------------------------------------- */
+int b24_cmd_serve(int argc, char **argv);
+int b24_cmd_run(int argc, char **argv);
+
+/* Embedded Lua modules of the bitrix24 rock (generated from lua/ by scripts/embed.lua). */
+typedef struct b24_embedded {
+    const char *name;
+    const char *path;
+    const unsigned char *src;
+    size_t len;
+} b24_embedded;
+extern const b24_embedded b24_embedded_modules[];
+
+int luaopen_bitrix24_core(lua_State *L);
+
+#endif

@@ -1,0 +1,116 @@
+/* Process-wide counters for /metrics and /healthz, updated with relaxed atomics. */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "b24_host.h"
+
+static const double bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                0.1,    0.25,  0.5,    1,     2.5,   5,     10};
+#define NBOUNDS (sizeof bounds / sizeof bounds[0])
+
+static atomic_ulong by_status[600];
+static atomic_ulong buckets[NBOUNDS + 1];
+static atomic_ulong duration_us_sum;
+static atomic_ulong handler_errors;
+static atomic_ulong reloads_ok, reloads_failed;
+static atomic_long in_flight;
+
+void b24_metrics_request(int status, double seconds)
+{
+    if (status >= 100 && status < 600)
+        atomic_fetch_add_explicit(&by_status[status], 1, memory_order_relaxed);
+    size_t b = 0;
+    while (b < NBOUNDS && seconds > bounds[b])
+        b++;
+    atomic_fetch_add_explicit(&buckets[b], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&duration_us_sum, (unsigned long)(seconds * 1e6), memory_order_relaxed);
+}
+
+void b24_metrics_handler_error(void)
+{
+    atomic_fetch_add_explicit(&handler_errors, 1, memory_order_relaxed);
+}
+
+void b24_metrics_reload(int ok)
+{
+    atomic_fetch_add_explicit(ok ? &reloads_ok : &reloads_failed, 1, memory_order_relaxed);
+}
+
+void b24_metrics_in_flight(int delta)
+{
+    atomic_fetch_add_explicit(&in_flight, delta, memory_order_relaxed);
+}
+
+long b24_metrics_in_flight_now(void)
+{
+    return atomic_load_explicit(&in_flight, memory_order_relaxed);
+}
+
+typedef struct out {
+    char *buf;
+    size_t len, cap;
+} out;
+
+static void put(out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(out *o, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = o->buf ? vsnprintf(o->buf + o->len, o->cap - o->len, fmt, ap) : -1;
+        va_end(ap);
+        if (n >= 0 && (size_t)n < o->cap - o->len) {
+            o->len += (size_t)n;
+            return;
+        }
+        size_t cap = o->cap ? o->cap * 2 : 4096;
+        char *b = realloc(o->buf, cap);
+        if (b == NULL)
+            return; /* rendered short rather than not at all */
+        o->buf = b;
+        o->cap = cap;
+    }
+}
+
+char *b24_metrics_render(size_t *len)
+{
+    out o = {NULL, 0, 0};
+    put(&o, "# HELP b24_requests_total HTTP requests answered, by status code.\n"
+            "# TYPE b24_requests_total counter\n");
+    for (int s = 100; s < 600; s++) {
+        unsigned long n = atomic_load_explicit(&by_status[s], memory_order_relaxed);
+        if (n)
+            put(&o, "b24_requests_total{code=\"%d\"} %lu\n", s, n);
+    }
+    put(&o, "# HELP b24_handler_errors_total Handler calls that raised an error.\n"
+            "# TYPE b24_handler_errors_total counter\n"
+            "b24_handler_errors_total %lu\n",
+        atomic_load_explicit(&handler_errors, memory_order_relaxed));
+    put(&o, "# HELP b24_in_flight_requests Requests being received or handled now.\n"
+            "# TYPE b24_in_flight_requests gauge\n"
+            "b24_in_flight_requests %ld\n",
+        b24_metrics_in_flight_now());
+    put(&o, "# HELP b24_reloads_total Script reloads on SIGHUP, by result.\n"
+            "# TYPE b24_reloads_total counter\n"
+            "b24_reloads_total{result=\"ok\"} %lu\n"
+            "b24_reloads_total{result=\"failed\"} %lu\n",
+        atomic_load_explicit(&reloads_ok, memory_order_relaxed),
+        atomic_load_explicit(&reloads_failed, memory_order_relaxed));
+    put(&o, "# HELP b24_request_duration_seconds Time from request start to response queued.\n"
+            "# TYPE b24_request_duration_seconds histogram\n");
+    unsigned long cumulative = 0;
+    for (size_t b = 0; b <= NBOUNDS; b++) {
+        cumulative += atomic_load_explicit(&buckets[b], memory_order_relaxed);
+        if (b < NBOUNDS)
+            put(&o, "b24_request_duration_seconds_bucket{le=\"%g\"} %lu\n", bounds[b], cumulative);
+        else
+            put(&o, "b24_request_duration_seconds_bucket{le=\"+Inf\"} %lu\n", cumulative);
+    }
+    put(&o, "b24_request_duration_seconds_sum %.6f\n",
+        (double)atomic_load_explicit(&duration_us_sum, memory_order_relaxed) / 1e6);
+    put(&o, "b24_request_duration_seconds_count %lu\n", cumulative);
+    *len = o.len;
+    return o.buf;
+}

@@ -1,0 +1,817 @@
+/* b24 serve: GNU libmicrohttpd with an internal epoll thread pool; one lua_State per thread,
+ * created on the thread's first request, so no Lua value ever crosses threads. Each state
+ * keeps the script's handler at stack index 1. SIGHUP publishes a new script generation that
+ * every thread picks up before its next request; SIGTERM/SIGINT stop accepting, let the
+ * requests in flight finish, and exit 0. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <microhttpd.h>
+
+#include "b24_host.h"
+
+#define B24_VERSION_STRING "0.1.0"
+
+typedef struct options {
+    const char *listen;
+    long workers;
+    size_t max_body;
+    unsigned client_timeout;
+    double drain_timeout;
+    const char *script;
+} options;
+
+static options opt;
+static double started_at;
+static atomic_int stopping;
+
+/* ---- the script: one published generation, taken by threads when they build a state -------- */
+
+typedef struct script {
+    char *src;
+    size_t len;
+    unsigned generation;
+    int refs; /* the published pointer counts as one */
+} script;
+
+static pthread_mutex_t script_lock = PTHREAD_MUTEX_INITIALIZER;
+static script *current;
+static atomic_uint generation;
+
+static script *script_take(void)
+{
+    pthread_mutex_lock(&script_lock);
+    script *s = current;
+    s->refs++;
+    pthread_mutex_unlock(&script_lock);
+    return s;
+}
+
+static void script_release(script *s)
+{
+    pthread_mutex_lock(&script_lock);
+    int last = --s->refs == 0;
+    pthread_mutex_unlock(&script_lock);
+    if (last) {
+        free(s->src);
+        free(s);
+    }
+}
+
+/* [-1, +1] true when the value is a function, or a table whose handle is a function; run
+ * under lua_pcall since a router's handle may come from an __index metamethod. */
+static int is_handler(lua_State *L)
+{
+    int ok = lua_type(L, 1) == LUA_TFUNCTION;
+    if (!ok && lua_type(L, 1) == LUA_TTABLE) {
+        lua_getfield(L, 1, "handle");
+        ok = lua_type(L, -1) == LUA_TFUNCTION;
+    }
+    lua_pushboolean(L, ok);
+    return 1;
+}
+
+/* Loads src into a fresh state and checks what it returns: a function handler(request), or a
+ * table with a handle method (a router). NULL and the message in err on failure. */
+static lua_State *load_state(const char *src, size_t len, char *err, size_t errlen)
+{
+    lua_State *L = b24_state_new();
+    if (L == NULL) {
+        snprintf(err, errlen, "cannot create a Lua state (out of memory)");
+        return NULL;
+    }
+    if (b24_state_run_script(L, opt.script, src, len, 0) != LUA_OK) {
+        const char *m = lua_tostring(L, -1);
+        snprintf(err, errlen, "%s", m ? m : "(error object is not a string)");
+        lua_close(L);
+        return NULL;
+    }
+    lua_pushcfunction(L, is_handler);
+    lua_pushvalue(L, -2);
+    int ok = b24_state_call(L, 1, 1) == LUA_OK && lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (!ok) {
+        snprintf(err, errlen,
+                 "%s: the script must return a function handler(request) or a table with a "
+                 "handle method, not a %s value",
+                 opt.script, luaL_typename(L, -1));
+        lua_close(L);
+        return NULL;
+    }
+    lua_settop(L, 1); /* [1] = the handler, kept for the state's life */
+    return L;
+}
+
+/* ---- per-thread states -------------------------------------------------------------------- */
+
+typedef struct worker {
+    lua_State *L;
+    unsigned generation;
+    struct worker *next;
+} worker;
+
+static __thread worker *this_worker;
+static pthread_mutex_t workers_lock = PTHREAD_MUTEX_INITIALIZER;
+static worker *workers;
+
+/* This thread's state, built or rebuilt when the published generation moved on. */
+static worker *get_worker(void)
+{
+    worker *w = this_worker;
+    unsigned gen = atomic_load(&generation);
+    if (w && w->generation == gen)
+        return w;
+    script *s = script_take();
+    char err[2048];
+    lua_State *L = load_state(s->src, s->len, err, sizeof err);
+    unsigned sgen = s->generation;
+    script_release(s);
+    if (L == NULL) {
+        b24_log(B24_ERROR, "script failed to load in a worker; keeping the previous one", "error",
+                err, NULL);
+        if (w)
+            w->generation = sgen; /* do not retry on every request */
+        return w;
+    }
+    if (w == NULL) {
+        w = calloc(1, sizeof *w);
+        if (w == NULL) {
+            lua_close(L);
+            return NULL;
+        }
+        pthread_mutex_lock(&workers_lock);
+        w->next = workers;
+        workers = w;
+        pthread_mutex_unlock(&workers_lock);
+        this_worker = w;
+    } else {
+        lua_close(w->L);
+    }
+    w->L = L;
+    w->generation = sgen;
+    return w;
+}
+
+/* ---- requests --------------------------------------------------------------------------- */
+
+typedef struct header {
+    const char *name, *value;
+    size_t name_len, value_len;
+} header;
+
+typedef struct request {
+    char *uri; /* as sent: path?query */
+    double t0;
+    int started, responded, status;
+    char *body;
+    size_t body_len, body_cap;
+    header *headers;
+    size_t nheaders, headers_cap;
+    char remote[64];
+    char method[24];
+} request;
+
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
+{
+    request *r = calloc(1, sizeof *r);
+    if (r)
+        r->uri = strdup(uri);
+    return r;
+}
+
+static void request_free(request *r)
+{
+    free(r->uri);
+    free(r->body);
+    free(r->headers);
+    free(r);
+}
+
+static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                      size_t key_len, const char *value, size_t value_len)
+{
+    request *r = cls;
+    if (r->nheaders == r->headers_cap) {
+        size_t cap = r->headers_cap ? r->headers_cap * 2 : 16;
+        header *h = realloc(r->headers, cap * sizeof *h);
+        if (h == NULL)
+            return MHD_NO;
+        r->headers = h;
+        r->headers_cap = cap;
+    }
+    header *h = &r->headers[r->nheaders++];
+    h->name = key;
+    h->name_len = key_len;
+    h->value = value ? value : "";
+    h->value_len = value ? value_len : 0;
+    return MHD_YES;
+}
+
+static void remote_address(struct MHD_Connection *c, char *out, size_t n)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    out[0] = '\0';
+    if (ci == NULL || ci->client_addr == NULL)
+        return;
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out, (socklen_t)n);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out, (socklen_t)n);
+}
+
+static enum MHD_Result respond(struct MHD_Connection *c, request *r, int status,
+                               const char *type, const char *body, size_t len)
+{
+    struct MHD_Response *res =
+        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (res == NULL)
+        return MHD_NO;
+    if (type)
+        MHD_add_response_header(res, "Content-Type", type);
+    if (atomic_load(&stopping))
+        MHD_add_response_header(res, "Connection", "close");
+    enum MHD_Result ok = MHD_queue_response(c, (unsigned)status, res);
+    MHD_destroy_response(res);
+    r->responded = 1;
+    r->status = status;
+    return ok;
+}
+
+#define JSON "application/json"
+
+static enum MHD_Result respond_error(struct MHD_Connection *c, request *r, int status,
+                                     const char *reason)
+{
+    char body[512];
+    int n = snprintf(body, sizeof body, "{\"error\":\"%s\"}", reason);
+    return respond(c, r, status, JSON, body, (size_t)n);
+}
+
+/* Runs inside lua_pcall: builds the request table, calls the handler, and normalises what it
+ * returns to (status, {name, value, name, value, …}, body) of checked types. */
+static int dispatch(lua_State *L)
+{
+    request *r = lua_touserdata(L, 2);
+    struct MHD_Connection *c = lua_touserdata(L, 3);
+    (void)c;
+    lua_settop(L, 1);
+    int is_table = lua_type(L, 1) == LUA_TTABLE;
+    if (is_table) {
+        lua_getfield(L, 1, "handle");
+        lua_pushvalue(L, 1);
+    } else {
+        lua_pushvalue(L, 1);
+    }
+    lua_createtable(L, 0, 6);
+    lua_pushstring(L, r->method);
+    lua_setfield(L, -2, "method");
+    const char *q = strchr(r->uri, '?');
+    if (q) {
+        lua_pushlstring(L, r->uri, (size_t)(q - r->uri));
+        lua_setfield(L, -2, "path");
+        lua_pushstring(L, q + 1);
+    } else {
+        lua_pushstring(L, r->uri);
+        lua_setfield(L, -2, "path");
+        lua_pushliteral(L, "");
+    }
+    lua_setfield(L, -2, "query");
+    lua_pushlstring(L, r->body ? r->body : "", r->body_len);
+    lua_setfield(L, -2, "body");
+    lua_pushstring(L, r->remote);
+    lua_setfield(L, -2, "remote_addr");
+    lua_createtable(L, 0, (int)r->nheaders);
+    for (size_t i = 0; i < r->nheaders; i++) {
+        const header *h = &r->headers[i];
+        luaL_Buffer b;
+        luaL_buffinit(L, &b);
+        for (size_t k = 0; k < h->name_len; k++) {
+            char ch = h->name[k];
+            luaL_addchar(&b, (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch);
+        }
+        luaL_pushresult(&b);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, -3);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushlstring(L, h->value, h->value_len);
+        } else { /* a repeated header: joined as RFC 9110 allows */
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, h->value, h->value_len);
+            lua_concat(L, 3);
+        }
+        lua_rawset(L, -3);
+    }
+    lua_setfield(L, -2, "headers");
+    lua_call(L, is_table ? 2 : 1, 3);
+
+    /* [2] status [3] headers [4] body */
+    if (!lua_isinteger(L, 2) || lua_tointeger(L, 2) < 100 || lua_tointeger(L, 2) > 599)
+        return luaL_error(L, "handler returned a bad status (an integer from 100 to 599 expected, "
+                             "got %s)", luaL_typename(L, 2));
+    lua_newtable(L); /* [5] flat header list */
+    if (!lua_isnil(L, 3)) {
+        if (!lua_istable(L, 3))
+            return luaL_error(L, "handler returned bad headers (a table expected, got %s)",
+                              luaL_typename(L, 3));
+        int n = 0;
+        lua_pushnil(L);
+        while (lua_next(L, 3)) {
+            size_t nl, vl;
+            if (lua_type(L, -2) != LUA_TSTRING ||
+                (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER))
+                return luaL_error(L, "handler returned a bad header (string name and value expected)");
+            lua_pushvalue(L, -2); /* copies: tolstring must not touch the key lua_next needs */
+            const char *name = lua_tolstring(L, -1, &nl);
+            lua_pushvalue(L, -2);
+            const char *value = lua_tolstring(L, -1, &vl);
+            if (nl == 0 || strcspn(name, "\r\n:") != nl || strcspn(value, "\r\n") != vl ||
+                strlen(name) != nl || strlen(value) != vl)
+                return luaL_error(L, "handler returned a bad header (CR, LF, NUL or ':' in a name)");
+            lua_rawseti(L, 5, n + 2); /* the value */
+            lua_rawseti(L, 5, n + 1); /* the name */
+            n += 2;
+            lua_pop(L, 1);
+        }
+    }
+    lua_replace(L, 3);
+    if (!lua_isnil(L, 4) && lua_type(L, 4) != LUA_TSTRING) {
+        if (lua_type(L, 4) != LUA_TNUMBER)
+            return luaL_error(L, "handler returned a bad body (a string expected, got %s)",
+                              luaL_typename(L, 4));
+        lua_tostring(L, 4); /* converts in place, inside the protected call */
+    }
+    lua_settop(L, 4);
+    return 3;
+}
+
+static enum MHD_Result run_handler(struct MHD_Connection *c, request *r)
+{
+    worker *w = get_worker();
+    if (w == NULL)
+        return respond_error(c, r, 500, "internal error");
+    lua_State *L = w->L;
+    MHD_get_connection_values_n(c, MHD_HEADER_KIND, collect_header, r);
+    lua_settop(L, 1);
+    lua_pushcfunction(L, dispatch);
+    lua_pushvalue(L, 1);
+    lua_pushlightuserdata(L, r);
+    lua_pushlightuserdata(L, c);
+    if (b24_state_call(L, 3, 3) != LUA_OK) {
+        b24_metrics_handler_error();
+        const char *m = lua_tostring(L, -1);
+        b24_log(B24_ERROR, "handler failed", "method", r->method, "path", r->uri, "error",
+                m ? m : "?", NULL);
+        lua_settop(L, 1);
+        return respond_error(c, r, 500, "internal error");
+    }
+    /* [2] status [3] headers (flat) [4] body: all checked; nothing here can raise */
+    int status = (int)lua_tointeger(L, 2);
+    size_t blen = 0;
+    const char *body = lua_isnil(L, 4) ? "" : lua_tolstring(L, 4, &blen);
+    struct MHD_Response *res =
+        MHD_create_response_from_buffer(blen, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (res == NULL) {
+        lua_settop(L, 1);
+        return respond_error(c, r, 500, "internal error");
+    }
+    size_t n = lua_rawlen(L, 3);
+    for (size_t i = 1; i + 1 <= n; i += 2) {
+        lua_rawgeti(L, 3, (lua_Integer)i);
+        lua_rawgeti(L, 3, (lua_Integer)i + 1);
+        const char *name = lua_tostring(L, -2), *value = lua_tostring(L, -1);
+        if (strcasecmp(name, "Content-Length") != 0)
+            MHD_add_response_header(res, name, value);
+        lua_pop(L, 2);
+    }
+    if (atomic_load(&stopping))
+        MHD_add_response_header(res, "Connection", "close");
+    enum MHD_Result ok = MHD_queue_response(c, (unsigned)status, res);
+    MHD_destroy_response(res);
+    r->responded = 1;
+    r->status = status;
+    lua_settop(L, 1);
+    return ok;
+}
+
+static enum MHD_Result serve_healthz(struct MHD_Connection *c, request *r)
+{
+    char body[256];
+    int n = snprintf(body, sizeof body,
+                     "{\"status\":\"%s\",\"version\":\"%s\",\"in_flight\":%ld,\"uptime_seconds\":%.0f}",
+                     atomic_load(&stopping) ? "stopping" : "ok", B24_VERSION_STRING,
+                     b24_metrics_in_flight_now() - 1, b24_now() - started_at);
+    return respond(c, r, atomic_load(&stopping) ? 503 : 200, JSON, body, (size_t)n);
+}
+
+static enum MHD_Result serve_metrics(struct MHD_Connection *c, request *r)
+{
+    size_t len = 0;
+    char *text = b24_metrics_render(&len);
+    if (text == NULL)
+        return respond_error(c, r, 500, "internal error");
+    enum MHD_Result ok = respond(c, r, 200, "text/plain; version=0.0.4", text, len);
+    free(text);
+    return ok;
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char *url,
+                                 const char *method, const char *version, const char *upload,
+                                 size_t *upload_size, void **con_cls)
+{
+    request *r = *con_cls;
+    if (r == NULL || r->uri == NULL)
+        return MHD_NO; /* out of memory in on_uri: drop the connection */
+    if (!r->started) {
+        r->started = 1;
+        r->t0 = b24_now();
+        b24_metrics_in_flight(1);
+        snprintf(r->method, sizeof r->method, "%s", method);
+        remote_address(c, r->remote, sizeof r->remote);
+        size_t plen = strcspn(r->uri, "?");
+        int get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+        if (get && plen == 8 && memcmp(r->uri, "/healthz", 8) == 0)
+            return serve_healthz(c, r);
+        if (get && plen == 8 && memcmp(r->uri, "/metrics", 8) == 0)
+            return serve_metrics(c, r);
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+        if (cl) {
+            char *end;
+            errno = 0;
+            unsigned long long n = strtoull(cl, &end, 10);
+            if (errno || *end || n > opt.max_body) /* refused before a byte of it is read */
+                return respond_error(c, r, 413, "request body too large");
+        }
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        size_t n = *upload_size;
+        *upload_size = 0;
+        if (r->responded)
+            return MHD_YES;
+        if (r->body_len + n > opt.max_body) /* a chunked body that grew too large */
+            return respond_error(c, r, 413, "request body too large");
+        if (r->body_len + n > r->body_cap) {
+            size_t cap = r->body_cap ? r->body_cap : 4096;
+            while (cap < r->body_len + n)
+                cap *= 2;
+            char *b = realloc(r->body, cap);
+            if (b == NULL)
+                return respond_error(c, r, 500, "internal error");
+            r->body = b;
+            r->body_cap = cap;
+        }
+        memcpy(r->body + r->body_len, upload, n);
+        r->body_len += n;
+        return MHD_YES;
+    }
+    if (r->responded)
+        return MHD_YES;
+    return run_handler(c, r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    request *r = *con_cls;
+    if (r == NULL)
+        return;
+    *con_cls = NULL;
+    if (r->started) {
+        double d = b24_now() - r->t0;
+        b24_metrics_in_flight(-1);
+        b24_metrics_request(r->status, d);
+        int internal = strncmp(r->uri, "/healthz", 8) == 0 || strncmp(r->uri, "/metrics", 8) == 0;
+        b24_level level = internal ? B24_DEBUG : r->status >= 500 ? B24_WARN : B24_INFO;
+        if (b24_log_enabled(level)) {
+            char status[16], ms[32], bytes[32];
+            snprintf(status, sizeof status, "%d", r->status);
+            snprintf(ms, sizeof ms, "%.3f", d * 1000);
+            snprintf(bytes, sizeof bytes, "%zu", r->body_len);
+            b24_log(level, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "request" : "request aborted",
+                    "method", r->method, "path", r->uri, "status", status, "duration_ms", ms,
+                    "bytes_in", bytes, "remote", r->remote, NULL);
+        }
+    }
+    request_free(r);
+}
+
+static void mhd_logger(void *cls, const char *fmt, va_list ap)
+{
+    char msg[1024];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
+    b24_log(B24_DEBUG, "libmicrohttpd", "detail", msg, NULL);
+}
+
+/* ---- options, start, signals ------------------------------------------------------------ */
+
+static void usage(FILE *f)
+{
+    fputs("usage: b24 serve [--listen HOST:PORT] [--workers N] [--max-body BYTES]\n"
+          "                 [--client-timeout SECONDS] [--drain-timeout SECONDS]\n"
+          "                 [--log-format logfmt|json] [--log-level debug|info|warn|error] SCRIPT.lua\n"
+          "environment: B24_LISTEN, B24_WORKERS, B24_MAX_BODY, B24_LOG_FORMAT, B24_LOG_LEVEL\n",
+          f);
+}
+
+static int parse_size(const char *s, size_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || v == 0)
+        return -1;
+    if (*end == 'k' || *end == 'K')
+        v *= 1024, end++;
+    else if (*end == 'm' || *end == 'M')
+        v *= 1024 * 1024, end++;
+    if (*end || v > (1ull << 40))
+        return -1;
+    *out = (size_t)v;
+    return 0;
+}
+
+static int parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* host:port, [v6]:port or :port → a socket address */
+static int resolve_listen(const char *spec, struct sockaddr_storage *ss, socklen_t *len)
+{
+    char host[256];
+    const char *port;
+    if (spec[0] == '[') {
+        const char *close = strchr(spec, ']');
+        if (!close || close[1] != ':' || (size_t)(close - spec - 1) >= sizeof host)
+            return -1;
+        memcpy(host, spec + 1, (size_t)(close - spec - 1));
+        host[close - spec - 1] = '\0';
+        port = close + 2;
+    } else {
+        const char *colon = strrchr(spec, ':');
+        if (!colon || (size_t)(colon - spec) >= sizeof host)
+            return -1;
+        memcpy(host, spec, (size_t)(colon - spec));
+        host[colon - spec] = '\0';
+        port = colon + 1;
+    }
+    long p;
+    if (parse_long(port, 0, 65535, &p))
+        return -1;
+    struct addrinfo hints, *ai = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    if (getaddrinfo(host[0] ? host : NULL, port, &hints, &ai) || ai == NULL)
+        return -1;
+    memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+    *len = ai->ai_addrlen;
+    freeaddrinfo(ai);
+    return 0;
+}
+
+static int reload(void)
+{
+    size_t len;
+    char *src = b24_read_file(opt.script, &len);
+    if (src == NULL) {
+        b24_log(B24_ERROR, "reload failed; keeping the previous script", "script", opt.script,
+                "error", strerror(errno), NULL);
+        b24_metrics_reload(0);
+        return -1;
+    }
+    char err[2048];
+    lua_State *L = load_state(src, len, err, sizeof err);
+    if (L == NULL) {
+        free(src);
+        b24_log(B24_ERROR, "reload failed; keeping the previous script", "error", err, NULL);
+        b24_metrics_reload(0);
+        return -1;
+    }
+    lua_close(L);
+    script *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        free(src);
+        b24_metrics_reload(0);
+        return -1;
+    }
+    s->src = src;
+    s->len = len;
+    s->refs = 1;
+    pthread_mutex_lock(&script_lock);
+    script *old = current;
+    s->generation = old ? old->generation + 1 : 1;
+    current = s;
+    pthread_mutex_unlock(&script_lock);
+    atomic_store(&generation, s->generation);
+    if (old) {
+        script_release(old);
+        b24_metrics_reload(1);
+        b24_log(B24_INFO, "script reloaded", "script", opt.script, NULL);
+    }
+    return 0;
+}
+
+int b24_cmd_serve(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"listen", required_argument, NULL, 'l'},       {"workers", required_argument, NULL, 'w'},
+        {"max-body", required_argument, NULL, 'b'},     {"client-timeout", required_argument, NULL, 't'},
+        {"drain-timeout", required_argument, NULL, 'd'}, {"log-format", required_argument, NULL, 'f'},
+        {"log-level", required_argument, NULL, 'v'},    {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *env;
+    long nproc = sysconf(_SC_NPROCESSORS_ONLN);
+    opt.listen = (env = getenv("B24_LISTEN")) && *env ? env : "127.0.0.1:8080";
+    opt.workers = nproc > 0 ? nproc : 2;
+    opt.max_body = 1024 * 1024;
+    opt.client_timeout = 30;
+    opt.drain_timeout = 30;
+    if ((env = getenv("B24_WORKERS")) && *env && parse_long(env, 1, 1024, &opt.workers)) {
+        fprintf(stderr, "b24 serve: bad B24_WORKERS '%s' (1 to 1024)\n", env);
+        return 2;
+    }
+    if ((env = getenv("B24_MAX_BODY")) && *env && parse_size(env, &opt.max_body)) {
+        fprintf(stderr, "b24 serve: bad B24_MAX_BODY '%s' (bytes, with optional K or M)\n", env);
+        return 2;
+    }
+    if (b24_log_configure(getenv("B24_LOG_FORMAT"), getenv("B24_LOG_LEVEL"))) {
+        fprintf(stderr, "b24 serve: bad B24_LOG_FORMAT or B24_LOG_LEVEL\n");
+        return 2;
+    }
+    optind = 1;
+    int c;
+    long v;
+    while ((c = getopt_long(argc, argv, "+l:w:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'l':
+            opt.listen = optarg;
+            break;
+        case 'w':
+            if (parse_long(optarg, 1, 1024, &opt.workers))
+                goto bad;
+            break;
+        case 'b':
+            if (parse_size(optarg, &opt.max_body))
+                goto bad;
+            break;
+        case 't':
+            if (parse_long(optarg, 1, 3600, &v))
+                goto bad;
+            opt.client_timeout = (unsigned)v;
+            break;
+        case 'd':
+            if (parse_long(optarg, 0, 3600, &v))
+                goto bad;
+            opt.drain_timeout = (double)v;
+            break;
+        case 'f':
+            if (b24_log_configure(optarg, NULL))
+                goto bad;
+            break;
+        case 'v':
+            if (b24_log_configure(NULL, optarg))
+                goto bad;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind != argc - 1) {
+        fprintf(stderr, "b24 serve: %s\n", optind >= argc ? "no script given" : "one script only");
+        usage(stderr);
+        return 2;
+    }
+    opt.script = argv[optind];
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    if (resolve_listen(opt.listen, &addr, &addrlen)) {
+        fprintf(stderr, "b24 serve: bad --listen '%s' (HOST:PORT expected)\n", opt.listen);
+        return 2;
+    }
+
+    /* The script must load before anything listens: a broken deploy fails fast and loudly. */
+    size_t len;
+    char *src = b24_read_file(opt.script, &len);
+    if (src == NULL) {
+        fprintf(stderr, "b24 serve: cannot read %s: %s\n", opt.script, strerror(errno));
+        return 1;
+    }
+    free(src);
+    if (reload()) {
+        fprintf(stderr, "b24 serve: %s failed to load (see the log line above)\n", opt.script);
+        return 1;
+    }
+
+    /* Signals are taken by sigwait in this thread; the server's threads inherit the mask. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    started_at = b24_now();
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
+                     MHD_USE_TURBO | MHD_USE_ERROR_LOG;
+    if (addr.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    struct MHD_Daemon *d = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_access, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)opt.workers, MHD_OPTION_CONNECTION_TIMEOUT,
+        opt.client_timeout, MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger,
+        NULL, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024, MHD_OPTION_END);
+    if (d == NULL) {
+        fprintf(stderr, "b24 serve: cannot listen on %s: %s\n", opt.listen, strerror(errno));
+        return 1;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    char where[300], workers_s[16];
+    char host[256] = "";
+    if (addr.ss_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)(void *)&addr)->sin_addr, host, sizeof host);
+    else
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)(void *)&addr)->sin6_addr, host, sizeof host);
+    snprintf(where, sizeof where, addr.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host,
+             di ? (unsigned)di->port : 0u);
+    snprintf(workers_s, sizeof workers_s, "%ld", opt.workers);
+    b24_log(B24_INFO, "listening", "address", where, "workers", workers_s, "script", opt.script,
+            "version", B24_VERSION_STRING, NULL);
+
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&set, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            reload();
+            continue;
+        }
+        break;
+    }
+
+    /* Drain: refuse new connections, finish what is in flight, then stop. */
+    atomic_store(&stopping, 1);
+    MHD_socket lsock = MHD_quiesce_daemon(d);
+    char in_flight_s[24];
+    snprintf(in_flight_s, sizeof in_flight_s, "%ld", b24_metrics_in_flight_now());
+    b24_log(B24_INFO, "stopping", "in_flight", in_flight_s, NULL);
+    double deadline = b24_now() + opt.drain_timeout;
+    while (b24_metrics_in_flight_now() > 0 && b24_now() < deadline) {
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    long left = b24_metrics_in_flight_now();
+    MHD_stop_daemon(d);
+    if (lsock != MHD_INVALID_SOCKET)
+        close(lsock);
+    pthread_mutex_lock(&workers_lock);
+    for (worker *w = workers; w;) {
+        worker *next = w->next;
+        lua_close(w->L);
+        free(w);
+        w = next;
+    }
+    workers = NULL;
+    pthread_mutex_unlock(&workers_lock);
+    script_release(current);
+    char left_s[24];
+    snprintf(left_s, sizeof left_s, "%ld", left);
+    b24_log(left ? B24_WARN : B24_INFO, "stopped", "unfinished", left_s, NULL);
+    return 0;
+bad:
+    fprintf(stderr, "b24 serve: bad value '%s' for %s\n", optarg, argv[optind - 1]);
+    usage(stderr);
+    return 2;
+}

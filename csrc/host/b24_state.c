@@ -1,0 +1,148 @@
+/* Lua states of the b24 program: the standard libraries, bitrix24 preloaded (the C core linked
+ * in, the Lua layer embedded), and every call into Lua under lua_pcall with a traceback. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "b24_host.h"
+
+double b24_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+char *b24_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    size_t cap = 8192, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        n += fread(buf + n, 1, cap - n, f);
+        if (n < cap)
+            break;
+        char *more = realloc(buf, cap * 2);
+        if (more == NULL) {
+            free(buf);
+            buf = NULL;
+            errno = ENOMEM;
+            break;
+        }
+        buf = more;
+        cap *= 2;
+    }
+    int failed = ferror(f);
+    fclose(f);
+    if (buf && failed) {
+        free(buf);
+        errno = EIO;
+        return NULL;
+    }
+    if (buf)
+        *len = n;
+    return buf;
+}
+
+/* The message handler of lua.c: a string message gets a traceback, other values their
+ * __tostring or a description. */
+static int msghandler(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (msg == NULL) {
+        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+            return 1;
+        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    }
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+int b24_state_call(lua_State *L, int nargs, int nresults)
+{
+    int base = lua_gettop(L) - nargs;
+    lua_pushcfunction(L, msghandler);
+    lua_insert(L, base);
+    int status = lua_pcall(L, nargs, nresults, base);
+    lua_remove(L, base);
+    return status;
+}
+
+/* package.preload loader of an embedded module; upvalue 1 is its index */
+static int embedded_loader(lua_State *L)
+{
+    const b24_embedded *m = &b24_embedded_modules[lua_tointeger(L, lua_upvalueindex(1))];
+    char chunk[256];
+    snprintf(chunk, sizeof chunk, "@[b24]/%s", m->path);
+    if (luaL_loadbufferx(L, (const char *)m->src, m->len, chunk, "t") != LUA_OK)
+        return lua_error(L);
+    lua_pushstring(L, m->name);
+    lua_call(L, 1, 1);
+    return 1;
+}
+
+static int open_state(lua_State *L)
+{
+    luaL_openlibs(L);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    lua_pushcfunction(L, luaopen_bitrix24_core);
+    lua_setfield(L, -2, "bitrix24.core");
+    for (int i = 0; b24_embedded_modules[i].name; i++) {
+        lua_pushinteger(L, i);
+        lua_pushcclosure(L, embedded_loader, 1);
+        lua_setfield(L, -2, b24_embedded_modules[i].name);
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+lua_State *b24_state_new(void)
+{
+    lua_State *L = luaL_newstate();
+    if (L == NULL)
+        return NULL;
+    lua_pushcfunction(L, open_state);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+        lua_close(L);
+        return NULL;
+    }
+    return L;
+}
+
+/* Prepends the script's directory to package.path so a script can require its neighbours. */
+static void add_script_dir(lua_State *L, const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    lua_getglobal(L, "package");
+    if (slash)
+        lua_pushlstring(L, path, (size_t)(slash - path));
+    else
+        lua_pushliteral(L, ".");
+    lua_pushliteral(L, "/?.lua;");
+    lua_getfield(L, -3, "path");
+    lua_concat(L, 3);
+    lua_setfield(L, -2, "path");
+    lua_pop(L, 1);
+}
+
+int b24_state_run_script(lua_State *L, const char *path, const char *src, size_t len, int nargs)
+{
+    add_script_dir(L, path);
+    lua_pushfstring(L, "@%s", path);
+    int status = luaL_loadbufferx(L, src, len, lua_tostring(L, -1), "t");
+    lua_remove(L, -2); /* the chunk name */
+    if (status != LUA_OK) {
+        lua_insert(L, -1 - nargs); /* the message below the arguments */
+        lua_pop(L, nargs);
+        return status;
+    }
+    lua_insert(L, -1 - nargs);
+    return b24_state_call(L, nargs, 1);
+}
