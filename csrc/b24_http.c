@@ -105,7 +105,8 @@ static long opt_ms(lua_State *L, int t, const char *name, long def)
     lua_getfield(L, t, name);
     long v = def;
     if (!lua_isnil(L, -1)) {
-        if (lua_type(L, -1) != LUA_TNUMBER || lua_tonumber(L, -1) <= 0 || lua_tonumber(L, -1) > 86400)
+        lua_Number n = lua_tonumber(L, -1);
+        if (lua_type(L, -1) != LUA_TNUMBER || !(n > 0 && n <= 86400)) /* NaN fails too */
             luaL_error(L, "bad option '%s' (seconds from 0 to 86400 expected)", name);
         v = (long)(lua_tonumber(L, -1) * 1000);
         if (v < 1)
@@ -382,12 +383,16 @@ static int l_request(lua_State *L)
     lua_getfield(L, 2, "body");    /* 5 */
     lua_getfield(L, 2, "headers"); /* 6 */
     size_t url_len, body_len = 0;
-    const char *url = lua_tolstring(L, 3, &url_len);
-    if (url == NULL || lua_type(L, 3) != LUA_TSTRING || strlen(url) != url_len)
+    if (lua_type(L, 3) != LUA_TSTRING) /* before tolstring, which would turn a number into one */
         return luaL_error(L, "bad request field 'url' (string expected)");
-    const char *method = lua_isnil(L, 4) ? "GET" : lua_tostring(L, 4);
-    if (method == NULL || lua_type(L, 4) == LUA_TNUMBER)
+    const char *url = lua_tolstring(L, 3, &url_len);
+    if (strlen(url) != url_len)
+        return luaL_error(L, "bad request field 'url' (embedded zero byte)");
+    if (!lua_isnil(L, 4) && lua_type(L, 4) != LUA_TSTRING)
         return luaL_error(L, "bad request field 'method' (string expected)");
+    const char *method = lua_isnil(L, 4) ? "GET" : lua_tostring(L, 4);
+    if (*method == '\0' || strlen(method) > 32)
+        return luaL_error(L, "bad request field 'method' (upper-case token expected)");
     for (const char *m = method; *m; m++)
         if (!isupper((unsigned char)*m))
             return luaL_error(L, "bad request field 'method' (upper-case token expected)");
@@ -396,6 +401,8 @@ static int l_request(lua_State *L)
         if (lua_type(L, 5) != LUA_TSTRING)
             return luaL_error(L, "bad request field 'body' (string expected)");
         body = lua_tolstring(L, 5, &body_len);
+        if (strcmp(method, "HEAD") == 0)
+            return luaL_error(L, "bad request field 'body' (a HEAD request has no body)");
     }
     long timeout_ms = opt_ms(L, 2, "timeout", s->timeout_ms);
     long connect_ms = opt_ms(L, 2, "connect_timeout", s->connect_timeout_ms);
@@ -411,7 +418,7 @@ static int l_request(lua_State *L)
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, s->req_headers);
-    if (strcmp(method, "GET") == 0) {
+    if (strcmp(method, "GET") == 0 && body == NULL) {
         curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
     } else if (strcmp(method, "HEAD") == 0) {
         curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
@@ -431,15 +438,21 @@ static int l_request(lua_State *L)
     CURLcode rc = curl_easy_perform(c);
 
     if (rc != CURLE_OK) {
-        curl_off_t connected = 0;
-        curl_easy_getinfo(c, CURLINFO_CONNECT_TIME_T, &connected);
+        /* Could any of the request have reached the server? Not while the transfer never got
+         * as far as sending: libcurl sets the pretransfer time once a connection (fresh or
+         * reused) is ready to send, and leaves it 0 after DNS, connect, TLS or URL errors. */
+        curl_off_t pretransfer = 0;
+        curl_easy_getinfo(c, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);
+        int never_sent = pretransfer == 0;
         lua_pushnil(L);
-        if (s->too_large)
-            lua_pushfstring(L, "response larger than the limit of %d bytes", (int)s->max_response);
-        else
+        if (s->too_large) {
+            char limit[32];
+            snprintf(limit, sizeof limit, "%zu", s->max_response);
+            lua_pushfstring(L, "response larger than the limit of %s bytes", limit);
+        } else
             lua_pushstring(L, s->errbuf[0] ? s->errbuf : curl_easy_strerror(rc));
         lua_pushstring(L, classify(rc, s->too_large));
-        lua_pushboolean(L, connected > 0); /* false: nothing can have reached the server */
+        lua_pushboolean(L, !never_sent); /* false: nothing can have reached the server */
         buffer_release(&s->body, 1 << 20);
         return 4;
     }

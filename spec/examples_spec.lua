@@ -1,10 +1,5 @@
 -- Every example is run as a user would run it.
-local function run(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1"))
-  local out = p:read("a")
-  local ok, _, code = p:close()
-  return out, ok and 0 or code
-end
+local run = require("helpers.b24").exec
 
 describe("examples/demo.lua", function()
   it("decodes the sample delivery, verifies its token and masks it in the output", function()

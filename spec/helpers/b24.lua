@@ -1,0 +1,130 @@
+-- Starts `build/b24 serve` on a free loopback port for a spec and talks to it over real HTTP.
+local core = require "bitrix24.core"
+
+local M = {}
+
+M.root = (debug.getinfo(1, "S").source:match("^@(.*)/spec/helpers/b24%.lua$")) or "."
+M.bin = M.root .. "/build/b24"
+
+local function shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+M.quote = shell_quote
+
+function M.tmpdir()
+  local p = assert(io.popen("mktemp -d"))
+  local d = p:read("l")
+  p:close()
+  return d
+end
+
+function M.write(path, text)
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+function M.read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- Runs a command to completion: its combined output and exit status.
+function M.exec(cmd)
+  local p = assert(io.popen(cmd .. " 2>&1; echo \"exit=$?\""))
+  local out = p:read("a")
+  p:close()
+  local code = tonumber(out:match("exit=(%d+)\n?$"))
+  return out:gsub("exit=%d+\n?$", ""), code
+end
+
+local Server = {}
+Server.__index = Server
+
+-- Reads log lines until one matches pattern (a plain substring unless opts say pattern);
+-- returns it, or nil and the lines seen when the server exited first.
+function Server:wait_log(needle)
+  for _, line in ipairs(self.lines) do
+    if line:find(needle, 1, true) then return line end
+  end
+  while true do
+    local line = self.stream:read("l")
+    if not line then return nil, table.concat(self.lines, "\n") end
+    self.lines[#self.lines + 1] = line
+    if line:find(needle, 1, true) then return line end
+    if line:match("^b24%-exit=") and not needle:match("^b24%-exit") then
+      return nil, table.concat(self.lines, "\n")
+    end
+  end
+end
+
+-- The log lines from position `from` on (1-based), as one string.
+function Server:log(from)
+  return table.concat(self.lines, "\n", from or 1)
+end
+
+function Server:url(path)
+  return self.base .. (path or "/")
+end
+
+function Server:request(req)
+  req.url = req.url or self:url(req.path)
+  req.path = nil
+  return self.http:request(req)
+end
+
+function Server:signal(sig)
+  os.execute("kill -" .. sig .. " " .. self.pid)
+end
+
+-- Stops the server with sig (TERM by default), waits for its exit line, returns the status.
+function Server:stop(sig)
+  if self.stopped then return self.exit_code end
+  self.stopped = true
+  self:signal(sig or "TERM")
+  local line = self:wait_log("b24-exit=")
+  os.execute("kill " .. self.tail_pid .. " 2>/dev/null")
+  self.stream:close()
+  self.http:close()
+  os.execute("rm -rf " .. shell_quote(self.dir))
+  self.exit_code = line and tonumber(line:match("b24%-exit=(%d+)"))
+  return self.exit_code
+end
+
+-- M.start{ script = "return function(req) … end" (source) or script_path = …, args = {…} }
+function M.start(opts)
+  local dir = M.tmpdir()
+  local script = opts.script_path or M.write(dir .. "/handler.lua", opts.script)
+  local log = dir .. "/b24.log"
+  local args = {}
+  for _, a in ipairs(opts.args or {}) do args[#args + 1] = shell_quote(a) end
+  local cmd = ("%s %s %s serve --listen 127.0.0.1:0 %s %s"):format(
+    shell_quote(M.root .. "/spec/helpers/run-b24.sh"), shell_quote(log), shell_quote(M.bin),
+    table.concat(args, " "), shell_quote(script))
+  if opts.env then cmd = "env " .. opts.env .. " " .. cmd end
+  local stream = assert(io.popen(cmd))
+  local self = setmetatable({ dir = dir, script = script, stream = stream, lines = {},
+                              http = core.http{ timeout = 30 } }, Server)
+  while not (self.pid and self.tail_pid) do
+    local line = assert(stream:read("l"), "the server's streamer ended")
+    self.pid = self.pid or line:match("^pid=(%d+)$")
+    self.tail_pid = self.tail_pid or line:match("^tail=(%d+)$")
+    if not line:match("^pid=") and not line:match("^tail=") then self.lines[#self.lines + 1] = line end
+  end
+  local line, seen = self:wait_log("msg=listening")
+  if not line then
+    self.stopped = true
+    os.execute("kill " .. self.tail_pid .. " 2>/dev/null")
+    stream:close()
+    error("b24 serve did not start:\n" .. tostring(seen))
+  end
+  self.port = tonumber(line:match("address=127%.0%.0%.1:(%d+)"))
+  self.base = "http://127.0.0.1:" .. self.port
+  return self
+end
+
+return M

@@ -1,0 +1,14 @@
+#!/bin/sh
+# Starts a command with its stderr appended to LOG, and streams LOG on stdout, so a spec can
+# wait for log lines with blocking reads instead of sleeps. Prints "pid=N" (the command),
+# "tail=N" (the streamer, to stop it), and "b24-exit=N" into LOG when the command exits.
+#   run-b24.sh LOG COMMAND [ARGS...]
+log=$1
+shift
+: > "$log"
+( "$@" 2>>"$log" </dev/null >/dev/null &
+  echo "pid=$!"
+  wait $!
+  echo "b24-exit=$?" >> "$log" ) &
+echo "tail=$$"
+exec tail -n +1 -f "$log"
