@@ -37,7 +37,7 @@ static size_t url_decode(const char *in, size_t len, char *out)
     return o;
 }
 
-/* ZEND_HANDLE_NUMERIC_STR: "0", or -?[1-9][0-9]* within [-(2^63-1), 2^63-1]. */
+/* ZEND_HANDLE_NUMERIC_STR: "0", or -?[1-9][0-9]* within [-2^63, 2^63-1]. */
 static int numeric_key(const char *s, size_t len, int64_t *out)
 {
     const char *p = s, *end = s + len;
@@ -58,9 +58,9 @@ static int numeric_key(const char *s, size_t len, int64_t *out)
             return 0;
         v = v * 10 + (uint64_t)(*p - '0');
     }
-    if (v > (uint64_t)INT64_MAX)
+    if (v > (uint64_t)INT64_MAX + neg) /* PHP takes ZEND_LONG_MIN itself as an integer */
         return 0;
-    *out = neg ? -(int64_t)v : (int64_t)v;
+    *out = neg ? (int64_t)(0 - v) : (int64_t)v; /* two's complement, no signed overflow */
     return 1;
 }
 
