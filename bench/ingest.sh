@@ -286,7 +286,8 @@ measure() {
     -v p99="$(field p99_us "$line")" -v s="$((s1 - s0))" -v c="$((c1 - c0))" -v m0="$m0" -v m1="$m1" \
     -v t="$TCK" -v n="$NCPU" 'BEGIN { split(m0, a, " "); split(m1, b, " "); secs = d / 1e6
       busy = (b[1] - a[1]) / (b[2] - a[2]) * n; cs = s / t / secs; cw = c / t / secs
-      printf "%.0f %.2f %.2f %.2f %.2f %.2f %.2f\n", r / secs, p50 / 1000, p99 / 1000, cs, cw, busy, busy - cs - cw }')
+      rest = busy - cs - cw; if (rest < 0) rest = 0 # tick rounding
+      printf "%.0f %.2f %.2f %.2f %.2f %.2f %.2f\n", r / secs, p50 / 1000, p99 / 1000, cs, cw, busy, rest }')
   printf '   %-34s %8s req/s  p50 %6s ms  p99 %7s ms  %8s requests   CPUs: server %s  wrk %s  rest %s  (busy %s of %s)\n' \
     "${DESC[$key]}" "$rps" "$p50" "$p99" "$reqs" "$cs" "$cw" "$co" "$cm" "$NCPU"
   RPS[$key]+="$rps " P99[$key]+="$p99 " CPU[$key]+="$cs " REST+="$co "
