@@ -1,9 +1,10 @@
 -- Form codec benchmark, the Lua side (bench/form.sh runs it; see there).
---   form_bench.lua cases SHARED_DIR > cases.json     the bodies and params, built once
---   form_bench.lua measure cases.json SECONDS        form_decode / form_encode throughput
---   form_bench.lua table cases.json lua54.txt luajit.txt php.txt
--- Result lines: "<decode|encode>\t<name>\t<bytes>\t<MB/s>"; bytes are the body decoded or the
--- body written. Runs under Lua 5.4 and LuaJIT (package.cpath set by form.sh).
+--   form_bench.lua cases SHARED_DIR > cases.json   the bodies and params, built once
+--   form_bench.lua calibrate cases.json SECONDS    per case: iterations for about SECONDS, bytes
+--   form_bench.lua time cases.json KIND I N        seconds for N iterations of case I (after a warm-up)
+--   form_bench.lua table cases.json results.txt    the table (results: "impl kind i n seconds" lines)
+-- KIND is decode (form_decode of a body) or encode (form_encode of params). Runs under Lua 5.4
+-- and LuaJIT (package.cpath set by form.sh); bench/form_bench.php is the same for PHP.
 local cjson = require("cjson").new()
 
 local function read(path)
@@ -151,92 +152,110 @@ end
 
 -- ---- measuring ----------------------------------------------------------------------------------
 
-local function measure(path, seconds)
+local function load_cases(path)
+  return cjson.decode(read(path))
+end
+
+-- fn(k) runs k iterations of case i of kind.
+local function job(c, kind, i)
   local core = require "bitrix24.core"
-  local now = core.now
-  local c = cjson.decode(read(path))
-
-  -- iterations for about `seconds`, then the best of 3 runs of exactly that many
-  local function best(fn)
-    local n = 1
-    while true do
-      local t0 = now()
-      fn(n)
-      local dt = now() - t0
-      if dt >= 0.1 then
-        n = math.max(1, math.floor(n * seconds / dt + 0.5))
-        break
-      end
-      n = n * 2
-    end
-    local t = math.huge
-    for _ = 1, 3 do
-      collectgarbage()
-      local t0 = now()
-      fn(n)
-      t = math.min(t, now() - t0)
-    end
-    return n, t
-  end
-
-  local decode = core.form_decode
-  for _, case in ipairs(c.decode) do
-    local body = case.body
+  local case = c[kind][i]
+  if kind == "decode" then
+    local decode, body = core.form_decode, case.body
     assert(decode(body), case.name)
-    local n, t = best(function(k)
+    return function(k)
       for _ = 1, k do decode(body) end
-    end)
-    print(string.format("decode\t%s\t%d\t%.1f", case.name, #body, #body * n / t / 1e6))
+    end
   end
-  local encode = core.form_encode
-  for _, case in ipairs(c.encode) do
-    local params = case.params
-    local len = #encode(params)
-    local n, t = best(function(k)
-      for _ = 1, k do encode(params) end
-    end)
-    print(string.format("encode\t%s\t%d\t%.1f", case.name, len, len * n / t / 1e6))
+  local encode, params = core.form_encode, case.params
+  return function(k)
+    for _ = 1, k do encode(params) end
   end
+end
+
+local function now()
+  return require("bitrix24.core").now()
+end
+
+local function calibrate(path, seconds)
+  local c = load_cases(path)
+  for _, kind in ipairs({ "decode", "encode" }) do
+    for i = 1, #c[kind] do
+      local fn, n = job(c, kind, i), 1
+      while true do
+        local t0 = now()
+        fn(n)
+        local dt = now() - t0
+        if dt >= 0.2 then
+          n = math.max(1, math.floor(n * seconds / dt + 0.5))
+          break
+        end
+        n = n * 2
+      end
+      local case = c[kind][i]
+      local bytes = kind == "decode" and #case.body or #require("bitrix24.core").form_encode(case.params)
+      print(string.format("%s\t%d\t%d\t%d", kind, i, n, bytes))
+    end
+  end
+end
+
+local function time(path, kind, i, n)
+  local fn = job(load_cases(path), kind, i)
+  fn(math.max(1, math.floor(n / 10))) -- warm-up: caches, allocator, LuaJIT's traces
+  collectgarbage()
+  local t0 = now()
+  fn(n)
+  print(string.format("%.6f", now() - t0))
 end
 
 -- ---- the table ------------------------------------------------------------------------------------
 
-local function results(path)
-  local r = {}
+-- best[impl][kind][i] = MB/s of the fastest run
+local function best_rates(c, path)
+  local core = require "bitrix24.core"
+  local bytes = { decode = {}, encode = {} }
+  for i, case in ipairs(c.decode) do bytes.decode[i] = #case.body end
+  for i, case in ipairs(c.encode) do bytes.encode[i] = #core.form_encode(case.params) end
+  local best = {}
   for line in io.lines(path) do
-    local kind, name, bytes, mbps = line:match("^(%w+)\t(.-)\t(%d+)\t([%d.]+)$")
-    if kind then r[kind .. "\t" .. name] = { bytes = tonumber(bytes), mbps = tonumber(mbps) } end
+    local impl, kind, i, n, sec = line:match("^(%S+)%s+(%a+)%s+(%d+)%s+(%d+)%s+([%d.]+)$")
+    if impl then
+      i = tonumber(i)
+      local rate = bytes[kind][i] * tonumber(n) / tonumber(sec) / 1e6
+      best[impl] = best[impl] or { decode = {}, encode = {} }
+      best[impl][kind][i] = math.max(best[impl][kind][i] or 0, rate)
+    end
   end
-  return r
+  return best, bytes
 end
 
-local function table_of(path, p54, pjit, pphp)
-  local c = cjson.decode(read(path))
-  local r54, rjit, rphp = results(p54), results(pjit), results(pphp)
+local function table_of(path, results)
+  local c = load_cases(path)
+  local best, bytes = best_rates(c, results)
   local misses = 0
-  local function row(kind, name)
-    local key = kind .. "\t" .. name
-    local a, b, p = r54[key], rjit[key], rphp[key]
-    assert(a and b and p, "missing result for " .. name)
-    local ra, rb = a.mbps / p.mbps, b.mbps / p.mbps
-    local note = ""
-    if p.bytes ~= a.bytes then note = "  (PHP: " .. p.bytes .. " bytes)" end
-    if ra < 1 or rb < 1 then
-      note = note .. "  below the 1.0x target"
-      misses = misses + 1
-    end
-    print(string.format("  %-38s %7d %9.1f %9.1f %9.1f %8.2fx %8.2fx%s", name, a.bytes, a.mbps, b.mbps,
-      p.mbps, ra, rb, note))
-  end
   local function head(title)
     print(string.format("  %-38s %7s %9s %9s %9s %9s %9s", title, "bytes", "lua5.4", "luajit", "PHP",
       "5.4/PHP", "jit/PHP"))
   end
+  local function rows(kind)
+    for i, case in ipairs(c[kind]) do
+      local a, b, p = best.lua54[kind][i], best.luajit[kind][i], best.php[kind][i]
+      assert(a and b and p, "missing result for " .. case.name)
+      local ra, rb = a / p, b / p
+      local note = ""
+      if ra < 1 or rb < 1 then
+        note = "  below the 1.0x target"
+        misses = misses + 1
+      end
+      print(string.format("  %-38s %7d %9.1f %9.1f %9.1f %8.2fx %8.2fx%s", case.name, bytes[kind][i], a, b, p,
+        ra, rb, note))
+    end
+  end
   head("decode: form_decode / parse_str")
-  for _, case in ipairs(c.decode) do row("decode", case.name) end
+  rows("decode")
   print()
   head("encode: form_encode / http_build_query")
-  for _, case in ipairs(c.encode) do row("encode", case.name) end
+  rows("encode")
   print()
   if misses == 0 then
     print("every row meets the target: ours/PHP >= 1.0x on both interpreters")
@@ -248,11 +267,14 @@ end
 local cmd = arg[1]
 if cmd == "cases" then
   io.write(cjson.encode(cases(arg[2])), "\n")
-elseif cmd == "measure" then
-  measure(arg[2], tonumber(arg[3]) or 1)
+elseif cmd == "calibrate" then
+  calibrate(arg[2], tonumber(arg[3]) or 1)
+elseif cmd == "time" then
+  time(arg[2], arg[3], tonumber(arg[4]), tonumber(arg[5]))
 elseif cmd == "table" then
-  table_of(arg[2], arg[3], arg[4], arg[5])
+  table_of(arg[2], arg[3])
 else
-  io.stderr:write("usage: form_bench.lua cases SHARED | measure CASES [SECONDS] | table CASES R54 RJIT RPHP\n")
+  io.stderr:write("usage: form_bench.lua cases SHARED | calibrate CASES SECONDS | time CASES KIND I N"
+    .. " | table CASES RESULTS\n")
   os.exit(2)
 end

@@ -1,53 +1,61 @@
 <?php
-// Form codec benchmark, the PHP side (bench/form.sh runs it): parse_str and http_build_query on
-// the cases form_bench.lua built, measured the same way as the Lua side (iterations for about
-// SECONDS, then the best of 3 runs of exactly that many).
-//   php form_bench.php cases.json SECONDS
-// Result lines: "<decode|encode>\t<name>\t<bytes>\t<MB/s>".
+// Form codec benchmark, the PHP side of bench/form_bench.lua (bench/form.sh runs both):
+// parse_str on the same bodies and http_build_query on the same params, measured the same way.
+//   php form_bench.php calibrate cases.json SECONDS   per case: iterations for about SECONDS, bytes
+//   php form_bench.php time cases.json KIND I N       seconds for N iterations of case I (after a warm-up)
 
-$cases = json_decode(file_get_contents($argv[1]), true, 512, JSON_THROW_ON_ERROR);
-$seconds = (float)($argv[2] ?? 1);
+[, $cmd, $path] = $argv;
+$cases = json_decode(file_get_contents($path), true, 512, JSON_THROW_ON_ERROR);
 
-function best(callable $fn, float $seconds): array
+function job(array $cases, string $kind, int $i): callable
 {
-    $n = 1;
-    while (true) {
-        $t0 = hrtime(true);
-        $fn($n);
-        $dt = (hrtime(true) - $t0) / 1e9;
-        if ($dt >= 0.1) {
-            $n = max(1, (int)round($n * $seconds / $dt));
-            break;
-        }
-        $n *= 2;
+    $case = $cases[$kind][$i - 1];
+    if ($kind === 'decode') {
+        $body = $case['body'];
+        return function (int $k) use ($body) {
+            for ($j = 0; $j < $k; $j++) {
+                parse_str($body, $r);
+            }
+        };
     }
-    $t = INF;
-    for ($i = 0; $i < 3; $i++) {
-        gc_collect_cycles();
-        $t0 = hrtime(true);
-        $fn($n);
-        $t = min($t, (hrtime(true) - $t0) / 1e9);
-    }
-    return [$n, $t];
-}
-
-foreach ($cases['decode'] as $case) {
-    $body = $case['body'];
-    [$n, $t] = best(function (int $k) use ($body) {
-        for ($i = 0; $i < $k; $i++) {
-            parse_str($body, $r);
-        }
-    }, $seconds);
-    printf("decode\t%s\t%d\t%.1f\n", $case['name'], strlen($body), strlen($body) * $n / $t / 1e6);
-}
-
-foreach ($cases['encode'] as $case) {
     $params = $case['params'];
-    $len = strlen(http_build_query($params));
-    [$n, $t] = best(function (int $k) use ($params) {
-        for ($i = 0; $i < $k; $i++) {
+    return function (int $k) use ($params) {
+        for ($j = 0; $j < $k; $j++) {
             http_build_query($params);
         }
-    }, $seconds);
-    printf("encode\t%s\t%d\t%.1f\n", $case['name'], $len, $len * $n / $t / 1e6);
+    };
+}
+
+if ($cmd === 'calibrate') {
+    $seconds = (float)$argv[3];
+    foreach (['decode', 'encode'] as $kind) {
+        foreach (array_keys($cases[$kind]) as $k) {
+            $fn = job($cases, $kind, $k + 1);
+            $n = 1;
+            while (true) {
+                $t0 = hrtime(true);
+                $fn($n);
+                $dt = (hrtime(true) - $t0) / 1e9;
+                if ($dt >= 0.2) {
+                    $n = max(1, (int)round($n * $seconds / $dt));
+                    break;
+                }
+                $n *= 2;
+            }
+            $case = $cases[$kind][$k];
+            $bytes = $kind === 'decode' ? strlen($case['body']) : strlen(http_build_query($case['params']));
+            printf("%s\t%d\t%d\t%d\n", $kind, $k + 1, $n, $bytes);
+        }
+    }
+} elseif ($cmd === 'time') {
+    [, , , $kind, $i, $n] = $argv;
+    $fn = job($cases, $kind, (int)$i);
+    $fn(max(1, intdiv((int)$n, 10)));
+    gc_collect_cycles();
+    $t0 = hrtime(true);
+    $fn((int)$n);
+    printf("%.6f\n", (hrtime(true) - $t0) / 1e9);
+} else {
+    fwrite(STDERR, "usage: form_bench.php calibrate CASES SECONDS | time CASES KIND I N\n");
+    exit(2);
 }
