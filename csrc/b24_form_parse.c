@@ -233,6 +233,9 @@ static b24_form_status register_pair(b24_arena *a, b24_form_array *root, char *n
             if (++nest > max_depth)
                 return B24_FORM_TOO_DEEP;
             ip++;
+            /* PHP reads "[ ]" (one whitespace byte alone in the brackets) as "[]" */
+            if ((*ip == ' ' || (*ip >= '\t' && *ip <= '\r')) && ip[1] == ']')
+                ip++;
             char *index_s = ip;
             size_t new_len = 0;
             if (*ip == ']') {
@@ -299,6 +302,10 @@ b24_form_status b24_form_parse(const char *s, size_t len, const b24_form_limits 
 {
     if (len > limits->max_size)
         return B24_FORM_TOO_LARGE;
+    /* parse_str reads its argument as a C string: nothing after a raw NUL byte counts */
+    const char *nul = memchr(s, '\0', len);
+    if (nul)
+        len = (size_t)(nul - s);
     b24_form_array *top = new_array(arena);
     /* every pair decodes in place into a copy: output never outruns its input, and the '='
      * or '&' after a segment leaves room for its terminating NUL */

@@ -262,7 +262,10 @@ end
 -- be compared with parse_str(body). Only segments whose name PHP would rewrite are touched (their
 -- name is then re-encoded byte by byte); every other byte reaches form_decode as it was.
 function M.php_name_rewrite(body)
-  local out, changed = {}, false
+  -- parse_str reads a C string: the body ends at its first raw NUL (form_decode does the same)
+  local cut = body:find("%z")
+  if cut then body = body:sub(1, cut - 1) end
+  local out, changed = {}, cut ~= nil
   local pos = 1
   while true do
     local amp = body:find("&", pos, true)
