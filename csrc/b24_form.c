@@ -164,59 +164,129 @@ static int grow(lua_State *L, char **buf, size_t *cap, size_t need)
     return 0;
 }
 
-/* php_url_encode (RFC 1738): alphanumerics and "-._" stay, space is '+', the rest %XX. */
-static const char HEX[] = "0123456789ABCDEF";
-static const unsigned char KEEP[256] = {
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0,
-    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1,
-    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+/* php_url_encode (RFC 1738): alphanumerics and "-._" stay, space is '+', the rest %XX.
+ * Per byte: up to three output characters, padded to four so one store writes them. */
+static const char URLENC[256][4] = {
+    {'%', '0', '0', 0}, {'%', '0', '1', 0}, {'%', '0', '2', 0}, {'%', '0', '3', 0},
+    {'%', '0', '4', 0}, {'%', '0', '5', 0}, {'%', '0', '6', 0}, {'%', '0', '7', 0},
+    {'%', '0', '8', 0}, {'%', '0', '9', 0}, {'%', '0', 'A', 0}, {'%', '0', 'B', 0},
+    {'%', '0', 'C', 0}, {'%', '0', 'D', 0}, {'%', '0', 'E', 0}, {'%', '0', 'F', 0},
+    {'%', '1', '0', 0}, {'%', '1', '1', 0}, {'%', '1', '2', 0}, {'%', '1', '3', 0},
+    {'%', '1', '4', 0}, {'%', '1', '5', 0}, {'%', '1', '6', 0}, {'%', '1', '7', 0},
+    {'%', '1', '8', 0}, {'%', '1', '9', 0}, {'%', '1', 'A', 0}, {'%', '1', 'B', 0},
+    {'%', '1', 'C', 0}, {'%', '1', 'D', 0}, {'%', '1', 'E', 0}, {'%', '1', 'F', 0},
+    {'+', 0, 0, 0}, {'%', '2', '1', 0}, {'%', '2', '2', 0}, {'%', '2', '3', 0},
+    {'%', '2', '4', 0}, {'%', '2', '5', 0}, {'%', '2', '6', 0}, {'%', '2', '7', 0},
+    {'%', '2', '8', 0}, {'%', '2', '9', 0}, {'%', '2', 'A', 0}, {'%', '2', 'B', 0},
+    {'%', '2', 'C', 0}, {'-', 0, 0, 0}, {'.', 0, 0, 0}, {'%', '2', 'F', 0},
+    {'0', 0, 0, 0}, {'1', 0, 0, 0}, {'2', 0, 0, 0}, {'3', 0, 0, 0},
+    {'4', 0, 0, 0}, {'5', 0, 0, 0}, {'6', 0, 0, 0}, {'7', 0, 0, 0},
+    {'8', 0, 0, 0}, {'9', 0, 0, 0}, {'%', '3', 'A', 0}, {'%', '3', 'B', 0},
+    {'%', '3', 'C', 0}, {'%', '3', 'D', 0}, {'%', '3', 'E', 0}, {'%', '3', 'F', 0},
+    {'%', '4', '0', 0}, {'A', 0, 0, 0}, {'B', 0, 0, 0}, {'C', 0, 0, 0},
+    {'D', 0, 0, 0}, {'E', 0, 0, 0}, {'F', 0, 0, 0}, {'G', 0, 0, 0},
+    {'H', 0, 0, 0}, {'I', 0, 0, 0}, {'J', 0, 0, 0}, {'K', 0, 0, 0},
+    {'L', 0, 0, 0}, {'M', 0, 0, 0}, {'N', 0, 0, 0}, {'O', 0, 0, 0},
+    {'P', 0, 0, 0}, {'Q', 0, 0, 0}, {'R', 0, 0, 0}, {'S', 0, 0, 0},
+    {'T', 0, 0, 0}, {'U', 0, 0, 0}, {'V', 0, 0, 0}, {'W', 0, 0, 0},
+    {'X', 0, 0, 0}, {'Y', 0, 0, 0}, {'Z', 0, 0, 0}, {'%', '5', 'B', 0},
+    {'%', '5', 'C', 0}, {'%', '5', 'D', 0}, {'%', '5', 'E', 0}, {'_', 0, 0, 0},
+    {'%', '6', '0', 0}, {'a', 0, 0, 0}, {'b', 0, 0, 0}, {'c', 0, 0, 0},
+    {'d', 0, 0, 0}, {'e', 0, 0, 0}, {'f', 0, 0, 0}, {'g', 0, 0, 0},
+    {'h', 0, 0, 0}, {'i', 0, 0, 0}, {'j', 0, 0, 0}, {'k', 0, 0, 0},
+    {'l', 0, 0, 0}, {'m', 0, 0, 0}, {'n', 0, 0, 0}, {'o', 0, 0, 0},
+    {'p', 0, 0, 0}, {'q', 0, 0, 0}, {'r', 0, 0, 0}, {'s', 0, 0, 0},
+    {'t', 0, 0, 0}, {'u', 0, 0, 0}, {'v', 0, 0, 0}, {'w', 0, 0, 0},
+    {'x', 0, 0, 0}, {'y', 0, 0, 0}, {'z', 0, 0, 0}, {'%', '7', 'B', 0},
+    {'%', '7', 'C', 0}, {'%', '7', 'D', 0}, {'%', '7', 'E', 0}, {'%', '7', 'F', 0},
+    {'%', '8', '0', 0}, {'%', '8', '1', 0}, {'%', '8', '2', 0}, {'%', '8', '3', 0},
+    {'%', '8', '4', 0}, {'%', '8', '5', 0}, {'%', '8', '6', 0}, {'%', '8', '7', 0},
+    {'%', '8', '8', 0}, {'%', '8', '9', 0}, {'%', '8', 'A', 0}, {'%', '8', 'B', 0},
+    {'%', '8', 'C', 0}, {'%', '8', 'D', 0}, {'%', '8', 'E', 0}, {'%', '8', 'F', 0},
+    {'%', '9', '0', 0}, {'%', '9', '1', 0}, {'%', '9', '2', 0}, {'%', '9', '3', 0},
+    {'%', '9', '4', 0}, {'%', '9', '5', 0}, {'%', '9', '6', 0}, {'%', '9', '7', 0},
+    {'%', '9', '8', 0}, {'%', '9', '9', 0}, {'%', '9', 'A', 0}, {'%', '9', 'B', 0},
+    {'%', '9', 'C', 0}, {'%', '9', 'D', 0}, {'%', '9', 'E', 0}, {'%', '9', 'F', 0},
+    {'%', 'A', '0', 0}, {'%', 'A', '1', 0}, {'%', 'A', '2', 0}, {'%', 'A', '3', 0},
+    {'%', 'A', '4', 0}, {'%', 'A', '5', 0}, {'%', 'A', '6', 0}, {'%', 'A', '7', 0},
+    {'%', 'A', '8', 0}, {'%', 'A', '9', 0}, {'%', 'A', 'A', 0}, {'%', 'A', 'B', 0},
+    {'%', 'A', 'C', 0}, {'%', 'A', 'D', 0}, {'%', 'A', 'E', 0}, {'%', 'A', 'F', 0},
+    {'%', 'B', '0', 0}, {'%', 'B', '1', 0}, {'%', 'B', '2', 0}, {'%', 'B', '3', 0},
+    {'%', 'B', '4', 0}, {'%', 'B', '5', 0}, {'%', 'B', '6', 0}, {'%', 'B', '7', 0},
+    {'%', 'B', '8', 0}, {'%', 'B', '9', 0}, {'%', 'B', 'A', 0}, {'%', 'B', 'B', 0},
+    {'%', 'B', 'C', 0}, {'%', 'B', 'D', 0}, {'%', 'B', 'E', 0}, {'%', 'B', 'F', 0},
+    {'%', 'C', '0', 0}, {'%', 'C', '1', 0}, {'%', 'C', '2', 0}, {'%', 'C', '3', 0},
+    {'%', 'C', '4', 0}, {'%', 'C', '5', 0}, {'%', 'C', '6', 0}, {'%', 'C', '7', 0},
+    {'%', 'C', '8', 0}, {'%', 'C', '9', 0}, {'%', 'C', 'A', 0}, {'%', 'C', 'B', 0},
+    {'%', 'C', 'C', 0}, {'%', 'C', 'D', 0}, {'%', 'C', 'E', 0}, {'%', 'C', 'F', 0},
+    {'%', 'D', '0', 0}, {'%', 'D', '1', 0}, {'%', 'D', '2', 0}, {'%', 'D', '3', 0},
+    {'%', 'D', '4', 0}, {'%', 'D', '5', 0}, {'%', 'D', '6', 0}, {'%', 'D', '7', 0},
+    {'%', 'D', '8', 0}, {'%', 'D', '9', 0}, {'%', 'D', 'A', 0}, {'%', 'D', 'B', 0},
+    {'%', 'D', 'C', 0}, {'%', 'D', 'D', 0}, {'%', 'D', 'E', 0}, {'%', 'D', 'F', 0},
+    {'%', 'E', '0', 0}, {'%', 'E', '1', 0}, {'%', 'E', '2', 0}, {'%', 'E', '3', 0},
+    {'%', 'E', '4', 0}, {'%', 'E', '5', 0}, {'%', 'E', '6', 0}, {'%', 'E', '7', 0},
+    {'%', 'E', '8', 0}, {'%', 'E', '9', 0}, {'%', 'E', 'A', 0}, {'%', 'E', 'B', 0},
+    {'%', 'E', 'C', 0}, {'%', 'E', 'D', 0}, {'%', 'E', 'E', 0}, {'%', 'E', 'F', 0},
+    {'%', 'F', '0', 0}, {'%', 'F', '1', 0}, {'%', 'F', '2', 0}, {'%', 'F', '3', 0},
+    {'%', 'F', '4', 0}, {'%', 'F', '5', 0}, {'%', 'F', '6', 0}, {'%', 'F', '7', 0},
+    {'%', 'F', '8', 0}, {'%', 'F', '9', 0}, {'%', 'F', 'A', 0}, {'%', 'F', 'B', 0},
+    {'%', 'F', 'C', 0}, {'%', 'F', 'D', 0}, {'%', 'F', 'E', 0}, {'%', 'F', 'F', 0},
+};
+static const unsigned char URLENC_LEN[256] = {
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    1, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3,
+    3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 1,
+    3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
 };
 
 static void url_encode(lua_State *L, char **buf, size_t *len, size_t *cap, const char *s, size_t n)
 {
-    grow(L, buf, cap, *len + n * 3);
+    grow(L, buf, cap, *len + n * 3 + 1); /* +1: the last four-byte store */
     char *o = *buf + *len;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (KEEP[c]) {
-            *o++ = (char)c;
-        } else if (c == ' ') {
-            *o++ = '+';
-        } else {
-            *o++ = '%';
-            *o++ = HEX[c >> 4];
-            *o++ = HEX[c & 15];
-        }
+        memcpy(o, URLENC[c], 4);
+        o += URLENC_LEN[c];
     }
     *len = (size_t)(o - *buf);
 }
 
+/* Decimal digits of v into out (at least 21 bytes); returns the length. */
+static size_t format_integer(long long v, char *out)
+{
+    char tmp[24];
+    size_t n = 0;
+    unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    size_t len = 0;
+    if (v < 0)
+        out[len++] = '-';
+    while (n)
+        out[len++] = tmp[--n];
+    return len;
+}
+
 /* Writes the number at idx as PHP would print it (integral floats without ".0") and
- * without losing precision (the shortest of %.15g..%.17g that reads back the same). */
+ * without losing precision (the shortest of %.15g..%.17g that reads back the same).
+ * Returns 0 for NaN and infinities, which the caller refuses. */
 static size_t format_number(lua_State *L, int idx, char *out, size_t size)
 {
 #if LUA_VERSION_NUM >= 503
     if (lua_isinteger(L, idx))
-        return (size_t)snprintf(out, size, "%lld", (long long)lua_tointeger(L, idx));
+        return format_integer((long long)lua_tointeger(L, idx), out);
 #endif
     double d = (double)lua_tonumber(L, idx);
     if (!isfinite(d))
-        return 0; /* the caller raises: no number prints as nothing */
+        return 0;
     if (d == floor(d) && d >= -9223372036854775808.0 && d < 9223372036854775808.0)
-        return (size_t)snprintf(out, size, "%lld", (long long)d);
+        return format_integer((long long)d, out);
     int n = 0;
     for (int prec = 15; prec <= 17; prec++) {
         n = snprintf(out, size, "%.*g", prec, d);
@@ -241,58 +311,8 @@ static void fail(encoder *e, const char *fmt, const char *a, const char *b)
 }
 
 static void encode_value(encoder *e, int idx, int depth);
-static const char *prefix_text(encoder *e);
 
-/* Appends "%5B" key "%5D" (or the bare key at the top level) to the prefix. */
-static void push_key(encoder *e, int kidx, int depth, lua_Integer seq_index)
-{
-    scratch *s = e->s;
-    char num[40];
-    const char *k;
-    size_t klen;
-    if (seq_index >= 0) {
-        klen = (size_t)snprintf(num, sizeof num, "%lld", (long long)seq_index);
-        k = num;
-    } else if (lua_type(e->L, kidx) == LUA_TNUMBER) {
-        klen = format_number(e->L, kidx, num, sizeof num);
-        if (klen == 0)
-            fail(e, "cannot form-encode a NaN or infinite key in %s%s", prefix_text(e), "");
-        k = num;
-    } else {
-        k = lua_tolstring(e->L, kidx, &klen);
-    }
-    if (depth > 0) {
-        grow(e->L, &s->prefix, &s->prefix_cap, s->prefix_len + 3);
-        memcpy(s->prefix + s->prefix_len, "%5B", 3);
-        s->prefix_len += 3;
-    }
-    url_encode(e->L, &s->prefix, &s->prefix_len, &s->prefix_cap, k, klen);
-    if (depth > 0) {
-        grow(e->L, &s->prefix, &s->prefix_cap, s->prefix_len + 3);
-        memcpy(s->prefix + s->prefix_len, "%5D", 3);
-        s->prefix_len += 3;
-    }
-}
-
-typedef struct sort_key {
-    int is_num;
-    lua_Number num;
-    const char *str;
-    size_t len;
-} sort_key;
-
-static int compare_keys(const void *pa, const void *pb)
-{
-    const sort_key *a = pa, *b = pb;
-    if (a->is_num != b->is_num)
-        return a->is_num ? -1 : 1;
-    if (a->is_num)
-        return (a->num > b->num) - (a->num < b->num);
-    size_t n = a->len < b->len ? a->len : b->len;
-    int c = memcmp(a->str, b->str, n);
-    return c ? c : (a->len > b->len) - (a->len < b->len);
-}
-
+/* The prefix so far, for an error message */
 static const char *prefix_text(encoder *e)
 {
     scratch *s = e->s;
@@ -301,70 +321,182 @@ static const char *prefix_text(encoder *e)
     return s->prefix_len ? s->prefix : "(top level)";
 }
 
+static void prefix_add(encoder *e, const char *s, size_t n)
+{
+    scratch *sc = e->s;
+    grow(e->L, &sc->prefix, &sc->prefix_cap, sc->prefix_len + n);
+    memcpy(sc->prefix + sc->prefix_len, s, n);
+    sc->prefix_len += n;
+}
+
+/* Appends "%5B" key "%5D" (or the bare key at the top level) to the prefix. */
+static void prefix_key(encoder *e, const char *k, size_t klen, int depth)
+{
+    if (depth > 0)
+        prefix_add(e, "%5B", 3);
+    url_encode(e->L, &e->s->prefix, &e->s->prefix_len, &e->s->prefix_cap, k, klen);
+    if (depth > 0)
+        prefix_add(e, "%5D", 3);
+}
+
+/* One entry of a table being encoded. */
+typedef struct entry {
+    int kind; /* 0: integer key, 1: other number, 2: string */
+    lua_Integer i;
+    lua_Number num;
+    const char *str; /* anchored by the table */
+    size_t len;
+    int key_slot, value_slot; /* stack slots while they fit; 0: look the value up again */
+} entry;
+
+static int compare_entries(const entry *a, const entry *b)
+{
+    if ((a->kind == 2) != (b->kind == 2))
+        return a->kind == 2 ? 1 : -1;
+    if (a->kind == 0 && b->kind == 0)
+        return (a->i > b->i) - (a->i < b->i);
+    if (a->kind != 2) {
+        lua_Number x = a->kind == 0 ? (lua_Number)a->i : a->num;
+        lua_Number y = b->kind == 0 ? (lua_Number)b->i : b->num;
+        return (x > y) - (x < y);
+    }
+    if (a->len && b->len && a->str[0] != b->str[0])
+        return (unsigned char)a->str[0] < (unsigned char)b->str[0] ? -1 : 1;
+    size_t n = a->len < b->len ? a->len : b->len;
+    int c = memcmp(a->str, b->str, n);
+    return c ? c : (a->len > b->len) - (a->len < b->len);
+}
+
+static int compare_qsort(const void *a, const void *b)
+{
+    return compare_entries(a, b);
+}
+
+/* Insertion sort up to a few dozen keys (what REST params and events hold): no allocation,
+ * and most string keys part at their first byte, before any memcmp. */
+static void sort_entries(entry *v, size_t n)
+{
+    if (n > 48) {
+        qsort(v, n, sizeof *v, compare_qsort);
+        return;
+    }
+    for (size_t i = 1; i < n; i++) { /* small tables, the common case */
+        entry x = v[i];
+        size_t j = i;
+        for (; j > 0 && compare_entries(&v[j - 1], &x) > 0; j--)
+            v[j] = v[j - 1];
+        v[j] = x;
+    }
+}
+
 /* Encodes the table at idx: a sequence as k[0], k[1], …; any other table by its keys in a
- * stable order (numbers first, then strings bytewise) so one table always gives one body. */
+ * stable order (numbers first, then strings bytewise) so one table always gives one body.
+ * One lua_next pass leaves each key and value on the stack while the stack may grow (5.1
+ * and LuaJIT cap a C function's stack near 8000 slots), and past that the value is looked
+ * up again by its key. */
 static void encode_table(encoder *e, int idx, int depth)
 {
     lua_State *L = e->L;
     if (depth >= ENCODE_MAX_DEPTH)
         fail(e, "cannot form-encode: tables nest deeper than 100 levels (a cycle?)%s%s", "", "");
     luaL_checkstack(L, 4, "form nested too deep");
-    size_t n = lua_rawlen(L, idx), count = 0, non_seq = 0;
+    int top = lua_gettop(L), slot = top, room = 0;
+    size_t n = lua_rawlen(L, idx), count = 0, cap = 16, non_seq = 0;
+    entry *v = b24_arena_alloc(&e->s->arena, sizeof *v * cap);
+    if (v == NULL)
+        fail(e, "not enough memory to encode the form%s%s", "", "");
     lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        lua_pop(L, 1);
-        count++;
-        int kt = lua_type(L, -1);
-        if (kt != LUA_TNUMBER && kt != LUA_TSTRING)
-            fail(e, "cannot form-encode a %s key in %s", lua_typename(L, kt), prefix_text(e));
-        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 || (size_t)lua_tointeger(L, -1) > n)
+    while (lua_next(L, idx)) { /* [key value] */
+        if (count == cap) {
+            entry *w = b24_arena_alloc(&e->s->arena, sizeof *w * cap * 2);
+            if (w == NULL)
+                fail(e, "not enough memory to encode the form%s%s", "", "");
+            memcpy(w, v, sizeof *v * cap);
+            v = w;
+            cap *= 2;
+        }
+        entry *en = &v[count++];
+        int kt = lua_type(L, -2);
+        if (kt == LUA_TSTRING) {
+            en->kind = 2;
+            en->str = lua_tolstring(L, -2, &en->len);
             non_seq++;
+        } else if (kt == LUA_TNUMBER) {
+            if (lua_isinteger(L, -2)) {
+                en->kind = 0;
+                en->i = lua_tointeger(L, -2);
+                if (en->i < 1 || (size_t)en->i > n)
+                    non_seq++;
+            } else {
+                en->kind = 1;
+                en->num = lua_tonumber(L, -2);
+                non_seq++;
+            }
+        } else {
+            lua_pop(L, 1);
+            fail(e, "cannot form-encode a %s key in %s", lua_typename(L, kt), prefix_text(e));
+        }
+        if (room < 3 && lua_checkstack(L, 64)) /* reserve in steps: one call per 21 entries */
+            room = 64;
+        if (room >= 3) { /* keep key and value; a copy of the key drives lua_next */
+            room -= 2;
+            slot += 2;
+            en->key_slot = slot - 1;
+            en->value_slot = slot;
+            lua_pushvalue(L, -2);
+        } else {
+            en->key_slot = en->value_slot = 0;
+            lua_pop(L, 1);
+        }
     }
     size_t base = e->s->prefix_len;
-    if (non_seq == 0 && count == n) {
-        for (size_t i = 1; i <= n; i++) {
-            lua_rawgeti(L, idx, (int)i);
-            push_key(e, 0, depth, (lua_Integer)(i - 1));
+    int seq = non_seq == 0 && count == n;
+    if (seq) { /* keys are exactly 1..n: place each entry at its index */
+        entry *ordered = b24_arena_alloc(&e->s->arena, sizeof *ordered * (n ? n : 1));
+        if (ordered == NULL)
+            fail(e, "not enough memory to encode the form%s%s", "", "");
+        for (size_t k = 0; k < count; k++)
+            ordered[v[k].i - 1] = v[k];
+        v = ordered;
+    } else {
+        sort_entries(v, count);
+    }
+    for (size_t k = 0; k < count; k++) {
+        entry *en = &v[k];
+        char num[48];
+        const char *key = num;
+        size_t klen;
+        if (seq) {
+            klen = format_integer((long long)k, num);
+        } else if (en->kind == 0) {
+            klen = format_integer((long long)en->i, num);
+        } else if (en->kind == 1) {
+            lua_pushnumber(L, en->num);
+            klen = format_number(L, -1, num, sizeof num);
+            lua_pop(L, 1);
+            if (klen == 0)
+                fail(e, "cannot form-encode a NaN or infinite key in %s%s", prefix_text(e), "");
+        } else {
+            key = en->str;
+            klen = en->len;
+        }
+        prefix_key(e, key, klen, depth);
+        if (en->value_slot) {
+            encode_value(e, en->value_slot, depth + 1);
+        } else {
+            if (en->kind == 2)
+                lua_pushlstring(L, en->str, en->len);
+            else if (en->kind == 0)
+                lua_pushinteger(L, en->i);
+            else
+                lua_pushnumber(L, en->num);
+            lua_rawget(L, idx);
             encode_value(e, lua_gettop(L), depth + 1);
-            e->s->prefix_len = base;
             lua_pop(L, 1);
         }
-        return;
-    }
-    sort_key *keys = b24_arena_alloc(&e->s->arena, sizeof(*keys) * (count ? count : 1));
-    if (keys == NULL)
-        luaL_error(L, "not enough memory to encode the form");
-    size_t k = 0;
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        lua_pop(L, 1);
-        sort_key *sk = &keys[k++];
-        sk->is_num = lua_type(L, -1) == LUA_TNUMBER;
-        if (sk->is_num)
-            sk->num = lua_tonumber(L, -1);
-        else
-            sk->str = lua_tolstring(L, -1, &sk->len); /* anchored by the table */
-    }
-    qsort(keys, count, sizeof(*keys), compare_keys);
-    for (size_t i = 0; i < count; i++) {
-        if (keys[i].is_num)
-            lua_pushnumber(L, keys[i].num);
-        else
-            lua_pushlstring(L, keys[i].str, keys[i].len);
-#if LUA_VERSION_NUM >= 503
-        if (keys[i].is_num && keys[i].num == floor(keys[i].num) &&
-            keys[i].num >= -9223372036854775808.0 && keys[i].num < 9223372036854775808.0) {
-            lua_pop(L, 1);
-            lua_pushinteger(L, (lua_Integer)keys[i].num);
-        }
-#endif
-        lua_pushvalue(L, -1);
-        lua_rawget(L, idx);
-        push_key(e, lua_gettop(L) - 1, depth, -1);
-        encode_value(e, lua_gettop(L), depth + 1);
         e->s->prefix_len = base;
-        lua_pop(L, 2);
     }
+    lua_settop(L, top);
 }
 
 static void encode_value(encoder *e, int idx, int depth)
