@@ -6,9 +6,9 @@ set -euo pipefail
 
 build=(build-essential pkg-config ca-certificates
        lua5.4 liblua5.4-dev liblua5.1-0-dev luajit2 libluajit2-5.1-dev lua-cjson luarocks
-       libcurl4-openssl-dev libssl-dev)
-test=("${build[@]}" lua-busted lua-socket lua-sec openssl php-cli clang libclang-rt-14-dev)
-bench=("${test[@]}")
+       libcurl4-openssl-dev libssl-dev libmicrohttpd-dev libsqlite3-dev)
+test=("${build[@]}" lua-busted lua-socket lua-sec openssl curl php-cli clang libclang-rt-14-dev)
+bench=("${test[@]}" wrk nginx libnginx-mod-http-lua nodejs linux-perf)
 
 case "${1:-}" in
   build) want=("${build[@]}") ;;
@@ -16,6 +16,9 @@ case "${1:-}" in
   bench) want=("${bench[@]}") ;;
   *) echo "usage: scripts/deps.sh build|test|bench" >&2; exit 2 ;;
 esac
+
+# npm comes with nodejs from some repositories and as its own package from Debian's
+[[ $1 == bench ]] && ! command -v npm >/dev/null && want+=(npm)
 
 missing=()
 for p in "${want[@]}"; do

@@ -24,6 +24,7 @@
 #include "b24_host.h"
 
 #define B24_VERSION_STRING "0.1.0"
+#define DISCARD_MAX ((size_t)16 * 1024 * 1024) /* of an oversized chunked body */
 
 typedef struct options {
     const char *listen;
@@ -175,7 +176,8 @@ typedef struct header {
 typedef struct request {
     char *uri; /* as sent: path?query */
     double t0;
-    int started, responded, status;
+    int started, responded, status, too_large;
+    size_t discarded;
     char *body;
     size_t body_len, body_cap;
     header *headers;
@@ -463,8 +465,19 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         *upload_size = 0;
         if (r->responded)
             return MHD_YES;
-        if (r->body_len + n > opt.max_body) /* a chunked body that grew too large */
-            return respond_error(c, r, 413, "request body too large");
+        if (r->too_large || r->body_len + n > opt.max_body) {
+            /* A chunked body that grew too large. libmicrohttpd takes a response only before
+             * or after the body, so the rest is discarded, up to a bound past which the
+             * connection is simply closed; the 413 goes out when the body ends. */
+            r->too_large = 1;
+            r->discarded += n;
+            if (r->discarded > DISCARD_MAX) {
+                b24_log(B24_WARN, "request body far over the limit; connection closed", "method",
+                        r->method, "path", r->uri, NULL);
+                return MHD_NO;
+            }
+            return MHD_YES;
+        }
         if (r->body_len + n > r->body_cap) {
             size_t cap = r->body_cap ? r->body_cap : 4096;
             while (cap < r->body_len + n)
@@ -481,6 +494,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     }
     if (r->responded)
         return MHD_YES;
+    if (r->too_large)
+        return respond_error(c, r, 413, "request body too large");
     return run_handler(c, r);
 }
 
@@ -735,6 +750,11 @@ int b24_cmd_serve(int argc, char **argv)
 
     /* Signals are taken by sigwait in this thread; the server's threads inherit the mask. */
     sigset_t set;
+    /* a shell starts background jobs with SIGINT ignored; an ignored signal is discarded
+     * before sigwait can take it */
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
@@ -784,6 +804,10 @@ int b24_cmd_serve(int argc, char **argv)
     /* Drain: refuse new connections, finish what is in flight, then stop. */
     atomic_store(&stopping, 1);
     MHD_socket lsock = MHD_quiesce_daemon(d);
+    if (lsock != MHD_INVALID_SOCKET) { /* refuse new connections now, not queue them */
+        close(lsock);
+        lsock = MHD_INVALID_SOCKET;
+    }
     char in_flight_s[24];
     snprintf(in_flight_s, sizeof in_flight_s, "%ld", b24_metrics_in_flight_now());
     b24_log(B24_INFO, "stopping", "in_flight", in_flight_s, NULL);
@@ -794,8 +818,6 @@ int b24_cmd_serve(int argc, char **argv)
     }
     long left = b24_metrics_in_flight_now();
     MHD_stop_daemon(d);
-    if (lsock != MHD_INVALID_SOCKET)
-        close(lsock);
     pthread_mutex_lock(&workers_lock);
     for (worker *w = workers; w;) {
         worker *next = w->next;

@@ -115,14 +115,14 @@ function M.start(opts)
     self.tail_pid = self.tail_pid or line:match("^tail=(%d+)$")
     if not line:match("^pid=") and not line:match("^tail=") then self.lines[#self.lines + 1] = line end
   end
-  local line, seen = self:wait_log("msg=listening")
+  local line, seen = self:wait_log("listening") -- logfmt or JSON
   if not line then
     self.stopped = true
     os.execute("kill " .. self.tail_pid .. " 2>/dev/null")
     stream:close()
     error("b24 serve did not start:\n" .. tostring(seen))
   end
-  self.port = tonumber(line:match("address=127%.0%.0%.1:(%d+)"))
+  self.port = tonumber(line:match('address"?[=:]"?127%.0%.0%.1:(%d+)'))
   self.base = "http://127.0.0.1:" .. self.port
   return self
 end

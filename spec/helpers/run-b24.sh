@@ -11,4 +11,5 @@ shift
   wait $!
   echo "b24-exit=$?" >> "$log" ) &
 echo "tail=$$"
-exec tail -n +1 -f "$log"
+# bounded, so a spec waiting for a line that never comes fails instead of hanging CI
+exec timeout "${B24_SPEC_TIMEOUT:-180}" tail -n +1 -f "$log"
