@@ -58,7 +58,15 @@ $(ASAN): $(SRC) $(HDR)
 	$(CC) $(BASE) -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
 	  -fno-sanitize-recover=all $(LUA54_INC) -shared -o $@ $(SRC) $(LIBS)
 
-check: $(ASAN)
+# b24 itself under the same sanitizers, for the serve specs of the sanitizer run
+ASAN_B24 := $(BUILD)/asan/b24
+$(ASAN_B24): $(SRC) $(HDR) $(HOST_SRC) csrc/host/b24_host.h $(BUILD)/b24_embedded.c
+	@mkdir -p $(@D)
+	$(CC) $(BASE) -fvisibility=default -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+	  -fno-sanitize-recover=all $(LUA54_INC) -Icsrc -Icsrc/host -o $@ \
+	  $(SRC) $(HOST_SRC) $(BUILD)/b24_embedded.c $(LIBS) -llua5.4 -lmicrohttpd
+
+check: $(ASAN) $(ASAN_B24)
 	scripts/test.sh sanitizers
 
 # libFuzzer targets (clang): the form parser and the hex/base64 decoders.

@@ -12,7 +12,8 @@ passed=0 failed=0 status=0
 run() { # name, command…
   local name=$1; shift
   echo "== $name"
-  "$@" -o TAP > "$log/$name.tap" 2> "$log/$name.err"
+  # a watchdog: a hung spec must fail the run, not stall CI
+  timeout -k 10 900 "$@" -o TAP > "$log/$name.tap" 2> "$log/$name.err"
   local rc=$?
   local p f
   p=$(grep -c '^ok ' "$log/$name.tap")
@@ -33,11 +34,12 @@ for name in "$@"; do
     lua5.4) run lua5.4 busted --lua=lua5.4 --run=lua54 ;;
     luajit) run luajit busted --lua=luajit --run=luajit ;;
     sanitizers)
-      if make -s build/asan/bitrix24/core.so > "$log/asan-build.log" 2>&1; then
+      if make -s build/asan/bitrix24/core.so build/asan/b24 > "$log/asan-build.log" 2>&1; then
         run sanitizers env LD_PRELOAD="$(cc -print-file-name=libasan.so)" \
           ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:halt_on_error=1 \
           UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-          B24_CPATH="$PWD/build/asan/?.so" busted --lua=lua5.4 --run=lua54
+          B24_CPATH="$PWD/build/asan/?.so" B24_BIN="$PWD/build/asan/b24" \
+          busted --lua=lua5.4 --run=lua54
       else
         cat "$log/asan-build.log"; failed=$((failed + 1)); status=1
       fi ;;

@@ -245,8 +245,9 @@ describe("b24 serve signals", function()
     local srv = b24.start{ script_path = path }
     finally(function() srv:stop(); os.execute("rm -rf " .. b24.quote(dir)) end)
     -- 400 requests from another process while the script is replaced and reloaded
-    local load = assert(io.popen(("for i in $(seq 400); do curl -s -o /dev/null -w '%%{http_code}\\n' %s; done")
-      :format(srv:url())))
+    local loop = ("for i in $(seq 400); do curl -s -o /dev/null -w '%%{http_code}\\n' %s; done")
+      :format(srv:url("/x"))
+    local load = assert(io.popen(b24.clean .. "sh -c " .. b24.quote(loop)))
     b24.write(path .. ".new", "return function() return 200, {}, 'v2' end\n")
     os.rename(path .. ".new", path)
     srv:signal("HUP")
@@ -291,7 +292,7 @@ end
 ]]):format(dir .. "/started", dir .. "/release")
     local srv = b24.start{ script = script }
     finally(function() srv:stop("KILL"); os.execute("rm -rf " .. b24.quote(dir)) end)
-    local slow = assert(io.popen(("curl -s -w ' %%{http_code}' %s"):format(srv:url("/slow"))))
+    local slow = assert(io.popen(b24.clean .. ("curl -s -w ' %%{http_code}' %s"):format(srv:url("/slow"))))
     local started = assert(io.open(dir .. "/started", "r")) -- blocks until the handler runs
     assert.equal("in\n", started:read("a"))
     started:close()

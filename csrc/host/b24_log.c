@@ -84,6 +84,11 @@ size_t b24_mask(const char *s, size_t len, char *out, size_t n)
             }
         }
         int masked = 0;
+        unsigned char lc = (unsigned char)(s[i] | 0x20);
+        if (lc != 't' && lc != 's' && lc != 'p' && lc != 'w' && lc != 'b' && lc != 'a') {
+            PUT(s[i++]); /* no key word starts here */
+            continue;
+        }
         for (const char *const *key = secret_keys; *key && !masked; key++) {
             size_t kl = strlen(*key);
             if (len - i < kl || strncasecmp(s + i, *key, kl) != 0)
@@ -145,10 +150,30 @@ static void add_str(line *l, const char *s)
     add(l, s, strlen(s));
 }
 
-static void add_value(line *l, const char *v)
+/* Fields the host fills with its own numbers and names; everything else is masked. */
+static int trusted(const char *key)
+{
+    static const char *const keys[] = {"time", "level", "status", "duration_ms", "bytes_in",
+                                       "remote", "method", "workers", "address", "version",
+                                       "in_flight", "unfinished", NULL};
+    for (const char *const *k = keys; *k; k++)
+        if (strcmp(*k, key) == 0)
+            return 1;
+    return 0;
+}
+
+static void add_value(line *l, const char *v, int mask)
 {
     char masked[4096];
-    size_t n = b24_mask(v, strlen(v), masked, sizeof masked);
+    size_t n;
+    if (mask) {
+        n = b24_mask(v, strlen(v), masked, sizeof masked);
+    } else {
+        n = strlen(v);
+        if (n >= sizeof masked)
+            n = sizeof masked - 1;
+        memcpy(masked, v, n);
+    }
     int quote = n == 0;
     for (size_t i = 0; i < n && !quote; i++)
         quote = masked[i] == ' ' || masked[i] == '"' || masked[i] == '=' || masked[i] == '\\' ||
@@ -187,13 +212,13 @@ static void add_field(line *l, const char *key, const char *value, int first)
         add(l, "\"", 1);
         add_str(l, key);
         add(l, "\":", 2);
-        add_value(l, value);
+        add_value(l, value, !trusted(key));
     } else {
         if (!first)
             add(l, " ", 1);
         add_str(l, key);
         add(l, "=", 1);
-        add_value(l, value);
+        add_value(l, value, !trusted(key));
     }
 }
 
@@ -205,11 +230,26 @@ void b24_log(b24_level level, const char *msg, ...)
     l.len = 0;
     struct timeval tv;
     gettimeofday(&tv, NULL);
-    struct tm tm;
-    gmtime_r(&tv.tv_sec, &tm);
-    char ts[64];
-    snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(tv.tv_usec / 1000));
+    /* the date and time to the second change once a second: formatted once per thread */
+    static __thread time_t cached_sec = -1;
+    static __thread char cached[64];
+    if (tv.tv_sec != cached_sec) {
+        struct tm tm;
+        gmtime_r(&tv.tv_sec, &tm);
+        snprintf(cached, sizeof cached, "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        cached_sec = tv.tv_sec;
+    }
+    char ts[80];
+    int ms = (int)(tv.tv_usec / 1000);
+    size_t tl = strlen(cached);
+    memcpy(ts, cached, tl);
+    ts[tl] = '.';
+    ts[tl + 1] = (char)('0' + ms / 100);
+    ts[tl + 2] = (char)('0' + ms / 10 % 10);
+    ts[tl + 3] = (char)('0' + ms % 10);
+    ts[tl + 4] = 'Z';
+    ts[tl + 5] = '\0';
     if (json_format)
         add(&l, "{", 1);
     add_field(&l, "time", ts, 1);

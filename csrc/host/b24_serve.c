@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,6 +114,9 @@ static lua_State *load_state(const char *src, size_t len, char *err, size_t errl
         return NULL;
     }
     lua_settop(L, 1); /* [1] = the handler, kept for the state's life */
+#if LUA_VERSION_NUM >= 504
+    lua_gc(L, LUA_GCGEN, 0, 0); /* a request's tables die young */
+#endif
     return L;
 }
 
@@ -173,8 +177,12 @@ typedef struct header {
     size_t name_len, value_len;
 } header;
 
+#define INLINE_URI 256
+#define INLINE_HEADERS 24
+#define INLINE_RESPONSE 512
+
 typedef struct request {
-    char *uri; /* as sent: path?query */
+    char *uri; /* as sent: path?query; uri_inline unless longer */
     double t0;
     int started, responded, status, too_large;
     size_t discarded;
@@ -184,21 +192,32 @@ typedef struct request {
     size_t nheaders, headers_cap;
     char remote[64];
     char method[24];
+    /* what most requests need, without a malloc each */
+    char uri_inline[INLINE_URI];
+    header headers_inline[INLINE_HEADERS];
+    char response_inline[INLINE_RESPONSE]; /* lives until the response has been sent */
 } request;
 
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
 {
-    request *r = calloc(1, sizeof *r);
-    if (r)
-        r->uri = strdup(uri);
+    request *r = malloc(sizeof *r);
+    if (r == NULL)
+        return NULL;
+    memset(r, 0, offsetof(request, uri_inline));
+    size_t len = strlen(uri);
+    r->uri = len < INLINE_URI ? memcpy(r->uri_inline, uri, len + 1) : strdup(uri);
+    r->headers = r->headers_inline;
+    r->headers_cap = INLINE_HEADERS;
     return r;
 }
 
 static void request_free(request *r)
 {
-    free(r->uri);
+    if (r->uri != r->uri_inline)
+        free(r->uri);
+    if (r->headers != r->headers_inline)
+        free(r->headers);
     free(r->body);
-    free(r->headers);
     free(r);
 }
 
@@ -207,10 +226,13 @@ static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const 
 {
     request *r = cls;
     if (r->nheaders == r->headers_cap) {
-        size_t cap = r->headers_cap ? r->headers_cap * 2 : 16;
-        header *h = realloc(r->headers, cap * sizeof *h);
+        size_t cap = r->headers_cap * 2;
+        header *h = malloc(cap * sizeof *h);
         if (h == NULL)
             return MHD_NO;
+        memcpy(h, r->headers, r->nheaders * sizeof *h);
+        if (r->headers != r->headers_inline)
+            free(r->headers);
         r->headers = h;
         r->headers_cap = cap;
     }
@@ -385,8 +407,13 @@ static enum MHD_Result run_handler(struct MHD_Connection *c, request *r)
     int status = (int)lua_tointeger(L, 2);
     size_t blen = 0;
     const char *body = lua_isnil(L, 4) ? "" : lua_tolstring(L, 4, &blen);
-    struct MHD_Response *res =
-        MHD_create_response_from_buffer(blen, (void *)body, MHD_RESPMEM_MUST_COPY);
+    struct MHD_Response *res;
+    if (blen <= INLINE_RESPONSE) { /* kept in the request, which outlives the response */
+        memcpy(r->response_inline, body, blen);
+        res = MHD_create_response_from_buffer(blen, r->response_inline, MHD_RESPMEM_PERSISTENT);
+    } else {
+        res = MHD_create_response_from_buffer(blen, (void *)body, MHD_RESPMEM_MUST_COPY);
+    }
     if (res == NULL) {
         lua_settop(L, 1);
         return respond_error(c, r, 500, "internal error");
@@ -610,22 +637,27 @@ static int resolve_listen(const char *spec, struct sockaddr_storage *ss, socklen
     return 0;
 }
 
+/* Loads the script file, checks it in a scratch state and publishes it as the next
+ * generation; on failure the running one stays. */
 static int reload(void)
 {
+    const char *failed = current ? "reload failed; keeping the previous script"
+                                 : "script failed to load";
     size_t len;
     char *src = b24_read_file(opt.script, &len);
     if (src == NULL) {
-        b24_log(B24_ERROR, "reload failed; keeping the previous script", "script", opt.script,
-                "error", strerror(errno), NULL);
-        b24_metrics_reload(0);
+        b24_log(B24_ERROR, failed, "script", opt.script, "error", strerror(errno), NULL);
+        if (current)
+            b24_metrics_reload(0);
         return -1;
     }
     char err[2048];
     lua_State *L = load_state(src, len, err, sizeof err);
     if (L == NULL) {
         free(src);
-        b24_log(B24_ERROR, "reload failed; keeping the previous script", "error", err, NULL);
-        b24_metrics_reload(0);
+        b24_log(B24_ERROR, failed, "error", err, NULL);
+        if (current)
+            b24_metrics_reload(0);
         return -1;
     }
     lua_close(L);
@@ -736,13 +768,6 @@ int b24_cmd_serve(int argc, char **argv)
     }
 
     /* The script must load before anything listens: a broken deploy fails fast and loudly. */
-    size_t len;
-    char *src = b24_read_file(opt.script, &len);
-    if (src == NULL) {
-        fprintf(stderr, "b24 serve: cannot read %s: %s\n", opt.script, strerror(errno));
-        return 1;
-    }
-    free(src);
     if (reload()) {
         fprintf(stderr, "b24 serve: %s failed to load (see the log line above)\n", opt.script);
         return 1;
@@ -772,7 +797,7 @@ int b24_cmd_serve(int argc, char **argv)
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)opt.workers, MHD_OPTION_CONNECTION_TIMEOUT,
         opt.client_timeout, MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger,
-        NULL, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024, MHD_OPTION_END);
+        NULL, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16 * 1024, MHD_OPTION_END);
     if (d == NULL) {
         fprintf(stderr, "b24 serve: cannot listen on %s: %s\n", opt.listen, strerror(errno));
         return 1;

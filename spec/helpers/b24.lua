@@ -4,7 +4,11 @@ local core = require "bitrix24.core"
 local M = {}
 
 M.root = (debug.getinfo(1, "S").source:match("^@(.*)/spec/helpers/b24%.lua$")) or "."
-M.bin = M.root .. "/build/b24"
+-- the sanitizer run points B24_BIN at a b24 built with AddressSanitizer
+M.bin = os.getenv("B24_BIN") or (M.root .. "/build/b24")
+-- Child processes must not inherit the sanitizer run's preloaded runtime: an uninstrumented
+-- program with libasan preloaded can deadlock in its exit handlers (libp11-kit).
+M.clean = "env -u LD_PRELOAD "
 
 local function shell_quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
@@ -35,7 +39,7 @@ end
 
 -- Runs a command to completion: its combined output and exit status.
 function M.exec(cmd)
-  local p = assert(io.popen(cmd .. " 2>&1; echo \"exit=$?\""))
+  local p = assert(io.popen(M.clean .. "sh -c " .. M.quote(cmd) .. " 2>&1; echo \"exit=$?\""))
   local out = p:read("a")
   p:close()
   local code = tonumber(out:match("exit=(%d+)\n?$"))
@@ -105,7 +109,7 @@ function M.start(opts)
   local cmd = ("%s %s %s serve --listen 127.0.0.1:0 %s %s"):format(
     shell_quote(M.root .. "/spec/helpers/run-b24.sh"), shell_quote(log), shell_quote(M.bin),
     table.concat(args, " "), shell_quote(script))
-  if opts.env then cmd = "env " .. opts.env .. " " .. cmd end
+  cmd = M.clean .. (opts.env or "") .. " " .. cmd
   local stream = assert(io.popen(cmd))
   local self = setmetatable({ dir = dir, script = script, stream = stream, lines = {},
                               http = core.http{ timeout = 30 } }, Server)
