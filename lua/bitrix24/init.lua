@@ -7,4 +7,8 @@ local _M = {
    core = core,
 }
 
+-- bitrix24.router{ … }: an outgoing-webhook receiver (see bitrix24.router)
+_M.router = require("bitrix24.router").new
+_M.event = require "bitrix24.event"
+
 return _M

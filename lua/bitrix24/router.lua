@@ -1,0 +1,498 @@
+-- bitrix24.router: receives Bitrix24 outgoing-webhook deliveries. accept verifies and parses one
+-- (the fast part, in the request path), dispatch runs the handlers of a stored delivery (in a
+-- worker, maybe after a restart), handle does both with in-memory deduplication.
+local core = require "bitrix24.core"
+local event_module = require "bitrix24.event"
+local cjson = require("cjson.safe").new()
+
+local type = type
+local error = error
+local pairs = pairs
+local pcall = pcall
+local xpcall = xpcall
+local tostring = tostring
+local tonumber = tonumber
+local setmetatable = setmetatable
+local getmetatable = getmetatable
+local require = require
+local string_lower = string.lower
+local string_upper = string.upper
+local string_sub = string.sub
+local string_find = string.find
+local string_match = string.match
+local string_gmatch = string.gmatch
+local string_gsub = string.gsub
+local table_concat = table.concat
+local math_abs = math.abs
+local math_floor = math.floor
+local math_huge = math.huge
+local os_time = os.time
+local io_stderr = io.stderr
+local traceback = debug.traceback
+local equal = core.equal
+local sha256 = core.sha256
+local hmac_sha256 = core.hmac_sha256
+local base64_decode = core.base64_decode
+
+local _M = {}
+local mt = { __index = _M }
+
+local SIGNATURE_HEADER = "X-Bitrix-Signature"
+local STANDARD_WEBHOOKS_TOLERANCE = 300
+local DEDUP_TTL = 86400
+local DEDUP_MAX = 100000
+local MAX_BODY = 1048576
+local JSON_TYPE = "application/json"
+
+local function json_headers()
+   return { ["Content-Type"] = JSON_TYPE }
+end
+
+local function answer(status, reason)
+   return { status = status, headers = json_headers(), body = cjson.encode({ error = reason }) }
+end
+
+local OK_BODY = '{"success":true}'
+local DUPLICATE_BODY = '{"success":true,"duplicate":true}'
+local HANDLER_FAILED_BODY = '{"error":"handler failed"}'
+
+-- A request header by its lower-case name; hosts other than b24 may keep the sender's case.
+local function header(headers, name)
+   if type(headers) ~= "table" then return nil end
+   local value = headers[name]
+   if value == nil then
+      for k, v in pairs(headers) do
+         if type(k) == "string" and string_lower(k) == name then
+            value = v
+            break
+         end
+      end
+   end
+   if type(value) == "table" then value = value[1] end -- ngx.req.get_headers gives repeats as a list
+   if type(value) ~= "string" then return nil end
+   return value
+end
+
+-- Constant-time comparison of two strings of any lengths: their digests are compared, so the
+-- time does not tell the length of the expected value either.
+local function same_secret(expected_digest, got)
+   return equal(expected_digest, sha256(got, "raw"))
+end
+
+local function check_string(opts, name)
+   local v = opts[name]
+   if v ~= nil and (type(v) ~= "string" or v == "") then
+      error("bad option '" .. name .. "' (a non-empty string expected)", 3)
+   end
+   return v
+end
+
+local function check_number(opts, name, default, what)
+   local v = opts[name]
+   if v == nil then return default end
+   if type(v) ~= "number" or v < 0 or v ~= v or v == math_huge then
+      error("bad option '" .. name .. "' (" .. (what or "a non-negative number") .. " expected)", 3)
+   end
+   return v
+end
+
+local function check_seconds(opts, name, default)
+   return check_number(opts, name, default, "a number of seconds")
+end
+
+-- The standard-webhooks key: the base64 after "whsec_" (the prefix is optional).
+local function standard_webhooks_key(secret)
+   local b64 = string_match(secret, "^whsec_(.+)$") or secret
+   local key = base64_decode(b64)
+   if key == nil or key == "" then
+      error("bad option 'standard_webhooks_secret' (whsec_ followed by base64 expected)", 3)
+   end
+   return key
+end
+
+-- Creates a router. Options: token | tokens ({ [member_id or domain] = token }), secret +
+-- signature_header, standard_webhooks_secret, max_age, insecure, dedup_ttl, dedup_max, key,
+-- max_body, limits ({ max_depth, max_pairs }), now, client (ctx.client in handle), log
+-- (ctx.log in handle). Raises on misuse, including no verification unless insecure = true.
+function _M.new(opts)
+   if opts == nil then opts = {} end
+   if type(opts) ~= "table" then error("bad argument #1 to 'router' (table of options expected)", 2) end
+   local token = check_string(opts, "token")
+   local secret = check_string(opts, "secret")
+   local signature_header = check_string(opts, "signature_header") or SIGNATURE_HEADER
+   local sw_secret = check_string(opts, "standard_webhooks_secret")
+   local tokens
+   if opts.tokens ~= nil then
+      if type(opts.tokens) ~= "table" then
+         error("bad option 'tokens' (a table of member_id or domain -> token expected)", 2)
+      end
+      if token then error("give 'token' or 'tokens', not both", 2) end
+      tokens = {}
+      local n = 0
+      for portal, t in pairs(opts.tokens) do
+         if type(portal) ~= "string" or portal == "" or type(t) ~= "string" or t == "" then
+            error("bad option 'tokens' (non-empty string keys and tokens expected)", 2)
+         end
+         tokens[string_lower(portal)] = sha256(t, "raw")
+         n = n + 1
+      end
+      if n == 0 then error("bad option 'tokens' (no portal in it)", 2) end
+   end
+   if opts.insecure ~= nil and type(opts.insecure) ~= "boolean" then
+      error("bad option 'insecure' (a boolean expected)", 2)
+   end
+   if not (token or tokens or secret or sw_secret) and not opts.insecure then
+      error("router with no verification: give token, tokens, secret or standard_webhooks_secret"
+            .. " (or insecure = true to accept unverified deliveries)", 2)
+   end
+   if opts.key ~= nil and type(opts.key) ~= "function" then
+      error("bad option 'key' (a function expected)", 2)
+   end
+   if opts.now ~= nil and type(opts.now) ~= "function" then
+      error("bad option 'now' (a function expected)", 2)
+   end
+   if opts.log ~= nil and type(opts.log) ~= "function" then
+      error("bad option 'log' (a function(level, msg, fields) expected)", 2)
+   end
+   local max_body = check_number(opts, "max_body", MAX_BODY)
+   if max_body < 1 or max_body ~= math_floor(max_body) then
+      error("bad option 'max_body' (a whole number of bytes from 1 expected)", 2)
+   end
+   local limits = { max_size = math_floor(max_body) } -- an integer, as form_decode wants
+   if opts.limits ~= nil then
+      if type(opts.limits) ~= "table" then error("bad option 'limits' (a table expected)", 2) end
+      limits.max_depth = opts.limits.max_depth
+      limits.max_pairs = opts.limits.max_pairs
+   end
+   -- form_decode raises on bad limits: let it do so now rather than on the first delivery
+   local ok, err = pcall(core.form_decode, "", limits)
+   if not ok then error("bad option 'limits' (" .. tostring(err) .. ")", 2) end
+   local dedup_max = check_number(opts, "dedup_max", DEDUP_MAX)
+   local self = {
+      token_digest = token and sha256(token, "raw"),
+      tokens = tokens,
+      secret = secret,
+      signature_header = string_lower(signature_header),
+      signature_header_name = signature_header,
+      sw_key = sw_secret and standard_webhooks_key(sw_secret),
+      max_age = check_seconds(opts, "max_age", nil),
+      dedup_ttl = check_seconds(opts, "dedup_ttl", DEDUP_TTL),
+      dedup_max = dedup_max,
+      key_function = opts.key,
+      max_body = max_body,
+      limits = limits,
+      now = opts.now or os_time,
+      client = opts.client,
+      log = opts.log,
+      handlers = {},
+      seen = {},        -- dedup key -> expiry (unix seconds); true while pending
+      seen_order = {},  -- { key, expiry } in expiry order, for pruning
+      seen_head = 1,
+      seen_tail = 0,
+      seen_count = 0,
+   }
+   return setmetatable(self, mt)
+end
+
+-- Registers fn(event, ctx) for an event name (case-insensitive), a prefix ending in "*", or "*".
+function _M.on(self, pattern, fn)
+   if type(pattern) ~= "string" or pattern == "" then
+      error("bad argument #1 to 'on' (event name or pattern expected)", 2)
+   end
+   if type(fn) ~= "function" then error("bad argument #2 to 'on' (function expected)", 2) end
+   pattern = string_upper(pattern)
+   local star = string_find(pattern, "*", 1, true)
+   local entry = { fn = fn, pattern = pattern }
+   if star then
+      if star ~= #pattern then
+         error("bad argument #1 to 'on' ('*' only at the end of a pattern)", 2)
+      end
+      entry.prefix = string_sub(pattern, 1, -2)
+   else
+      entry.name = pattern
+   end
+   self.handlers[#self.handlers + 1] = entry
+   return self
+end
+
+local function matches(entry, name)
+   if entry.name then return entry.name == name end
+   return string_sub(name, 1, #entry.prefix) == entry.prefix
+end
+
+-- The hex HMAC-SHA256 check of the raw body; nil when it passes, else the reason.
+local function check_hmac(self, headers, raw)
+   local got = header(headers, self.signature_header)
+   if got == nil or got == "" then
+      return "missing signature header " .. self.signature_header_name
+   end
+   got = string_lower(string_match(got, "^%s*(.-)%s*$"))
+   got = string_match(got, "^sha256=(.*)$") or got
+   local expected = hmac_sha256(self.secret, raw, "hex")
+   if not equal(expected, got) then return "signature does not match the body" end
+   return nil
+end
+
+-- The Standard Webhooks check (webhook-id, webhook-timestamp, webhook-signature); nil when it
+-- passes, else the reason.
+local function check_standard_webhooks(self, headers, raw)
+   local id = header(headers, "webhook-id")
+   local timestamp = header(headers, "webhook-timestamp")
+   local signatures = header(headers, "webhook-signature")
+   if not id or not timestamp or not signatures then
+      return "missing webhook-id, webhook-timestamp or webhook-signature header"
+   end
+   local ts = string_match(timestamp, "^%s*(%d+)%s*$")
+   if not ts or #ts > 15 then return "webhook-timestamp is not a number of seconds" end
+   if math_abs(self.now() - tonumber(ts)) > STANDARD_WEBHOOKS_TOLERANCE then
+      return "webhook-timestamp is outside the 5-minute tolerance"
+   end
+   local expected = hmac_sha256(self.sw_key, id .. "." .. ts .. "." .. raw, "raw")
+   local matched = false
+   -- every v1 signature is compared, so the time does not tell which one matched
+   -- (a repeated header reaches us joined with ", ", hence the trailing commas dropped)
+   for item in string_gmatch(signatures, "%S+") do
+      local value = string_match(item, "^v1,([^,]+),?$")
+      local got = value and base64_decode(value)
+      if got and equal(expected, got) then matched = true end
+   end
+   if not matched then return "no webhook-signature matches the body" end
+   return nil
+end
+
+-- The application token check against token or tokens; nil when it passes, else the reason.
+local function check_token(self, event)
+   local expected = self.token_digest
+   if self.tokens then
+      local member_id, domain = event.member_id, event.domain
+      expected = (member_id and self.tokens[string_lower(member_id)])
+         or (domain and self.tokens[string_lower(domain)])
+      if not expected then return "unknown portal" end
+   end
+   local got = event.auth.application_token
+   if type(got) ~= "string" or got == "" then return "missing application token" end
+   if not same_secret(expected, got) then return "wrong application token" end
+   return nil
+end
+
+local function check_age(self, event)
+   local ts = event.ts and string_match(event.ts, "^%d+$")
+   if not ts or #ts > 15 then return "missing or malformed ts" end
+   local age = self.now() - tonumber(ts)
+   if age > self.max_age then return "delivery is older than max_age" end
+   if -age > self.max_age then return "delivery ts is in the future" end
+   return nil
+end
+
+-- Whether an ID names one object, so a key made from it tells deliveries apart.
+local function usable_id(id)
+   return type(id) == "string" and string_match(id, "^[1-9]%d*$") ~= nil
+end
+
+-- The default dedup key: portal|NAME|id for adds and deletes, plus |ts for updates, and the
+-- body's digest for everything else (and for events without a usable ID or ts).
+function _M.default_key(event)
+   local kind = event_module.kind(event.name)
+   local portal = event.member_id or event.domain or "-"
+   if (kind == "add" or kind == "delete") and usable_id(event.id) then
+      return portal .. "|" .. event.name .. "|" .. event.id
+   end
+   if kind == "update" and usable_id(event.id) and event.ts and event.ts ~= "" then
+      return portal .. "|" .. event.name .. "|" .. event.id .. "|" .. event.ts
+   end
+   return "sha256:" .. sha256(event.raw)
+end
+
+local function key_of(self, event)
+   if not self.key_function then return _M.default_key(event) end
+   local key = self.key_function(event)
+   if type(key) ~= "string" or key == "" then
+      error("the router's key function returned " .. type(key) .. ", a non-empty string expected", 0)
+   end
+   return key
+end
+
+-- Verifies and parses one request. Returns a verdict table: status, headers, body, and for a
+-- status 200 also event, key (the dedup key) and kind ("add", "update", "delete", "other").
+-- Never runs a handler.
+function _M.accept(self, request)
+   if type(request) ~= "table" then error("bad argument #1 to 'accept' (request table expected)", 2) end
+   local method = request.method
+   if type(method) ~= "string" or string_upper(method) ~= "POST" then
+      local v = answer(405, "POST expected")
+      v.headers.Allow = "POST"
+      return v
+   end
+   local headers = request.headers
+   local content_type = header(headers, "content-type")
+   if not event_module.content_kind(content_type) then
+      return answer(415, "content type application/x-www-form-urlencoded or application/json expected")
+   end
+   local raw = request.body
+   if raw == nil then raw = "" end
+   if type(raw) ~= "string" then error("bad request body (string expected)", 2) end
+   if #raw > self.max_body then return answer(413, "request body too large") end
+   -- signatures first, over the raw bytes, before anything parses them
+   if self.secret then
+      local why = check_hmac(self, headers, raw)
+      if why then return answer(401, why) end
+   end
+   if self.sw_key then
+      local why = check_standard_webhooks(self, headers, raw)
+      if why then return answer(401, why) end
+   end
+   local event, msg, kind = event_module.parse(raw, content_type, self.limits)
+   if not event then
+      if kind == "too_large" then return answer(413, "request body too large") end
+      return answer(400, msg)
+   end
+   if self.token_digest or self.tokens then
+      local why = check_token(self, event)
+      if why then return answer(401, why) end
+   end
+   if self.max_age then
+      local why = check_age(self, event)
+      if why then return answer(401, why) end
+   end
+   return {
+      status = 200, headers = json_headers(), body = OK_BODY,
+      event = event, key = key_of(self, event), kind = event_module.kind(event.name),
+   }
+end
+
+-- The message of an error value with the traceback of where it was raised.
+local function error_with_traceback(e)
+   local msg = e
+   if type(e) ~= "string" then
+      local m = getmetatable(e)
+      if m and m.__tostring then
+         msg = tostring(e)
+      else
+         msg = "(error object is a " .. type(e) .. " value)"
+      end
+   end
+   return traceback(msg, 2)
+end
+
+local ESCAPES = { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
+
+-- A logfmt value on one line.
+local function quote(v)
+   return '"' .. string_gsub(tostring(v), '[\\"\n\r\t]', ESCAPES) .. '"'
+end
+
+local function stderr_log(level, msg, fields)
+   local parts = { "level=" .. tostring(level), "msg=" .. quote(msg) }
+   if type(fields) == "table" then
+      for k, v in pairs(fields) do
+         parts[#parts + 1] = tostring(k) .. "=" .. quote(v)
+      end
+   end
+   io_stderr:write(table_concat(parts, " "), "\n")
+end
+
+-- The host's logger inside b24, a line on stderr elsewhere.
+local function host_log()
+   local ok, host = pcall(require, "bitrix24.host")
+   if ok and type(host) == "table" and type(host.log) == "function" then return host.log end
+   return stderr_log
+end
+
+local function default_ctx(self)
+   return { attempt = 1, log = self.log or host_log(), client = self.client }
+end
+
+-- Runs every handler matching the stored delivery's event, in registration order, each under
+-- xpcall. stored = { body = raw, headers = { ["content-type"] = … } }, as accept took them; it is
+-- parsed again but not verified again. Returns true, or nil and the failures with tracebacks
+-- (the handlers after a failing one still run).
+function _M.dispatch(self, stored, ctx)
+   if type(stored) ~= "table" then error("bad argument #1 to 'dispatch' (stored request expected)", 2) end
+   if ctx == nil then ctx = default_ctx(self) end
+   local raw = stored.body
+   if type(raw) ~= "string" then return nil, "stored delivery has no body" end
+   local event = stored.event
+   if event == nil then
+      local msg
+      event, msg = event_module.parse(raw, header(stored.headers, "content-type"), self.limits)
+      if not event then return nil, "stored delivery does not parse: " .. tostring(msg) end
+   end
+   local failures
+   local handlers = self.handlers
+   for i = 1, #handlers do
+      local entry = handlers[i]
+      if matches(entry, event.name) then
+         local fn = entry.fn
+         local ok, err = xpcall(function() return fn(event, ctx) end, error_with_traceback)
+         if not ok then
+            failures = failures or {}
+            failures[#failures + 1] = "handler " .. i .. " (" .. entry.pattern .. ") for "
+               .. event.name .. " failed: " .. tostring(err)
+         end
+      end
+   end
+   if failures then return nil, table_concat(failures, "\n") end
+   return true
+end
+
+-- Drops expired keys from the front of the expiry-ordered list, and the oldest while over size.
+local function prune(self, now)
+   local order, seen = self.seen_order, self.seen
+   local head = self.seen_head
+   while order[head] do
+      local entry = order[head]
+      local expiry = seen[entry[1]]
+      if expiry ~= entry[2] then
+         -- superseded (processed again later) or already removed: only the list entry goes
+         order[head] = nil
+         head = head + 1
+      elseif expiry <= now or self.seen_count > self.dedup_max then
+         seen[entry[1]] = nil
+         self.seen_count = self.seen_count - 1
+         order[head] = nil
+         head = head + 1
+      else
+         break
+      end
+   end
+   self.seen_head = head
+end
+
+local function remember(self, key, now)
+   local expiry = now + self.dedup_ttl
+   if self.seen[key] == nil then self.seen_count = self.seen_count + 1 end
+   self.seen[key] = expiry
+   self.seen_tail = self.seen_tail + 1
+   self.seen_order[self.seen_tail] = { key, expiry }
+end
+
+-- accept, in-memory deduplication and dispatch in one call, for hosts without an inbox.
+-- Returns status, headers, body.
+function _M.handle(self, request)
+   local verdict = self:accept(request)
+   if verdict.status ~= 200 then return verdict.status, verdict.headers, verdict.body end
+   local now = self.now()
+   prune(self, now)
+   local key = verdict.key
+   local state = self.seen[key]
+   if state == true or (state and state > now) then
+      return 200, json_headers(), DUPLICATE_BODY
+   end
+   -- pending while the handlers run, so a delivery arriving meanwhile (a host whose handlers
+   -- yield) is coalesced with this one
+   if state == nil then self.seen_count = self.seen_count + 1 end
+   self.seen[key] = true
+   local ctx = default_ctx(self)
+   local ok, err = self:dispatch({ body = verdict.event.raw, event = verdict.event }, ctx)
+   if not ok then
+      self.seen[key] = nil
+      self.seen_count = self.seen_count - 1
+      pcall(ctx.log, "error", "handler failed",
+            { event = verdict.event.name, id = verdict.event.id, error = err })
+      return 500, json_headers(), HANDLER_FAILED_BODY
+   end
+   remember(self, key, self.now())
+   return 200, json_headers(), OK_BODY
+end
+
+return _M
