@@ -20,6 +20,7 @@ B24   := $(BUILD)/b24
 HOST_SRC := $(sort $(wildcard csrc/host/*.c))
 LUA_SRC  := $(sort $(wildcard lua/bitrix24/*.lua))
 PREFIX ?= /usr/local
+HOST_LIBS := -llua5.4 -lmicrohttpd -lsqlite3
 ASAN  := $(BUILD)/asan/bitrix24/core.so
 
 .PHONY: all test check install fuzz fuzz-run bench clean format lint
@@ -41,7 +42,7 @@ $(BUILD)/b24_embedded.c: $(LUA_SRC) scripts/embed.lua
 
 $(B24): $(SRC) $(HDR) $(HOST_SRC) csrc/host/b24_host.h $(BUILD)/b24_embedded.c
 	$(CC) $(BASE) -fvisibility=default $(CFLAGS) $(LUA54_INC) -Icsrc -Icsrc/host -o $@ \
-	  $(SRC) $(HOST_SRC) $(BUILD)/b24_embedded.c $(LIBS) -llua5.4 -lmicrohttpd -Wl,-E
+	  $(SRC) $(HOST_SRC) $(BUILD)/b24_embedded.c $(LIBS) $(HOST_LIBS) -Wl,-E
 
 install: $(B24)
 	install -d $(DESTDIR)$(PREFIX)/bin
@@ -64,7 +65,7 @@ $(ASAN_B24): $(SRC) $(HDR) $(HOST_SRC) csrc/host/b24_host.h $(BUILD)/b24_embedde
 	@mkdir -p $(@D)
 	$(CC) $(BASE) -fvisibility=default -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
 	  -fno-sanitize-recover=all $(LUA54_INC) -Icsrc -Icsrc/host -o $@ \
-	  $(SRC) $(HOST_SRC) $(BUILD)/b24_embedded.c $(LIBS) -llua5.4 -lmicrohttpd
+	  $(SRC) $(HOST_SRC) $(BUILD)/b24_embedded.c $(LIBS) $(HOST_LIBS)
 
 check: $(ASAN) $(ASAN_B24)
 	scripts/test.sh sanitizers

@@ -35,8 +35,27 @@ void b24_metrics_handler_error(void);
 void b24_metrics_reload(int ok);
 void b24_metrics_in_flight(int delta);
 long b24_metrics_in_flight_now(void);
+void b24_metrics_delivery(int duplicate);
+void b24_metrics_handler_run(int ok);
+void b24_metrics_dead_letter(void);
+void b24_metrics_inbox_depth(long (*depth)(void)); /* a gauge read when rendering */
 /* Renders the Prometheus text format into a malloc'd string. */
 char *b24_metrics_render(size_t *len);
+
+/* ---- the handler script (b24_script.c) -------------------------------------------------- */
+enum { B24_HANDLER_FUNCTION = 1, B24_HANDLER_TABLE = 2, B24_HANDLER_ROUTER = 3 };
+/* Loads path and publishes it; the kind of handler it returns, or -1 (logged). A reload
+ * whose kind does not suit the running server (required) is refused. */
+int b24_script_load(const char *path, int required);
+/* This thread's state with the handler at index 1, (re)built as needed; NULL on failure. */
+lua_State *b24_script_state(void);
+int b24_script_kind(void);
+void b24_script_close_all(void);
+
+/* ---- handler threads of the inbox (b24_handlers.c) --------------------------------------- */
+struct b24_inbox;
+int b24_handlers_start(struct b24_inbox *in, int n, double timeout);
+void b24_handlers_stop(void);
 
 /* ---- commands --------------------------------------------------------------------------- */
 int b24_cmd_serve(int argc, char **argv);

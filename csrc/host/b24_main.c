@@ -7,6 +7,7 @@
 #include <lauxlib.h>
 
 #include "b24_host.h"
+#include "b24_inbox.h"
 
 #define B24_VERSION_STRING "0.1.0"
 
@@ -17,6 +18,7 @@ static void help(FILE *f)
           "usage:\n"
           "  b24 serve [OPTIONS] SCRIPT.lua   serve the handler SCRIPT returns over HTTP\n"
           "  b24 run SCRIPT.lua [ARGS...]     run a Lua script with bitrix24 preloaded\n"
+          "  b24 inbox stats|list|retry|purge look at and repair the durable inbox\n"
           "  b24 help                          this text\n"
           "  b24 --version                     the version\n"
           "\n"
@@ -85,6 +87,8 @@ int main(int argc, char **argv)
         return b24_cmd_serve(argc - 1, argv + 1);
     if (strcmp(cmd, "run") == 0)
         return b24_cmd_run(argc - 1, argv + 1);
+    if (strcmp(cmd, "inbox") == 0)
+        return b24_cmd_inbox(argc - 1, argv + 1);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         help(stdout);
         return 0;

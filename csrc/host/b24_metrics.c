@@ -16,6 +16,28 @@ static atomic_ulong duration_us_sum;
 static atomic_ulong handler_errors;
 static atomic_ulong reloads_ok, reloads_failed;
 static atomic_long in_flight;
+static atomic_ulong stored_total, duplicates_total, runs_ok, runs_failed, dead_total;
+static long (*depth_fn)(void);
+
+void b24_metrics_delivery(int duplicate)
+{
+    atomic_fetch_add_explicit(duplicate ? &duplicates_total : &stored_total, 1, memory_order_relaxed);
+}
+
+void b24_metrics_handler_run(int ok)
+{
+    atomic_fetch_add_explicit(ok ? &runs_ok : &runs_failed, 1, memory_order_relaxed);
+}
+
+void b24_metrics_dead_letter(void)
+{
+    atomic_fetch_add_explicit(&dead_total, 1, memory_order_relaxed);
+}
+
+void b24_metrics_inbox_depth(long (*depth)(void))
+{
+    depth_fn = depth;
+}
 
 void b24_metrics_request(int status, double seconds)
 {
@@ -98,6 +120,28 @@ char *b24_metrics_render(size_t *len)
             "b24_reloads_total{result=\"failed\"} %lu\n",
         atomic_load_explicit(&reloads_ok, memory_order_relaxed),
         atomic_load_explicit(&reloads_failed, memory_order_relaxed));
+    if (depth_fn) {
+        put(&o, "# HELP b24_deliveries_total Accepted deliveries: stored, or duplicates answered at once.\n"
+                "# TYPE b24_deliveries_total counter\n"
+                "b24_deliveries_total{result=\"stored\"} %lu\n"
+                "b24_deliveries_total{result=\"duplicate\"} %lu\n",
+            atomic_load_explicit(&stored_total, memory_order_relaxed),
+            atomic_load_explicit(&duplicates_total, memory_order_relaxed));
+        put(&o, "# HELP b24_handler_runs_total Runs of the handlers on stored deliveries.\n"
+                "# TYPE b24_handler_runs_total counter\n"
+                "b24_handler_runs_total{outcome=\"ok\"} %lu\n"
+                "b24_handler_runs_total{outcome=\"error\"} %lu\n",
+            atomic_load_explicit(&runs_ok, memory_order_relaxed),
+            atomic_load_explicit(&runs_failed, memory_order_relaxed));
+        put(&o, "# HELP b24_dead_letters_total Deliveries that failed every attempt.\n"
+                "# TYPE b24_dead_letters_total counter\n"
+                "b24_dead_letters_total %lu\n",
+            atomic_load_explicit(&dead_total, memory_order_relaxed));
+        put(&o, "# HELP b24_inbox_depth Stored deliveries not yet handled.\n"
+                "# TYPE b24_inbox_depth gauge\n"
+                "b24_inbox_depth %ld\n",
+            depth_fn());
+    }
     put(&o, "# HELP b24_request_duration_seconds Time from request start to response queued.\n"
             "# TYPE b24_request_duration_seconds histogram\n");
     unsigned long cumulative = 0;

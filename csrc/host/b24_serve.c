@@ -23,6 +23,7 @@
 #include <microhttpd.h>
 
 #include "b24_host.h"
+#include "b24_inbox.h"
 
 #define B24_VERSION_STRING "0.1.0"
 #define DISCARD_MAX ((size_t)16 * 1024 * 1024) /* of an oversized chunked body */
@@ -34,141 +35,16 @@ typedef struct options {
     unsigned client_timeout;
     double drain_timeout;
     const char *script;
+    const char *inbox; /* a file, or "memory" */
+    int sync;          /* handlers inside the request, no inbox */
+    long handler_threads;
+    double handler_timeout;
+    b24_inbox_options inbox_opt;
 } options;
 
 static options opt;
 static double started_at;
 static atomic_int stopping;
-
-/* ---- the script: one published generation, taken by threads when they build a state -------- */
-
-typedef struct script {
-    char *src;
-    size_t len;
-    unsigned generation;
-    int refs; /* the published pointer counts as one */
-} script;
-
-static pthread_mutex_t script_lock = PTHREAD_MUTEX_INITIALIZER;
-static script *current;
-static atomic_uint generation;
-
-static script *script_take(void)
-{
-    pthread_mutex_lock(&script_lock);
-    script *s = current;
-    s->refs++;
-    pthread_mutex_unlock(&script_lock);
-    return s;
-}
-
-static void script_release(script *s)
-{
-    pthread_mutex_lock(&script_lock);
-    int last = --s->refs == 0;
-    pthread_mutex_unlock(&script_lock);
-    if (last) {
-        free(s->src);
-        free(s);
-    }
-}
-
-/* [-1, +1] true when the value is a function, or a table whose handle is a function; run
- * under lua_pcall since a router's handle may come from an __index metamethod. */
-static int is_handler(lua_State *L)
-{
-    int ok = lua_type(L, 1) == LUA_TFUNCTION;
-    if (!ok && lua_type(L, 1) == LUA_TTABLE) {
-        lua_getfield(L, 1, "handle");
-        ok = lua_type(L, -1) == LUA_TFUNCTION;
-    }
-    lua_pushboolean(L, ok);
-    return 1;
-}
-
-/* Loads src into a fresh state and checks what it returns: a function handler(request), or a
- * table with a handle method (a router). NULL and the message in err on failure. */
-static lua_State *load_state(const char *src, size_t len, char *err, size_t errlen)
-{
-    lua_State *L = b24_state_new();
-    if (L == NULL) {
-        snprintf(err, errlen, "cannot create a Lua state (out of memory)");
-        return NULL;
-    }
-    if (b24_state_run_script(L, opt.script, src, len, 0) != LUA_OK) {
-        const char *m = lua_tostring(L, -1);
-        snprintf(err, errlen, "%s", m ? m : "(error object is not a string)");
-        lua_close(L);
-        return NULL;
-    }
-    lua_pushcfunction(L, is_handler);
-    lua_pushvalue(L, -2);
-    int ok = b24_state_call(L, 1, 1) == LUA_OK && lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    if (!ok) {
-        snprintf(err, errlen,
-                 "%s: the script must return a function handler(request) or a table with a "
-                 "handle method, not a %s value",
-                 opt.script, luaL_typename(L, -1));
-        lua_close(L);
-        return NULL;
-    }
-    lua_settop(L, 1); /* [1] = the handler, kept for the state's life */
-#if LUA_VERSION_NUM >= 504
-    lua_gc(L, LUA_GCGEN, 0, 0); /* a request's tables die young */
-#endif
-    return L;
-}
-
-/* ---- per-thread states -------------------------------------------------------------------- */
-
-typedef struct worker {
-    lua_State *L;
-    unsigned generation;
-    struct worker *next;
-} worker;
-
-static __thread worker *this_worker;
-static pthread_mutex_t workers_lock = PTHREAD_MUTEX_INITIALIZER;
-static worker *workers;
-
-/* This thread's state, built or rebuilt when the published generation moved on. */
-static worker *get_worker(void)
-{
-    worker *w = this_worker;
-    unsigned gen = atomic_load(&generation);
-    if (w && w->generation == gen)
-        return w;
-    script *s = script_take();
-    char err[2048];
-    lua_State *L = load_state(s->src, s->len, err, sizeof err);
-    unsigned sgen = s->generation;
-    script_release(s);
-    if (L == NULL) {
-        b24_log(B24_ERROR, "script failed to load in a worker; keeping the previous one", "error",
-                err, NULL);
-        if (w)
-            w->generation = sgen; /* do not retry on every request */
-        return w;
-    }
-    if (w == NULL) {
-        w = calloc(1, sizeof *w);
-        if (w == NULL) {
-            lua_close(L);
-            return NULL;
-        }
-        pthread_mutex_lock(&workers_lock);
-        w->next = workers;
-        workers = w;
-        pthread_mutex_unlock(&workers_lock);
-        this_worker = w;
-    } else {
-        lua_close(w->L);
-    }
-    w->L = L;
-    w->generation = sgen;
-    return w;
-}
 
 /* ---- requests --------------------------------------------------------------------------- */
 
@@ -186,6 +62,14 @@ typedef struct request {
     double t0;
     int started, responded, status, too_large;
     size_t discarded;
+    /* the durable path */
+    int awaiting;
+    atomic_int put_done;
+    b24_put put;
+    char *put_mem; /* key, event, content type and the accepted answer's body */
+    const char *accept_body;
+    size_t accept_body_len;
+    struct MHD_Connection *conn;
     char *body;
     size_t body_len, body_cap;
     header *headers;
@@ -218,6 +102,7 @@ static void request_free(request *r)
     if (r->headers != r->headers_inline)
         free(r->headers);
     free(r->body);
+    free(r->put_mem);
     free(r);
 }
 
@@ -290,12 +175,11 @@ static enum MHD_Result respond_error(struct MHD_Connection *c, request *r, int s
 static int dispatch(lua_State *L)
 {
     request *r = lua_touserdata(L, 2);
-    struct MHD_Connection *c = lua_touserdata(L, 3);
-    (void)c;
+    int accept = lua_toboolean(L, 3); /* a router's accept instead of the handler */
     lua_settop(L, 1);
     int is_table = lua_type(L, 1) == LUA_TTABLE;
     if (is_table) {
-        lua_getfield(L, 1, "handle");
+        lua_getfield(L, 1, accept ? "accept" : "handle");
         lua_pushvalue(L, 1);
     } else {
         lua_pushvalue(L, 1);
@@ -341,13 +225,34 @@ static int dispatch(lua_State *L)
         lua_rawset(L, -3);
     }
     lua_setfield(L, -2, "headers");
-    lua_call(L, is_table ? 2 : 1, 3);
+    if (accept) { /* the verdict table: status, headers, body, and key + event when accepted */
+        lua_call(L, 2, 1);
+        if (!lua_istable(L, -1))
+            return luaL_error(L, "router:accept returned a %s, not a verdict table", luaL_typename(L, -1));
+        lua_getfield(L, 2, "status");
+        lua_getfield(L, 2, "headers");
+        lua_getfield(L, 2, "body");
+        lua_getfield(L, 2, "key");
+        lua_getfield(L, 2, "event");
+        if (lua_istable(L, -1))
+            lua_getfield(L, -1, "name");
+        else
+            lua_pushnil(L);
+        lua_replace(L, -2);
+        lua_remove(L, 2); /* [2] status [3] headers [4] body [5] key [6] event name */
+        if (!lua_isnil(L, 5) && (lua_type(L, 5) != LUA_TSTRING || lua_type(L, 6) != LUA_TSTRING))
+            return luaL_error(L, "router:accept returned a key without an event name");
+    } else {
+        lua_call(L, is_table ? 2 : 1, 3);
+        lua_settop(L, 6); /* [5] [6] nil: no key, no event */
+    }
 
     /* [2] status [3] headers [4] body */
     if (!lua_isinteger(L, 2) || lua_tointeger(L, 2) < 100 || lua_tointeger(L, 2) > 599)
         return luaL_error(L, "handler returned a bad status (an integer from 100 to 599 expected, "
                              "got %s)", luaL_typename(L, 2));
-    lua_newtable(L); /* [5] flat header list */
+    lua_newtable(L); /* the flat header list, moved to [3] below */
+    int flat = lua_gettop(L);
     if (!lua_isnil(L, 3)) {
         if (!lua_istable(L, 3))
             return luaL_error(L, "handler returned bad headers (a table expected, got %s)",
@@ -366,8 +271,8 @@ static int dispatch(lua_State *L)
             if (nl == 0 || strcspn(name, "\r\n:") != nl || strcspn(value, "\r\n") != vl ||
                 strlen(name) != nl || strlen(value) != vl)
                 return luaL_error(L, "handler returned a bad header (CR, LF, NUL or ':' in a name)");
-            lua_rawseti(L, 5, n + 2); /* the value */
-            lua_rawseti(L, 5, n + 1); /* the name */
+            lua_rawseti(L, flat, n + 2); /* the value */
+            lua_rawseti(L, flat, n + 1); /* the name */
             n += 2;
             lua_pop(L, 1);
         }
@@ -379,23 +284,88 @@ static int dispatch(lua_State *L)
                               luaL_typename(L, 4));
         lua_tostring(L, 4); /* converts in place, inside the protected call */
     }
-    lua_settop(L, 4);
-    return 3;
+    return 5;
+}
+
+/* ---- the durable path: accept, store, answer once committed ------------------------------ */
+
+static b24_inbox *inbox; /* NULL: handlers run inside the request */
+
+static long inbox_depth(void)
+{
+    return inbox ? b24_inbox_depth(inbox) : 0;
+}
+
+/* Runs on the inbox thread once the delivery is committed (or refused): wakes the request. */
+static void stored(b24_put *put)
+{
+    request *r = put->arg;
+    atomic_store(&r->put_done, 1);
+    MHD_resume_connection(r->conn);
+}
+
+/* Keeps what the inbox needs in the request, suspends the connection, queues the delivery;
+ * the answer goes out from on_access when stored() resumes the connection. */
+static enum MHD_Result store(struct MHD_Connection *c, request *r, lua_State *L,
+                             const char *body, size_t blen)
+{
+    size_t klen, elen;
+    const char *key = lua_tolstring(L, 5, &klen);
+    const char *event = lua_tolstring(L, 6, &elen);
+    const char *ctype = "";
+    for (size_t i = 0; i < r->nheaders; i++)
+        if (r->headers[i].name_len == 12 && strncasecmp(r->headers[i].name, "content-type", 12) == 0)
+            ctype = r->headers[i].value;
+    size_t clen = strlen(ctype);
+    r->put_mem = malloc(klen + elen + clen + blen + 4);
+    if (r->put_mem == NULL) {
+        lua_settop(L, 1);
+        return respond_error(c, r, 503, "inbox unavailable");
+    }
+    char *p = r->put_mem;
+    r->put.key = memcpy(p, key, klen + 1), p += klen + 1;
+    r->put.event = memcpy(p, event, elen + 1), p += elen + 1;
+    r->put.content_type = memcpy(p, ctype, clen + 1), p += clen + 1;
+    r->accept_body = memcpy(p, body, blen), r->accept_body_len = blen;
+    lua_settop(L, 1);
+    r->put.body = r->body ? r->body : "";
+    r->put.body_len = r->body_len;
+    r->put.done = stored;
+    r->put.arg = r;
+    r->conn = c;
+    r->awaiting = 1;
+    MHD_suspend_connection(c); /* before the put: stored() may run at once */
+    b24_inbox_put(inbox, &r->put);
+    return MHD_YES;
+}
+
+static enum MHD_Result answer_stored(struct MHD_Connection *c, request *r)
+{
+    r->awaiting = 0;
+    switch (r->put.result) {
+    case B24_PUT_STORED:
+        b24_metrics_delivery(0);
+        return respond(c, r, 200, JSON, r->accept_body, r->accept_body_len);
+    case B24_PUT_DUPLICATE:
+        b24_metrics_delivery(1);
+        return respond(c, r, 200, JSON, "{\"success\":true,\"duplicate\":true}", 33);
+    default:
+        return respond_error(c, r, 503, "inbox unavailable");
+    }
 }
 
 static enum MHD_Result run_handler(struct MHD_Connection *c, request *r)
 {
-    worker *w = get_worker();
-    if (w == NULL)
+    lua_State *L = b24_script_state();
+    if (L == NULL)
         return respond_error(c, r, 500, "internal error");
-    lua_State *L = w->L;
     MHD_get_connection_values_n(c, MHD_HEADER_KIND, collect_header, r);
     lua_settop(L, 1);
     lua_pushcfunction(L, dispatch);
     lua_pushvalue(L, 1);
     lua_pushlightuserdata(L, r);
-    lua_pushlightuserdata(L, c);
-    if (b24_state_call(L, 3, 3) != LUA_OK) {
+    lua_pushboolean(L, inbox != NULL);
+    if (b24_state_call(L, 3, 5) != LUA_OK) {
         b24_metrics_handler_error();
         const char *m = lua_tostring(L, -1);
         b24_log(B24_ERROR, "handler failed", "method", r->method, "path", r->uri, "error",
@@ -403,10 +373,12 @@ static enum MHD_Result run_handler(struct MHD_Connection *c, request *r)
         lua_settop(L, 1);
         return respond_error(c, r, 500, "internal error");
     }
-    /* [2] status [3] headers (flat) [4] body: all checked; nothing here can raise */
+    /* [2] status [3] headers (flat) [4] body [5] key [6] event: checked; nothing here raises */
     int status = (int)lua_tointeger(L, 2);
     size_t blen = 0;
     const char *body = lua_isnil(L, 4) ? "" : lua_tolstring(L, 4, &blen);
+    if (inbox && status == 200 && lua_type(L, 5) == LUA_TSTRING)
+        return store(c, r, L, body, blen);
     struct MHD_Response *res;
     if (blen <= INLINE_RESPONSE) { /* kept in the request, which outlives the response */
         memcpy(r->response_inline, body, blen);
@@ -439,11 +411,13 @@ static enum MHD_Result run_handler(struct MHD_Connection *c, request *r)
 
 static enum MHD_Result serve_healthz(struct MHD_Connection *c, request *r)
 {
-    char body[256];
+    char body[320];
     int n = snprintf(body, sizeof body,
-                     "{\"status\":\"%s\",\"version\":\"%s\",\"in_flight\":%ld,\"uptime_seconds\":%.0f}",
+                     "{\"status\":\"%s\",\"version\":\"%s\",\"in_flight\":%ld,"
+                     "\"uptime_seconds\":%.0f,\"inbox_depth\":%ld}",
                      atomic_load(&stopping) ? "stopping" : "ok", B24_VERSION_STRING,
-                     b24_metrics_in_flight_now() - 1, b24_now() - started_at);
+                     b24_metrics_in_flight_now() - 1, b24_now() - started_at,
+                     inbox ? b24_inbox_depth(inbox) : 0L);
     return respond(c, r, atomic_load(&stopping) ? 503 : 200, JSON, body, (size_t)n);
 }
 
@@ -465,6 +439,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     request *r = *con_cls;
     if (r == NULL || r->uri == NULL)
         return MHD_NO; /* out of memory in on_uri: drop the connection */
+    if (r->awaiting)
+        return atomic_load(&r->put_done) ? answer_stored(c, r) : MHD_YES;
     if (!r->started) {
         r->started = 1;
         r->t0 = b24_now();
@@ -568,9 +544,24 @@ static void usage(FILE *f)
 {
     fputs("usage: b24 serve [--listen HOST:PORT] [--workers N] [--max-body BYTES]\n"
           "                 [--client-timeout SECONDS] [--drain-timeout SECONDS]\n"
-          "                 [--log-format logfmt|json] [--log-level debug|info|warn|error] SCRIPT.lua\n"
-          "environment: B24_LISTEN, B24_WORKERS, B24_MAX_BODY, B24_LOG_FORMAT, B24_LOG_LEVEL\n",
+          "                 [--log-format logfmt|json] [--log-level debug|info|warn|error]\n"
+          "                 [--inbox PATH|memory] [--sync] [--handler-threads N]\n"
+          "                 [--max-attempts N] [--retry-base SECONDS] [--retry-max SECONDS]\n"
+          "                 [--dedup-ttl SECONDS] [--handler-timeout SECONDS] SCRIPT.lua\n"
+          "environment: B24_LISTEN, B24_WORKERS, B24_MAX_BODY, B24_LOG_FORMAT, B24_LOG_LEVEL,\n"
+          "             B24_INBOX\n",
           f);
+}
+
+static int parse_seconds(const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi))
+        return -1;
+    *out = v;
+    return 0;
 }
 
 static int parse_size(const char *s, size_t *out)
@@ -637,53 +628,6 @@ static int resolve_listen(const char *spec, struct sockaddr_storage *ss, socklen
     return 0;
 }
 
-/* Loads the script file, checks it in a scratch state and publishes it as the next
- * generation; on failure the running one stays. */
-static int reload(void)
-{
-    const char *failed = current ? "reload failed; keeping the previous script"
-                                 : "script failed to load";
-    size_t len;
-    char *src = b24_read_file(opt.script, &len);
-    if (src == NULL) {
-        b24_log(B24_ERROR, failed, "script", opt.script, "error", strerror(errno), NULL);
-        if (current)
-            b24_metrics_reload(0);
-        return -1;
-    }
-    char err[2048];
-    lua_State *L = load_state(src, len, err, sizeof err);
-    if (L == NULL) {
-        free(src);
-        b24_log(B24_ERROR, failed, "error", err, NULL);
-        if (current)
-            b24_metrics_reload(0);
-        return -1;
-    }
-    lua_close(L);
-    script *s = calloc(1, sizeof *s);
-    if (s == NULL) {
-        free(src);
-        b24_metrics_reload(0);
-        return -1;
-    }
-    s->src = src;
-    s->len = len;
-    s->refs = 1;
-    pthread_mutex_lock(&script_lock);
-    script *old = current;
-    s->generation = old ? old->generation + 1 : 1;
-    current = s;
-    pthread_mutex_unlock(&script_lock);
-    atomic_store(&generation, s->generation);
-    if (old) {
-        script_release(old);
-        b24_metrics_reload(1);
-        b24_log(B24_INFO, "script reloaded", "script", opt.script, NULL);
-    }
-    return 0;
-}
-
 int b24_cmd_serve(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -691,6 +635,10 @@ int b24_cmd_serve(int argc, char **argv)
         {"max-body", required_argument, NULL, 'b'},     {"client-timeout", required_argument, NULL, 't'},
         {"drain-timeout", required_argument, NULL, 'd'}, {"log-format", required_argument, NULL, 'f'},
         {"log-level", required_argument, NULL, 'v'},    {"help", no_argument, NULL, 'h'},
+        {"inbox", required_argument, NULL, 'i'},        {"sync", no_argument, NULL, 's'},
+        {"handler-threads", required_argument, NULL, 'H'}, {"max-attempts", required_argument, NULL, 'm'},
+        {"retry-base", required_argument, NULL, 'r'},   {"retry-max", required_argument, NULL, 'R'},
+        {"dedup-ttl", required_argument, NULL, 'T'},    {"handler-timeout", required_argument, NULL, 'o'},
         {NULL, 0, NULL, 0},
     };
     const char *env;
@@ -700,6 +648,14 @@ int b24_cmd_serve(int argc, char **argv)
     opt.max_body = 1024 * 1024;
     opt.client_timeout = 30;
     opt.drain_timeout = 30;
+    opt.inbox = (env = getenv("B24_INBOX")) && *env ? env : "b24-inbox.sqlite";
+    opt.handler_threads = nproc > 0 ? nproc : 2;
+    opt.handler_timeout = 60;
+    opt.inbox_opt.max_attempts = 10;
+    opt.inbox_opt.retry_base = 1;
+    opt.inbox_opt.retry_max = 3600;
+    opt.inbox_opt.dedup_ttl = 86400;
+    double seconds;
     if ((env = getenv("B24_WORKERS")) && *env && parse_long(env, 1, 1024, &opt.workers)) {
         fprintf(stderr, "b24 serve: bad B24_WORKERS '%s' (1 to 1024)\n", env);
         return 2;
@@ -746,6 +702,38 @@ int b24_cmd_serve(int argc, char **argv)
             if (b24_log_configure(NULL, optarg))
                 goto bad;
             break;
+        case 'i':
+            opt.inbox = optarg;
+            break;
+        case 's':
+            opt.sync = 1;
+            break;
+        case 'H':
+            if (parse_long(optarg, 1, 256, &opt.handler_threads))
+                goto bad;
+            break;
+        case 'm':
+            if (parse_long(optarg, 1, 1000, &v))
+                goto bad;
+            opt.inbox_opt.max_attempts = (int)v;
+            break;
+        case 'r':
+            if (parse_seconds(optarg, 0.001, 86400, &opt.inbox_opt.retry_base))
+                goto bad;
+            break;
+        case 'R':
+            if (parse_seconds(optarg, 0.001, 7 * 86400, &opt.inbox_opt.retry_max))
+                goto bad;
+            break;
+        case 'T':
+            if (parse_seconds(optarg, 0, 365 * 86400, &opt.inbox_opt.dedup_ttl))
+                goto bad;
+            break;
+        case 'o':
+            if (parse_seconds(optarg, 0.01, 86400, &seconds))
+                goto bad;
+            opt.handler_timeout = seconds;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -768,9 +756,24 @@ int b24_cmd_serve(int argc, char **argv)
     }
 
     /* The script must load before anything listens: a broken deploy fails fast and loudly. */
-    if (reload()) {
+    int kind = b24_script_load(opt.script, 0);
+    if (kind < 0) {
         fprintf(stderr, "b24 serve: %s failed to load (see the log line above)\n", opt.script);
         return 1;
+    }
+
+    /* A router (accept + dispatch) gets the durable inbox unless --sync; anything else runs
+     * inside the request. */
+    if (kind == B24_HANDLER_ROUTER && !opt.sync) {
+        char err[512];
+        const char *path = strcmp(opt.inbox, "memory") == 0 ? ":memory:" : opt.inbox;
+        inbox = b24_inbox_open(path, &opt.inbox_opt, err, sizeof err);
+        if (inbox == NULL) {
+            fprintf(stderr, "b24 serve: %s\n", err);
+            b24_script_close_all();
+            return 1;
+        }
+        b24_metrics_inbox_depth(inbox_depth);
     }
 
     /* Signals are taken by sigwait in this thread; the server's threads inherit the mask. */
@@ -788,8 +791,15 @@ int b24_cmd_serve(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     started_at = b24_now();
+    if (inbox && (b24_inbox_start(inbox) || b24_handlers_start(inbox, (int)opt.handler_threads,
+                                                               opt.handler_timeout))) {
+        fprintf(stderr, "b24 serve: cannot start the inbox threads\n");
+        return 1;
+    }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
                      MHD_USE_TURBO | MHD_USE_ERROR_LOG;
+    if (inbox)
+        flags |= MHD_ALLOW_SUSPEND_RESUME;
     if (addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     struct MHD_Daemon *d = MHD_start_daemon(
@@ -813,14 +823,14 @@ int b24_cmd_serve(int argc, char **argv)
              di ? (unsigned)di->port : 0u);
     snprintf(workers_s, sizeof workers_s, "%ld", opt.workers);
     b24_log(B24_INFO, "listening", "address", where, "workers", workers_s, "script", opt.script,
-            "version", B24_VERSION_STRING, NULL);
+            "inbox", inbox ? opt.inbox : "none", "version", B24_VERSION_STRING, NULL);
 
     for (;;) {
         int sig = 0;
         if (sigwait(&set, &sig) != 0)
             continue;
         if (sig == SIGHUP) {
-            reload();
+            b24_script_load(opt.script, kind);
             continue;
         }
         break;
@@ -843,16 +853,13 @@ int b24_cmd_serve(int argc, char **argv)
     }
     long left = b24_metrics_in_flight_now();
     MHD_stop_daemon(d);
-    pthread_mutex_lock(&workers_lock);
-    for (worker *w = workers; w;) {
-        worker *next = w->next;
-        lua_close(w->L);
-        free(w);
-        w = next;
+    if (inbox) { /* handler runs under way finish; what is pending stays for the next start */
+        b24_handlers_stop();
+        b24_inbox_stop(inbox);
+        b24_inbox_close(inbox);
+        inbox = NULL;
     }
-    workers = NULL;
-    pthread_mutex_unlock(&workers_lock);
-    script_release(current);
+    b24_script_close_all();
     char left_s[24];
     snprintf(left_s, sizeof left_s, "%ld", left);
     b24_log(left ? B24_WARN : B24_INFO, "stopped", "unfinished", left_s, NULL);

@@ -1,0 +1,119 @@
+/* Handler threads of the durable inbox: each claims a stored delivery, runs the router's
+ * dispatch on it in its own Lua state, and records the outcome, which the inbox turns into
+ * done, a later retry, or a dead letter. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#include "b24_host.h"
+#include "b24_inbox.h"
+
+static b24_inbox *handlers_inbox;
+static pthread_t *threads;
+static int nthreads;
+static double handler_timeout;
+static __thread double deadline;
+
+/* A count hook: a handler stuck in Lua code past its time raises, and the run counts as
+ * failed (blocking C calls such as HTTP keep their own timeouts). */
+static void timeout_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    if (b24_now() > deadline)
+        luaL_error(L, "handler timed out after %d s", (int)handler_timeout);
+}
+
+/* [router, job] -> ok, err: router:dispatch({body, headers}, ctx) inside lua_pcall */
+static int call_dispatch(lua_State *L)
+{
+    const b24_job *job = lua_touserdata(L, 2);
+    lua_getfield(L, 1, "dispatch");
+    lua_pushvalue(L, 1);
+    lua_createtable(L, 0, 2);
+    lua_pushlstring(L, job->body, job->body_len);
+    lua_setfield(L, -2, "body");
+    lua_createtable(L, 0, 1);
+    lua_pushstring(L, job->content_type);
+    lua_setfield(L, -2, "content-type");
+    lua_setfield(L, -2, "headers");
+    lua_createtable(L, 0, 3); /* ctx */
+    lua_pushinteger(L, job->attempt);
+    lua_setfield(L, -2, "attempt");
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "bitrix24.host");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "log");
+    lua_setfield(L, -3, "log");
+    lua_pop(L, 1);
+    lua_call(L, 3, 2);
+    return 2;
+}
+
+static void *handler_main(void *arg)
+{
+    (void)arg;
+    b24_job job;
+    char err[4096], attempt_s[16];
+    for (;;) {
+        memset(&job, 0, sizeof job);
+        if (!b24_inbox_claim(handlers_inbox, &job))
+            break;
+        const char *error = NULL;
+        lua_State *L = b24_script_state();
+        if (L == NULL) {
+            error = "the script failed to load";
+        } else {
+            lua_settop(L, 1);
+            lua_pushcfunction(L, call_dispatch);
+            lua_pushvalue(L, 1);
+            lua_pushlightuserdata(L, &job);
+            deadline = b24_now() + handler_timeout;
+            lua_sethook(L, timeout_hook, LUA_MASKCOUNT, 10000);
+            int status = b24_state_call(L, 2, 2);
+            lua_sethook(L, NULL, 0, 0);
+            if (status != LUA_OK || !lua_toboolean(L, -2)) {
+                const char *m = lua_tostring(L, -1);
+                b24_mask(m ? m : "handler failed without a message", m ? strlen(m) : 32, err,
+                         sizeof err);
+                error = err;
+            }
+            lua_settop(L, 1);
+        }
+        snprintf(attempt_s, sizeof attempt_s, "%d", job.attempt);
+        b24_metrics_handler_run(error == NULL);
+        if (error == NULL)
+            b24_log(B24_INFO, "delivery handled", "event", job.event, "attempt", attempt_s, NULL);
+        else
+            b24_log(B24_WARN, "delivery failed", "event", job.event, "attempt", attempt_s,
+                    "error", error, NULL);
+        b24_inbox_finish(handlers_inbox, &job, error);
+    }
+    return NULL;
+}
+
+int b24_handlers_start(b24_inbox *in, int n, double timeout)
+{
+    handlers_inbox = in;
+    handler_timeout = timeout;
+    threads = calloc((size_t)n, sizeof *threads);
+    if (threads == NULL)
+        return -1;
+    for (nthreads = 0; nthreads < n; nthreads++)
+        if (pthread_create(&threads[nthreads], NULL, handler_main, NULL) != 0)
+            return -1;
+    return 0;
+}
+
+void b24_handlers_stop(void)
+{
+    if (handlers_inbox)
+        b24_inbox_stop_claims(handlers_inbox);
+    for (int i = 0; i < nthreads; i++)
+        pthread_join(threads[i], NULL);
+    free(threads);
+    threads = NULL;
+    nthreads = 0;
+}

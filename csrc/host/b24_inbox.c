@@ -1,0 +1,688 @@
+/* The durable inbox: see b24_inbox.h. Everything that touches SQLite runs on the inbox
+ * thread; other threads hand it work through three queues under one mutex. */
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <sqlite3.h>
+
+#include "b24_host.h"
+#include "b24_inbox.h"
+
+static const char SCHEMA[] =
+    "PRAGMA journal_mode=WAL;"
+    "PRAGMA synchronous=FULL;"
+    "CREATE TABLE IF NOT EXISTS deliveries ("
+    "  id INTEGER PRIMARY KEY,"
+    "  key TEXT NOT NULL,"
+    "  event TEXT NOT NULL,"
+    "  content_type TEXT NOT NULL,"
+    "  body BLOB NOT NULL,"
+    "  received_at REAL NOT NULL,"
+    "  state TEXT NOT NULL DEFAULT 'pending'," /* pending | running */
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  next_at REAL NOT NULL,"
+    "  last_error TEXT);"
+    "CREATE INDEX IF NOT EXISTS deliveries_key ON deliveries(key);"
+    "CREATE INDEX IF NOT EXISTS deliveries_ready ON deliveries(state, next_at);"
+    "CREATE TABLE IF NOT EXISTS dead ("
+    "  id INTEGER PRIMARY KEY,"
+    "  key TEXT NOT NULL,"
+    "  event TEXT NOT NULL,"
+    "  content_type TEXT NOT NULL,"
+    "  body BLOB NOT NULL,"
+    "  received_at REAL NOT NULL,"
+    "  attempts INTEGER NOT NULL,"
+    "  last_error TEXT,"
+    "  died_at REAL NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, until REAL NOT NULL);";
+
+enum { S_BEGIN, S_COMMIT, S_ROLLBACK, S_SEEN, S_PENDING_KEY, S_INSERT, S_DELETE, S_REMEMBER,
+       S_RETRY, S_BURY, S_READY, S_CLAIM, S_NEXT, S_PRUNE, S_COUNT };
+
+static const char *const SQL[S_COUNT] = {
+    [S_BEGIN] = "BEGIN IMMEDIATE",
+    [S_COMMIT] = "COMMIT",
+    [S_ROLLBACK] = "ROLLBACK",
+    [S_SEEN] = "SELECT 1 FROM seen WHERE key = ?1 AND until > ?2",
+    [S_PENDING_KEY] = "SELECT 1 FROM deliveries WHERE key = ?1 LIMIT 1",
+    [S_INSERT] = "INSERT INTO deliveries (key, event, content_type, body, received_at, next_at)"
+                 " VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+    [S_DELETE] = "DELETE FROM deliveries WHERE id = ?1",
+    [S_REMEMBER] = "INSERT OR REPLACE INTO seen (key, until) VALUES (?1, ?2)",
+    [S_RETRY] = "UPDATE deliveries SET state = 'pending', next_at = ?2, last_error = ?3 WHERE id = ?1",
+    [S_BURY] = "INSERT INTO dead (key, event, content_type, body, received_at, attempts, last_error, died_at)"
+               " SELECT key, event, content_type, body, received_at, attempts, ?2, ?3"
+               " FROM deliveries WHERE id = ?1",
+    [S_READY] = "SELECT id, attempts, key, event, content_type, body FROM deliveries"
+                " WHERE state = 'pending' AND next_at <= ?1 ORDER BY next_at, id LIMIT ?2",
+    [S_CLAIM] = "UPDATE deliveries SET state = 'running', attempts = attempts + 1 WHERE id = ?1",
+    [S_NEXT] = "SELECT min(next_at) FROM deliveries WHERE state = 'pending'",
+    [S_PRUNE] = "DELETE FROM seen WHERE until <= ?1",
+};
+
+/* A handler thread waiting for a delivery. */
+typedef struct waiter {
+    struct waiter *next;
+    b24_job *job;
+    int state; /* 0 waiting, 1 got a job, 2 stopping */
+    pthread_cond_t cond;
+} waiter;
+
+/* A finished run waiting for its outcome to be committed. */
+typedef struct finish {
+    struct finish *next;
+    b24_job *job;
+    const char *error;
+    int committed;
+    pthread_cond_t cond;
+} finish;
+
+struct b24_inbox {
+    sqlite3 *db;
+    sqlite3_stmt *st[S_COUNT];
+    b24_inbox_options opt;
+    pthread_t thread;
+    int started;
+    pthread_mutex_t lock;
+    pthread_cond_t wake; /* the inbox thread sleeps on this */
+    b24_put *puts;       /* queued, newest first */
+    finish *finishes;
+    waiter *waiters;
+    int stopping; /* no more claims; stores and outcomes still go in */
+    int closing;  /* the thread ends once the queues are empty */
+    atomic_long depth;
+    unsigned seed;
+};
+
+static double wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int step_done(sqlite3_stmt *s)
+{
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : -1;
+}
+
+static int exists(sqlite3_stmt *s)
+{
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    return rc == SQLITE_ROW;
+}
+
+b24_inbox *b24_inbox_open(const char *path, const b24_inbox_options *o, char *err, size_t errlen)
+{
+    b24_inbox *in = calloc(1, sizeof *in);
+    if (in == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    in->opt = *o;
+    in->seed = (unsigned)time(NULL) ^ (unsigned)(uintptr_t)in;
+    pthread_mutex_init(&in->lock, NULL);
+    pthread_cond_init(&in->wake, NULL);
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+    if (sqlite3_open_v2(path, &in->db, flags, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "cannot open the inbox %s: %s", path,
+                 in->db ? sqlite3_errmsg(in->db) : "out of memory");
+        b24_inbox_close(in);
+        return NULL;
+    }
+    sqlite3_busy_timeout(in->db, 10000); /* `b24 inbox` may write to the file meanwhile */
+    char *msg = NULL;
+    if (sqlite3_exec(in->db, SCHEMA, NULL, NULL, &msg) != SQLITE_OK) {
+        snprintf(err, errlen, "cannot prepare the inbox %s: %s", path, msg ? msg : "?");
+        sqlite3_free(msg);
+        b24_inbox_close(in);
+        return NULL;
+    }
+    for (int i = 0; i < S_COUNT; i++) {
+        if (sqlite3_prepare_v2(in->db, SQL[i], -1, &in->st[i], NULL) != SQLITE_OK) {
+            snprintf(err, errlen, "inbox statement failed: %s", sqlite3_errmsg(in->db));
+            b24_inbox_close(in);
+            return NULL;
+        }
+    }
+    /* runs a crash interrupted go again: their attempt was counted when they started */
+    sqlite3_exec(in->db, "UPDATE deliveries SET state = 'pending' WHERE state = 'running'", NULL,
+                 NULL, NULL);
+    sqlite3_stmt *count;
+    if (sqlite3_prepare_v2(in->db, "SELECT count(*) FROM deliveries", -1, &count, NULL) == SQLITE_OK) {
+        if (sqlite3_step(count) == SQLITE_ROW)
+            atomic_store(&in->depth, (long)sqlite3_column_int64(count, 0));
+        sqlite3_finalize(count);
+    }
+    return in;
+}
+
+void b24_inbox_close(b24_inbox *in)
+{
+    if (in == NULL)
+        return;
+    for (int i = 0; i < S_COUNT; i++)
+        sqlite3_finalize(in->st[i]);
+    if (in->db)
+        sqlite3_close(in->db);
+    pthread_mutex_destroy(&in->lock);
+    pthread_cond_destroy(&in->wake);
+    free(in);
+}
+
+long b24_inbox_depth(b24_inbox *in)
+{
+    return atomic_load(&in->depth);
+}
+
+static char *dup_column(sqlite3_stmt *s, int col, size_t *len)
+{
+    const void *p = sqlite3_column_blob(s, col);
+    size_t n = (size_t)sqlite3_column_bytes(s, col);
+    char *d = malloc(n + 1);
+    if (d) {
+        if (n)
+            memcpy(d, p, n);
+        d[n] = '\0';
+    }
+    if (len)
+        *len = n;
+    return d;
+}
+
+static void job_free(b24_job *job)
+{
+    free(job->key);
+    free(job->event);
+    free(job->content_type);
+    free(job->body);
+    job->key = job->event = job->content_type = job->body = NULL;
+}
+
+/* Seconds until the next run of a delivery that has run `attempts` times: exponential,
+ * capped, with full jitter in [d/2, d] so retries of many deliveries spread out. */
+static double backoff(b24_inbox *in, int attempts)
+{
+    double d = in->opt.retry_base * pow(2.0, attempts > 1 ? attempts - 1 : 0);
+    if (d > in->opt.retry_max)
+        d = in->opt.retry_max;
+    double r = (double)rand_r(&in->seed) / RAND_MAX;
+    return d / 2 + r * d / 2;
+}
+
+/* One batch: every queued store and outcome, then claims for the idle handler threads, in
+ * one transaction. Returns when the next pending delivery becomes ready (0: unknown). */
+static double run_batch(b24_inbox *in, b24_put *puts, finish *fins, int nidle, b24_job *claimed,
+                        int *nclaimed)
+{
+    sqlite3_stmt **st = in->st;
+    double now = wall_now();
+    int ok = step_done(st[S_BEGIN]) == 0;
+    long delta = 0;
+    for (b24_put *p = puts; p && ok; p = p->next) {
+        sqlite3_bind_text(st[S_SEEN], 1, p->key, -1, SQLITE_STATIC);
+        sqlite3_bind_double(st[S_SEEN], 2, now);
+        sqlite3_bind_text(st[S_PENDING_KEY], 1, p->key, -1, SQLITE_STATIC);
+        if (exists(st[S_SEEN]) || exists(st[S_PENDING_KEY])) {
+            p->result = B24_PUT_DUPLICATE;
+            continue;
+        }
+        sqlite3_stmt *s = st[S_INSERT];
+        sqlite3_bind_text(s, 1, p->key, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, p->event, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 3, p->content_type, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(s, 4, p->body, (int)p->body_len, SQLITE_STATIC);
+        sqlite3_bind_double(s, 5, now);
+        ok = step_done(s) == 0;
+        p->result = B24_PUT_STORED;
+        delta++;
+    }
+    for (finish *f = fins; f && ok; f = f->next) {
+        b24_job *j = f->job;
+        if (f->error == NULL) {
+            sqlite3_bind_text(st[S_REMEMBER], 1, j->key, -1, SQLITE_STATIC);
+            sqlite3_bind_double(st[S_REMEMBER], 2, now + in->opt.dedup_ttl);
+            sqlite3_bind_int64(st[S_DELETE], 1, j->id);
+            ok = step_done(st[S_REMEMBER]) == 0 && step_done(st[S_DELETE]) == 0;
+            delta--;
+        } else if (j->attempt >= in->opt.max_attempts) {
+            b24_metrics_dead_letter();
+            b24_log(B24_ERROR, "delivery moved to the dead letters", "event", j->event,
+                    "error", f->error, NULL);
+            sqlite3_bind_int64(st[S_BURY], 1, j->id);
+            sqlite3_bind_text(st[S_BURY], 2, f->error, -1, SQLITE_STATIC);
+            sqlite3_bind_double(st[S_BURY], 3, now);
+            sqlite3_bind_int64(st[S_DELETE], 1, j->id);
+            ok = step_done(st[S_BURY]) == 0 && step_done(st[S_DELETE]) == 0;
+            delta--;
+        } else {
+            sqlite3_bind_int64(st[S_RETRY], 1, j->id);
+            sqlite3_bind_double(st[S_RETRY], 2, now + backoff(in, j->attempt));
+            sqlite3_bind_text(st[S_RETRY], 3, f->error, -1, SQLITE_STATIC);
+            ok = step_done(st[S_RETRY]) == 0;
+        }
+    }
+    *nclaimed = 0;
+    if (ok && nidle > 0) {
+        sqlite3_stmt *s = st[S_READY];
+        sqlite3_bind_double(s, 1, now);
+        sqlite3_bind_int(s, 2, nidle);
+        int rc;
+        while ((rc = sqlite3_step(s)) == SQLITE_ROW && *nclaimed < nidle) {
+            b24_job *j = &claimed[*nclaimed];
+            j->id = sqlite3_column_int64(s, 0);
+            j->attempt = sqlite3_column_int(s, 1) + 1;
+            j->key = dup_column(s, 2, NULL);
+            j->event = dup_column(s, 3, NULL);
+            j->content_type = dup_column(s, 4, NULL);
+            j->body = dup_column(s, 5, &j->body_len);
+            if (!j->key || !j->event || !j->content_type || !j->body) {
+                job_free(j);
+                break;
+            }
+            (*nclaimed)++;
+        }
+        sqlite3_reset(s);
+        for (int i = 0; i < *nclaimed && ok; i++) {
+            sqlite3_bind_int64(st[S_CLAIM], 1, claimed[i].id);
+            ok = step_done(st[S_CLAIM]) == 0;
+        }
+    }
+    if (ok)
+        ok = step_done(st[S_COMMIT]) == 0;
+    if (!ok) {
+        b24_log(B24_ERROR, "inbox transaction failed", "error", sqlite3_errmsg(in->db), NULL);
+        step_done(st[S_ROLLBACK]);
+        for (b24_put *p = puts; p; p = p->next)
+            p->result = B24_PUT_FAILED;
+        for (int i = 0; i < *nclaimed; i++)
+            job_free(&claimed[i]);
+        *nclaimed = 0;
+        return now + 1; /* try the outcomes again in a second */
+    }
+    atomic_fetch_add(&in->depth, delta);
+    double next = 0;
+    if (sqlite3_step(st[S_NEXT]) == SQLITE_ROW && sqlite3_column_type(st[S_NEXT], 0) != SQLITE_NULL)
+        next = sqlite3_column_double(st[S_NEXT], 0);
+    sqlite3_reset(st[S_NEXT]);
+    return next;
+}
+
+static void *inbox_main(void *arg)
+{
+    b24_inbox *in = arg;
+    double next_ready = 0, last_poll = 0, last_prune = 0;
+    pthread_mutex_lock(&in->lock);
+    for (;;) {
+        int idle = 0;
+        if (!in->stopping)
+            for (waiter *w = in->waiters; w; w = w->next)
+                idle += w->state == 0;
+        double now = wall_now();
+        /* claims are due when a retry comes of age, and once a second anyway: `b24 inbox
+         * retry` may have made deliveries ready behind this thread's back */
+        int due = idle && ((next_ready && next_ready <= now) || now - last_poll >= 1.0);
+        if (!in->puts && !in->finishes && !due) {
+            if (in->closing)
+                break;
+            double until = idle ? last_poll + 1.0 : now + 3600;
+            if (idle && next_ready && next_ready < until)
+                until = next_ready;
+            struct timespec ts;
+            ts.tv_sec = (time_t)until;
+            ts.tv_nsec = (long)((until - floor(until)) * 1e9);
+            pthread_cond_timedwait(&in->wake, &in->lock, &ts);
+            continue;
+        }
+        b24_put *puts = in->puts;
+        finish *fins = in->finishes;
+        in->puts = NULL;
+        in->finishes = NULL;
+        waiter *idle_list[64];
+        int nidle = 0;
+        if (!in->stopping)
+            for (waiter *w = in->waiters; w && nidle < 64; w = w->next)
+                if (w->state == 0)
+                    idle_list[nidle++] = w;
+        pthread_mutex_unlock(&in->lock);
+
+        b24_put *rev = NULL; /* oldest first, so deliveries keep their arrival order */
+        while (puts) {
+            b24_put *n = puts->next;
+            puts->next = rev;
+            rev = puts;
+            puts = n;
+        }
+        b24_job claimed[64];
+        int nclaimed = 0;
+        next_ready = run_batch(in, rev, fins, nidle, claimed, &nclaimed);
+        last_poll = now;
+        if (now - last_prune > 60) {
+            sqlite3_bind_double(in->st[S_PRUNE], 1, now);
+            step_done(in->st[S_PRUNE]);
+            last_prune = now;
+        }
+        for (b24_put *p = rev; p;) {
+            b24_put *n = p->next; /* done() may free p */
+            p->done(p);
+            p = n;
+        }
+
+        pthread_mutex_lock(&in->lock);
+        for (finish *f = fins; f; f = f->next) {
+            f->committed = 1;
+            pthread_cond_signal(&f->cond);
+        }
+        for (int i = 0; i < nclaimed; i++) {
+            waiter *w = idle_list[i];
+            if (w->state == 0 && !in->stopping) {
+                *w->job = claimed[i];
+                w->state = 1;
+                pthread_cond_signal(&w->cond);
+            } else { /* the thread was told to stop meanwhile: the delivery runs next time */
+                job_free(&claimed[i]);
+            }
+        }
+    }
+    pthread_mutex_unlock(&in->lock);
+    return NULL;
+}
+
+int b24_inbox_start(b24_inbox *in)
+{
+    if (pthread_create(&in->thread, NULL, inbox_main, in) != 0)
+        return -1;
+    in->started = 1;
+    return 0;
+}
+
+void b24_inbox_put(b24_inbox *in, b24_put *put)
+{
+    pthread_mutex_lock(&in->lock);
+    if (in->closing) {
+        pthread_mutex_unlock(&in->lock);
+        put->result = B24_PUT_FAILED;
+        put->done(put);
+        return;
+    }
+    put->next = in->puts;
+    in->puts = put;
+    pthread_cond_signal(&in->wake);
+    pthread_mutex_unlock(&in->lock);
+}
+
+int b24_inbox_claim(b24_inbox *in, b24_job *job)
+{
+    waiter w;
+    memset(&w, 0, sizeof w);
+    w.job = job;
+    pthread_cond_init(&w.cond, NULL);
+    pthread_mutex_lock(&in->lock);
+    if (!in->stopping) {
+        w.next = in->waiters;
+        in->waiters = &w;
+        pthread_cond_signal(&in->wake);
+        while (w.state == 0 && !in->stopping)
+            pthread_cond_wait(&w.cond, &in->lock);
+        for (waiter **p = &in->waiters; *p; p = &(*p)->next)
+            if (*p == &w) {
+                *p = w.next;
+                break;
+            }
+    }
+    pthread_mutex_unlock(&in->lock);
+    pthread_cond_destroy(&w.cond);
+    return w.state == 1;
+}
+
+void b24_inbox_finish(b24_inbox *in, b24_job *job, const char *error)
+{
+    finish f;
+    memset(&f, 0, sizeof f);
+    f.job = job;
+    f.error = error;
+    pthread_cond_init(&f.cond, NULL);
+    pthread_mutex_lock(&in->lock);
+    f.next = in->finishes;
+    in->finishes = &f;
+    pthread_cond_signal(&in->wake);
+    while (!f.committed)
+        pthread_cond_wait(&f.cond, &in->lock);
+    pthread_mutex_unlock(&in->lock);
+    pthread_cond_destroy(&f.cond);
+    job_free(job);
+}
+
+void b24_inbox_stop_claims(b24_inbox *in)
+{
+    pthread_mutex_lock(&in->lock);
+    in->stopping = 1;
+    for (waiter *w = in->waiters; w; w = w->next)
+        pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&in->lock);
+}
+
+void b24_inbox_stop(b24_inbox *in)
+{
+    b24_inbox_stop_claims(in);
+    pthread_mutex_lock(&in->lock);
+    in->closing = 1;
+    pthread_cond_signal(&in->wake);
+    pthread_mutex_unlock(&in->lock);
+    if (in->started)
+        pthread_join(in->thread, NULL);
+    in->started = 0;
+}
+
+/* ---- b24 inbox: look at and repair the file while the server runs or not ------------------ */
+
+static void inbox_usage(FILE *f)
+{
+    fputs("usage: b24 inbox stats [--inbox PATH]\n"
+          "       b24 inbox list [--dead] [--limit N] [--inbox PATH]\n"
+          "       b24 inbox retry ID | --dead [--inbox PATH]\n"
+          "       b24 inbox purge --dead [--inbox PATH]\n"
+          "PATH defaults to $B24_INBOX or b24-inbox.sqlite\n",
+          f);
+}
+
+static long long scalar(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *s;
+    long long v = -1;
+    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK) {
+        if (sqlite3_step(s) == SQLITE_ROW)
+            v = sqlite3_column_int64(s, 0);
+        sqlite3_finalize(s);
+    }
+    return v;
+}
+
+/* Writes s as a JSON string (the file holds only our own text and the handlers' errors). */
+static void json_string(const char *s)
+{
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+        if (*p == '"' || *p == '\\')
+            printf("\\%c", *p);
+        else if (*p == '\n')
+            fputs("\\n", stdout);
+        else if (*p == '\t')
+            fputs("\\t", stdout);
+        else if (*p < 0x20)
+            printf("\\u%04x", *p);
+        else
+            putchar(*p);
+    }
+    putchar('"');
+}
+
+static int inbox_list(sqlite3 *db, int dead, long limit)
+{
+    const char *sql = dead ? "SELECT id, event, 'dead', attempts, received_at, died_at, last_error"
+                             " FROM dead ORDER BY id LIMIT ?1"
+                           : "SELECT id, event, state, attempts, received_at, next_at, last_error"
+                             " FROM deliveries ORDER BY id LIMIT ?1";
+    sqlite3_stmt *s;
+    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_int64(s, 1, limit);
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        printf("{\"id\":%lld,\"event\":", (long long)sqlite3_column_int64(s, 0));
+        json_string((const char *)sqlite3_column_text(s, 1));
+        printf(",\"state\":\"%s\",\"attempts\":%d,\"received_at\":%.3f,\"%s\":%.3f,\"last_error\":",
+               (const char *)sqlite3_column_text(s, 2), sqlite3_column_int(s, 3),
+               sqlite3_column_double(s, 4), dead ? "died_at" : "next_at",
+               sqlite3_column_double(s, 5));
+        if (sqlite3_column_type(s, 6) == SQLITE_NULL)
+            fputs("null", stdout);
+        else
+            json_string((const char *)sqlite3_column_text(s, 6));
+        puts("}");
+    }
+    sqlite3_finalize(s);
+    return 0;
+}
+
+/* Moves dead letters (all, or the one with id) back to the deliveries, ready now. */
+static long long inbox_retry(sqlite3 *db, long long id, int all)
+{
+    char sql[512];
+    double now = wall_now();
+    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        return -1;
+    snprintf(sql, sizeof sql,
+             "INSERT INTO deliveries (key, event, content_type, body, received_at, next_at)"
+             " SELECT key, event, content_type, body, received_at, %.6f FROM dead%s",
+             now, all ? "" : " WHERE id = ?1");
+    sqlite3_stmt *s;
+    long long moved = -1;
+    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(s, 1, id);
+        if (sqlite3_step(s) == SQLITE_DONE)
+            moved = sqlite3_changes(db);
+        sqlite3_finalize(s);
+    }
+    if (moved >= 0) {
+        snprintf(sql, sizeof sql, "DELETE FROM dead%s", all ? "" : " WHERE id = ?1");
+        if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK) {
+            sqlite3_bind_int64(s, 1, id);
+            if (sqlite3_step(s) != SQLITE_DONE)
+                moved = -1;
+            sqlite3_finalize(s);
+        }
+    }
+    if (moved == 0 && !all) { /* not a dead letter: a pending delivery runs now instead */
+        if (sqlite3_prepare_v2(db, "UPDATE deliveries SET next_at = ?2 WHERE id = ?1 AND state = 'pending'",
+                               -1, &s, NULL) == SQLITE_OK) {
+            sqlite3_bind_int64(s, 1, id);
+            sqlite3_bind_double(s, 2, now);
+            if (sqlite3_step(s) == SQLITE_DONE)
+                moved = sqlite3_changes(db);
+            sqlite3_finalize(s);
+        }
+    }
+    sqlite3_exec(db, moved >= 0 ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
+    return moved;
+}
+
+int b24_cmd_inbox(int argc, char **argv)
+{
+    const char *path = getenv("B24_INBOX");
+    if (path == NULL || *path == '\0')
+        path = "b24-inbox.sqlite";
+    int dead = 0;
+    long limit = 100;
+    const char *cmd = NULL, *id_arg = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--inbox") == 0 && i + 1 < argc)
+            path = argv[++i];
+        else if (strcmp(argv[i], "--dead") == 0)
+            dead = 1;
+        else if (strcmp(argv[i], "--limit") == 0 && i + 1 < argc)
+            limit = strtol(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--help") == 0) {
+            inbox_usage(stdout);
+            return 0;
+        } else if (cmd == NULL && argv[i][0] != '-')
+            cmd = argv[i];
+        else if (id_arg == NULL && argv[i][0] != '-')
+            id_arg = argv[i];
+        else {
+            fprintf(stderr, "b24 inbox: unexpected '%s'\n", argv[i]);
+            inbox_usage(stderr);
+            return 2;
+        }
+    }
+    long long id = 0;
+    if (cmd && strcmp(cmd, "retry") == 0 && !dead) {
+        char *end;
+        id = id_arg ? strtoll(id_arg, &end, 10) : 0;
+        if (id_arg == NULL || *end || id <= 0) {
+            fputs("b24 inbox retry: a delivery id or --dead expected\n", stderr);
+            return 2;
+        }
+    }
+    int known = cmd && (strcmp(cmd, "stats") == 0 || strcmp(cmd, "list") == 0 ||
+                        strcmp(cmd, "retry") == 0 || (strcmp(cmd, "purge") == 0 && dead));
+    if (!known || limit < 1 || (id_arg && strcmp(cmd, "retry") != 0)) {
+        inbox_usage(stderr);
+        return 2;
+    }
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK ||
+        scalar(db, "SELECT count(*) FROM deliveries") < 0) {
+        fprintf(stderr, "b24 inbox: %s is not an inbox (%s)\n", path, db ? sqlite3_errmsg(db) : "?");
+        sqlite3_close(db);
+        return 1;
+    }
+    sqlite3_busy_timeout(db, 10000);
+    int rc = 0;
+    if (strcmp(cmd, "stats") == 0) {
+        double now = wall_now();
+        long long pending = scalar(db, "SELECT count(*) FROM deliveries WHERE state = 'pending'");
+        long long running = scalar(db, "SELECT count(*) FROM deliveries WHERE state = 'running'");
+        long long dead_n = scalar(db, "SELECT count(*) FROM dead");
+        long long seen = scalar(db, "SELECT count(*) FROM seen");
+        sqlite3_stmt *s;
+        double oldest = 0;
+        if (sqlite3_prepare_v2(db, "SELECT min(received_at) FROM deliveries", -1, &s, NULL) == SQLITE_OK) {
+            if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL)
+                oldest = now - sqlite3_column_double(s, 0);
+            sqlite3_finalize(s);
+        }
+        printf("{\"pending\":%lld,\"running\":%lld,\"dead\":%lld,\"remembered_keys\":%lld,"
+               "\"oldest_age_seconds\":%.1f}\n",
+               pending, running, dead_n, seen, oldest);
+    } else if (strcmp(cmd, "list") == 0) {
+        rc = inbox_list(db, dead, limit) ? 1 : 0;
+    } else if (strcmp(cmd, "retry") == 0) {
+        long long n = inbox_retry(db, id, dead);
+        if (n < 0) {
+            fprintf(stderr, "b24 inbox retry: %s\n", sqlite3_errmsg(db));
+            rc = 1;
+        } else if (n == 0 && !dead) {
+            fprintf(stderr, "b24 inbox retry: no dead letter or pending delivery %lld\n", id);
+            rc = 1;
+        } else {
+            printf("{\"retried\":%lld}\n", n);
+        }
+    } else { /* purge --dead */
+        if (sqlite3_exec(db, "DELETE FROM dead", NULL, NULL, NULL) != SQLITE_OK) {
+            fprintf(stderr, "b24 inbox purge: %s\n", sqlite3_errmsg(db));
+            rc = 1;
+        } else {
+            printf("{\"purged\":%d}\n", sqlite3_changes(db));
+        }
+    }
+    sqlite3_close(db);
+    return rc;
+}

@@ -1,0 +1,63 @@
+/* The durable inbox of b24 serve: deliveries stored in SQLite before the 200, handed to
+ * handler threads, retried with backoff, and moved to a dead-letter table in the end. One
+ * thread owns the database and batches every write that is waiting into one transaction
+ * (group commit), so concurrent requests share an fsync. */
+#ifndef B24_INBOX_H
+#define B24_INBOX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct b24_inbox b24_inbox;
+
+typedef struct b24_inbox_options {
+    int max_attempts;  /* runs before a delivery goes to the dead letters */
+    double retry_base; /* seconds before the second run; doubles each time, with jitter */
+    double retry_max;  /* cap of one backoff */
+    double dedup_ttl;  /* seconds a processed delivery's key is remembered */
+} b24_inbox_options;
+
+/* A delivery a request thread wants stored; done() runs in the inbox thread after the
+ * commit (or the failure), with result set. The strings must live until then. */
+typedef struct b24_put {
+    struct b24_put *next;
+    const char *key, *event, *content_type, *body;
+    size_t body_len;
+    int result; /* B24_PUT_STORED, B24_PUT_DUPLICATE or B24_PUT_FAILED */
+    void (*done)(struct b24_put *put);
+    void *arg;
+} b24_put;
+
+enum { B24_PUT_STORED = 0, B24_PUT_DUPLICATE = 1, B24_PUT_FAILED = -1 };
+
+/* A delivery claimed by a handler thread. */
+typedef struct b24_job {
+    int64_t id;
+    int attempt;
+    char *key, *event, *content_type, *body;
+    size_t body_len;
+} b24_job;
+
+typedef struct b24_inbox_stats {
+    long pending, running, dead, seen;
+} b24_inbox_stats;
+
+/* Opens (creating) the inbox at path, or an in-memory one for ":memory:"; NULL and a message. */
+b24_inbox *b24_inbox_open(const char *path, const b24_inbox_options *o, char *err, size_t errlen);
+int b24_inbox_start(b24_inbox *in);
+void b24_inbox_put(b24_inbox *in, b24_put *put);
+/* Blocks until a delivery is ready (1) or the inbox stops (0). */
+int b24_inbox_claim(b24_inbox *in, b24_job *job);
+/* Records the run's outcome durably (error NULL: success) and frees the job's strings. */
+void b24_inbox_finish(b24_inbox *in, b24_job *job, const char *error);
+/* Stops handing out deliveries: b24_inbox_claim returns 0 in every waiting thread. */
+void b24_inbox_stop_claims(b24_inbox *in);
+/* Commits what is queued, then ends the inbox thread; call after the handler threads ended. */
+void b24_inbox_stop(b24_inbox *in);
+void b24_inbox_close(b24_inbox *in);
+long b24_inbox_depth(b24_inbox *in); /* pending + running, as last counted */
+
+/* b24 inbox stats|list|retry|purge */
+int b24_cmd_inbox(int argc, char **argv);
+
+#endif
