@@ -408,7 +408,11 @@ end
 -- (the handlers after a failing one still run).
 function _M.dispatch(self, stored, ctx)
    if type(stored) ~= "table" then error("bad argument #1 to 'dispatch' (stored request expected)", 2) end
-   if ctx == nil then ctx = default_ctx(self) end
+   if ctx == nil then
+      ctx = default_ctx(self)
+   elseif ctx.client == nil then
+      ctx.client = self.client -- a host passes attempt and log; the REST client is the script's
+   end
    local raw = stored.body
    if type(raw) ~= "string" then return nil, "stored delivery has no body" end
    local event = stored.event
