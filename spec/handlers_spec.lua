@@ -1,4 +1,5 @@
--- examples/handlers.lua, the handler the README's main command serves, over real HTTP.
+-- examples/handlers.lua, the router the README's main command serves, over real HTTP with the
+-- durable inbox (in memory here).
 local b24 = require "helpers.b24"
 local core = require "bitrix24.core"
 local cjson = require "cjson"
@@ -11,6 +12,7 @@ describe("examples/handlers.lua", function()
   local srv
   setup(function()
     srv = b24.start{ script_path = b24.root .. "/examples/handlers.lua",
+                     args = { "--inbox", "memory" },
                      env = "B24_APP_TOKEN=" .. deal.auth.application_token }
   end)
   teardown(function() if srv then srv:stop() end end)
@@ -22,6 +24,7 @@ describe("examples/handlers.lua", function()
     assert.same({ success = true }, cjson.decode(res.body))
     local line = assert(srv:wait_log("msg=event event=ONCRMDEALADD"))
     assert.matches("id=7405", line, 1, true)
+    assert.matches("attempt=1", line, 1, true)
     assert.matches("domain=some-domain.bitrix24.com", line, 1, true)
   end)
 
@@ -32,15 +35,22 @@ describe("examples/handlers.lua", function()
     local res = assert(srv:request{ method = "POST", path = "/", headers = FORM,
                                     body = core.form_encode(forged) })
     assert.equal(401, res.status)
-    assert.equal("wrong or missing application token", cjson.decode(res.body).error)
+    assert.equal("wrong application token", cjson.decode(res.body).error)
     assert(srv:request{ path = "/healthz" })
     assert.not_matches("id=99999", srv:log(), 1, true)
   end)
 
-  it("answers 405 to GET, 415 to JSON and 400 to a body over the decoder's limits", function()
+  it("answers a JSON body of the same event as a duplicate of the form one", function()
+    local res = assert(srv:request{ method = "POST", path = "/",
+      headers = { ["Content-Type"] = "application/json" }, body = cjson.encode(deal) })
+    assert.equal(200, res.status)
+    assert.same({ success = true, duplicate = true }, cjson.decode(res.body))
+  end)
+
+  it("answers 405 to GET, 415 to text and 400 to a body over the decoder's limits", function()
     assert.equal(405, assert(srv:request{ path = "/" }).status)
     assert.equal(415, assert(srv:request{ method = "POST", path = "/",
-      headers = { ["Content-Type"] = "application/json" }, body = cjson.encode(deal) }).status)
+      headers = { ["Content-Type"] = "text/plain" }, body = "hello" }).status)
     local deep = "a" .. string.rep("[x]", 100) .. "=1"
     assert.equal(400, assert(srv:request{ method = "POST", path = "/", headers = FORM, body = deep }).status)
   end)
