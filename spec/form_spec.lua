@@ -5,22 +5,8 @@
 local core = require "bitrix24.core"
 local cjson = require("cjson").new()
 
--- ../shared beside the repository, found from this file's own path (CI clones elsewhere).
-local function shared_dir()
-  local env = os.getenv("B24_SHARED")
-  if env and env ~= "" then return env end
-  local src = debug.getinfo(1, "S").source
-  local path = src:sub(1, 1) == "@" and src:sub(2) or ""
-  local root = path:match("^(.*)/spec/[^/]*$") or "."
-  return root .. "/../shared"
-end
-
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local shared = require "helpers.shared"
+local shared_dir, read = function() return shared.dir end, shared.read
 
 -- Bodies and what they decode to.
 local decode_cases = {

@@ -9,22 +9,8 @@ local cjson = require("cjson.safe").new()
 local FORM = "application/x-www-form-urlencoded"
 local JSON = "application/json"
 
--- ../shared beside the repository, found from this file's own path; B24_SHARED overrides.
-local function shared_dir()
-  local env = os.getenv("B24_SHARED")
-  if env and env ~= "" then return env end
-  local src = debug.getinfo(1, "S").source
-  local path = src:sub(1, 1) == "@" and src:sub(2) or ""
-  local root = path:match("^(.*)/spec/[^/]*$") or "."
-  return root .. "/../shared"
-end
-
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local shared = require "helpers.shared"
+local shared_dir, read = function() return shared.dir end, shared.read
 
 local VECTORS = shared_dir() .. "/vectors/"
 local DEAL_JSON = read(VECTORS .. "events/webhook-oncrmdealadd.json")

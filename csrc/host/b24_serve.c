@@ -142,6 +142,19 @@ static void remote_address(struct MHD_Connection *c, char *out, size_t n)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out, (socklen_t)n);
 }
 
+/* Queues res (and lets it go); once draining, asks keep-alive clients to go elsewhere. */
+static enum MHD_Result queue(struct MHD_Connection *c, request *r, int status,
+                             struct MHD_Response *res)
+{
+    if (atomic_load(&stopping))
+        MHD_add_response_header(res, "Connection", "close");
+    enum MHD_Result ok = MHD_queue_response(c, (unsigned)status, res);
+    MHD_destroy_response(res);
+    r->responded = 1;
+    r->status = status;
+    return ok;
+}
+
 static enum MHD_Result respond(struct MHD_Connection *c, request *r, int status,
                                const char *type, const char *body, size_t len)
 {
@@ -151,13 +164,7 @@ static enum MHD_Result respond(struct MHD_Connection *c, request *r, int status,
         return MHD_NO;
     if (type)
         MHD_add_response_header(res, "Content-Type", type);
-    if (atomic_load(&stopping))
-        MHD_add_response_header(res, "Connection", "close");
-    enum MHD_Result ok = MHD_queue_response(c, (unsigned)status, res);
-    MHD_destroy_response(res);
-    r->responded = 1;
-    r->status = status;
-    return ok;
+    return queue(c, r, status, res);
 }
 
 #define JSON "application/json"
@@ -399,14 +406,8 @@ static enum MHD_Result run_handler(struct MHD_Connection *c, request *r)
             MHD_add_response_header(res, name, value);
         lua_pop(L, 2);
     }
-    if (atomic_load(&stopping))
-        MHD_add_response_header(res, "Connection", "close");
-    enum MHD_Result ok = MHD_queue_response(c, (unsigned)status, res);
-    MHD_destroy_response(res);
-    r->responded = 1;
-    r->status = status;
     lua_settop(L, 1);
-    return ok;
+    return queue(c, r, status, res);
 }
 
 static enum MHD_Result serve_healthz(struct MHD_Connection *c, request *r)

@@ -121,6 +121,13 @@ static int host_log(lua_State *L)
         }
     }
     kv[n] = NULL;
+    /* fields in key order, so one call always gives one line */
+    for (int i = 2; i < n; i += 2)
+        for (int j = i; j >= 2 && strcmp(kv[j - 2], kv[j]) > 0; j -= 2) {
+            const char *k = kv[j], *v = kv[j + 1];
+            kv[j] = kv[j - 2], kv[j + 1] = kv[j - 1];
+            kv[j - 2] = k, kv[j - 1] = v;
+        }
     /* up to 16 fields, passed positionally; unused ones are NULL and end the list */
     b24_log(level, msg, kv[0], kv[1], kv[2], kv[3], kv[4], kv[5], kv[6], kv[7], kv[8], kv[9],
             kv[10], kv[11], kv[12], kv[13], kv[14], kv[15], kv[16], kv[17], kv[18], kv[19],
