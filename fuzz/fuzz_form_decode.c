@@ -222,6 +222,9 @@ static int same_tree(const b24_form_array *a, const b24_form_array *b)
 static size_t count_pairs(const char *s, size_t len)
 {
     size_t pairs = 0, start = 0;
+    const char *nul = memchr(s, '\0', len); /* parse_str, and so the parser, stop there */
+    if (nul)
+        len = (size_t)(nul - s);
     for (size_t i = 0; i <= len; i++)
         if (i == len || s[i] == '&') {
             if (i > start)
