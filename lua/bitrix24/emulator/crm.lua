@@ -1,0 +1,429 @@
+-- bitrix24.emulator.crm: the legacy CRM entities of the emulated portal (crm.lead.*, crm.deal.*,
+-- crm.contact.*, crm.company.*) in memory, with the list semantics of protocol.md §4: rows of
+-- strings, 50 a page, start/next/total, filter prefixes, order and select.
+local cjson = require("cjson.safe")
+
+local type = type
+local pairs = pairs
+local ipairs = ipairs
+local tostring = tostring
+local tonumber = tonumber
+local next = next
+local string_format = string.format
+local string_lower = string.lower
+local string_upper = string.upper
+local string_sub = string.sub
+local string_find = string.find
+local table_sort = table.sort
+local table_remove = table.remove
+local math_floor = math.floor
+local null = cjson.null
+
+local _M = {}
+
+local PAGE = 50
+
+-- Field lists: name, type, read-only, multiple. Multi-fields (PHONE, EMAIL) are returned by
+-- list only when named in select.
+local COMMON_TAIL = {
+   { "ASSIGNED_BY_ID", "user" }, { "CREATED_BY_ID", "user", true }, { "MODIFY_BY_ID", "user", true },
+   { "DATE_CREATE", "datetime", true }, { "DATE_MODIFY", "datetime", true },
+   { "OPENED", "char" }, { "COMMENTS", "string" },
+}
+local CONTACTS = {
+   { "HAS_PHONE", "char", true }, { "HAS_EMAIL", "char", true },
+   { "PHONE", "crm_multifield", false, true }, { "EMAIL", "crm_multifield", false, true },
+}
+
+local function fields_of(list, ...)
+   local out = {}
+   for _, part in ipairs({ list, ... }) do
+      for _, f in ipairs(part) do out[#out + 1] = f end
+   end
+   return out
+end
+
+local ENTITIES = {
+   lead = {
+      fields = fields_of({ { "ID", "integer", true }, { "TITLE", "string" }, { "NAME", "string" },
+         { "SECOND_NAME", "string" }, { "LAST_NAME", "string" }, { "STATUS_ID", "crm_status" },
+         { "SOURCE_ID", "crm_status" }, { "OPPORTUNITY", "double" }, { "CURRENCY_ID", "crm_currency" },
+         { "COMPANY_ID", "crm_company" }, { "CONTACT_ID", "crm_contact" } }, COMMON_TAIL, CONTACTS),
+      defaults = { STATUS_ID = "NEW", OPPORTUNITY = "0.00", CURRENCY_ID = "USD", OPENED = "Y" },
+   },
+   deal = {
+      fields = fields_of({ { "ID", "integer", true }, { "TITLE", "string" }, { "TYPE_ID", "crm_status" },
+         { "STAGE_ID", "crm_status" }, { "CATEGORY_ID", "crm_category" }, { "OPPORTUNITY", "double" },
+         { "CURRENCY_ID", "crm_currency" }, { "COMPANY_ID", "crm_company" },
+         { "CONTACT_ID", "crm_contact" }, { "LEAD_ID", "crm_lead" }, { "BEGINDATE", "date" },
+         { "CLOSEDATE", "date" }, { "CLOSED", "char" } }, COMMON_TAIL),
+      defaults = { STAGE_ID = "NEW", CATEGORY_ID = "0", OPPORTUNITY = "0.00", CURRENCY_ID = "USD",
+                   OPENED = "Y", CLOSED = "N" },
+   },
+   contact = {
+      fields = fields_of({ { "ID", "integer", true }, { "NAME", "string" }, { "SECOND_NAME", "string" },
+         { "LAST_NAME", "string" }, { "POST", "string" }, { "TYPE_ID", "crm_status" },
+         { "SOURCE_ID", "crm_status" }, { "COMPANY_ID", "crm_company" } }, COMMON_TAIL, CONTACTS),
+      defaults = { OPENED = "Y" },
+   },
+   company = {
+      fields = fields_of({ { "ID", "integer", true }, { "TITLE", "string" },
+         { "COMPANY_TYPE", "crm_status" }, { "INDUSTRY", "crm_status" }, { "REVENUE", "double" },
+         { "CURRENCY_ID", "crm_currency" } }, COMMON_TAIL, CONTACTS),
+      defaults = { COMPANY_TYPE = "CUSTOMER", CURRENCY_ID = "USD", OPENED = "Y" },
+   },
+}
+
+for _, def in pairs(ENTITIES) do
+   def.by_name = {}
+   def.standard = {}
+   for _, f in ipairs(def.fields) do
+      local spec = { name = f[1], type = f[2], read_only = f[3] or false, multiple = f[4] or false }
+      def.by_name[spec.name] = spec
+      if not spec.multiple then def.standard[#def.standard + 1] = spec.name end
+   end
+end
+
+local function fail(desc, code, status)
+   return nil, { status = status or 400, error = code or "", error_description = desc }
+end
+
+-- A scalar as the string a legacy CRM row holds; nil for null and tables.
+local function to_text(v)
+   local t = type(v)
+   if t == "string" then return v end
+   if t == "number" then
+      if v == math_floor(v) and v > -2 ^ 53 and v < 2 ^ 53 then return string_format("%d", v) end
+      return string_format("%.14g", v)
+   end
+   if t == "boolean" then return v and "Y" or "N" end
+   return nil
+end
+
+local function normalize(spec, v)
+   local s = to_text(v)
+   if s == nil then return nil end
+   if spec.type == "double" then
+      local n = tonumber(s)
+      return n and string_format("%.2f", n) or s
+   end
+   if spec.type == "integer" or spec.type == "user" or spec.type:match("^crm_[a-z]+$") and
+      spec.type ~= "crm_status" and spec.type ~= "crm_currency" and spec.type ~= "crm_multifield" then
+      local n = tonumber(s)
+      return n and string_format("%d", math_floor(n)) or s
+   end
+   return s
+end
+
+local function id_param(params)
+   local v = params.id or params.ID or params.Id
+   local n = tonumber(to_text(v) or "")
+   if not n or n < 1 or n ~= math_floor(n) then return nil end
+   return math_floor(n)
+end
+
+-- Applies PHONE/EMAIL items: with ID they update (or DELETE=Y remove) an item, without they add.
+local function apply_multi(store, row, name, items)
+   if type(items) ~= "table" then return end
+   local list = row[name] or {}
+   for _, item in pairs(items) do
+      if type(item) == "table" then
+         local id = to_text(item.ID)
+         local found
+         for i, have in ipairs(list) do
+            if id and have.ID == id then found = i end
+         end
+         if found and to_text(item.DELETE) == "Y" then
+            table_remove(list, found)
+         elseif found then
+            if item.VALUE ~= nil then list[found].VALUE = to_text(item.VALUE) or "" end
+            if item.VALUE_TYPE ~= nil then list[found].VALUE_TYPE = to_text(item.VALUE_TYPE) or "" end
+         elseif not id and to_text(item.VALUE) and to_text(item.VALUE) ~= "" then
+            store.multi_id = store.multi_id + 1
+            list[#list + 1] = { ID = tostring(store.multi_id), TYPE_ID = name,
+                                VALUE = to_text(item.VALUE), VALUE_TYPE = to_text(item.VALUE_TYPE) or "WORK" }
+         end
+      end
+   end
+   row[name] = list
+   row["HAS_" .. name] = #list > 0 and "Y" or "N"
+end
+
+local function apply_fields(store, def, row, fields)
+   for k, v in pairs(fields) do
+      if type(k) == "string" then
+         local name = string_upper(k)
+         local spec = def.by_name[name]
+         if spec and spec.multiple then
+            apply_multi(store, row, name, v)
+         elseif spec and not spec.read_only then
+            row[name] = normalize(spec, v)
+         elseif not spec and string_sub(name, 1, 3) == "UF_" then
+            row[name] = to_text(v)
+         end
+      end
+   end
+end
+
+local function copy_multi(list)
+   local out = {}
+   for i, item in ipairs(list or {}) do
+      out[i] = { ID = item.ID, TYPE_ID = item.TYPE_ID, VALUE = item.VALUE, VALUE_TYPE = item.VALUE_TYPE }
+   end
+   return out
+end
+
+local function view(def, row, selected)
+   local out = {}
+   for _, name in ipairs(def.standard) do
+      if not selected or selected[name] then
+         local v = row[name]
+         if v == nil then v = null end
+         out[name] = v
+      end
+   end
+   for name, v in pairs(row) do
+      if string_sub(name, 1, 3) == "UF_" and (not selected or selected[name] or selected["UF_*"]) then
+         out[name] = v
+      end
+   end
+   for _, name in ipairs({ "PHONE", "EMAIL" }) do
+      if def.by_name[name] and (not selected and row[name] and #row[name] > 0 or selected and selected[name]) then
+         out[name] = copy_multi(row[name])
+      end
+   end
+   return out
+end
+
+-- Ordering on strings that hold numbers is numeric, as MySQL compares the typed columns.
+local function compare(a, b)
+   local na, nb = tonumber(a), tonumber(b)
+   if na and nb then
+      if na < nb then return -1 elseif na > nb then return 1 else return 0 end
+   end
+   a, b = tostring(a), tostring(b)
+   if a < b then return -1 elseif a > b then return 1 else return 0 end
+end
+
+local PREFIXES = { ">=", "<=", "!=", "!@", "!%", ">", "<", "=", "!", "@", "%" }
+
+local function parse_filter(def, filter)
+   local out = {}
+   if type(filter) ~= "table" then return out end
+   for k, v in pairs(filter) do
+      if type(k) == "string" then
+         local op, name = "", k
+         for _, p in ipairs(PREFIXES) do
+            if string_sub(k, 1, #p) == p then op, name = p, string_sub(k, #p + 1); break end
+         end
+         name = string_upper(name)
+         if op == "" then op = "=" end
+         if type(v) == "table" then
+            local set = {}
+            for _, item in pairs(v) do set[#set + 1] = to_text(item) end
+            if op == "=" or op == "@" then op = "@" elseif op == "!" or op == "!=" or op == "!@" then op = "!@" end
+            v = set
+         else
+            v = to_text(v) or ""
+         end
+         out[#out + 1] = { op = op, name = name, value = v }
+      end
+   end
+   return out
+end
+
+local function in_set(have, set)
+   for _, item in ipairs(set) do
+      if have ~= nil and compare(have, item) == 0 then return true end
+   end
+   return false
+end
+
+local function matches(row, conditions)
+   for _, c in ipairs(conditions) do
+      local have, want, op = row[c.name], c.value, c.op
+      local ok
+      if op == "@" then ok = in_set(have, want)
+      elseif op == "!@" then ok = not in_set(have, want)
+      elseif op == "%" or op == "!%" then
+         ok = have ~= nil and string_find(string_lower(have), string_lower(want), 1, true) ~= nil
+         if op == "!%" then ok = not ok end
+      elseif op == "=" then
+         if want == "" then ok = have == nil or have == "" else ok = have ~= nil and compare(have, want) == 0 end
+      elseif op == "!" or op == "!=" then
+         if want == "" then ok = have ~= nil and have ~= "" else ok = have == nil or compare(have, want) ~= 0 end
+      elseif have == nil or have == "" then ok = false
+      else
+         local r = compare(have, want)
+         ok = (op == ">" and r > 0) or (op == ">=" and r >= 0) or (op == "<" and r < 0) or (op == "<=" and r <= 0)
+      end
+      if not ok then return false end
+   end
+   return true
+end
+
+local function parse_order(order)
+   local keys = {}
+   if type(order) ~= "table" then return keys end
+   for k, v in pairs(order) do
+      if type(k) == "string" then
+         keys[#keys + 1] = { name = string_upper(k), desc = string_upper(to_text(v) or "") == "DESC" }
+      end
+   end
+   -- a decoded map has lost the caller's key order: make the result at least deterministic
+   table_sort(keys, function(a, b) return a.name < b.name end)
+   return keys
+end
+
+local function parse_select(select)
+   if type(select) ~= "table" or next(select) == nil then return nil end
+   local set, star = {}, false
+   for _, name in pairs(select) do
+      name = to_text(name)
+      if name then
+         name = string_upper(name)
+         if name == "*" then star = true else set[name] = true end
+      end
+   end
+   return set, star
+end
+
+-- A new store for one entity type: rows by numeric id, ids in ascending order.
+local function new_store(kind)
+   return { kind = kind, def = ENTITIES[kind], rows = {}, ids = {}, next_id = 1, multi_id = 0 }
+end
+
+local function add(portal, store, fields)
+   local def = store.def
+   local id = store.next_id
+   store.next_id = id + 1
+   local now = portal:date()
+   local row = { ID = tostring(id), DATE_CREATE = now, DATE_MODIFY = now,
+                 ASSIGNED_BY_ID = tostring(portal.user_id), CREATED_BY_ID = tostring(portal.user_id),
+                 MODIFY_BY_ID = tostring(portal.user_id) }
+   for k, v in pairs(def.defaults) do row[k] = v end
+   if def.by_name.HAS_PHONE then row.HAS_PHONE, row.HAS_EMAIL = "N", "N" end
+   apply_fields(store, def, row, fields)
+   store.rows[id] = row
+   store.ids[#store.ids + 1] = id
+   return id
+end
+
+local function remove_id(ids, id)
+   local lo, hi = 1, #ids
+   while lo <= hi do
+      local mid = math_floor((lo + hi) / 2)
+      if ids[mid] == id then table_remove(ids, mid); return
+      elseif ids[mid] < id then lo = mid + 1 else hi = mid - 1 end
+   end
+end
+
+local function list(store, params)
+   local def = store.def
+   local conditions = parse_filter(def, params.filter)
+   local order = parse_order(params.order)
+   local rows = {}
+   for _, id in ipairs(store.ids) do
+      local row = store.rows[id]
+      if matches(row, conditions) then rows[#rows + 1] = row end
+   end
+   if #order > 0 then
+      table_sort(rows, function(a, b)
+         for _, key in ipairs(order) do
+            local r = compare(a[key.name] or "", b[key.name] or "")
+            if r ~= 0 then if key.desc then return r > 0 else return r < 0 end end
+         end
+         return tonumber(a.ID) < tonumber(b.ID)
+      end)
+   end
+   local start = tonumber(to_text(params.start) or "0") or 0
+   local count = start ~= -1
+   if start < 0 then start = 0 end
+   start = math_floor(start)
+   local selected, star = parse_select(params.select)
+   if selected and star then
+      for _, name in ipairs(def.standard) do selected[name] = true end
+   end
+   local page = {}
+   for i = start + 1, math.min(start + PAGE, #rows) do
+      page[#page + 1] = view(def, rows[i], selected or false)
+   end
+   if not selected then
+      for _, r in ipairs(page) do r.PHONE, r.EMAIL = nil, nil end
+   end
+   if not count then return page, { total = 0 } end
+   local meta = { total = #rows }
+   if start + PAGE < #rows then meta.next = start + PAGE end
+   return page, meta
+end
+
+local function fields_description(def)
+   local out = {}
+   for _, f in ipairs(def.fields) do
+      local spec = def.by_name[f[1]]
+      out[spec.name] = { type = spec.type, isRequired = false, isReadOnly = spec.read_only,
+                         isImmutable = false, isMultiple = spec.multiple, isDynamic = false,
+                         title = spec.name }
+   end
+   return out
+end
+
+-- Registers crm.<kind>.add|get|update|delete|list|fields for each entity into methods.
+function _M.register(portal, methods)
+   for kind in pairs(ENTITIES) do
+      local store = new_store(kind)
+      portal.stores[kind] = store
+      local prefix = "crm." .. kind .. "."
+      methods[prefix .. "add"] = function(p, params)
+         if params.fields ~= nil and type(params.fields) ~= "table" then return fail("Invalid parameters.") end
+         return add(p, store, params.fields or {})
+      end
+      methods[prefix .. "get"] = function(_, params)
+         local id = id_param(params)
+         if not id then return fail("ID is not defined or invalid.") end
+         local row = store.rows[id]
+         if not row then return fail("Not found") end
+         return view(store.def, row, false)
+      end
+      methods[prefix .. "update"] = function(p, params)
+         local id = id_param(params)
+         if not id then return fail("ID is not defined or invalid.") end
+         local row = store.rows[id]
+         if not row then return fail("Not found") end
+         if type(params.fields) ~= "table" then return fail("The parameter 'fields' must be array.") end
+         apply_fields(store, store.def, row, params.fields)
+         row.DATE_MODIFY = p:date()
+         row.MODIFY_BY_ID = tostring(p.user_id)
+         return true
+      end
+      methods[prefix .. "delete"] = function(_, params)
+         local id = id_param(params)
+         if not id then return fail("ID is not defined or invalid.") end
+         if not store.rows[id] then return fail("Not found") end
+         store.rows[id] = nil
+         remove_id(store.ids, id)
+         return true
+      end
+      methods[prefix .. "list"] = function(_, params) return list(store, params) end
+      methods[prefix .. "fields"] = function() return fields_description(store.def) end
+   end
+end
+
+local STATUSES = { "NEW", "IN_PROCESS", "PROCESSED", "JUNK", "CONVERTED" }
+
+-- Fills the lead store with n leads (every third has a phone, every fifth an e-mail).
+function _M.seed_leads(portal, n)
+   local store = portal.stores.lead
+   for i = 1, n do
+      local fields = { TITLE = "Lead #" .. i, NAME = "Name" .. i, LAST_NAME = "Last" .. i,
+                       STATUS_ID = STATUSES[(i - 1) % #STATUSES + 1], OPPORTUNITY = (i * 137) % 10000 + 0.5,
+                       SOURCE_ID = i % 2 == 0 and "WEB" or "CALL" }
+      if i % 3 == 0 then fields.PHONE = { { VALUE = "+1555" .. string_format("%07d", i), VALUE_TYPE = "WORK" } } end
+      if i % 5 == 0 then fields.EMAIL = { { VALUE = "lead" .. i .. "@example.com", VALUE_TYPE = "WORK" } } end
+      add(portal, store, fields)
+   end
+end
+
+_M.to_text = to_text
+_M.PAGE = PAGE
+return _M
