@@ -7,11 +7,9 @@
 --   B24_EMU_LATENCY_MS (0), B24_EMU_FAULTS ("503=0.2,500=0.05"),
 --   B24_EMU_TIME_SCALE (1; how much faster than real time the leaky bucket drains),
 --   B24_EMU_RANDOM_SEED (seeds the fault dice).
-local dir = (debug.getinfo(1, "S").source:match("^@(.*)/examples/[^/]*$"))
-if dir then
-  -- modules not embedded into b24 (lua/bitrix24/emulator/*) load from the checkout
-  package.path = dir .. "/lua/?.lua;" .. dir .. "/lua/?/init.lua;" .. package.path
-end
+local dir = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")) or "."
+-- modules not embedded into b24 (lua/bitrix24/emulator/*) load from the checkout
+package.path = dir .. "/../lua/?.lua;" .. dir .. "/../lua/?/init.lua;" .. package.path
 
 local emulator = require "bitrix24.emulator"
 

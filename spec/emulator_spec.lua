@@ -7,8 +7,8 @@ local cjson = require "cjson"
 local CODE = "spec0emu0code001"
 local SCRIPT = b24.root .. "/examples/emulate.lua"
 
-local function start(env)
-   return b24.start{ script_path = SCRIPT, args = { "--workers", "1" }, env = env }
+local function start(env, script)
+   return b24.start{ script_path = script or SCRIPT, args = { "--workers", "1" }, env = env }
 end
 
 local function path(method, code, user)
@@ -395,6 +395,17 @@ describe("b24 emulate limits", function()
       assert.equal(503, status)
       core.sleep(0.5) -- 5 scaled seconds drain 10 requests
       for i = 1, 5 do assert.equal(200, (call(srv, "crm.lead.list", { start = -1 })), "after drain " .. i) end
+   end)
+end)
+
+describe("b24 emulate from the repository root", function()
+   it("runs as the README shows, with a relative script path", function()
+      local srv = start("B24_EMU_CODE=" .. CODE .. " B24_EMU_SEED_LEADS=3", "examples/emulate.lua")
+      finally(function() srv:stop() end)
+      local status, body = call(srv, "crm.lead.list", { select = { "ID", "TITLE" } })
+      assert.equal(200, status)
+      assert.equal(3, body.total)
+      assert.equal("Lead #1", body.result[1].TITLE)
    end)
 end)
 
