@@ -36,7 +36,7 @@ $(SO51): $(SRC) $(HDR)
 	$(CC) $(BASE) $(CFLAGS) $(LUA51_INC) -shared -o $@ $(SRC) $(LIBS)
 
 # The b24 program: the C core and the Lua layer linked in, on Lua 5.4 and libmicrohttpd.
-$(BUILD)/b24_embedded.c: $(LUA_SRC) scripts/embed.lua
+$(BUILD)/b24_embedded.c: $(LUA_SRC) scripts/embed.lua Makefile
 	@mkdir -p $(@D)
 	lua5.4 scripts/embed.lua $(LUA_SRC) > $@
 
