@@ -1,10 +1,11 @@
 -- Crash test of the durable inbox of `b24 serve` (issue 4, point 7), run by lua5.4:
 --
 --   lua5.4 scripts/crashtest.lua [--bin build/b24] [--events 4000] [--senders 4]
---                                [--kill-after 800] [--handler-threads 4] [--json] [--keep]
+--                                [--kill-after 800] [--handler-threads 4] [--handler-ms 3]
+--                                [--json] [--keep]
 --
--- Starts `b24 serve --inbox FILE` with a router whose handler appends "id attempt" to a record
--- file (one write(2) per line, append mode), has --senders processes post --events distinct
+-- Starts `b24 serve --inbox FILE` with a router whose handler works 0..2*handler-ms ms (even IDs)
+-- and then appends "id attempt" to a record file (one write(2) per line, append mode), has --senders processes post --events distinct
 -- deliveries to it concurrently (keep-alive, luasocket), sends SIGKILL to the host once
 -- --kill-after deliveries have been answered 200, restarts it on the same port and file while
 -- the senders go on, waits until every sender is done and the inbox is empty, and checks:
@@ -177,6 +178,7 @@ local function main(o)
   local nsenders = tonumber(o.senders or 4)
   local kill_after = tonumber(o["kill-after"] or math.floor(events / 5))
   local threads = tonumber(o["handler-threads"] or 4)
+  local handler_ms = tonumber(o["handler-ms"] or 3)
   local dir = o.dir or sh("mktemp -d"):gsub("%s+$", "")
   local token = "crash0" .. tostring(os.time()) .. tostring(math.random(1e9))
   local inbox = dir .. "/inbox.sqlite"
@@ -186,16 +188,21 @@ local function main(o)
   local t0 = socket.gettime()
 
   local f = assert(io.open(script, "w"))
+  -- for even IDs the handler works a random 0..2*handler-ms ms before it records its run, so
+  -- that a kill finds some runs under way and some finished but not yet committed
   f:write(([[
 local bitrix24 = require "bitrix24"
+local ok, socket = pcall(require, "socket")
 local router = bitrix24.router{ token = %q }
+local MS = %d
 router:on("*", function(event, ctx)
+  if MS > 0 and ok and tonumber(event.id) %% 2 == 0 then socket.sleep(math.random(0, 2 * MS) / 1000) end
   local f = assert(io.open(%q, "a"))
   f:write(event.id, " ", ctx.attempt, "\n")
   f:close()
 end)
 return router
-]]):format(token, record))
+]]):format(token, handler_ms, record))
   f:close()
 
   local function start(n)
@@ -323,7 +330,7 @@ return router
                 processed = 0, lost = 0, processed_twice = 0, processed_more = 0,
                 failed_but_processed = 0, ok_before_kill = 0, running_at_kill = n_running,
                 pending_at_kill = n_pending, unexplained = 0, reprocessed_after_commit = 0,
-                not_durable_at_kill = 0 }
+                not_durable_at_kill = 0, running_recorded_at_kill = 0 }
   local problems = {}
   local function problem(msg)
     if #problems < 20 then problems[#problems + 1] = msg end
@@ -352,6 +359,9 @@ return router
     local before = 0
     for _, run in ipairs(r or {}) do
       if run.phase == "before" then before = before + 1 end
+    end
+    if at_kill[id] and at_kill[id].state == "running" and before > 0 then
+      fig.running_recorded_at_kill = fig.running_recorded_at_kill + 1
     end
     if ok_before_kill[id] then
       fig.ok_before_kill = fig.ok_before_kill + 1
@@ -391,7 +401,8 @@ return router
     :format(events, nsenders, kill_after))
   print(("  sent %d | answered 200 %d (%d before the kill) | other answers %d | failed (no answer: reset/closed by the kill) %d")
     :format(fig.sent, fig.ok, fig.ok_before_kill, fig.other_status + fig.duplicate_answers, fig.failed))
-  print(("  at the kill: %d running, %d pending in the inbox"):format(fig.running_at_kill, fig.pending_at_kill))
+  print(("  at the kill: %d running (%d of them had recorded their run), %d pending in the inbox")
+    :format(fig.running_at_kill, fig.running_recorded_at_kill, fig.pending_at_kill))
   print(("  processed %d | lost %d | processed twice %d (all running at the kill, first run not yet committed: %s)")
     :format(fig.processed, fig.lost, fig.processed_twice, fig.unexplained == 0 and "yes" or "NO"))
   print(("  processed again after a committed success %d | failed but processed anyway %d | %.1f s in all, killed at %.1f s")

@@ -195,14 +195,21 @@ describe("b24 serve --inbox: bodies it must refuse", function()
   end)
 
   it("stores nothing from a body cut off on the wire (shorter than its Content-Length)", function()
+    -- its own server: libmicrohttpd notices some of these hang-ups only at --client-timeout
+    local env2 = inbox.env{ tokens = inbox.tokens() }
+    finally(function() env2:cleanup() end)
+    local srv2 = env2:start{ "--client-timeout", "1" }
     local socket = require "socket"
-    local from = #srv.lines + 1
-    local c = assert(socket.connect("127.0.0.1", srv.port))
-    c:settimeout(10)
-    assert(c:send("POST /hook HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
-      .. "Content-Length: " .. #contact.form .. "\r\n\r\n" .. contact.form:sub(1, #contact.form - 10)))
-    c:close()
-    assert(inbox.wait_log_from(srv, from, 'msg="request aborted"'))
+    for _, cut in ipairs{ 1, 10, #contact.form - 1 } do
+      local from = #srv2.lines + 1
+      local c = assert(socket.connect("127.0.0.1", srv2.port))
+      c:settimeout(10)
+      assert(c:send("POST /hook HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        .. "Content-Length: " .. #contact.form .. "\r\n\r\n" .. contact.form:sub(1, #contact.form - cut)))
+      c:close()
+      assert(inbox.wait_log_from(srv2, from, 'msg="request aborted"'))
+    end
+    assert_nothing_stored(env2, srv2)
   end)
 
   it("answers 400 to malformed bodies", function()

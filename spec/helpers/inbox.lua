@@ -155,13 +155,13 @@ function Env:cleanup()
     -- a run blocked on the FIFOs would hold a SIGTERM up: those servers are killed
     if not srv.stopped then srv:stop(self.has_fifos and "KILL" or "TERM") end
   end
-  os.execute("rm -rf " .. b24.quote(self.dir))
+  os.execute(b24.clean .. "rm -rf " .. b24.quote(self.dir))
 end
 
 -- Makes the FIFOs a BLOCK handler talks through.
 function Env:fifos()
   self.has_fifos = true
-  os.execute("mkfifo " .. b24.quote(self.dir .. "/started") .. " " .. b24.quote(self.dir .. "/release"))
+  os.execute(b24.clean .. "mkfifo " .. b24.quote(self.dir .. "/started") .. " " .. b24.quote(self.dir .. "/release"))
 end
 
 -- Blocks until a BLOCK handler has started; returns the event ID it wrote.
