@@ -23,7 +23,7 @@ static void timeout_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
     if (b24_now() > deadline)
-        luaL_error(L, "handler timed out after %d s", (int)handler_timeout);
+        luaL_error(L, "handler timed out after %f s", handler_timeout);
 }
 
 /* [router, job] -> ok, err: router:dispatch({body, headers}, ctx) inside lua_pcall */

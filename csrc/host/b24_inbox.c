@@ -120,6 +120,17 @@ static int exists(sqlite3_stmt *s)
     return rc == SQLITE_ROW;
 }
 
+/* The depth from the table itself: `b24 inbox retry` adds rows behind this process's back. */
+static void recount(b24_inbox *in)
+{
+    sqlite3_stmt *count;
+    if (sqlite3_prepare_v2(in->db, "SELECT count(*) FROM deliveries", -1, &count, NULL) == SQLITE_OK) {
+        if (sqlite3_step(count) == SQLITE_ROW)
+            atomic_store(&in->depth, (long)sqlite3_column_int64(count, 0));
+        sqlite3_finalize(count);
+    }
+}
+
 b24_inbox *b24_inbox_open(const char *path, const b24_inbox_options *o, char *err, size_t errlen)
 {
     b24_inbox *in = calloc(1, sizeof *in);
@@ -153,15 +164,27 @@ b24_inbox *b24_inbox_open(const char *path, const b24_inbox_options *o, char *er
             return NULL;
         }
     }
-    /* runs a crash interrupted go again: their attempt was counted when they started */
-    sqlite3_exec(in->db, "UPDATE deliveries SET state = 'pending' WHERE state = 'running'", NULL,
-                 NULL, NULL);
-    sqlite3_stmt *count;
-    if (sqlite3_prepare_v2(in->db, "SELECT count(*) FROM deliveries", -1, &count, NULL) == SQLITE_OK) {
-        if (sqlite3_step(count) == SQLITE_ROW)
-            atomic_store(&in->depth, (long)sqlite3_column_int64(count, 0));
-        sqlite3_finalize(count);
+    /* Runs a crash interrupted go again (their attempt was counted when they started),
+     * except those out of attempts: a delivery whose run keeps killing the host must end in
+     * the dead letters, not in a crash loop. */
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "BEGIN IMMEDIATE;"
+             "INSERT INTO dead (key, event, content_type, body, received_at, attempts, last_error, died_at)"
+             " SELECT key, event, content_type, body, received_at, attempts,"
+             " 'the host stopped during the run', %.6f FROM deliveries"
+             " WHERE state = 'running' AND attempts >= %d;"
+             "DELETE FROM deliveries WHERE state = 'running' AND attempts >= %d;"
+             "UPDATE deliveries SET state = 'pending' WHERE state = 'running';"
+             "COMMIT;",
+             wall_now(), o->max_attempts, o->max_attempts);
+    if (sqlite3_exec(in->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        snprintf(err, errlen, "cannot recover the inbox %s: %s", path, msg ? msg : "?");
+        sqlite3_free(msg);
+        b24_inbox_close(in);
+        return NULL;
     }
+    recount(in);
     return in;
 }
 
@@ -319,7 +342,7 @@ static double run_batch(b24_inbox *in, b24_put *puts, finish *fins, int nidle, b
 static void *inbox_main(void *arg)
 {
     b24_inbox *in = arg;
-    double next_ready = 0, last_poll = 0, last_prune = 0;
+    double next_ready = 0, last_poll = 0, last_prune = 0, last_recount = 0;
     pthread_mutex_lock(&in->lock);
     for (;;) {
         int idle = 0;
@@ -364,6 +387,10 @@ static void *inbox_main(void *arg)
         b24_job claimed[64];
         int nclaimed = 0;
         next_ready = run_batch(in, rev, fins, nidle, claimed, &nclaimed);
+        if (now - last_recount >= 1.0) { /* at most once a second */
+            recount(in);
+            last_recount = now;
+        }
         last_poll = now;
         if (now - last_prune > 60) {
             sqlite3_bind_double(in->st[S_PRUNE], 1, now);
