@@ -12,9 +12,13 @@ passed=0 failed=0 status=0
 run() { # name, command…
   local name=$1; shift
   echo "== $name"
-  # a watchdog: a hung spec must fail the run, not stall CI
-  timeout -k 10 900 "$@" -o TAP > "$log/$name.tap" 2> "$log/$name.err"
+  # a watchdog: a hung spec must fail the run, not stall CI. timeout leads its own process
+  # group, so whatever a spec left running (a server after a failure) is ended with it.
+  timeout -k 10 900 "$@" -o TAP > "$log/$name.tap" 2> "$log/$name.err" &
+  local pid=$!
+  wait $pid
   local rc=$?
+  kill -- -"$pid" 2>/dev/null
   local p f
   p=$(grep -c '^ok ' "$log/$name.tap")
   f=$(grep -c '^not ok ' "$log/$name.tap")
