@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Ingest benchmark: `b24 serve` against its peers on one real Bitrix24 event delivery.
+# Ingest benchmark: `b24 serve` against its peers on one real Bitrix24 event delivery, and b24's
+# durable inbox against handling inside the request.
 #
-#   bench/ingest.sh
+#   bench/ingest.sh                  all of it, in one run
+#   bench/ingest.sh --durable-only   only the durable mode (also INGEST_DURABLE_ONLY=1); for a quick
+#                                    figure: INGEST_ROUNDS=1 INGEST_DURATION=5s bench/ingest.sh --durable-only
 #
 # Every server decodes the same form-encoded event (bench/ingest/app-oncrmcontactadd.form, a copy
 # of ../shared/vectors/events/) and checks auth.application_token: 200 {"success":true}, 401 on a
@@ -20,12 +23,34 @@
 # INGEST_PERF=1), a perf profile of b24 follows. Then b24's memory: VmRSS idle after start (target
 # <= 20 MB), and after >= 1,000,000 requests.
 #
+# The durable mode: bench/ingest/router.lua, a bitrix24.router{ token = the event's token } with a
+# no-op handler for "*", under two b24 servers with default logging and --workers N:
+#   durable   b24 serve --inbox FILE: each delivery is verified (router:accept), committed to the
+#             SQLite inbox (WAL, synchronous=FULL, group commit) and only then answered 200; the
+#             handler threads (INGEST_HANDLER_THREADS, else b24's default) dispatch it afterwards;
+#   sync      b24 serve --sync --inbox memory: router:handle runs the handler inside the request,
+#             with its in-memory deduplication (one per server thread).
+# wrk sends bench/ingest/distinct.lua: the same event, each request with its own data[FIELDS][ID]
+# (the dedup key of an ADD event is portal|NAME|ID), so every request is a new delivery to store or
+# to handle. The warm-ups read every answer (none may be a duplicate); every durable run is checked
+# against b24_deliveries_total{result="stored"} and followed by a bounded wait for b24_inbox_depth
+# to come back to 0 (INGEST_DRAIN_TIMEOUT) before anything else runs, reported with its time (with
+# few handler threads that takes minutes: 500-1,100 handled/s seen with 2 on a 2-CPU VM, against
+# 10,000+ stored/s; INGEST_HANDLER_THREADS=64 drains as fast as it stores). The
+# inbox file is in a fresh directory under build/ (INGEST_DB_DIR), on the repository's disk; its
+# filesystem is printed. fdatasync calls are counted with perf's syscall tracepoints when perf
+# works. Target: durable >= 0.5x sync in requests/s. When it is missed (or with INGEST_PERF=1), a
+# perf profile of the durable server and an strace count of its fsyncs under the same load follow.
+#
 # Environment: INGEST_WORKERS (2) INGEST_THREADS (wrk -t, 2) INGEST_CONNECTIONS (wrk -c, 64)
 # INGEST_DURATION (10s) INGEST_WARMUP (3s) INGEST_ROUNDS (3) INGEST_TOTAL (1000000)
-# INGEST_PERF=1 (always profile b24) INGEST_KEEP=1 (keep the temp dir with logs and wrk reports).
+# INGEST_HANDLER_THREADS (b24's default: one per CPU) INGEST_DRAIN_TIMEOUT (900 seconds)
+# INGEST_DB_DIR (build/) INGEST_DURABLE_ONLY=1
+# INGEST_PERF=1 (always profile b24) INGEST_KEEP=1 (keep the temp dirs with logs, wrk reports, inbox).
 # Servers listen on 127.0.0.1 only, on ports free at run time; all are stopped on exit.
-# Exits non-zero when a server gives a wrong answer or wrk sees errors; a missed target is reported
-# in the table, not in the exit status.
+# Exits non-zero when a server gives a wrong answer, wrk sees errors, a durable run stores fewer
+# deliveries than it acknowledged or a duplicate, or the inbox does not drain in time; a missed
+# target is reported in the table, not in the exit status.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -39,15 +64,34 @@ DURATION=${INGEST_DURATION:-10s}
 WARMUP=${INGEST_WARMUP:-3s}
 ROUNDS=${INGEST_ROUNDS:-3}
 TOTAL=${INGEST_TOTAL:-1000000}
+HANDLER_THREADS=${INGEST_HANDLER_THREADS:-}
+DRAIN_TIMEOUT=${INGEST_DRAIN_TIMEOUT:-900}
+DB_DIR=${INGEST_DB_DIR:-$root/build}
+DURABLE_ONLY=${INGEST_DURABLE_ONLY:-0}
 BODY=$here/ingest/app-oncrmcontactadd.form
 FORM=application/x-www-form-urlencoded
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'ingest.sh: %s\n' "$*" >&2; exit 1; }
 
+for arg; do
+  case $arg in
+    --durable-only) DURABLE_ONLY=1 ;;
+    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d; s/^# \{0,1\}//; p}' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) die "unknown argument '$arg' (--durable-only or nothing expected)" ;;
+  esac
+done
+[[ "$DURABLE_ONLY" == 0 || "$DURABLE_ONLY" == 1 ]] || die "INGEST_DURABLE_ONLY is 0 or 1"
+[[ -z "$HANDLER_THREADS" || "$HANDLER_THREADS" =~ ^[1-9][0-9]*$ ]] || die "INGEST_HANDLER_THREADS is a number"
+[[ "$DRAIN_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "INGEST_DRAIN_TIMEOUT is a number of seconds"
+
 # ---- dependencies: Debian packages (only the missing ones), the build, Express -------------------
 
-need_debs=(wrk nginx libnginx-mod-http-lua nodejs npm curl)
+if [[ $DURABLE_ONLY == 1 ]]; then
+  need_debs=(wrk curl)
+else
+  need_debs=(wrk nginx libnginx-mod-http-lua nodejs npm curl)
+fi
 missing=()
 for p in "${need_debs[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
@@ -70,12 +114,14 @@ fi
 
 make -s all
 
-express_pin=$(node -p 'require(process.argv[1]).dependencies.express' "$root/bench/package.json")
-express_have=$(node -p 'try { require(process.argv[1]).version } catch (e) { "" }' \
-  "$root/bench/node_modules/express/package.json" 2>/dev/null || true)
-if [[ "$express_have" != "$express_pin" ]]; then
-  echo "installing express $express_pin into bench/node_modules" >&2
-  npm ci --prefix "$root/bench" --no-audit --no-fund --loglevel=error >&2
+if [[ $DURABLE_ONLY == 0 ]]; then
+  express_pin=$(node -p 'require(process.argv[1]).dependencies.express' "$root/bench/package.json")
+  express_have=$(node -p 'try { require(process.argv[1]).version } catch (e) { "" }' \
+    "$root/bench/node_modules/express/package.json" 2>/dev/null || true)
+  if [[ "$express_have" != "$express_pin" ]]; then
+    echo "installing express $express_pin into bench/node_modules" >&2
+    npm ci --prefix "$root/bench" --no-audit --no-fund --loglevel=error >&2
+  fi
 fi
 
 # ---- temp dir, processes, cleanup ---------------------------------------------------------------
@@ -83,6 +129,7 @@ fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/b24-ingest.XXXXXX")
 chmod 755 "$tmp" # nginx workers (nobody, when started as root) read the Lua handler from here
 pids=()
+dbdir="" # the durable inbox's directory, made when the durable mode starts
 
 stop_pid() {
   local pid=$1 i
@@ -100,9 +147,10 @@ cleanup() {
   trap - EXIT INT TERM
   for pid in "${pids[@]}"; do stop_pid "$pid"; done
   if [[ "${INGEST_KEEP:-}" == 1 ]]; then
-    echo "kept $tmp" >&2
+    echo "kept $tmp${dbdir:+ and $dbdir}" >&2
   else
     rm -rf "$tmp"
+    [[ -z "$dbdir" ]] || rm -rf "$dbdir"
   fi
 }
 trap cleanup EXIT
@@ -148,6 +196,405 @@ sed "s/auth%5Bapplication_token%5D=[^&]*/auth%5Bapplication_token%5D=$wrong_toke
 no_auth_re='s/&auth%5Bapplication_token%5D=[^&]*//'
 sed "$no_auth_re" "$BODY" > "$tmp/noauth.form"
 export INGEST_BODY=$BODY
+
+# ---- measuring: helpers ------------------------------------------------------------------------
+
+TCK=$(getconf CLK_TCK)
+NCPU=$(nproc)
+declare -A URL DESC SPIDS SCRIPT RPS P50 P99 CPU EFF
+REST=""
+wrk_runs=0
+
+# CPU ticks (user + system) of processes, all their threads; of one thread; of this shell's
+# waited-for children (wrk); busy and total ticks of the machine.
+proc_ticks() { local p s=0; for p; do s=$((s + $(sed 's/.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 }'))); done; echo "$s"; }
+task_ticks() { sed 's/.*) //' "$1/stat" | awk '{ print $12, $13 }'; }
+child_ticks() { sed 's/.*) //' "/proc/$$/stat" | awk '{ print $14 + $15 }'; }
+machine_ticks() { awk '/^cpu / { b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6 }' /proc/stat; }
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+field() { sed -n "s/.* $1=\([0-9]*\).*/\1/p" <<< "$2"; }
+now() { date +%s.%N; }
+
+# run_wrk KEY DURATION OUT [wrk options]: wrk with KEY's script (bench/ingest/post.lua unless
+# SCRIPT[KEY]). INGEST_RUN numbers the runs, so that distinct.lua never repeats an ID within this
+# run: call fresh_run before each, in this shell (not in a subshell that forgets the count).
+fresh_run() { wrk_runs=$((wrk_runs + 1)); }
+run_wrk() {
+  local key=$1 d=$2 out=$3
+  shift 3
+  INGEST_RUN=$wrk_runs wrk -t"$THREADS" -c"$CONNS" -d"$d" "$@" -s "${SCRIPT[$key]:-$here/ingest/post.lua}" \
+    "${URL[$key]}" > "$out" 2>&1
+}
+
+# measure KEY: one wrk run with --latency; prints one line, appends to RPS/P50/P99/CPU/EFF[KEY].
+# CPUs: the server's processes, wrk, and the rest (other processes, kernel threads, interrupts),
+# from /proc; "busy" is the whole machine.
+measure() {
+  local key=$1 out=$tmp/wrk-$1.txt line s0 s1 c0 c1 m0 m1 reqs dur rps p50 p99 errs cs cw cm co
+  fresh_run
+  s0=$(proc_ticks ${SPIDS[$key]}) c0=$(child_ticks) m0=$(machine_ticks)
+  run_wrk "$key" "$DURATION" "$out" --latency || { cat "$out" >&2; die "$key: wrk failed"; }
+  s1=$(proc_ticks ${SPIDS[$key]}) c1=$(child_ticks) m1=$(machine_ticks)
+  line=$(grep '^INGEST ' "$out") || { cat "$out" >&2; die "$key: no summary from wrk"; }
+  errs=$(($(field connect "$line") + $(field read "$line") + $(field write "$line") + $(field status "$line") + $(field timeout "$line")))
+  ((errs == 0)) || die "$key: wrk saw errors or non-2xx answers: $line"
+  reqs=$(field requests "$line") dur=$(field duration_us "$line")
+  read -r rps p50 p99 cs cw cm co < <(awk -v r="$reqs" -v d="$dur" -v p50="$(field p50_us "$line")" \
+    -v p99="$(field p99_us "$line")" -v s="$((s1 - s0))" -v c="$((c1 - c0))" -v m0="$m0" -v m1="$m1" \
+    -v t="$TCK" -v n="$NCPU" 'BEGIN { split(m0, a, " "); split(m1, b, " "); secs = d / 1e6
+      busy = (b[1] - a[1]) / (b[2] - a[2]) * n; cs = s / t / secs; cw = c / t / secs
+      rest = busy - cs - cw; if (rest < 0) rest = 0 # tick rounding
+      printf "%.0f %.2f %.2f %.2f %.2f %.2f %.2f\n", r / secs, p50 / 1000, p99 / 1000, cs, cw, busy, rest }')
+  printf '   %-34s %8s req/s  p50 %6s ms  p99 %7s ms  %8s requests   CPUs: server %s  wrk %s  rest %s  (busy %s of %s)\n' \
+    "${DESC[$key]}" "$rps" "$p50" "$p99" "$reqs" "$cs" "$cw" "$co" "$cm" "$NCPU"
+  RPS[$key]+="$rps " P50[$key]+="$p50 " P99[$key]+="$p99 " CPU[$key]+="$cs " REST+="$co "
+  EFF[$key]+="$(awk -v r="$rps" -v c="$cs" 'BEGIN { e = 0; if (c > 0) e = r / c; printf "%.0f", e }') "
+}
+
+# expect NAME URL BODY_FILE STATUS [ANSWER]
+expect() {
+  local name=$1 url=$2 file=$3 want=$4 answer=${5:-} got
+  got=$(curl -sS -o "$tmp/answer" -w '%{http_code}' -X POST -H "Content-Type: $FORM" \
+    --data-binary "@$file" "$url") || die "$name: no answer from $url"
+  [[ "$got" == "$want" ]] || die "$name: $(basename "$file") answered $got, $want expected: $(cat "$tmp/answer")"
+  if [[ -n "$answer" && "$(cat "$tmp/answer")" != "$answer" ]]; then
+    die "$name: answered '$(cat "$tmp/answer")', '$answer' expected"
+  fi
+}
+
+ok='{"success":true}'
+dup='{"success":true,"duplicate":true}'
+
+# start_b24 LOG ARGS...: b24 serve on a port of its choice (it logs "msg=listening
+# address=127.0.0.1:PORT" at the default log level); sets started_pid and started_port.
+start_b24() {
+  local log=$1
+  shift
+  "$root/build/b24" serve --listen 127.0.0.1:0 "$@" 2> "$log" &
+  started_pid=$!
+  pids+=("$started_pid")
+  wait_for "$log" 'msg=listening address=127\.0\.0\.1:[0-9]+' "$started_pid"
+  started_port=$(sed -n 's/.*msg=listening address=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
+  [[ "$started_port" =~ ^[1-9][0-9]*$ ]] || die "b24: no port in $log"
+}
+
+preamble() {
+  say "== b24 ingest benchmark$1 — $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  say "machine: $NCPU CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg) before the run"
+  say "event: $(basename "$BODY"), $(wc -c < "$BODY") bytes, POST Content-Type: $FORM"
+}
+
+# ---- the durable mode -------------------------------------------------------------------------
+
+# metric URL SAMPLE: the value of one sample of b24's /metrics, SAMPLE with its labels as printed.
+metric() {
+  curl -sf "${1}metrics" | awk -v n="$2" '$1 == n { print $2; found = 1 } END { exit !found }' \
+    || die "no $2 in ${1}metrics"
+}
+
+# drain URL: waits until b24_inbox_depth is 0, at most DRAIN_TIMEOUT seconds; sets drain_left
+# (the depth at the end) and drain_secs.
+drain() {
+  local url=$1 t0 depth
+  t0=$(now)
+  while :; do
+    depth=$(metric "$url" b24_inbox_depth)
+    ((depth == 0)) && break
+    awk -v a="$t0" -v b="$(now)" -v m="$DRAIN_TIMEOUT" 'BEGIN { exit !(b - a >= m) }' && break
+    sleep 0.2
+  done
+  drain_left=$depth
+  drain_secs=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
+}
+
+not_drained=0
+# drained_or_report WHAT: prints the drain of the durable server, counts a failure when it did not.
+drained_or_report() {
+  drain "${URL[b24-durable]}"
+  if ((drain_left == 0)); then
+    say "      $1: inbox drained to 0 in $drain_secs s"
+  else
+    say "      $1: inbox NOT drained: depth $drain_left after $drain_secs s (INGEST_DRAIN_TIMEOUT $DRAIN_TIMEOUT)"
+    not_drained=$((not_drained + 1))
+  fi
+}
+
+# Counting fdatasync/fsync calls of one process through perf's syscall tracepoints (cheap, unlike
+# strace), when perf and tracefs allow it.
+fsync_count=0
+if command -v perf > /dev/null &&
+  perf stat -x, -e syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync -- true > /dev/null 2>&1; then
+  fsync_count=1
+fi
+
+# thread_ticks PID: "tid ticks" per thread, in start (tid) order.
+thread_ticks() {
+  local t
+  for t in "/proc/$1/task/"*; do
+    printf '%s %s\n' "${t##*/}" "$(task_ticks "$t" | awk '{ print $1 + $2 }')"
+  done | sort -n
+}
+
+# measure_durable LAST: measure b24-durable, check what it stored against what wrk counted, count
+# its fsyncs, then wait for its inbox to drain. LAST=1: also the CPUs of its threads.
+D_STORED=0 D_HANDLED=0
+measure_durable() {
+  local url=${URL[b24-durable]} pid=$durable_pid last=$1 s0 d0 h0 e0 s1 d1 h1 depth h2 e2 line reqs dur
+  local fs="" syncs t0 t1 c0 c1 c2 sps
+  s0=$(metric "$url" 'b24_deliveries_total{result="stored"}')
+  d0=$(metric "$url" 'b24_deliveries_total{result="duplicate"}')
+  h0=$(metric "$url" 'b24_handler_runs_total{outcome="ok"}')
+  e0=$(metric "$url" 'b24_handler_runs_total{outcome="error"}')
+  ((last)) && thread_ticks "$pid" > "$tmp/threads0.txt"
+  if ((fsync_count)); then
+    perf stat -x, -e syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync -p "$pid" -o "$tmp/fsyncs.txt" &
+    fs=$!
+    sleep 0.2
+  fi
+  t0=$(now) c0=$(proc_ticks "$pid")
+  measure b24-durable
+  t1=$(now)
+  ((last)) && thread_ticks "$pid" > "$tmp/threads1.txt"
+  syncs="n/a"
+  if [[ -n "$fs" ]]; then
+    kill -INT "$fs" 2> /dev/null || true
+    wait "$fs" || true
+    syncs=$(awk -F, '/sys_enter_f(data)?sync/ { s += $1 } END { print s + 0 }' "$tmp/fsyncs.txt")
+  fi
+  s1=$(metric "$url" 'b24_deliveries_total{result="stored"}')
+  d1=$(metric "$url" 'b24_deliveries_total{result="duplicate"}')
+  h1=$(metric "$url" 'b24_handler_runs_total{outcome="ok"}')
+  depth=$(metric "$url" b24_inbox_depth)
+  line=$(grep '^INGEST ' "$tmp/wrk-b24-durable.txt")
+  reqs=$(field requests "$line") dur=$(field duration_us "$line")
+  ((d1 == d0)) || die "durable: $((d1 - d0)) of the distinct deliveries were answered as duplicates"
+  # every 200 wrk counted was answered after its commit; a few more may have been stored for
+  # requests that were in flight when wrk stopped
+  ((s1 - s0 >= reqs)) || die "durable: wrk counted $reqs answers, the server stored $((s1 - s0)) deliveries"
+  if [[ "$syncs" != n/a ]]; then
+    sps=$(awk -v n="$syncs" -v a="$t0" -v b="$t1" -v s="$((s1 - s0))" \
+      'BEGIN { printf "%.0f/s (%.1f stored per call)", n / (b - a), n ? s / n : 0 }')
+  else
+    sps="not counted (perf syscall tracepoints unavailable)"
+  fi
+  say "      stored $((s1 - s0)) (wrk counted $reqs answers), 0 duplicates; handled during the run $((h1 - h0)), inbox depth at its end $depth; fdatasync+fsync $sps"
+  c1=$(proc_ticks "$pid") h1=$(metric "$url" 'b24_handler_runs_total{outcome="ok"}')
+  drain "$url"
+  c2=$(proc_ticks "$pid")
+  h2=$(metric "$url" 'b24_handler_runs_total{outcome="ok"}')
+  e2=$(metric "$url" 'b24_handler_runs_total{outcome="error"}')
+  if ((drain_left == 0)); then
+    say "$(awk -v n="$((h2 - h1))" -v s="$drain_secs" -v c="$((c2 - c1))" -v t="$TCK" -v all="$((h2 - h0))" \
+      -v st="$((s1 - s0))" -v d="$dur" -v e="$((e2 - e0))" 'BEGIN {
+        printf "      drained to 0 in %s s after the run (%.0f handled/s, server CPUs %.2f); handled in all %d, %d failed;", s, (s > 0 ? n / s : 0), (s > 0 ? c / t / s : 0), all, e
+        printf " stored per second of run + drain: %.0f\n", st / (d / 1e6 + s) }')"
+  else
+    say "      inbox NOT drained: depth $drain_left $drain_secs s after the run (INGEST_DRAIN_TIMEOUT $DRAIN_TIMEOUT)"
+    not_drained=$((not_drained + 1))
+  fi
+  ((e2 == e0)) || die "durable: $((e2 - e0)) handler runs failed"
+  D_STORED=$((D_STORED + s1 - s0)) D_HANDLED=$((D_HANDLED + h2 - h0))
+  # deliveries per CPU-second of the server, the run and the drain after it (the handling) together
+  ALLIN[b24-durable]+="$(awk -v s="$((s1 - s0))" -v c="$((c2 - c0))" -v t="$TCK" 'BEGIN { printf "%.0f", c ? s / (c / t) : 0 }') "
+  DRAINS+="$drain_secs "
+}
+
+# warm KEY: a warm-up run that reads every answer: all 200 {"success":true}, none a duplicate.
+warm() {
+  local key=$1 out=$tmp/warm-$1.txt line check
+  fresh_run
+  INGEST_CHECK=1 run_wrk "$key" "$WARMUP" "$out" || { cat "$out" >&2; die "$key: wrk warm-up failed"; }
+  line=$(grep '^INGEST ' "$out") || { cat "$out" >&2; die "$key: no summary from wrk"; }
+  check=$(grep '^INGEST_CHECK ' "$out") || { cat "$out" >&2; die "$key: no answer count from wrk"; }
+  [[ "$(field duplicate "$check") $(field other "$check")" == "0 0" &&
+    "$(field ok "$check")" == "$(field requests "$line")" ]] ||
+    die "$key: warm-up answers: $check of $(field requests "$line") requests (all $ok expected)"
+  say "   ${DESC[$key]}: $(field requests "$line") requests, every answer $ok (none a duplicate)"
+}
+
+declare -A ALLIN
+DRAINS=""
+durable_mode() {
+  local fs_line same k r dthreads handler_threads sync_pid
+  dbdir=$(mktemp -d "$DB_DIR/ingest-durable.XXXXXX")
+  # "ext4 on /dev/vda, mounted at / (rw,relatime,…)"
+  fs_line=$(findmnt -n -T "$dbdir" -o FSTYPE,SOURCE,TARGET,OPTIONS 2> /dev/null |
+    awk '{ printf "%s on %s, mounted at %s (%s)", $1, $2, $3, $4 }')
+  [[ -n "$fs_line" ]] || fs_line=$(df -T "$dbdir" | awk 'NR == 2 { printf "%s on %s, mounted at %s", $2, $1, $7 }')
+  same="the repository's filesystem"
+  [[ $(stat -c %d "$dbdir") == $(stat -c %d "$root") ]] || same="NOT the repository's filesystem"
+  dthreads=()
+  [[ -z "$HANDLER_THREADS" ]] || dthreads=(--handler-threads "$HANDLER_THREADS")
+
+  start_b24 "$tmp/b24-durable.log" --workers "$WORKERS" "${dthreads[@]}" --inbox "$dbdir/inbox.sqlite" \
+    "$here/ingest/router.lua"
+  durable_pid=$started_pid
+  URL[b24-durable]=http://127.0.0.1:$started_port/
+  start_b24 "$tmp/b24-sync.log" --workers "$WORKERS" --sync --inbox memory "$here/ingest/router.lua"
+  sync_pid=$started_pid
+  URL[b24-sync]=http://127.0.0.1:$started_port/
+  DESC[b24-durable]="b24 serve --inbox FILE"
+  DESC[b24-sync]="b24 serve --sync --inbox memory"
+  SPIDS[b24-durable]=$durable_pid
+  SPIDS[b24-sync]=$sync_pid
+  SCRIPT[b24-durable]=$here/ingest/distinct.lua
+  SCRIPT[b24-sync]=$here/ingest/distinct.lua
+  sleep 0.3
+  # the threads: main, inbox, handler threads, --workers http threads
+  handler_threads=$(($(ls "/proc/$durable_pid/task" | wc -l) - 2 - WORKERS))
+
+  say ""
+  say "== durable mode: bench/ingest/router.lua (bitrix24.router{ token = the event's token }, router:on(\"*\", a no-op))"
+  local hopt="${dthreads[*]}"
+  [[ -n "$hopt" ]] || hopt="(no --handler-threads: b24 takes one per CPU)"
+  say "durable: b24 serve --workers $WORKERS $hopt --inbox $dbdir/inbox.sqlite"
+  say "         $handler_threads handler threads; SQLite WAL, synchronous=FULL, group commit; the 200 goes out after the commit"
+  say "         inbox filesystem: $fs_line"
+  say "         ($same; the device's write cache: $(cat /sys/block/"$(basename "$(findmnt -n -T "$dbdir" -o SOURCE 2> /dev/null || echo none)")"/queue/write_cache 2> /dev/null || echo unknown))"
+  say "sync:    b24 serve --workers $WORKERS --sync --inbox memory: router:handle, the handler inside the request, in-memory dedup per server thread"
+  say "both log a line per request to a file. wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'): -t$THREADS -c$CONNS -d$DURATION --latency, bench/ingest/distinct.lua: each request a distinct data[FIELDS][ID]"
+  say "$ROUNDS round(s) after one -d$WARMUP warm-up each; after each durable run, a wait for its inbox to drain (at most $DRAIN_TIMEOUT s)"
+
+  # the answers, before anything is measured
+  local url=${URL[b24-durable]} s0 d0 h0
+  s0=$(metric "$url" 'b24_deliveries_total{result="stored"}')
+  d0=$(metric "$url" 'b24_deliveries_total{result="duplicate"}')
+  h0=$(metric "$url" 'b24_handler_runs_total{outcome="ok"}')
+  expect durable "$url" "$BODY" 200 "$ok"
+  expect durable "$url" "$BODY" 200 "$dup"
+  expect durable "$url" "$tmp/wrong.form" 401
+  expect durable "$url" "$tmp/noauth.form" 401
+  [[ "$(metric "$url" 'b24_deliveries_total{result="stored"}') $(metric "$url" 'b24_deliveries_total{result="duplicate"}')" == "$((s0 + 1)) $((d0 + 1))" ]] ||
+    die "durable: the checks should have stored one delivery and found one duplicate"
+  drain "$url"
+  ((drain_left == 0)) || die "durable: the inbox did not drain after the checks"
+  [[ "$(metric "$url" 'b24_handler_runs_total{outcome="ok"}')" == "$((h0 + 1))" ]] ||
+    die "durable: the handler should have run once for the stored delivery"
+  url=${URL[b24-sync]}
+  expect sync "$url" "$BODY" 200 "$ok"
+  expect sync "$url" "$tmp/wrong.form" 401
+  expect sync "$url" "$tmp/noauth.form" 401
+  # the same delivery twice on one connection (one server thread, one dedup table): a duplicate
+  sed 's/data%5BFIELDS%5D%5BID%5D=[0-9]*/data%5BFIELDS%5D%5BID%5D=7/' "$BODY" > "$tmp/id7.form"
+  got=$(curl -sS -X POST -H "Content-Type: $FORM" --data-binary "@$tmp/id7.form" "$url" "$url") ||
+    die "sync: no answer from $url"
+  [[ "$got" == "$ok$dup" ]] || die "sync: the same delivery twice answered '$got', '$ok$dup' expected"
+  say "checked first: both answer the event 200 $ok, a wrong token and no token 401, a repeat 200 $dup"
+  say "   (durable: one stored, one duplicate, nothing stored for the 401s, the handler ran once; sync: the repeat on one connection)"
+
+  say ""
+  say "-- warm-up, -d$WARMUP each, every answer read"
+  warm b24-sync
+  warm b24-durable
+  drained_or_report "durable warm-up"
+
+  for ((r = 1; r <= ROUNDS; r++)); do
+    say "-- round $r of $ROUNDS"
+    measure b24-sync
+    measure_durable "$((r == ROUNDS))"
+  done
+
+  say ""
+  say "-- durable server threads during its round-$ROUNDS run (CPUs busy; by start order: main, inbox, handlers, http)"
+  local secs
+  secs=$(field duration_us "$(grep '^INGEST ' "$tmp/wrk-b24-durable.txt")")
+  awk 'NR == FNR { a[$1] = $2; next } $1 in a { print $1, a[$1], $2 }' "$tmp/threads0.txt" "$tmp/threads1.txt" |
+    sort -n | awk -v h="$handler_threads" -v t="$TCK" -v s="$secs" '{
+      i++; c = ($3 - $2) / t / (s / 1e6)
+      if (i == 1) printf "   %-8s %-24s %.2f\n", $1, "main", c
+      else if (i == 2) printf "   %-8s %-24s %.2f\n", $1, "inbox (SQLite)", c
+      else if (i <= 2 + h) { hc += c; if (i == 2 + h) printf "   %-8s %-24s %.2f\n", "", h " handler threads, all", hc }
+      else printf "   %-8s %-24s %.2f\n", $1, "http", c }'
+
+  local rs rd p50s p50d p99s p99d cs cd es ed ad ratio verdict
+  rs=$(tr ' ' '\n' <<< "${RPS[b24-sync]}" | grep . | median)
+  rd=$(tr ' ' '\n' <<< "${RPS[b24-durable]}" | grep . | median)
+  p50s=$(tr ' ' '\n' <<< "${P50[b24-sync]}" | grep . | median)
+  p50d=$(tr ' ' '\n' <<< "${P50[b24-durable]}" | grep . | median)
+  p99s=$(tr ' ' '\n' <<< "${P99[b24-sync]}" | grep . | median)
+  p99d=$(tr ' ' '\n' <<< "${P99[b24-durable]}" | grep . | median)
+  cs=$(tr ' ' '\n' <<< "${CPU[b24-sync]}" | grep . | median)
+  cd=$(tr ' ' '\n' <<< "${CPU[b24-durable]}" | grep . | median)
+  es=$(tr ' ' '\n' <<< "${EFF[b24-sync]}" | grep . | median)
+  ed=$(tr ' ' '\n' <<< "${EFF[b24-durable]}" | grep . | median)
+  ad=$(tr ' ' '\n' <<< "${ALLIN[b24-durable]}" | grep . | median)
+  ratio=$(awk -v a="$rd" -v b="$rs" 'BEGIN { printf "%.2f", a / b }')
+  if awk -v r="$ratio" 'BEGIN { exit !(r >= 0.5) }'; then verdict=met; else verdict=MISSED; fi
+  DURABLE_VERDICT="durable: ${ratio}x of --sync in requests/s (target >= 0.5x): $verdict"
+
+  say ""
+  say "-- durable vs sync, medians over $ROUNDS round(s); p50/p99: wrk's latency of the answer (for durable: the"
+  say "   ack after the commit). req/s/CPU: answers per CPU-second of the server during the run; handled/CPU-s:"
+  say "   deliveries per CPU-second with the handling included (durable: the run and its drain together)"
+  printf '%-34s %10s %9s %9s %8s %10s %13s\n' mode requests/s p50 p99 "srv CPUs" req/s/CPU handled/CPU-s
+  printf '%-34s %10.0f %9s %9s %8s %10.0f %13.0f\n' "${DESC[b24-sync]}" "$rs" "$p50s ms" "$p99s ms" "$cs" "$es" "$es"
+  printf '%-34s %10.0f %9s %9s %8s %10.0f %13.0f\n' "${DESC[b24-durable]}" "$rd" "$p50d ms" "$p99d ms" "$cd" "$ed" "$ad"
+  say "durable/sync: ${ratio}x in requests/s (target >= 0.5x: $verdict); p99 ${p99d} ms against ${p99s} ms"
+  say "durable stored $D_STORED deliveries in the measured runs (b24_deliveries_total{result=\"stored\"}), handled $D_HANDLED;"
+  say "   drains after them: $(tr ' ' '\n' <<< "$DRAINS" | grep . | paste -sd' ' | sed 's/ / s, /g') s; b24_inbox_depth at the end: $(metric "${URL[b24-durable]}" b24_inbox_depth)"
+  say "   inbox file: $(du -ch "$dbdir"/inbox.sqlite* 2> /dev/null | tail -1 | cut -f1) ($(ls "$dbdir" | paste -sd' '))"
+
+  # ---- why, when the target was missed
+  if [[ $verdict == MISSED || "${INGEST_PERF:-}" == 1 ]]; then
+    durable_diagnose
+  fi
+}
+
+# A perf profile and an strace count of the durable server's fsyncs, each under the same load.
+durable_diagnose() {
+  local url=${URL[b24-durable]} wrk_bg s0 s1 secs=5 calls d0 d1
+  d0=$(metric "$url" 'b24_deliveries_total{result="duplicate"}')
+  say ""
+  if command -v perf > /dev/null; then
+    say "-- perf profile of the durable server under the same load (perf record -F 499 -g, symbols >= 1%)"
+    fresh_run
+    run_wrk b24-durable "$DURATION" "$tmp/wrk-dperf.txt" &
+    wrk_bg=$!
+    pids+=("$wrk_bg")
+    sleep 1
+    perf record -q -F 499 -g -p "$durable_pid" -o "$tmp/perf-durable.data" -- \
+      sleep "$(awk -v d="${DURATION%s}" 'BEGIN { s = 1; if (d > 3) s = d - 2; print s }')" > /dev/null 2>&1 || true
+    wait "$wrk_bg" || true
+    say "   by object:"
+    perf report -i "$tmp/perf-durable.data" --stdio --no-children --sort dso -g none --percent-limit 1 2> /dev/null \
+      | grep -vE '^#|^$' | sed -E 's/[ -]*$//; s/^ */     /' | head -12 || true
+    say "   by symbol:"
+    perf report -i "$tmp/perf-durable.data" --stdio --no-children --sort dso,symbol -g none --percent-limit 1 2> /dev/null \
+      | grep -vE '^#|^$' | sed -E 's/[ -]*$//; s/^ */     /' | head -30 || true
+    drained_or_report "after the profile"
+  fi
+  if command -v strace > /dev/null; then
+    say "-- strace -c -f -e trace=fsync,fdatasync on the durable server for $secs s under the same load"
+    say "   (strace stops the traced threads at every call, so the server is slower meanwhile)"
+    fresh_run
+    run_wrk b24-durable "$((secs + 2))s" "$tmp/wrk-dstrace.txt" &
+    wrk_bg=$!
+    pids+=("$wrk_bg")
+    sleep 1
+    s0=$(metric "$url" 'b24_deliveries_total{result="stored"}')
+    timeout -s INT "$secs" strace -c -f -e trace=fsync,fdatasync -p "$durable_pid" -o "$tmp/strace.txt" 2> /dev/null || true
+    s1=$(metric "$url" 'b24_deliveries_total{result="stored"}')
+    wait "$wrk_bg" || true
+    sed 's/^/     /' "$tmp/strace.txt"
+    calls=$(awk '$NF == "fdatasync" || $NF == "fsync" { s += $4 } END { print s + 0 }' "$tmp/strace.txt")
+    say "$(awk -v c="$calls" -v s="$((s1 - s0))" -v t="$secs" 'BEGIN {
+      printf "   %.0f fsync+fdatasync/s, %d deliveries stored meanwhile (%.0f/s, %.1f per call)", c / t, s, s / t, c ? s / c : 0 }')"
+    drained_or_report "after strace"
+  fi
+  d1=$(metric "$url" 'b24_deliveries_total{result="duplicate"}')
+  ((d1 == d0)) || die "durable: $((d1 - d0)) of the distinct deliveries sent for the diagnosis were duplicates"
+}
+
+if [[ $DURABLE_ONLY == 1 ]]; then
+  preamble " (durable mode only)"
+  durable_mode
+  say ""
+  say "$DURABLE_VERDICT"
+  ((not_drained == 0)) || say "the inbox did NOT drain $not_drained time(s) within $DRAIN_TIMEOUT s"
+  say "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+  ((not_drained == 0)) || exit 1
+  exit 0
+fi
 
 # ---- servers ------------------------------------------------------------------------------------
 
@@ -209,18 +656,6 @@ lua_version=$(dpkg-query -W -f='${Version}' libnginx-mod-http-lua 2>/dev/null | 
 
 # ---- every server gives the right answers before it is measured --------------------------------
 
-# expect NAME URL BODY_FILE STATUS [ANSWER]
-expect() {
-  local name=$1 url=$2 file=$3 want=$4 answer=${5:-} got
-  got=$(curl -sS -o "$tmp/answer" -w '%{http_code}' -X POST -H "Content-Type: $FORM" \
-    --data-binary "@$file" "$url") || die "$name: no answer from $url"
-  [[ "$got" == "$want" ]] || die "$name: $(basename "$file") answered $got, $want expected: $(cat "$tmp/answer")"
-  if [[ -n "$answer" && "$(cat "$tmp/answer")" != "$answer" ]]; then
-    die "$name: answered '$(cat "$tmp/answer")', '$answer' expected"
-  fi
-}
-
-ok='{"success":true}'
 for s in "b24:$b24_main_port" "b24-quiet:$b24_quiet_port" "express:$express_port" \
          "nginx-lua:$port_lua" "nginx-lua-nolog:$port_lua_nolog"; do
   name=${s%%:*} url=http://127.0.0.1:${s##*:}/
@@ -233,14 +668,10 @@ expect nginx-static-nolog "http://127.0.0.1:$port_static_nolog/" "$BODY" 200 "$o
 
 # ---- measuring --------------------------------------------------------------------------------
 
-TCK=$(getconf CLK_TCK)
-NCPU=$(nproc)
 nginx_workers=$(pgrep -P "$nginx_pid" -d ' ' || true)
 [[ $(wc -w <<< "$nginx_workers") == "$WORKERS" ]] || die "nginx: workers '$nginx_workers', $WORKERS expected"
 
 keys=(b24 express nginx-lua nginx-static b24-quiet nginx-lua-nolog nginx-static-nolog)
-declare -A URL DESC SPIDS RPS P99 CPU EFF
-REST=""
 URL[b24]=http://127.0.0.1:$b24_main_port/
 URL[b24-quiet]=http://127.0.0.1:$b24_quiet_port/
 URL[express]=http://127.0.0.1:$express_port/
@@ -260,43 +691,7 @@ SPIDS[b24-quiet]=$b24_quiet_pid
 SPIDS[express]=$express_pid
 for k in nginx-lua nginx-static nginx-lua-nolog nginx-static-nolog; do SPIDS[$k]="$nginx_pid $nginx_workers"; done
 
-# CPU ticks (user + system) of processes, all their threads; of one thread; of this shell's
-# waited-for children (wrk); busy and total ticks of the machine.
-proc_ticks() { local p s=0; for p; do s=$((s + $(sed 's/.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 }'))); done; echo "$s"; }
-task_ticks() { sed 's/.*) //' "$1/stat" | awk '{ print $12, $13 }'; }
-child_ticks() { sed 's/.*) //' "/proc/$$/stat" | awk '{ print $14 + $15 }'; }
-machine_ticks() { awk '/^cpu / { b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6 }' /proc/stat; }
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-field() { sed -n "s/.* $1=\([0-9]*\).*/\1/p" <<< "$2"; }
-
-# measure KEY: one wrk run with --latency; prints one line, appends to RPS/P99/CPU/EFF[KEY].
-# CPUs: the server's processes, wrk, and the rest (other processes, kernel threads, interrupts),
-# from /proc; "busy" is the whole machine.
-measure() {
-  local key=$1 out=$tmp/wrk-$1.txt line s0 s1 c0 c1 m0 m1 reqs dur rps p50 p99 errs cs cw cm co
-  s0=$(proc_ticks ${SPIDS[$key]}) c0=$(child_ticks) m0=$(machine_ticks)
-  wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$here/ingest/post.lua" "${URL[$key]}" > "$out" 2>&1 \
-    || { cat "$out" >&2; die "$key: wrk failed"; }
-  s1=$(proc_ticks ${SPIDS[$key]}) c1=$(child_ticks) m1=$(machine_ticks)
-  line=$(grep '^INGEST ' "$out") || { cat "$out" >&2; die "$key: no summary from wrk"; }
-  errs=$(($(field connect "$line") + $(field read "$line") + $(field write "$line") + $(field status "$line") + $(field timeout "$line")))
-  ((errs == 0)) || die "$key: wrk saw errors or non-2xx answers: $line"
-  reqs=$(field requests "$line") dur=$(field duration_us "$line")
-  read -r rps p50 p99 cs cw cm co < <(awk -v r="$reqs" -v d="$dur" -v p50="$(field p50_us "$line")" \
-    -v p99="$(field p99_us "$line")" -v s="$((s1 - s0))" -v c="$((c1 - c0))" -v m0="$m0" -v m1="$m1" \
-    -v t="$TCK" -v n="$NCPU" 'BEGIN { split(m0, a, " "); split(m1, b, " "); secs = d / 1e6
-      busy = (b[1] - a[1]) / (b[2] - a[2]) * n; cs = s / t / secs; cw = c / t / secs
-      rest = busy - cs - cw; if (rest < 0) rest = 0 # tick rounding
-      printf "%.0f %.2f %.2f %.2f %.2f %.2f %.2f\n", r / secs, p50 / 1000, p99 / 1000, cs, cw, busy, rest }')
-  printf '   %-34s %8s req/s  p50 %6s ms  p99 %7s ms  %8s requests   CPUs: server %s  wrk %s  rest %s  (busy %s of %s)\n' \
-    "${DESC[$key]}" "$rps" "$p50" "$p99" "$reqs" "$cs" "$cw" "$co" "$cm" "$NCPU"
-  RPS[$key]+="$rps " P99[$key]+="$p99 " CPU[$key]+="$cs " REST+="$co "
-  EFF[$key]+="$(awk -v r="$rps" -v c="$cs" 'BEGIN { e = 0; if (c > 0) e = r / c; printf "%.0f", e }') "
-}
-
-say "== b24 ingest benchmark — $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-say "machine: $NCPU CPUs ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg) before the run"
-say "event: $(basename "$BODY"), $(wc -c < "$BODY") bytes, POST Content-Type: $FORM"
+preamble ""
 say "wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }'): -t$THREADS -c$CONNS -d$DURATION --latency, $ROUNDS round(s) over all servers after one -d$WARMUP warm-up each; wrk shares the CPUs"
 say "servers: b24 --workers $WORKERS (threads); nginx $nginx_version + ngx_lua $lua_version, worker_processes $WORKERS; $express_desc, 1 process"
 say "checked first: each answers the event 200 $ok, a wrong token and no token 401 (static nginx: 200)"
@@ -427,10 +822,17 @@ hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$b24_main_pid/status")
 say "   VmRSS after the warm-up $(mb "$rss_after_warm"), after $n requests $(mb "$rss_end"): $((rss_end - rss_after_warm)) kB change; peak VmHWM $(mb "$hwm")"
 say "   b24 wrote $(wc -l < "$tmp/b24.log") log lines ($(du -h "$tmp/b24.log" | cut -f1)) to its stderr file"
 
+# ---- the durable mode, in the same run ----------------------------------------------------------
+
+durable_mode
+
 say ""
 if ((missed > 0)); then
   say "b24 missed $missed of the 3 throughput targets (headline rows)"
 else
   say "b24 met the 3 throughput targets (headline rows)"
 fi
+say "$DURABLE_VERDICT"
+((not_drained == 0)) || say "the inbox did NOT drain $not_drained time(s) within $DRAIN_TIMEOUT s"
 say "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+((not_drained == 0)) || exit 1
