@@ -346,6 +346,7 @@ typedef struct entry {
     lua_Number num;
     const char *str; /* anchored by the table */
     size_t len;
+    uint64_t head; /* the first eight bytes, big-endian: most comparisons end here */
     int key_slot, value_slot; /* stack slots while they fit; 0: look the value up again */
 } entry;
 
@@ -360,8 +361,8 @@ static int compare_entries(const entry *a, const entry *b)
         lua_Number y = b->kind == 0 ? (lua_Number)b->i : b->num;
         return (x > y) - (x < y);
     }
-    if (a->len && b->len && a->str[0] != b->str[0])
-        return (unsigned char)a->str[0] < (unsigned char)b->str[0] ? -1 : 1;
+    if (a->head != b->head)
+        return a->head < b->head ? -1 : 1;
     size_t n = a->len < b->len ? a->len : b->len;
     int c = memcmp(a->str, b->str, n);
     return c ? c : (a->len > b->len) - (a->len < b->len);
@@ -420,6 +421,9 @@ static void encode_table(encoder *e, int idx, int depth)
         if (kt == LUA_TSTRING) {
             en->kind = 2;
             en->str = lua_tolstring(L, -2, &en->len);
+            en->head = 0;
+            for (size_t b = 0; b < 8; b++)
+                en->head = en->head << 8 | (b < en->len ? (unsigned char)en->str[b] : 0);
             non_seq++;
         } else if (kt == LUA_TNUMBER) {
             if (lua_isinteger(L, -2)) {
