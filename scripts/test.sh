@@ -24,7 +24,8 @@ run() { # name, command…
   f=$(grep -c '^not ok ' "$log/$name.tap")
   if [[ $f -gt 0 || $rc -ne 0 ]]; then
     sed -n '/^not ok/,/^ok /p' "$log/$name.tap" | grep -v '^ok ' | head -200
-    tail -40 "$log/$name.err"
+    [[ $rc -eq 124 ]] && echo "$name: the watchdog ended the run during: $(grep '^# spec/' "$log/$name.tap" | tail -1)"
+    grep -v -E '^(Terminated|Killed|Aborted|sh: 1: kill: )' "$log/$name.err" | tail -40
     status=1
     [[ $f -eq 0 ]] && f=1 # the runner itself failed (a crash, a sanitizer report)
   fi

@@ -52,15 +52,35 @@ static int call_dispatch(lua_State *L)
     return 2;
 }
 
+#define CLAIM 16 /* deliveries a thread takes at once */
+
+static void run_one(b24_job *job);
+
 static void *handler_main(void *arg)
 {
     (void)arg;
-    b24_job job;
-    char err[4096], attempt_s[16];
+    b24_job jobs[CLAIM];
     for (;;) {
-        memset(&job, 0, sizeof job);
-        if (!b24_inbox_claim(handlers_inbox, &job))
+        memset(jobs, 0, sizeof jobs);
+        int n = b24_inbox_claim(handlers_inbox, jobs, CLAIM);
+        if (n == 0)
             break;
+        for (int i = 0; i < n; i++) {
+            if (b24_inbox_stopping(handlers_inbox)) /* finish the run under way, no more */
+                b24_inbox_release(handlers_inbox, &jobs[i]);
+            else
+                run_one(&jobs[i]);
+        }
+    }
+    return NULL;
+}
+
+/* Runs router:dispatch on one delivery and queues the outcome. */
+static void run_one(b24_job *jobp)
+{
+    b24_job job = *jobp;
+    char err[4096], attempt_s[16];
+    {
         const char *error = NULL;
         lua_State *L = b24_script_state();
         if (L == NULL) {
@@ -91,7 +111,6 @@ static void *handler_main(void *arg)
                     "error", error, NULL);
         b24_inbox_finish(handlers_inbox, &job, error);
     }
-    return NULL;
 }
 
 int b24_handlers_start(b24_inbox *in, int n, double timeout)

@@ -13,6 +13,8 @@
 #include "b24_host.h"
 #include "b24_inbox.h"
 
+#define MAX_CLAIM 256 /* deliveries handed out in one batch */
+
 static const char SCHEMA[] =
     "PRAGMA journal_mode=WAL;"
     "PRAGMA synchronous=FULL;"
@@ -42,7 +44,7 @@ static const char SCHEMA[] =
     "CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, until REAL NOT NULL);";
 
 enum { S_BEGIN, S_COMMIT, S_ROLLBACK, S_SEEN, S_PENDING_KEY, S_INSERT, S_DELETE, S_REMEMBER,
-       S_RETRY, S_BURY, S_READY, S_CLAIM, S_NEXT, S_PRUNE, S_COUNT };
+       S_RETRY, S_BURY, S_READY, S_CLAIM, S_RELEASE, S_NEXT, S_PRUNE, S_COUNT };
 
 static const char *const SQL[S_COUNT] = {
     [S_BEGIN] = "BEGIN IMMEDIATE",
@@ -61,25 +63,26 @@ static const char *const SQL[S_COUNT] = {
     [S_READY] = "SELECT id, attempts, key, event, content_type, body FROM deliveries"
                 " WHERE state = 'pending' AND next_at <= ?1 ORDER BY next_at, id LIMIT ?2",
     [S_CLAIM] = "UPDATE deliveries SET state = 'running', attempts = attempts + 1 WHERE id = ?1",
+    [S_RELEASE] = "UPDATE deliveries SET state = 'pending', attempts = attempts - 1 WHERE id = ?1",
     [S_NEXT] = "SELECT min(next_at) FROM deliveries WHERE state = 'pending'",
     [S_PRUNE] = "DELETE FROM seen WHERE until <= ?1",
 };
 
-/* A handler thread waiting for a delivery. */
+/* A handler thread waiting for deliveries. */
 typedef struct waiter {
     struct waiter *next;
-    b24_job *job;
-    int state; /* 0 waiting, 1 got a job, 2 stopping */
+    b24_job *jobs;
+    int max, got;
+    int state; /* 0 waiting, 1 got jobs, 2 stopping */
     pthread_cond_t cond;
 } waiter;
 
-/* A finished run waiting for its outcome to be committed. */
+/* A run's outcome, queued for the next batch; the handler thread does not wait for it. */
 typedef struct finish {
     struct finish *next;
-    b24_job *job;
-    const char *error;
-    int committed;
-    pthread_cond_t cond;
+    b24_job job;  /* key and event owned here */
+    char *error;  /* NULL: success */
+    int release;  /* never run (the host is stopping): back to pending, attempt not spent */
 } finish;
 
 struct b24_inbox {
@@ -269,8 +272,11 @@ static double run_batch(b24_inbox *in, b24_put *puts, finish *fins, int nidle, b
         delta++;
     }
     for (finish *f = fins; f && ok; f = f->next) {
-        b24_job *j = f->job;
-        if (f->error == NULL) {
+        b24_job *j = &f->job;
+        if (f->release) {
+            sqlite3_bind_int64(st[S_RELEASE], 1, j->id);
+            ok = step_done(st[S_RELEASE]) == 0;
+        } else if (f->error == NULL) {
             sqlite3_bind_text(st[S_REMEMBER], 1, j->key, -1, SQLITE_STATIC);
             sqlite3_bind_double(st[S_REMEMBER], 2, now + in->opt.dedup_ttl);
             sqlite3_bind_int64(st[S_DELETE], 1, j->id);
@@ -370,11 +376,13 @@ static void *inbox_main(void *arg)
         in->puts = NULL;
         in->finishes = NULL;
         waiter *idle_list[64];
-        int nidle = 0;
+        int nidle = 0, want = 0;
         if (!in->stopping)
             for (waiter *w = in->waiters; w && nidle < 64; w = w->next)
-                if (w->state == 0)
+                if (w->state == 0 && want + w->max <= MAX_CLAIM) {
                     idle_list[nidle++] = w;
+                    want += w->max;
+                }
         pthread_mutex_unlock(&in->lock);
 
         b24_put *rev = NULL; /* oldest first, so deliveries keep their arrival order */
@@ -384,9 +392,9 @@ static void *inbox_main(void *arg)
             rev = puts;
             puts = n;
         }
-        b24_job claimed[64];
+        b24_job claimed[MAX_CLAIM];
         int nclaimed = 0;
-        next_ready = run_batch(in, rev, fins, nidle, claimed, &nclaimed);
+        next_ready = run_batch(in, rev, fins, want, claimed, &nclaimed);
         if (now - last_recount >= 1.0) { /* at most once a second */
             recount(in);
             last_recount = now;
@@ -403,21 +411,28 @@ static void *inbox_main(void *arg)
             p = n;
         }
 
-        pthread_mutex_lock(&in->lock);
-        for (finish *f = fins; f; f = f->next) {
-            f->committed = 1;
-            pthread_cond_signal(&f->cond);
+        for (finish *f = fins; f;) {
+            finish *n = f->next;
+            job_free(&f->job);
+            free(f->error);
+            free(f);
+            f = n;
         }
-        for (int i = 0; i < nclaimed; i++) {
+        pthread_mutex_lock(&in->lock);
+        int next = 0; /* hand the claimed deliveries out, each thread up to what it asked */
+        for (int i = 0; i < nidle; i++) {
             waiter *w = idle_list[i];
-            if (w->state == 0 && !in->stopping) {
-                *w->job = claimed[i];
+            if (w->state != 0 || in->stopping)
+                continue;
+            while (w->got < w->max && next < nclaimed)
+                w->jobs[w->got++] = claimed[next++];
+            if (w->got) {
                 w->state = 1;
                 pthread_cond_signal(&w->cond);
-            } else { /* the thread was told to stop meanwhile: the delivery runs next time */
-                job_free(&claimed[i]);
             }
         }
+        while (next < nclaimed) /* stopping meanwhile: these run after the next start */
+            job_free(&claimed[next++]);
     }
     pthread_mutex_unlock(&in->lock);
     return NULL;
@@ -446,11 +461,12 @@ void b24_inbox_put(b24_inbox *in, b24_put *put)
     pthread_mutex_unlock(&in->lock);
 }
 
-int b24_inbox_claim(b24_inbox *in, b24_job *job)
+int b24_inbox_claim(b24_inbox *in, b24_job *jobs, int max)
 {
     waiter w;
     memset(&w, 0, sizeof w);
-    w.job = job;
+    w.jobs = jobs;
+    w.max = max < 1 ? 1 : max > MAX_CLAIM ? MAX_CLAIM : max;
     pthread_cond_init(&w.cond, NULL);
     pthread_mutex_lock(&in->lock);
     if (!in->stopping) {
@@ -467,25 +483,55 @@ int b24_inbox_claim(b24_inbox *in, b24_job *job)
     }
     pthread_mutex_unlock(&in->lock);
     pthread_cond_destroy(&w.cond);
-    return w.state == 1;
+    return w.state == 1 ? w.got : 0;
 }
+
+static void queue_outcome(b24_inbox *in, b24_job *job, const char *error, int release);
 
 void b24_inbox_finish(b24_inbox *in, b24_job *job, const char *error)
 {
-    finish f;
-    memset(&f, 0, sizeof f);
-    f.job = job;
-    f.error = error;
-    pthread_cond_init(&f.cond, NULL);
+    queue_outcome(in, job, error, 0);
+}
+
+void b24_inbox_release(b24_inbox *in, b24_job *job)
+{
+    queue_outcome(in, job, NULL, 1);
+}
+
+int b24_inbox_stopping(b24_inbox *in)
+{
     pthread_mutex_lock(&in->lock);
-    f.next = in->finishes;
-    in->finishes = &f;
-    pthread_cond_signal(&in->wake);
-    while (!f.committed)
-        pthread_cond_wait(&f.cond, &in->lock);
+    int stopping = in->stopping;
     pthread_mutex_unlock(&in->lock);
-    pthread_cond_destroy(&f.cond);
-    job_free(job);
+    return stopping;
+}
+
+static void queue_outcome(b24_inbox *in, b24_job *job, const char *error, int release)
+{
+    finish *f = calloc(1, sizeof *f);
+    char *err = error ? strdup(error) : NULL;
+    if (f == NULL || (error && err == NULL)) {
+        /* no memory to record it: the delivery stays 'running' and runs again after a
+         * restart, which at-least-once allows */
+        b24_log(B24_ERROR, "cannot record a delivery's outcome (out of memory)", "event",
+                job->event, NULL);
+        free(f);
+        free(err);
+        job_free(job);
+        return;
+    }
+    free(job->body); /* only the key and event are needed from here */
+    free(job->content_type);
+    job->body = job->content_type = NULL;
+    f->job = *job;
+    f->error = err;
+    f->release = release;
+    memset(job, 0, sizeof *job);
+    pthread_mutex_lock(&in->lock);
+    f->next = in->finishes;
+    in->finishes = f;
+    pthread_cond_signal(&in->wake);
+    pthread_mutex_unlock(&in->lock);
 }
 
 void b24_inbox_stop_claims(b24_inbox *in)

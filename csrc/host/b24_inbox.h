@@ -46,10 +46,16 @@ typedef struct b24_inbox_stats {
 b24_inbox *b24_inbox_open(const char *path, const b24_inbox_options *o, char *err, size_t errlen);
 int b24_inbox_start(b24_inbox *in);
 void b24_inbox_put(b24_inbox *in, b24_put *put);
-/* Blocks until a delivery is ready (1) or the inbox stops (0). */
-int b24_inbox_claim(b24_inbox *in, b24_job *job);
-/* Records the run's outcome durably (error NULL: success) and frees the job's strings. */
+/* Blocks until deliveries are ready: fills up to max jobs and returns how many, or 0 when
+ * the inbox stops. */
+int b24_inbox_claim(b24_inbox *in, b24_job *jobs, int max);
+/* Queues the run's outcome (error NULL: success) for the next commit without waiting for it,
+ * and takes over the job's strings. An outcome lost to a crash before its commit means the
+ * delivery runs again: at least once. */
 void b24_inbox_finish(b24_inbox *in, b24_job *job, const char *error);
+/* Hands back a claimed delivery that was not run (the host is stopping). */
+void b24_inbox_release(b24_inbox *in, b24_job *job);
+int b24_inbox_stopping(b24_inbox *in);
 /* Stops handing out deliveries: b24_inbox_claim returns 0 in every waiting thread. */
 void b24_inbox_stop_claims(b24_inbox *in);
 /* Commits what is queued, then ends the inbox thread; call after the handler threads ended. */

@@ -839,6 +839,8 @@ int b24_cmd_serve(int argc, char **argv)
 
     /* Drain: refuse new connections, finish what is in flight, then stop. */
     atomic_store(&stopping, 1);
+    if (inbox) /* a handler thread finishing a run takes no new one; what is pending stays */
+        b24_inbox_stop_claims(inbox);
     MHD_socket lsock = MHD_quiesce_daemon(d);
     if (lsock != MHD_INVALID_SOCKET) { /* refuse new connections now, not queue them */
         close(lsock);

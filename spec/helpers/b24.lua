@@ -16,7 +16,7 @@ end
 M.quote = shell_quote
 
 function M.tmpdir()
-  local p = assert(io.popen("mktemp -d"))
+  local p = assert(io.popen(M.clean .. "mktemp -d"))
   local d = p:read("l")
   p:close()
   return d

@@ -8,6 +8,7 @@ shift
 : > "$log"
 ( "$@" 2>>"$log" </dev/null >/dev/null &
   echo "pid=$!"
+  exec >/dev/null # let go of the spec's pipe: it must end when the streamer below does
   wait $!
   echo "b24-exit=$?" >> "$log" ) &
 echo "tail=$$"
