@@ -83,6 +83,7 @@ typedef struct finish {
     b24_job job;  /* key and event owned here */
     char *error;  /* NULL: success */
     int release;  /* never run (the host is stopping): back to pending, attempt not spent */
+    int buried;   /* moved to the dead letters by this batch */
 } finish;
 
 struct b24_inbox {
@@ -247,8 +248,9 @@ static double backoff(b24_inbox *in, int attempts)
 /* One batch: every queued store and outcome, then claims for the idle handler threads, in
  * one transaction. Returns when the next pending delivery becomes ready (0: unknown). */
 static double run_batch(b24_inbox *in, b24_put *puts, finish *fins, int nidle, b24_job *claimed,
-                        int *nclaimed)
+                        int *nclaimed, int *failed)
 {
+    *failed = 0;
     sqlite3_stmt **st = in->st;
     double now = wall_now();
     int ok = step_done(st[S_BEGIN]) == 0;
@@ -283,9 +285,7 @@ static double run_batch(b24_inbox *in, b24_put *puts, finish *fins, int nidle, b
             ok = step_done(st[S_REMEMBER]) == 0 && step_done(st[S_DELETE]) == 0;
             delta--;
         } else if (j->attempt >= in->opt.max_attempts) {
-            b24_metrics_dead_letter();
-            b24_log(B24_ERROR, "delivery moved to the dead letters", "event", j->event,
-                    "error", f->error, NULL);
+            f->buried = 1; /* logged once committed */
             sqlite3_bind_int64(st[S_BURY], 1, j->id);
             sqlite3_bind_text(st[S_BURY], 2, f->error, -1, SQLITE_STATIC);
             sqlite3_bind_double(st[S_BURY], 3, now);
@@ -328,6 +328,8 @@ static double run_batch(b24_inbox *in, b24_put *puts, finish *fins, int nidle, b
     if (ok)
         ok = step_done(st[S_COMMIT]) == 0;
     if (!ok) {
+        for (finish *f = fins; f; f = f->next)
+            f->buried = 0;
         b24_log(B24_ERROR, "inbox transaction failed", "error", sqlite3_errmsg(in->db), NULL);
         step_done(st[S_ROLLBACK]);
         for (b24_put *p = puts; p; p = p->next)
@@ -335,7 +337,8 @@ static double run_batch(b24_inbox *in, b24_put *puts, finish *fins, int nidle, b
         for (int i = 0; i < *nclaimed; i++)
             job_free(&claimed[i]);
         *nclaimed = 0;
-        return now + 1; /* try the outcomes again in a second */
+        *failed = 1; /* the caller queues the outcomes again */
+        return now + 1;
     }
     atomic_fetch_add(&in->depth, delta);
     double next = 0;
@@ -394,7 +397,8 @@ static void *inbox_main(void *arg)
         }
         b24_job claimed[MAX_CLAIM];
         int nclaimed = 0;
-        next_ready = run_batch(in, rev, fins, want, claimed, &nclaimed);
+        int failed;
+        next_ready = run_batch(in, rev, fins, want, claimed, &nclaimed, &failed);
         if (now - last_recount >= 1.0) { /* at most once a second */
             recount(in);
             last_recount = now;
@@ -411,8 +415,29 @@ static void *inbox_main(void *arg)
             p = n;
         }
 
+        if (failed) { /* the disk said no: keep the outcomes, try again in a second */
+            pthread_mutex_lock(&in->lock);
+            finish *last = fins;
+            while (last && last->next)
+                last = last->next;
+            if (last) {
+                last->next = in->finishes;
+                in->finishes = fins;
+            }
+            fins = NULL;
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += 1;
+            pthread_cond_timedwait(&in->wake, &in->lock, &ts);
+            pthread_mutex_unlock(&in->lock);
+        }
         for (finish *f = fins; f;) {
             finish *n = f->next;
+            if (f->buried) {
+                b24_metrics_dead_letter();
+                b24_log(B24_ERROR, "delivery moved to the dead letters", "event", f->job.event,
+                        "error", f->error, NULL);
+            }
             job_free(&f->job);
             free(f->error);
             free(f);
