@@ -76,9 +76,9 @@ FUZZ_BIN := $(FUZZ_TARGETS:%=$(BUILD)/fuzz/%)
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS := -std=c11 -D_DEFAULT_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined $(LUA54_INC)
 
-$(BUILD)/fuzz/%: fuzz/fuzz_%.c $(SRC) $(HDR)
+$(BUILD)/fuzz/%: fuzz/fuzz_%.c fuzz/fuzz.h $(SRC) $(HDR)
 	@mkdir -p $(@D)
-	clang $(FUZZ_FLAGS) -Icsrc -o $@ $< $(SRC) $(LIBS) -llua5.4
+	clang $(FUZZ_FLAGS) -Icsrc -Ifuzz -o $@ $< $(SRC) $(LIBS) -llua5.4
 
 fuzz: $(FUZZ_BIN)
 

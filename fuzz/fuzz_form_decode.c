@@ -16,18 +16,11 @@
 #include <lualib.h>
 
 #include "b24.h"
+#include "fuzz.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int luaopen_bitrix24_core(lua_State *L);
 
-#define CHECK(cond)                                                                        \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond);   \
-            abort();                                                                       \
-        }                                                                                  \
-    } while (0)
 
 /* Mirrors the private chunk header of csrc/b24_arena.c, so pointers can be checked against the
  * arena's memory; the sum of the sizes is checked against arena.total to catch layout drift. */
