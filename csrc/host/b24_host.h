@@ -8,6 +8,8 @@
 
 #include <lua.h>
 
+#include "b24.h" /* B24_VERSION */
+
 /* ---- log: one line per call on stderr, logfmt or JSON, secrets masked ------------------- */
 typedef enum { B24_DEBUG, B24_INFO, B24_WARN, B24_ERROR } b24_level;
 

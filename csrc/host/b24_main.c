@@ -9,11 +9,10 @@
 #include "b24_host.h"
 #include "b24_inbox.h"
 
-#define B24_VERSION_STRING "0.1.0"
 
 static void help(FILE *f)
 {
-    fputs("b24 " B24_VERSION_STRING " - Bitrix24 webhooks and REST from Lua\n"
+    fputs("b24 " B24_VERSION " - Bitrix24 webhooks and REST from Lua\n"
           "\n"
           "usage:\n"
           "  b24 serve [OPTIONS] SCRIPT.lua   serve the handler SCRIPT returns over HTTP\n"
@@ -94,7 +93,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
-        printf("b24 %s (%s)\n", B24_VERSION_STRING, LUA_RELEASE);
+        printf("b24 %s (%s)\n", B24_VERSION, LUA_RELEASE);
         return 0;
     }
     fprintf(stderr, "b24: unknown command '%s'\n\n", cmd);

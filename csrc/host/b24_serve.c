@@ -25,7 +25,6 @@
 #include "b24_host.h"
 #include "b24_inbox.h"
 
-#define B24_VERSION_STRING "0.1.0"
 #define DISCARD_MAX ((size_t)16 * 1024 * 1024) /* of an oversized chunked body */
 
 typedef struct options {
@@ -416,7 +415,7 @@ static enum MHD_Result serve_healthz(struct MHD_Connection *c, request *r)
     int n = snprintf(body, sizeof body,
                      "{\"status\":\"%s\",\"version\":\"%s\",\"in_flight\":%ld,"
                      "\"uptime_seconds\":%.0f,\"inbox_depth\":%ld}",
-                     atomic_load(&stopping) ? "stopping" : "ok", B24_VERSION_STRING,
+                     atomic_load(&stopping) ? "stopping" : "ok", B24_VERSION,
                      b24_metrics_in_flight_now() - 1, b24_now() - started_at,
                      inbox ? b24_inbox_depth(inbox) : 0L);
     return respond(c, r, atomic_load(&stopping) ? 503 : 200, JSON, body, (size_t)n);
@@ -824,7 +823,7 @@ int b24_cmd_serve(int argc, char **argv)
              di ? (unsigned)di->port : 0u);
     snprintf(workers_s, sizeof workers_s, "%ld", opt.workers);
     b24_log(B24_INFO, "listening", "address", where, "workers", workers_s, "script", opt.script,
-            "inbox", inbox ? opt.inbox : "none", "version", B24_VERSION_STRING, NULL);
+            "inbox", inbox ? opt.inbox : "none", "version", B24_VERSION, NULL);
 
     for (;;) {
         int sig = 0;
