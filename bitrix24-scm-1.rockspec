@@ -48,6 +48,8 @@ build = {
          libraries = { "curl", "crypto", "pthread", "m" },
       },
       ["bitrix24"] = "lua/bitrix24/init.lua",
+      ["bitrix24.cli"] = "lua/bitrix24/cli.lua",
+      ["bitrix24.client"] = "lua/bitrix24/client.lua",
       ["bitrix24.emulator"] = "lua/bitrix24/emulator.lua",
       ["bitrix24.emulator.crm"] = "lua/bitrix24/emulator/crm.lua",
       ["bitrix24.event"] = "lua/bitrix24/event.lua",

@@ -11,4 +11,9 @@ local _M = {
 _M.router = require("bitrix24.router").new
 _M.event = require "bitrix24.event"
 
+-- bitrix24.client(url | opts): the REST client (see bitrix24.client); bitrix24.Error its errors
+local client = require "bitrix24.client"
+_M.client = client.new
+_M.Error = client.Error
+
 return _M
