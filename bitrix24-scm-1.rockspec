@@ -52,6 +52,8 @@ build = {
       ["bitrix24.client"] = "lua/bitrix24/client.lua",
       ["bitrix24.emulator"] = "lua/bitrix24/emulator.lua",
       ["bitrix24.emulator.crm"] = "lua/bitrix24/emulator/crm.lua",
+      ["bitrix24.emulator.events"] = "lua/bitrix24/emulator/events.lua",
+      ["bitrix24.emulator.tasks"] = "lua/bitrix24/emulator/tasks.lua",
       ["bitrix24.event"] = "lua/bitrix24/event.lua",
       ["bitrix24.router"] = "lua/bitrix24/router.lua",
    },

@@ -1,9 +1,12 @@
--- bitrix24.emulator: a Bitrix24 portal in memory behind incoming-webhook URLs (protocol.md §1–§5),
--- as a handler for `b24 serve`. State lives in the Lua state of one server thread: run it with
--- `--workers 1`.
---   return require("bitrix24.emulator").handler{ user_id = 1, code = "…", seed_leads = 100 }
+-- bitrix24.emulator: a Bitrix24 portal in memory behind incoming-webhook URLs (protocol.md §1–§6),
+-- as a handler for `b24 serve` / `b24 emulate`. State lives in the Lua state of one server thread:
+-- run it with one worker (b24 emulate does). Simulated time (latency, row and count costs, slow
+-- faults) is returned to the host as `{ delay = seconds }` so one thread serves many clients.
+--   return require("bitrix24.emulator").main{ "--seed-leads", "100", "--code", "…" }
 local core = require "bitrix24.core"
 local crm = require "bitrix24.emulator.crm"
+local tasks = require "bitrix24.emulator.tasks"
+local events = require "bitrix24.emulator.events"
 local cjson = require("cjson.safe").new()
 
 local type = type
@@ -94,48 +97,163 @@ local function respond_error(err)
    return respond(err.status, { error = err.error, error_description = err.error_description })
 end
 
--- Parses "503=0.2,500=0.05" into { [503] = 0.2, [500] = 0.05 }.
+local FAULT_NAMES = { ["503"] = 503, ["500"] = 500, reset = "reset", slow = "slow" }
+
+-- Parses "503=0.2,500=0.05,reset=0.02,slow=0.01" into { [503] = 0.2, [500] = 0.05, reset = …, slow = … };
+-- nil, err for an unknown fault or a probability outside [0, 1].
 local function parse_faults(spec)
    local faults = {}
-   for name, p in string.gmatch(spec or "", "([%w_]+)=([%d.]+)") do
-      faults[tonumber(name) or name] = tonumber(p)
+   for item in string.gmatch(spec or "", "[^,]+") do
+      local name, p = string.match(item, "^%s*([%w_]+)%s*=%s*([%d.]+)%s*$")
+      local key = name and FAULT_NAMES[string_lower(name)]
+      p = tonumber(p)
+      if not key then return nil, "unknown fault '" .. item .. "' (503, 500, reset or slow expected)" end
+      if not p or p < 0 or p > 1 then return nil, "fault '" .. item .. "' needs a probability from 0 to 1" end
+      faults[key] = p
    end
    return faults
 end
+_M.parse_faults = parse_faults
 
--- Creates a portal. opts: user_id, code, seed_leads, enterprise, latency_ms, faults (string or
--- table), time_scale (speeds up the clock that drains the leaky bucket), clock (a function of
--- seconds replacing the scaled core.now), random (a function returning [0,1)).
+-- The host module when running inside b24 (nil elsewhere).
+local function host_module()
+   local loaded = package.loaded["bitrix24.host"]
+   if loaded then return loaded end
+   local ok, mod = pcall(require, "bitrix24.host")
+   if ok and type(mod) == "table" then return mod end
+   return nil
+end
+
+-- Creates a portal. opts: user_id, code, seed_leads, seed_tasks, enterprise, latency_ms,
+-- row_cost_us, count_cost_us, faults (string or table), slow_delay (seconds a slow fault adds),
+-- time_scale (speeds up the clock of the leaky bucket and of the operating window),
+-- operating_limit (seconds per method per 10 minutes), events_to (list of URLs), token, domain,
+-- member_id, data (a JSON file to persist to), clock (scaled seconds), random (a [0,1) function),
+-- host (the bitrix24.host module, found when nil), blocking_delay (sleep instead of returning the
+-- delay: for hosts without the delay option).
 function _M.new(opts)
    opts = opts or {}
    local mono0, wall0 = now(), os_time()
-   local scale = opts.time_scale or 1
+   local scale = tonumber(opts.time_scale) or 1
+   local faults = opts.faults
+   if type(faults) ~= "table" then
+      local err
+      faults, err = parse_faults(faults)
+      if not faults then error(err, 0) end
+   end
+   local host = opts.host
+   if host == nil then host = host_module() end
    local self = setmetatable({
       user_id = tonumber(opts.user_id) or 1,
       code = opts.code or DEFAULT_CODE,
       capacity = opts.enterprise and 250 or 50,
       drain = opts.enterprise and 5 or 2,
       latency = (tonumber(opts.latency_ms) or 0) / 1000,
-      faults = type(opts.faults) == "table" and opts.faults or parse_faults(opts.faults),
+      row_cost = (tonumber(opts.row_cost_us) or 0) / 1e6,
+      count_cost = (tonumber(opts.count_cost_us) or 0) / 1e6,
+      slow_delay = tonumber(opts.slow_delay) or 10,
+      operating_limit = tonumber(opts.operating_limit) or 480,
+      faults = faults,
       random = opts.random or math_random,
+      scale = scale,
       clock = opts.clock or function() return (now() - mono0) * scale end,
       wall = function() return wall0 + (now() - mono0) end,
+      host = host or false,
+      blocking_delay = opts.blocking_delay,
+      data_path = opts.data,
       buckets = {}, operating = {}, stores = {}, methods = {},
+      sim = 0, t_wall = 0, t_mono = 0, dirty = false,
    }, mt)
+   self.events = events.new{ urls = opts.events_to, token = opts.token, domain = opts.domain,
+                             member_id = opts.member_id, host = host or nil }
    crm.register(self, self.methods)
+   tasks.register(self, self.methods)
    self.methods["user.current"] = function(p)
       return { ID = tostring(p.user_id), ACTIVE = true, NAME = "Emulator", LAST_NAME = "User",
-               EMAIL = "user" .. p.user_id .. "@example.com", ADMIN = true, TIME_ZONE = "" }
+               EMAIL = "user" .. p.user_id .. "@example.com", ADMIN = true, TIME_ZONE = "" }, { rows = 1 }
    end
    self.methods.batch = Portal.batch
-   if opts.seed_leads and tonumber(opts.seed_leads) > 0 then crm.seed_leads(self, tonumber(opts.seed_leads)) end
+   local loaded = self.data_path and self:load()
+   if not loaded then
+      if opts.seed_leads and tonumber(opts.seed_leads) > 0 then crm.seed_leads(self, tonumber(opts.seed_leads)) end
+      if opts.seed_tasks and tonumber(opts.seed_tasks) > 0 then tasks.seed(self, tonumber(opts.seed_tasks)) end
+      if self.data_path then
+         local ok, err = self:save()
+         if not ok then error("cannot write the --data file: " .. err, 0) end
+      end
+   end
    return self
 end
 
--- A function(request) for `b24 serve` answering as a portal built from opts.
+-- A function(request) for `b24 serve` answering as a portal built from opts. On a host without
+-- the `delay` option (and only inside a host), the delay is slept instead.
 function _M.handler(opts)
    local portal = _M.new(opts)
+   local blocking = portal.blocking_delay
+   if blocking == nil then blocking = portal.host and not portal.host.post or false end
+   if blocking then
+      return function(request)
+         local status, headers, body, extra = portal:handle(request)
+         if extra and extra.delay then
+            sleep(extra.delay)
+            extra = extra.close and { close = true } or nil
+         end
+         return status, headers, body, extra
+      end
+   end
    return function(request) return portal:handle(request) end
+end
+
+-- Persistence (--data): every store with its id counters, one JSON file replaced atomically.
+function Portal:save()
+   local state = { format = "bitrix24-emulator", version = 1, stores = {} }
+   for kind, store in pairs(self.stores) do state.stores[kind] = crm.export(store) end
+   local text = cjson.encode(state)
+   if not text then return nil, "cannot encode the state" end
+   local tmp = self.data_path .. ".tmp"
+   local f, err = io.open(tmp, "wb")
+   if not f then return nil, err end
+   local ok, werr = f:write(text)
+   local closed, cerr = f:close()
+   if not ok or not closed then
+      os.remove(tmp)
+      return nil, tostring(werr or cerr)
+   end
+   local renamed, rerr = os.rename(tmp, self.data_path)
+   if not renamed then
+      os.remove(tmp)
+      return nil, tostring(rerr)
+   end
+   self.dirty = false
+   return true
+end
+
+-- Loads the --data file: true when it existed; raises on a file that is not ours.
+function Portal:load()
+   local f = io.open(self.data_path, "rb")
+   if not f then return false end
+   local text = f:read("*a")
+   f:close()
+   local state = cjson.decode(text)
+   if type(state) ~= "table" or state.format ~= "bitrix24-emulator" or type(state.stores) ~= "table" then
+      error("--data " .. self.data_path .. " is not an emulator data file", 0)
+   end
+   for kind, store in pairs(self.stores) do
+      if type(state.stores[kind]) == "table" then crm.import(store, state.stores[kind]) end
+   end
+   return true
+end
+
+-- Called by methods on every add/update/delete: posts the event, marks the state for saving.
+function Portal:changed(event, id)
+   self.dirty = true
+   local data
+   if string_sub(event, 1, 6) == "ONTASK" then
+      data = events.task_data(string_sub(event, 7), id)
+   else
+      data = events.crm_data(id)
+   end
+   self.events:emit(event, data)
 end
 
 -- The ISO-8601 date of unix time t (now by default), as portals print it.
@@ -155,32 +273,68 @@ function Portal:admit(key)
    return true
 end
 
--- Bills processing seconds to a method; returns its operating seconds and the window's end.
-function Portal:bill(method, seconds, wall)
-   local o = self.operating[method]
-   if not o or wall >= o.reset_at then
-      o = { used = 0, reset_at = math_floor(wall) + OPERATING_WINDOW }
-      self.operating[method] = o
+-- The operating seconds of a method in its 10-minute window (one-minute baskets, on the scaled
+-- clock), and the unix time at which its oldest basket expires.
+function Portal:operating_of(method)
+   local t = self.clock()
+   local current = math_floor(t / 60)
+   local baskets = self.operating[method]
+   local used, oldest = 0, current
+   if baskets then
+      for minute, seconds in pairs(baskets) do
+         if minute <= current - OPERATING_WINDOW / 60 then
+            baskets[minute] = nil
+         else
+            used = used + seconds
+            if minute < oldest then oldest = minute end
+         end
+      end
    end
-   o.used = o.used + seconds
-   return o.used, o.reset_at
+   local reset_scaled = (oldest * 60 + OPERATING_WINDOW)
+   local reset_at = self.wall() + (reset_scaled - t) / self.scale
+   return used, math.ceil(reset_at)
 end
 
-function Portal:time_of(method, start, mono_start)
-   local processing = now() - mono_start
-   local finish = start + processing
-   local operating, reset_at = self:bill(method, processing, finish)
-   return { start = start, finish = finish, duration = processing, processing = processing,
-            date_start = self:date(start), date_finish = self:date(finish),
-            operating = operating, operating_reset_at = reset_at }
+function Portal:bill(method, seconds)
+   local minute = math_floor(self.clock() / 60)
+   local baskets = self.operating[method]
+   if not baskets then baskets = {}; self.operating[method] = baskets end
+   baskets[minute] = (baskets[minute] or 0) + seconds
 end
 
--- Runs one method: result, meta ({total, next}), time | nil, err, time.
+-- True when a method has spent its operating budget (the call that crossed it has completed).
+function Portal:blocked(method)
+   return (self:operating_of(method)) > self.operating_limit
+end
+
+-- The request's timeline: real time since it began plus the simulated seconds so far.
+function Portal:timeline()
+   return self.t_wall + (now() - self.t_mono) + self.sim
+end
+
+local BLOCKED = { status = 429, error = "OPERATION_TIME_LIMIT",
+                  error_description = "Method is blocked due to operation time limit." }
+
+-- Runs one method: result, meta ({total, next, rows, counted}), time | nil, err, time. Simulated
+-- costs (row_cost per row returned, count_cost per row counted) add to processing and to the
+-- request's delay; processing is billed to the method's operating budget.
 function Portal:call(name, params)
    local fn = self.methods[name]
-   local start, mono_start = self.wall(), now()
+   if self:blocked(name) then return nil, BLOCKED end
+   local start = self:timeline()
+   local sim0, mono = self.sim, now()
    local ok, result, meta = pcall(fn, self, params)
-   local time = self:time_of(name, start, mono_start)
+   local real = now() - mono
+   if ok and type(meta) == "table" then
+      self.sim = self.sim + (meta.rows or 0) * self.row_cost + (meta.counted or 0) * self.count_cost
+   end
+   local processing = real + (self.sim - sim0)
+   self:bill(name, processing)
+   local operating, reset_at = self:operating_of(name)
+   local finish = start + processing
+   local time = { start = start, finish = finish, duration = processing, processing = processing,
+                  date_start = self:date(start), date_finish = self:date(finish),
+                  operating = operating, operating_reset_at = reset_at }
    if not ok then
       io_stderr:write("emulator: ", name, " raised: ", tostring(result), "\n")
       return nil, { status = 500, error = "INTERNAL_SERVER_ERROR", error_description = "Internal server error" }, time
@@ -216,6 +370,22 @@ local function method_name(s)
    return s
 end
 
+local INTERNAL = { status = 500, error = "INTERNAL_SERVER_ERROR", error_description = "Internal server error" }
+local TOO_MANY = { status = 503, error = "QUERY_LIMIT_EXCEEDED", error_description = "Too many requests" }
+
+-- Adds the held time and the fault options to a response: status, headers, body, extra.
+local function finish_response(delay, status, headers, body, close)
+   local extra
+   if delay > 0 then extra = { delay = delay } end
+   if close then extra = extra or {}; extra.close = true end
+   return status, headers, body, extra
+end
+
+function Portal:roll(fault)
+   local p = self.faults[fault]
+   return p ~= nil and p > 0 and self.random() < p
+end
+
 function Portal:handle(request)
    local user, code, name = string.match(request.path or "", "^/rest/([^/]+)/([^/]+)/([^/]+)/?$")
    if not user then return respond_error({ status = 404, error = "ERROR_METHOD_NOT_FOUND",
@@ -228,17 +398,38 @@ function Portal:handle(request)
       return respond_error({ status = 401, error = "INVALID_CREDENTIALS",
                              error_description = "Invalid request credentials" })
    end
-   local too_many = { status = 503, error = "QUERY_LIMIT_EXCEEDED", error_description = "Too many requests" }
-   if not self:admit(request.remote_addr or "") then return respond_error(too_many) end
-   local f503, f500 = self.faults[503], self.faults[500]
-   if f503 and self.random() < f503 then return respond_error(too_many) end
-   if self.latency > 0 then sleep(self.latency) end
-   local result, meta, time = self:call(name, parameters(request))
-   if f500 and self.random() < f500 then
-      return respond_error({ status = 500, error = "INTERNAL_SERVER_ERROR", error_description = "Internal server error" })
+   local latency = self.latency
+   if not self:admit(request.remote_addr or "") then
+      return finish_response(latency, respond_error(TOO_MANY))
    end
-   if result == nil then return respond_error(meta) end
-   return respond(200, { result = result, total = meta.total, next = meta.next, time = time })
+   if self:roll(503) then return finish_response(latency, respond_error(TOO_MANY)) end
+   if self:blocked(name) then return finish_response(latency, respond_error(BLOCKED)) end
+   local arrival = self.wall()
+   self.sim, self.t_wall, self.t_mono = 0, arrival + latency, now()
+   local result, meta, time = self:call(name, parameters(request))
+   local delay = latency + self.sim
+   if self.dirty and self.data_path then
+      local ok, err = self:save()
+      if not ok then
+         io_stderr:write("emulator: cannot write the --data file: ", tostring(err), "\n")
+         return finish_response(delay, respond_error(INTERNAL))
+      end
+   end
+   -- faults after executing: the change stays applied, the client cannot know it
+   local reset = self:roll("reset")
+   local failed = self:roll(500)
+   if self:roll("slow") then delay = delay + self.slow_delay end
+   -- a reset still carries the answer, for a host that cannot drop connections
+   if failed then return finish_response(delay, respond_error(INTERNAL)) end
+   if result == nil then
+      local status, headers, body = respond_error(meta)
+      return finish_response(delay, status, headers, body, reset)
+   end
+   time.start = arrival
+   time.date_start = self:date(arrival)
+   time.duration = time.finish - arrival
+   local status, headers, body = respond(200, { result = result, total = meta.total, next = meta.next, time = time })
+   return finish_response(delay, status, headers, body, reset)
 end
 
 -- batch ---------------------------------------------------------------------------------------
@@ -376,6 +567,109 @@ function Portal:batch(params)
    end
    for name, map in pairs(sections) do sections[name] = php_map(map, order) end
    return sections
+end
+
+-- command line ---------------------------------------------------------------------------------
+
+-- option, key, kind, description; kinds check and convert the value (flag takes none).
+local OPTIONS = {
+   { "--user-id", "user_id", "id", "the webhook's user id (1)" },
+   { "--code", "code", "secret", "the webhook code (a fixed development code by default)" },
+   { "--token", "token", "secret", "the application token sent with events" },
+   { "--events-to", "events_to", "url", "POST events to this URL (repeatable)" },
+   { "--domain", "domain", "text", "the portal domain in events (" .. events.DEFAULT_DOMAIN .. ")" },
+   { "--member-id", "member_id", "text", "auth[member_id] in events (derived from the domain)" },
+   { "--seed-leads", "seed_leads", "count", "start with N leads (0)" },
+   { "--seed-tasks", "seed_tasks", "count", "start with N tasks (0)" },
+   { "--latency", "latency_ms", "amount", "milliseconds added to each request (0)" },
+   { "--row-cost", "row_cost_us", "amount", "microseconds of processing per row returned (0)" },
+   { "--count-cost", "count_cost_us", "amount", "microseconds per row counted for a page's total (0)" },
+   { "--faults", "faults", "faults", "e.g. 503=0.2,500=0.05,reset=0.02,slow=0.01 (probabilities)" },
+   { "--slow-delay", "slow_delay", "amount", "seconds a slow fault holds the answer (10)" },
+   { "--enterprise", "enterprise", "flag", "leaky bucket 250/5 instead of 50/2" },
+   { "--operating-limit", "operating_limit", "positive", "operating seconds per method per 10 minutes (480)" },
+   { "--time-scale", "time_scale", "positive", "how much faster the limits' clock runs (1)" },
+   { "--data", "data", "text", "persist entities to this JSON file" },
+   { "--random-seed", "random_seed", "integer", "seed of the fault dice" },
+}
+local BY_NAME = {}
+for _, o in ipairs(OPTIONS) do BY_NAME[o[1]] = o end
+
+_M.USAGE = (function()
+   local lines = { "emulator options:" }
+   for _, o in ipairs(OPTIONS) do
+      local arg = o[3] == "flag" and "" or " " .. string.upper(string_gsub(o[2], "_.*", ""))
+      lines[#lines + 1] = string_format("  %-28s %s", o[1] .. arg, o[4])
+   end
+   return table_concat(lines, "\n")
+end)()
+
+local function bad(msg) error("b24 emulate: " .. msg, 0) end
+
+local CHECK = {
+   id = function(v) local n = tonumber(v); return n and n >= 1 and n == math_floor(n) and n or nil, "a positive integer" end,
+   count = function(v) local n = tonumber(v); return n and n >= 0 and n == math_floor(n) and n or nil, "an integer >= 0" end,
+   integer = function(v) local n = tonumber(v); return n and n == math_floor(n) and n or nil, "an integer" end,
+   amount = function(v) local n = tonumber(v); return n and n >= 0 and n < math.huge and n or nil, "a number >= 0" end,
+   positive = function(v) local n = tonumber(v); return n and n > 0 and n < math.huge and n or nil, "a number > 0" end,
+   text = function(v) return v ~= "" and v or nil, "a non-empty value" end,
+   secret = function(v) return string.match(v, "^[%w_%-]+$") and v or nil, "letters, digits, - or _" end,
+   url = function(v) return string.match(v, "^[hH][tT][tT][pP][sS]?://[^/%s]+") and v or nil, "an http:// or https:// URL" end,
+   faults = function(v)
+      local f, err = parse_faults(v)
+      if not f then bad("--faults: " .. err) end
+      return f
+   end,
+}
+
+-- Parses emulator options (`--name value` or `--name=value`) into an options table for new().
+function _M.parse_args(argv)
+   local opts = { events_to = {} }
+   local i = 1
+   while i <= #argv do
+      local arg = tostring(argv[i])
+      local name, value = string.match(arg, "^(%-%-[%w-]+)=(.*)$")
+      name = name or arg
+      local o = BY_NAME[name]
+      if not o then
+         if string_sub(arg, 1, 1) == "-" then bad("unknown option " .. string.match(arg, "^[^=]*")) end
+         bad("unexpected argument '" .. arg .. "'")
+      end
+      if o[3] == "flag" then
+         if value then bad(name .. " takes no value") end
+         opts[o[2]] = true
+      else
+         if not value then
+            i = i + 1
+            value = argv[i]
+            if value == nil then bad(name .. " needs a value") end
+            value = tostring(value)
+         end
+         local got, want = CHECK[o[3]](value)
+         if got == nil then
+            -- secrets are not echoed
+            if o[3] == "secret" then bad(name .. " needs " .. want) end
+            bad(name .. " needs " .. want .. ", not '" .. value .. "'")
+         end
+         if o[2] == "events_to" then opts.events_to[#opts.events_to + 1] = got else opts[o[2]] = got end
+      end
+      i = i + 1
+   end
+   return opts
+end
+
+-- `b24 emulate` calls this with its remaining arguments: the handler of a portal built from them.
+-- Bad options raise error("b24 emulate: …", 0).
+function _M.main(argv)
+   local opts = _M.parse_args(argv or {})
+   if opts.random_seed then math.randomseed(opts.random_seed) end
+   local ok, handler = pcall(_M.handler, opts)
+   if not ok then
+      local msg = tostring(handler)
+      if not string_find(msg, "^b24 emulate: ") then msg = "b24 emulate: " .. msg end
+      error(msg, 0)
+   end
+   return handler
 end
 
 _M.Portal = Portal

@@ -100,15 +100,20 @@ function Server:stop(sig)
 end
 
 -- M.start{ script = "return function(req) … end" (source) or script_path = …, args = {…} }
+-- (opts.command = "emulate" runs `b24 emulate` with args and no script)
 function M.start(opts)
   local dir = M.tmpdir()
-  local script = opts.script_path or M.write(dir .. "/handler.lua", opts.script)
+  local command = opts.command or "serve"
+  local script = ""
+  if command == "serve" then
+    script = shell_quote(opts.script_path or M.write(dir .. "/handler.lua", opts.script))
+  end
   local log = dir .. "/b24.log"
   local args = {}
   for _, a in ipairs(opts.args or {}) do args[#args + 1] = shell_quote(a) end
-  local cmd = ("%s %s %s serve --listen 127.0.0.1:0 %s %s"):format(
+  local cmd = ("%s %s %s %s --listen 127.0.0.1:0 %s %s"):format(
     shell_quote(M.root .. "/spec/helpers/run-b24.sh"), shell_quote(log), shell_quote(M.bin),
-    table.concat(args, " "), shell_quote(script))
+    command, table.concat(args, " "), script)
   cmd = M.clean .. (opts.env or "") .. " " .. cmd
   local stream = assert(io.popen(cmd))
   local self = setmetatable({ dir = dir, script = script, stream = stream, lines = {},
@@ -129,6 +134,29 @@ function M.start(opts)
   self.port = tonumber(line:match('address"?[=:]"?127%.0%.0%.1:(%d+)'))
   self.base = "http://127.0.0.1:" .. self.port
   return self
+end
+
+local has_emulate
+-- True when the binary has the `emulate` command.
+function M.has_emulate()
+  if has_emulate == nil then
+    local _, code = M.exec(shell_quote(M.bin) .. " emulate --help")
+    has_emulate = code == 0
+  end
+  return has_emulate
+end
+
+-- M.emulate{ args = { emulator options… }, env = "VAR=… " }: `b24 emulate` on a free loopback
+-- port, or, with a binary that has no emulate command yet, `b24 serve --workers 1` with the
+-- script `b24 emulate` runs.
+function M.emulate(opts)
+  if M.has_emulate() then
+    return M.start{ command = "emulate", args = opts.args, env = opts.env }
+  end
+  local quoted = {}
+  for i, a in ipairs(opts.args or {}) do quoted[i] = ("%q"):format(a) end
+  return M.start{ args = { "--workers", "1" }, env = opts.env,
+    script = "return require('bitrix24.emulator').main({ " .. table.concat(quoted, ", ") .. " })" }
 end
 
 return M

@@ -207,7 +207,8 @@ end
 
 local PREFIXES = { ">=", "<=", "!=", "!@", "!%", ">", "<", "=", "!", "@", "%" }
 
-local function parse_filter(def, filter)
+local function parse_filter(def, filter, name_of)
+   name_of = name_of or string_upper
    local out = {}
    if type(filter) ~= "table" then return out end
    for k, v in pairs(filter) do
@@ -216,7 +217,7 @@ local function parse_filter(def, filter)
          for _, p in ipairs(PREFIXES) do
             if string_sub(k, 1, #p) == p then op, name = p, string_sub(k, #p + 1); break end
          end
-         name = string_upper(name)
+         name = name_of(name)
          if op == "" then op = "=" end
          if type(v) == "table" then
             local set = {}
@@ -262,12 +263,13 @@ local function matches(row, conditions)
    return true
 end
 
-local function parse_order(order)
+local function parse_order(order, name_of)
+   name_of = name_of or string_upper
    local keys = {}
    if type(order) ~= "table" then return keys end
    for k, v in pairs(order) do
       if type(k) == "string" then
-         keys[#keys + 1] = { name = string_upper(k), desc = string_upper(to_text(v) or "") == "DESC" }
+         keys[#keys + 1] = { name = name_of(k), desc = string_upper(to_text(v) or "") == "DESC" }
       end
    end
    -- a decoded map has lost the caller's key order: make the result at least deterministic
@@ -289,8 +291,8 @@ local function parse_select(select)
 end
 
 -- A new store for one entity type: rows by numeric id, ids in ascending order.
-local function new_store(kind)
-   return { kind = kind, def = ENTITIES[kind], rows = {}, ids = {}, next_id = 1, multi_id = 0 }
+local function new_store(kind, def)
+   return { kind = kind, def = def or ENTITIES[kind], rows = {}, ids = {}, next_id = 1, multi_id = 0 }
 end
 
 local function add(portal, store, fields)
@@ -318,10 +320,13 @@ local function remove_id(ids, id)
    end
 end
 
-local function list(store, params)
-   local def = store.def
-   local conditions = parse_filter(def, params.filter)
-   local order = parse_order(params.order)
+-- The rows of store matching params.filter, in params.order, paged by params.start as
+-- protocol.md §4 says: the page (raw rows), meta {total, next} and the rows counted for the total
+-- (none with start=-1). opts.name maps a filter/order key to a row field (upper case by default).
+local function query(store, params, opts)
+   local name_of = opts and opts.name
+   local conditions = parse_filter(store.def, params.filter, name_of)
+   local order = parse_order(params.order, name_of)
    local rows = {}
    for _, id in ipairs(store.ids) do
       local row = store.rows[id]
@@ -340,21 +345,106 @@ local function list(store, params)
    local count = start ~= -1
    if start < 0 then start = 0 end
    start = math_floor(start)
+   local page = {}
+   for i = start + 1, math.min(start + PAGE, #rows) do page[#page + 1] = rows[i] end
+   if not count then return page, { total = 0, rows = #page, counted = 0 } end
+   local meta = { total = #rows, rows = #page, counted = #rows }
+   if start + PAGE < #rows then meta.next = start + PAGE end
+   return page, meta
+end
+_M.query = query
+
+local function list(store, params)
+   local def = store.def
+   local rows, meta = query(store, params)
    local selected, star = parse_select(params.select)
    if selected and star then
       for _, name in ipairs(def.standard) do selected[name] = true end
    end
    local page = {}
-   for i = start + 1, math.min(start + PAGE, #rows) do
-      page[#page + 1] = view(def, rows[i], selected or false)
-   end
+   for i, row in ipairs(rows) do page[i] = view(def, row, selected or false) end
    if not selected then
       for _, r in ipairs(page) do r.PHONE, r.EMAIL = nil, nil end
    end
-   if not count then return page, { total = 0 } end
-   local meta = { total = #rows }
-   if start + PAGE < #rows then meta.next = start + PAGE end
    return page, meta
+end
+
+-- crm.item.* names: lower camel case of the legacy names, with the renamings of the item API.
+local ITEM_NAMES = {
+   CREATED_BY_ID = "createdBy", MODIFY_BY_ID = "updatedBy", DATE_CREATE = "createdTime",
+   DATE_MODIFY = "updatedTime",
+}
+local ENTITY_TYPES = { [1] = "lead", [2] = "deal", [3] = "contact", [4] = "company" }
+_M.ENTITY_TYPES = ENTITY_TYPES
+
+local function camel(name)
+   if ITEM_NAMES[name] then return ITEM_NAMES[name] end
+   local s = string_lower(name)
+   return (s:gsub("_(%w)", function(c) return string_upper(c) end))
+end
+_M.camel = camel
+
+-- A legacy row as crm.item.* prints it: camelCase keys, numbers for ids and amounts.
+local function item_view(def, row, selected)
+   local out = {}
+   for _, f in ipairs(def.fields) do
+      local spec = def.by_name[f[1]]
+      local key = camel(spec.name)
+      if not spec.multiple and (not selected or selected[key]) then
+         local v = row[spec.name]
+         if v == nil then v = null
+         elseif spec.type == "double" or spec.type == "integer" or spec.type == "user" or
+            (spec.type:match("^crm_") and spec.type ~= "crm_status" and spec.type ~= "crm_currency") then
+            v = tonumber(v) or v
+         end
+         out[key] = v
+      end
+   end
+   for name, v in pairs(row) do
+      if string_sub(name, 1, 3) == "UF_" then
+         local key = camel(name)
+         if not selected or selected[key] then out[key] = v end
+      end
+   end
+   return out
+end
+
+local function item_names(def)
+   if def.item_names then return def.item_names end
+   local map = {}
+   for _, f in ipairs(def.fields) do map[camel(f[1])] = f[1] end
+   def.item_names = map
+   return map
+end
+
+-- crm.item.list: entityTypeId picks the entity; filter, order and select use camelCase names.
+local function item_list(portal, params)
+   local kind = ENTITY_TYPES[tonumber(to_text(params.entityTypeId) or "") or -1]
+   if not kind then
+      return fail("Smart process not found", "NOT_FOUND", 400)
+   end
+   local store = portal.stores[kind]
+   local names = item_names(store.def)
+   local function name_of(key)
+      if names[key] then return names[key] end
+      if string_sub(key, 1, 2) == "uf" then
+         return (key:gsub("(%u)", "_%1")):upper()
+      end
+      return string_upper(key)
+   end
+   local rows, meta = query(store, params, { name = name_of })
+   local selected
+   if type(params.select) == "table" and next(params.select) ~= nil then
+      selected = {}
+      for _, key in pairs(params.select) do
+         key = to_text(key)
+         if key == "*" then selected = nil; break end
+         if key then selected[key] = true end
+      end
+   end
+   local items = {}
+   for i, row in ipairs(rows) do items[i] = item_view(store.def, row, selected) end
+   return { items = items }, meta
 end
 
 local function fields_description(def)
@@ -368,22 +458,26 @@ local function fields_description(def)
    return out
 end
 
--- Registers crm.<kind>.add|get|update|delete|list|fields for each entity into methods.
+-- Registers crm.<kind>.add|get|update|delete|list|fields for each entity, and crm.item.list,
+-- into methods. Changes call portal:changed(event name, data) (events and persistence).
 function _M.register(portal, methods)
    for kind in pairs(ENTITIES) do
       local store = new_store(kind)
       portal.stores[kind] = store
       local prefix = "crm." .. kind .. "."
+      local event = "ONCRM" .. string_upper(kind)
       methods[prefix .. "add"] = function(p, params)
          if params.fields ~= nil and type(params.fields) ~= "table" then return fail("Invalid parameters.") end
-         return add(p, store, params.fields or {})
+         local id = add(p, store, params.fields or {})
+         p:changed(event .. "ADD", id)
+         return id, { rows = 1 }
       end
       methods[prefix .. "get"] = function(_, params)
          local id = id_param(params)
          if not id then return fail("ID is not defined or invalid.") end
          local row = store.rows[id]
          if not row then return fail("Not found") end
-         return view(store.def, row, false)
+         return view(store.def, row, false), { rows = 1 }
       end
       methods[prefix .. "update"] = function(p, params)
          local id = id_param(params)
@@ -394,20 +488,49 @@ function _M.register(portal, methods)
          apply_fields(store, store.def, row, params.fields)
          row.DATE_MODIFY = p:date()
          row.MODIFY_BY_ID = tostring(p.user_id)
-         return true
+         p:changed(event .. "UPDATE", id)
+         return true, { rows = 1 }
       end
-      methods[prefix .. "delete"] = function(_, params)
+      methods[prefix .. "delete"] = function(p, params)
          local id = id_param(params)
          if not id then return fail("ID is not defined or invalid.") end
          if not store.rows[id] then return fail("Not found") end
          store.rows[id] = nil
          remove_id(store.ids, id)
-         return true
+         p:changed(event .. "DELETE", id)
+         return true, { rows = 1 }
       end
       methods[prefix .. "list"] = function(_, params) return list(store, params) end
       methods[prefix .. "fields"] = function() return fields_description(store.def) end
    end
+   methods["crm.item.list"] = item_list
 end
+
+-- The state of a store as plain data (for --data), and back.
+function _M.export(store)
+   local rows = {}
+   for i, id in ipairs(store.ids) do rows[i] = store.rows[id] end
+   return { next_id = store.next_id, multi_id = store.multi_id, rows = rows }
+end
+
+function _M.import(store, data)
+   store.rows, store.ids = {}, {}
+   for _, row in ipairs(type(data.rows) == "table" and data.rows or {}) do
+      local id = tonumber(row.ID)
+      if id and not store.rows[id] then
+         store.rows[id] = row
+         store.ids[#store.ids + 1] = id
+      end
+   end
+   table_sort(store.ids)
+   local top = store.ids[#store.ids] or 0
+   store.next_id = math.max(tonumber(data.next_id) or 1, top + 1)
+   store.multi_id = tonumber(data.multi_id) or store.multi_id or 0
+end
+
+_M.new_store = new_store
+_M.fail = fail
+_M.compare = compare
 
 local STATUSES = { "NEW", "IN_PROCESS", "PROCESSED", "JUNK", "CONVERTED" }
 

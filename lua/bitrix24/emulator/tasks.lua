@@ -1,0 +1,237 @@
+-- bitrix24.emulator.tasks: tasks.task.add|get|update|delete|list of the emulated portal. Rows are
+-- kept under the upper-case names the methods take in `fields`, `filter`, `order` and `select`;
+-- answers use the lower camel case names of the real API, wrapped as result.task / result.tasks,
+-- values as strings (ids too) and null for what is unset.
+local cjson = require("cjson.safe")
+local crm = require "bitrix24.emulator.crm"
+
+local type = type
+local pairs = pairs
+local ipairs = ipairs
+local tostring = tostring
+local tonumber = tonumber
+local next = next
+local string_upper = string.upper
+local string_sub = string.sub
+local string_format = string.format
+local string_gsub = string.gsub
+local math_floor = math.floor
+local math_random = math.random
+local null = cjson.null
+local to_text = crm.to_text
+
+local _M = {}
+
+-- name, default ("" = none: null), writable; lists (AUDITORS, ACCOMPLICES) are handled apart.
+local FIELDS = {
+   { "ID" }, { "PARENT_ID", nil, true }, { "TITLE", nil, true }, { "DESCRIPTION", "", true },
+   { "MARK", nil, true }, { "PRIORITY", "1", true }, { "MULTITASK", "N", true }, { "NOT_VIEWED", "N" },
+   { "REPLICATE", "N", true }, { "STAGE_ID", "0", true }, { "CREATED_BY", nil, true }, { "CREATED_DATE" },
+   { "RESPONSIBLE_ID", nil, true }, { "CHANGED_BY" }, { "CHANGED_DATE" }, { "STATUS_CHANGED_BY" },
+   { "CLOSED_BY" }, { "CLOSED_DATE" }, { "ACTIVITY_DATE" }, { "DATE_START" }, { "DEADLINE", nil, true },
+   { "START_DATE_PLAN", nil, true }, { "END_DATE_PLAN", nil, true }, { "GUID" }, { "XML_ID", nil, true },
+   { "COMMENTS_COUNT" }, { "ALLOW_CHANGE_DEADLINE", "N", true }, { "ALLOW_TIME_TRACKING", "N", true },
+   { "TASK_CONTROL", "N", true }, { "ADD_IN_REPORT", "N", true }, { "TIME_ESTIMATE", "0", true },
+   { "SITE_ID", "s1" }, { "SUBORDINATE", "N" }, { "IS_MUTED", "N" }, { "IS_PINNED", "N" },
+   { "STATUS", "2", true }, { "STATUS_CHANGED_DATE" }, { "DURATION_TYPE", "days", true },
+   { "FAVORITE", "N" }, { "GROUP_ID", "0", true },
+}
+local LISTS = { AUDITORS = "auditors", ACCOMPLICES = "accomplices" }
+-- what tasks.task.list answers without select (the real default is a similar short set)
+local LIST_DEFAULT = { "ID", "PARENT_ID", "TITLE", "DESCRIPTION", "MARK", "PRIORITY", "STATUS",
+   "MULTITASK", "NOT_VIEWED", "REPLICATE", "GROUP_ID", "STAGE_ID", "CREATED_BY", "CREATED_DATE",
+   "RESPONSIBLE_ID", "CHANGED_BY", "CHANGED_DATE", "STATUS_CHANGED_BY", "STATUS_CHANGED_DATE",
+   "CLOSED_BY", "CLOSED_DATE", "ACTIVITY_DATE", "DATE_START", "DEADLINE", "START_DATE_PLAN",
+   "END_DATE_PLAN", "FAVORITE", "TIME_ESTIMATE", "SUBORDINATE" }
+
+local DEF = { fields = {}, by_name = {}, standard = {} }
+for _, f in ipairs(FIELDS) do
+   local spec = { name = f[1], default = f[2], writable = f[3] or false, type = "string" }
+   DEF.by_name[spec.name] = spec
+   DEF.fields[#DEF.fields + 1] = { spec.name, "string" }
+   DEF.standard[#DEF.standard + 1] = spec.name
+end
+_M.DEF = DEF
+
+local function camel(name) return crm.camel(name) end
+
+-- A key as given (TITLE, title, responsibleId) as the upper-case row name.
+local function upper_name(key)
+   if key:find("%l") and not key:find("_") then key = string_gsub(key, "(%u)", "_%1") end
+   return string_upper(key)
+end
+
+local function fail(desc, code)
+   return nil, { status = 400, error = code or "ERROR_CORE", error_description = desc }
+end
+
+local function not_found()
+   return fail("TASKS_ERROR_EXCEPTION_#1; Task not found or not accessible; 1/TE/TASK_NOT_FOUND_OR_NOT_ACCESSIBLE<br>")
+end
+
+local function task_id(params)
+   local v = params.taskId or params.TASKID or params.taskid or params.id or params.ID
+   local n = tonumber(to_text(v) or "")
+   if not n or n < 1 or n ~= math_floor(n) then return nil end
+   return math_floor(n)
+end
+
+local function list_of(v)
+   local out = {}
+   if type(v) == "table" then
+      for _, item in pairs(v) do
+         local s = to_text(item)
+         if s then out[#out + 1] = s end
+      end
+      table.sort(out, function(a, b) return (tonumber(a) or 0) < (tonumber(b) or 0) end)
+   elseif to_text(v) and to_text(v) ~= "" then
+      out[1] = to_text(v)
+   end
+   return out
+end
+
+local function apply(row, fields)
+   for k, v in pairs(fields) do
+      if type(k) == "string" then
+         local name = upper_name(k)
+         local spec = DEF.by_name[name]
+         if LISTS[name] then
+            row[name] = list_of(v)
+         elseif spec and spec.writable then
+            local s = to_text(v)
+            if s == "" and spec.default == nil then s = nil end
+            row[name] = s
+         elseif not spec and string_sub(name, 1, 3) == "UF_" then
+            row[name] = to_text(v)
+         end
+      end
+   end
+end
+
+local function guid()
+   local r = math_random
+   return string_format("{%08x-%04x-4%03x-%04x-%06x%06x}", r(0, 0x7fffffff), r(0, 0xffff), r(0, 0xfff),
+      0x8000 + r(0, 0x3fff), r(0, 0xffffff), r(0, 0xffffff))
+end
+
+-- A row as the API prints it: every field (or those selected), lists as arrays.
+local function view(row, names)
+   local out = {}
+   for _, name in ipairs(names or DEF.standard) do
+      if LISTS[name] then
+         out[LISTS[name]] = row[name] or {}
+      elseif DEF.by_name[name] or string_sub(name, 1, 3) == "UF_" then
+         local v = row[name]
+         if v == nil then v = null end
+         out[camel(name)] = v
+      end
+   end
+   if not names then
+      for name, key in pairs(LISTS) do out[key] = row[name] or {} end
+   end
+   return out
+end
+
+local function selection(select)
+   if type(select) ~= "table" or next(select) == nil then return nil end
+   local names, star = {}, false
+   for _, key in pairs(select) do
+      key = to_text(key)
+      if key == "*" then star = true
+      elseif key then names[#names + 1] = upper_name(key) end
+   end
+   if star then return nil end
+   local seen, out = {}, {}
+   if #names > 0 then out[1], seen.ID = "ID", true end -- the real API always adds the id
+   for _, name in ipairs(names) do
+      if not seen[name] then seen[name] = true; out[#out + 1] = name end
+   end
+   return out
+end
+
+-- Inserts a task built from fields: id, row | nil, err.
+local function insert(p, store, fields)
+   local title = to_text(fields.TITLE or fields.title)
+   if not title or title == "" then
+      return fail("TASKS_ERROR_EXCEPTION_#256; Task title is not specified; 256/TE/WRONG_ARGUMENTS<br>")
+   end
+   local id = store.next_id
+   store.next_id = id + 1
+   local now, user = p:date(), tostring(p.user_id)
+   local row = { ID = tostring(id), CREATED_BY = user, RESPONSIBLE_ID = user, CHANGED_BY = user,
+                 CREATED_DATE = now, CHANGED_DATE = now, ACTIVITY_DATE = now, STATUS_CHANGED_DATE = now,
+                 GUID = guid(), AUDITORS = {}, ACCOMPLICES = {} }
+   for _, spec in pairs(DEF.by_name) do
+      if spec.default ~= nil then row[spec.name] = spec.default end
+   end
+   apply(row, fields)
+   store.rows[id] = row
+   store.ids[#store.ids + 1] = id
+   return id, row
+end
+
+function _M.register(portal, methods)
+   local store = crm.new_store("task", DEF)
+   portal.stores.task = store
+
+   methods["tasks.task.add"] = function(p, params)
+      if type(params.fields) ~= "table" then return fail("Invalid parameters") end
+      local id, row = insert(p, store, params.fields)
+      if not id then return nil, row end
+      p:changed("ONTASKADD", id)
+      return { task = view(row) }, { rows = 1 }
+   end
+
+   methods["tasks.task.get"] = function(_, params)
+      local id = task_id(params)
+      if not id then return fail("wrong task id", "0") end
+      local row = store.rows[id]
+      if not row then return not_found() end
+      return { task = view(row, selection(params.select)) }, { rows = 1 }
+   end
+
+   methods["tasks.task.update"] = function(p, params)
+      local id = task_id(params)
+      if not id then return fail("wrong task id", "0") end
+      local row = store.rows[id]
+      if not row then return not_found() end
+      if type(params.fields) ~= "table" then return fail("Invalid parameters") end
+      local status = row.STATUS
+      apply(row, params.fields)
+      local now, user = p:date(), tostring(p.user_id)
+      row.CHANGED_DATE, row.CHANGED_BY, row.ACTIVITY_DATE = now, user, now
+      if row.STATUS ~= status then
+         row.STATUS_CHANGED_DATE, row.STATUS_CHANGED_BY = now, user
+         if row.STATUS == "5" then row.CLOSED_DATE, row.CLOSED_BY = now, user end
+      end
+      p:changed("ONTASKUPDATE", id)
+      return { task = view(row) }, { rows = 1 }
+   end
+
+   methods["tasks.task.delete"] = function(p, params)
+      local id = task_id(params)
+      if not id then return fail("wrong task id", "0") end
+      if not store.rows[id] then return not_found() end
+      store.rows[id] = nil
+      for i, have in ipairs(store.ids) do
+         if have == id then table.remove(store.ids, i); break end
+      end
+      p:changed("ONTASKDELETE", id)
+      return { task = true }, { rows = 1 }
+   end
+
+   methods["tasks.task.list"] = function(_, params)
+      local rows, meta = crm.query(store, params, { name = upper_name })
+      local names = selection(params.select) or LIST_DEFAULT
+      local tasks = {}
+      for i, row in ipairs(rows) do tasks[i] = view(row, names) end
+      return { tasks = tasks }, meta
+   end
+end
+
+-- Fills the task store with n tasks (no events).
+function _M.seed(portal, n)
+   for i = 1, n do insert(portal, portal.stores.task, { TITLE = "Task #" .. i }) end
+end
+
+return _M

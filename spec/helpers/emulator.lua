@@ -1,0 +1,44 @@
+-- Talking to an emulator started with helpers.b24 (b24.emulate / b24.start): webhook paths and
+-- JSON or form calls answering status, decoded body, raw body.
+local cjson = require "cjson"
+
+local M = {}
+
+M.CODE = "spec0emu0code001"
+
+function M.path(method, code, user)
+   return "/rest/" .. (user or "1") .. "/" .. (code or M.CODE) .. "/" .. method
+end
+
+-- One call with a JSON body (opts.code, opts.user, opts.content_type, opts.body, opts.timeout).
+-- Returns status, decoded body, raw body; or nil, err, kind on a transport failure.
+function M.call(srv, method, params, opts)
+   opts = opts or {}
+   local res, err, kind = srv:request{ method = "POST", path = M.path(method, opts.code, opts.user),
+      headers = { ["Content-Type"] = opts.content_type or "application/json" },
+      body = opts.body or cjson.encode(params or {}), timeout = opts.timeout }
+   if not res then return nil, err, kind end
+   return res.status, (res.body ~= "" and cjson.decode(res.body) or nil), res.body
+end
+
+-- One call with a form body (and an optional query string).
+function M.form(srv, method, body, query)
+   local res = assert(srv:request{ method = "POST", path = M.path(method) .. (query and "?" .. query or ""),
+      headers = { ["Content-Type"] = "application/x-www-form-urlencoded" }, body = body })
+   return res.status, cjson.decode(res.body), res.body
+end
+
+-- Sorted keys of a table.
+function M.keys(t)
+   local out = {}
+   for k in pairs(t) do out[#out + 1] = k end
+   table.sort(out)
+   return out
+end
+
+-- An id as a portal prints it (cjson decodes JSON numbers as floats in Lua 5.4).
+function M.str(n)
+   return string.format("%d", n)
+end
+
+return M
