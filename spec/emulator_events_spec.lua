@@ -1,0 +1,226 @@
+-- The emulator's outgoing events (protocol.md §6) received by a real loopback HTTP server (a
+-- `b24 serve` that records each body), compared with the captured bodies in shared/vectors, and
+-- its --data persistence across a restart.
+local b24 = require "helpers.b24"
+local emu = require "helpers.emulator"
+local shared = require "helpers.shared"
+local core = require "bitrix24.core"
+local cjson = require "cjson"
+
+local call = emu.call
+local TOKEN = "spec0application0token0000000001"
+
+-- A recording receiver: every body on a line of `file`, and a log line "recorded … seq=rNr".
+local function recorder(dir)
+   local file = dir .. "/bodies.txt"
+   local srv = b24.start{ args = { "--workers", "1" }, script = ([[
+      local host = require "bitrix24.host"
+      local n = 0
+      return function(req)
+         n = n + 1
+         local f = assert(io.open(%q, "ab"))
+         f:write(req.headers["content-type"] or "", "\t", req.body, "\n")
+         f:close()
+         host.log("info", "recorded", { seq = "r" .. n .. "r" })
+         return 200, { ["Content-Type"] = "text/plain" }, "ok"
+      end]]):format(file) }
+   srv.file = file
+   -- waits for n deliveries; returns them as { content_type, body, form }
+   function srv.received(n)
+      assert(srv:wait_log("seq=r" .. n .. "r"), "delivery " .. n .. " did not arrive")
+      local out = {}
+      for line in io.lines(file) do
+         local ct, body = line:match("^([^\t]*)\t(.*)$")
+         out[#out + 1] = { content_type = ct, body = body, form = core.form_decode(body) }
+      end
+      return out
+   end
+   return srv
+end
+
+-- The field names of a form body in their order.
+local function names(body)
+   local out = {}
+   for pair in body:gmatch("[^&]+") do out[#out + 1] = pair:match("^[^=]*") end
+   return out
+end
+
+-- Deliveries by "EVENT id".
+local function by_event(list)
+   local out = {}
+   for _, d in ipairs(list) do
+      local f = d.form
+      local id = f.data.FIELDS and f.data.FIELDS.ID
+         or type(f.data.FIELDS_AFTER) == "table" and f.data.FIELDS_AFTER.ID
+         or type(f.data.FIELDS_BEFORE) == "table" and f.data.FIELDS_BEFORE.ID
+      out[f.event .. " " .. tostring(id)] = d
+   end
+   return out
+end
+
+describe("emulator events", function()
+   local dir, rec, srv
+   setup(function()
+      dir = b24.tmpdir()
+      rec = recorder(dir)
+      srv = b24.emulate{ args = { "--code", emu.CODE, "--token", TOKEN, "--events-to", rec.base .. "/hook",
+                                  "--domain", "spec.bitrix24.test", "--time-scale", "100000" } }
+   end)
+   teardown(function()
+      if srv then srv:stop() end
+      if rec then rec:stop() end
+      os.execute("rm -rf " .. b24.quote(dir))
+   end)
+
+   it("posts CRM add/update/delete events form-encoded as a real portal", function()
+      local _, lead = call(srv, "crm.lead.add", { fields = { TITLE = "evented" } })
+      assert.equal(200, (call(srv, "crm.lead.update", { id = lead.result, fields = { TITLE = "x" } })))
+      assert.equal(200, (call(srv, "crm.lead.delete", { id = lead.result })))
+      local _, deal = call(srv, "crm.deal.add", { fields = { TITLE = "d" } })
+      local _, contact = call(srv, "crm.contact.add", { fields = { NAME = "c" } })
+      local _, company = call(srv, "crm.company.add", { fields = { TITLE = "co" } })
+      assert.equal(200, (call(srv, "crm.company.update", { id = company.result, fields = { TITLE = "co2" } })))
+      local got = by_event(rec.received(7))
+      local id = emu.str(lead.result)
+      for _, key in ipairs({ "ONCRMLEADADD " .. id, "ONCRMLEADUPDATE " .. id, "ONCRMLEADDELETE " .. id,
+                             "ONCRMDEALADD " .. emu.str(deal.result), "ONCRMCONTACTADD " .. emu.str(contact.result),
+                             "ONCRMCOMPANYADD " .. emu.str(company.result),
+                             "ONCRMCOMPANYUPDATE " .. emu.str(company.result) }) do
+         assert.is_not_nil(got[key], key)
+      end
+
+      -- the captured webhook delivery: same fields, same order, same encoding
+      local vector_text = shared.vector("events/webhook-oncrmdealadd.json")
+      local vector = cjson.decode(vector_text)
+      local d = got["ONCRMDEALADD " .. emu.str(deal.result)]
+      assert.equal("application/x-www-form-urlencoded", d.content_type)
+      local order = {}
+      for key in vector_text:gmatch('"([%w_]+)"%s*:') do order[#order + 1] = key end
+      -- event, event_handler_id, data, FIELDS, ID, ts, auth, domain, … as nested in the JSON
+      assert.same({ "event", "event_handler_id", "data[FIELDS][ID]", "ts", "auth[domain]",
+                    "auth[client_endpoint]", "auth[server_endpoint]", "auth[member_id]",
+                    "auth[application_token]" }, names(d.body))
+      assert.same({ "event", "event_handler_id", "data", "FIELDS", "ID", "ts", "auth", "domain",
+                    "client_endpoint", "server_endpoint", "member_id", "application_token" }, order)
+      assert.same(emu.keys(vector), emu.keys(d.form))
+      assert.same(emu.keys(vector.auth), emu.keys(d.form.auth))
+      assert.same({ FIELDS = { ID = emu.str(deal.result) } }, d.form.data)
+      assert.equal(TOKEN, d.form.auth.application_token)
+      assert.equal("spec.bitrix24.test", d.form.auth.domain)
+      assert.equal("https://spec.bitrix24.test/rest/", d.form.auth.client_endpoint)
+      assert.equal(vector.auth.server_endpoint, d.form.auth.server_endpoint)
+      assert.matches("^%x+$", d.form.auth.member_id)
+      assert.equal(32, #d.form.auth.member_id)
+      assert.matches("^%d+$", d.form.ts)
+      assert.matches("^%d+$", d.form.event_handler_id)
+      -- values are urlencoded, brackets are not
+      assert.matches("auth[client_endpoint]=https%3A%2F%2Fspec.bitrix24.test%2Frest%2F", d.body, 1, true)
+      -- the application token never reaches the emulator's log
+      assert.not_matches(TOKEN, srv:log(), 1, true)
+   end)
+
+   it("posts task events with FIELDS_BEFORE/FIELDS_AFTER as protocol.md §6 tabulates", function()
+      local from = #rec.lines
+      local n0 = 0
+      for _ in io.lines(rec.file) do n0 = n0 + 1 end
+      local _, added = call(srv, "tasks.task.add", { fields = { TITLE = "evented task" } })
+      local id = added.result.task.id
+      assert.equal(200, (call(srv, "tasks.task.update", { taskId = id, fields = { TITLE = "y" } })))
+      assert.equal(200, (call(srv, "tasks.task.delete", { taskId = id })))
+      local got = by_event(rec.received(n0 + 3))
+      assert.is_true(#rec.lines > from)
+      local add, upd, del = got["ONTASKADD " .. id], got["ONTASKUPDATE " .. id], got["ONTASKDELETE " .. id]
+      assert.same({ FIELDS_BEFORE = "undefined", FIELDS_AFTER = { ID = id }, IS_ACCESSIBLE_BEFORE = "N",
+                    IS_ACCESSIBLE_AFTER = "undefined" }, add.form.data)
+      assert.same({ FIELDS_BEFORE = { ID = id }, FIELDS_AFTER = { ID = id }, IS_ACCESSIBLE_BEFORE = "undefined",
+                    IS_ACCESSIBLE_AFTER = "undefined" }, upd.form.data)
+      assert.same({ FIELDS_BEFORE = { ID = id }, FIELDS_AFTER = "undefined", IS_ACCESSIBLE_BEFORE = "undefined",
+                    IS_ACCESSIBLE_AFTER = "N" }, del.form.data)
+      -- the captured task delivery's field order, with its data fields as an ADD has them
+      local vector = names(shared.vector("events/webhook-ontaskcommentadd.form"))
+      local expect = {}
+      for _, name in ipairs(vector) do
+         if name == "data[FIELDS_AFTER][ID]" then expect[#expect + 1] = name
+         elseif not name:match("^data%[FIELDS_AFTER%]") then expect[#expect + 1] = name end
+      end
+      assert.same(expect, names(add.body))
+      assert.equal(TOKEN, add.form.auth.application_token)
+   end)
+
+   it("posts an event for each change made by a batch sub-call", function()
+      local n0 = 0
+      for _ in io.lines(rec.file) do n0 = n0 + 1 end
+      local _, body = call(srv, "batch", { cmd = { a = "crm.lead.add?fields[TITLE]=b1",
+                                                   b = "crm.lead.update?id=$result[a]&fields[TITLE]=b2" } })
+      local id = emu.str(body.result.result.a)
+      local got = by_event(rec.received(n0 + 2))
+      assert.is_not_nil(got["ONCRMLEADADD " .. id])
+      assert.is_not_nil(got["ONCRMLEADUPDATE " .. id])
+   end)
+end)
+
+describe("emulator event failures", function()
+   it("logs an undeliverable event with the URL reduced to its origin, and answers REST as usual", function()
+      local dir = b24.tmpdir()
+      -- a port that was just free: nothing listens there
+      local rec = recorder(dir)
+      local dead = rec.base
+      rec:stop()
+      local srv = b24.emulate{ args = { "--code", emu.CODE, "--token", TOKEN,
+                                        "--events-to", dead .. "/secret0path?key=s3cr3t" } }
+      finally(function() srv:stop(); os.execute("rm -rf " .. b24.quote(dir)) end)
+      local status = call(srv, "crm.lead.add", { fields = { TITLE = "lost event" } })
+      assert.equal(200, status)
+      local line = assert(srv:wait_log("event delivery failed"))
+      assert.matches(dead:match("//(.*)$"), line, 1, true)
+      assert.not_matches("s3cr3t", srv:log(), 1, true)
+      assert.not_matches("secret0path", srv:log(), 1, true)
+      assert.not_matches(TOKEN, srv:log(), 1, true)
+   end)
+end)
+
+describe("emulator --data", function()
+   it("keeps entities and id counters across a restart, written atomically", function()
+      local dir = b24.tmpdir()
+      local data = dir .. "/portal.json"
+      finally(function() os.execute("rm -rf " .. b24.quote(dir)) end)
+      local args = { "--code", emu.CODE, "--data", data, "--seed-leads", "5" }
+      local srv = b24.emulate{ args = args }
+      local _, lead = call(srv, "crm.lead.add", { fields = { TITLE = "durable", PHONE = { { VALUE = "123" } } } })
+      local _, task = call(srv, "tasks.task.add", { fields = { TITLE = "durable task" } })
+      assert.equal(200, (call(srv, "crm.lead.delete", { id = 2 })))
+      assert.equal(0, srv:stop())
+      assert.is_nil(b24.read(data .. ".tmp"))
+      local state = cjson.decode((assert(b24.read(data))))
+      assert.equal("bitrix24-emulator", state.format)
+
+      srv = b24.emulate{ args = args } -- the seed does not apply to an existing file
+      finally(function() srv:stop() end)
+      local _, got = call(srv, "crm.lead.get", { id = lead.result })
+      assert.equal("durable", got.result.TITLE)
+      assert.equal("123", got.result.PHONE[1].VALUE)
+      local _, list = call(srv, "crm.lead.list", { select = { "ID" } })
+      assert.equal(5, list.total)
+      assert.equal(400, (call(srv, "crm.lead.get", { id = 2 })))
+      local _, t = call(srv, "tasks.task.get", { taskId = task.result.task.id })
+      assert.equal("durable task", t.result.task.title)
+      local _, next_lead = call(srv, "crm.lead.add", { fields = { TITLE = "after restart" } })
+      assert.equal(lead.result + 1, next_lead.result)
+   end)
+
+   it("refuses a file that is not an emulator data file", function()
+      local dir = b24.tmpdir()
+      finally(function() os.execute("rm -rf " .. b24.quote(dir)) end)
+      local data = b24.write(dir .. "/other.json", '{"something":"else"}')
+      if not b24.has_emulate() then
+         local emulator = require "bitrix24.emulator"
+         local ok, err = pcall(emulator.main, { "--data", data })
+         assert.is_false(ok)
+         assert.matches("^b24 emulate: .*not an emulator data file", err)
+         return
+      end
+      local out, code = b24.exec(b24.quote(b24.bin) .. " emulate --listen 127.0.0.1:0 --data " .. b24.quote(data))
+      assert.equal(1, code)
+      assert.matches("not an emulator data file", out, 1, true)
+   end)
+end)
