@@ -317,6 +317,72 @@ end
   end)
 end)
 
+describe("b24 serve handler options", function()
+  local socket = require "socket"
+  local SCRIPT = [[
+return function(req)
+  if req.path == "/held" then
+    require("bitrix24.host").log("info", "holding")
+    return 200, { ["X-Held"] = "yes" }, "held answer", { delay = 3600 } end
+  if req.path == "/short" then return 202, {}, "short", { delay = 0.05 } end
+  if req.path == "/drop" then return 200, {}, "never sent", { close = true } end
+  if req.path == "/baddelay" then return 200, {}, "", { delay = -1 } end
+  if req.path == "/badopts" then return 200, {}, "", "delay" end
+  return 200, {}, "fast"
+end
+]]
+  local function raw(srv, path)
+    local c = assert(socket.connect("127.0.0.1", srv.port))
+    assert(c:send("GET " .. path .. " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+    return c
+  end
+
+  it("holds a delayed answer without holding the only worker, and sends it on SIGTERM", function()
+    local srv = b24.start{ script = SCRIPT, args = { "--workers", "1" } }
+    finally(function() srv:stop("KILL") end)
+    local held = raw(srv, "/held")
+    assert(srv:wait_log("msg=holding")) -- the handler has run; its answer now waits
+    -- the single worker answers others while /held waits out its hour
+    for _ = 1, 3 do assert.equal("fast", (assert(srv:request{ path = "/fast" })).body) end
+    local res = assert(srv:request{ path = "/short" })
+    assert.equal(202, res.status)
+    assert.equal("short", res.body)
+    held:settimeout(0)
+    local got, err = held:receive("*a")
+    assert.is_nil(got)
+    assert.equal("timeout", err)
+    held:settimeout(10)
+    srv:signal("TERM")
+    local all = held:receive("*a")
+    held:close()
+    assert.matches("^HTTP/1.1 200", all)
+    assert.matches("X%-Held: yes", all)
+    assert.matches("held answer$", all)
+    assert.equal(0, srv:stop())
+  end)
+
+  it("drops the connection without an answer on { close = true }", function()
+    local srv = b24.start{ script = SCRIPT }
+    finally(function() srv:stop("KILL") end)
+    local c = raw(srv, "/drop")
+    c:settimeout(10)
+    local got, err, partial = c:receive("*a")
+    c:close()
+    assert.equal("", got or partial)
+    assert.is_true(got == "" or err == "closed")
+    assert(srv:wait_log("\"request aborted\" method=GET path=/drop"))
+    assert.equal("fast", (assert(srv:request{ path = "/fast" })).body)
+  end)
+
+  it("answers 500 to bad options", function()
+    local srv = b24.start{ script = SCRIPT }
+    finally(function() srv:stop("KILL") end)
+    assert.equal(500, (assert(srv:request{ path = "/baddelay" })).status)
+    assert.equal(500, (assert(srv:request{ path = "/badopts" })).status)
+    assert(srv:wait_log("bad delay"))
+  end)
+end)
+
 describe("b24 run", function()
   local dir
   setup(function() dir = b24.tmpdir() end)

@@ -59,6 +59,12 @@ struct b24_inbox;
 int b24_handlers_start(struct b24_inbox *in, int n, double timeout);
 void b24_handlers_stop(void);
 
+/* ---- timers (b24_timer.c): fn(arg) runs on the timer thread at monotonic time `at` ------ */
+typedef void (*b24_timer_fn)(void *arg);
+int b24_timer_start(void);
+int b24_timer_add(double at, b24_timer_fn fn, void *arg); /* -1 when stopped or out of memory */
+void b24_timer_stop(void); /* fires what is left at once, then ends the thread */
+
 /* ---- commands --------------------------------------------------------------------------- */
 int b24_cmd_serve(int argc, char **argv);
 int b24_cmd_run(int argc, char **argv);

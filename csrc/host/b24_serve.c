@@ -60,6 +60,8 @@ typedef struct request {
     char *uri; /* as sent: path?query; uri_inline unless longer */
     double t0;
     int started, responded, status, too_large;
+    double delay; /* from the handler's options */
+    int drop;   /* close the connection without an answer */
     size_t discarded;
     /* the durable path */
     int awaiting;
@@ -69,6 +71,10 @@ typedef struct request {
     const char *accept_body;
     size_t accept_body_len;
     struct MHD_Connection *conn;
+    /* a delayed answer (the handler's { delay = s }): queued when the timer resumes us */
+    struct MHD_Response *pending;
+    int pending_status, delaying;
+    atomic_int delay_done;
     char *body;
     size_t body_len, body_cap;
     header *headers;
@@ -102,6 +108,8 @@ static void request_free(request *r)
         free(r->headers);
     free(r->body);
     free(r->put_mem);
+    if (r->pending)
+        MHD_destroy_response(r->pending);
     free(r);
 }
 
@@ -248,8 +256,26 @@ static int dispatch(lua_State *L)
         lua_remove(L, 2); /* [2] status [3] headers [4] body [5] key [6] event name */
         if (!lua_isnil(L, 5) && (lua_type(L, 5) != LUA_TSTRING || lua_type(L, 6) != LUA_TSTRING))
             return luaL_error(L, "router:accept returned a key without an event name");
-    } else {
-        lua_call(L, is_table ? 2 : 1, 3);
+    } else { /* [5] the options table, if any, read into the request */
+        lua_call(L, is_table ? 2 : 1, 4);
+        r->delay = 0;
+        r->drop = 0;
+        if (!lua_isnil(L, 5)) {
+            if (!lua_istable(L, 5))
+                return luaL_error(L, "handler returned bad options (a table expected, got %s)",
+                                  luaL_typename(L, 5));
+            lua_getfield(L, 5, "delay");
+            if (!lua_isnil(L, -1)) {
+                double d = lua_tonumber(L, -1);
+                if (!lua_isnumber(L, -1) || !(d >= 0 && d <= 3600))
+                    return luaL_error(L, "handler returned a bad delay (seconds from 0 to 3600 expected)");
+                r->delay = d;
+            }
+            lua_getfield(L, 5, "close");
+            r->drop = lua_toboolean(L, -1);
+            lua_pop(L, 2);
+        }
+        lua_settop(L, 4);
         lua_settop(L, 6); /* [5] [6] nil: no key, no event */
     }
 
@@ -360,6 +386,38 @@ static enum MHD_Result answer_stored(struct MHD_Connection *c, request *r)
     }
 }
 
+/* ---- delayed answers: the connection waits suspended, the thread serves others ----------- */
+
+static void delay_over(void *arg)
+{
+    request *r = arg;
+    atomic_store(&r->delay_done, 1);
+    MHD_resume_connection(r->conn);
+}
+
+static enum MHD_Result delay(struct MHD_Connection *c, request *r, int status,
+                             struct MHD_Response *res)
+{
+    r->pending = res;
+    r->pending_status = status;
+    r->conn = c;
+    r->delaying = 1;
+    MHD_suspend_connection(c); /* before the timer: it may fire at once */
+    if (b24_timer_add(b24_now() + r->delay, delay_over, r) != 0) {
+        atomic_store(&r->delay_done, 1); /* stopping: answer now */
+        MHD_resume_connection(c);
+    }
+    return MHD_YES;
+}
+
+static enum MHD_Result answer_delayed(struct MHD_Connection *c, request *r)
+{
+    struct MHD_Response *res = r->pending;
+    r->pending = NULL;
+    r->delaying = 0;
+    return queue(c, r, r->pending_status, res);
+}
+
 static enum MHD_Result run_handler(struct MHD_Connection *c, request *r)
 {
     lua_State *L = b24_script_state();
@@ -385,6 +443,11 @@ static enum MHD_Result run_handler(struct MHD_Connection *c, request *r)
     const char *body = lua_isnil(L, 4) ? "" : lua_tolstring(L, 4, &blen);
     if (inbox && status == 200 && lua_type(L, 5) == LUA_TSTRING)
         return store(c, r, L, body, blen);
+    if (r->drop) { /* the handler asked for a dropped connection (a fault injector's "reset") */
+        lua_settop(L, 1);
+        r->responded = 1;
+        return MHD_NO;
+    }
     struct MHD_Response *res;
     if (blen <= INLINE_RESPONSE) { /* kept in the request, which outlives the response */
         memcpy(r->response_inline, body, blen);
@@ -406,6 +469,8 @@ static enum MHD_Result run_handler(struct MHD_Connection *c, request *r)
         lua_pop(L, 2);
     }
     lua_settop(L, 1);
+    if (r->delay > 0)
+        return delay(c, r, status, res);
     return queue(c, r, status, res);
 }
 
@@ -441,6 +506,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         return MHD_NO; /* out of memory in on_uri: drop the connection */
     if (r->awaiting)
         return atomic_load(&r->put_done) ? answer_stored(c, r) : MHD_YES;
+    if (r->delaying)
+        return atomic_load(&r->delay_done) ? answer_delayed(c, r) : MHD_YES;
     if (!r->started) {
         r->started = 1;
         r->t0 = b24_now();
@@ -796,18 +863,22 @@ int b24_cmd_serve(int argc, char **argv)
         fprintf(stderr, "b24 serve: cannot start the inbox threads\n");
         return 1;
     }
+    if (b24_timer_start() != 0) {
+        fprintf(stderr, "b24 serve: cannot start the timer thread\n");
+        return 1;
+    }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
-                     MHD_USE_TURBO | MHD_USE_ERROR_LOG;
-    if (inbox)
-        flags |= MHD_ALLOW_SUSPEND_RESUME;
+                     MHD_USE_TURBO | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
     if (addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     struct MHD_Daemon *d = MHD_start_daemon(
         flags, 0, NULL, NULL, on_access, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)opt.workers, MHD_OPTION_CONNECTION_TIMEOUT,
-        opt.client_timeout, MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger,
-        NULL, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16 * 1024, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_TIMEOUT, opt.client_timeout, MHD_OPTION_URI_LOG_CALLBACK, on_uri,
+        NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_EXTERNAL_LOGGER,
+        mhd_logger, NULL, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16 * 1024,
+        /* one worker is the polling thread itself: no pool (MHD warns about a pool of 1) */
+        opt.workers > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, (unsigned)opt.workers,
+        MHD_OPTION_END);
     if (d == NULL) {
         fprintf(stderr, "b24 serve: cannot listen on %s: %s\n", opt.listen, strerror(errno));
         return 1;
@@ -845,6 +916,7 @@ int b24_cmd_serve(int argc, char **argv)
         close(lsock);
         lsock = MHD_INVALID_SOCKET;
     }
+    b24_timer_stop(); /* delayed answers go out now; later ones are not delayed */
     char in_flight_s[24];
     snprintf(in_flight_s, sizeof in_flight_s, "%ld", b24_metrics_in_flight_now());
     b24_log(B24_INFO, "stopping", "in_flight", in_flight_s, NULL);
