@@ -52,6 +52,8 @@ int b24_script_load(const char *path, int required);
 /* This thread's state with the handler at index 1, (re)built as needed; NULL on failure. */
 lua_State *b24_script_state(void);
 int b24_script_kind(void);
+/* Makes loads of `name` take src instead of reading a file (both must outlive the server). */
+void b24_script_inline(const char *name, const char *src);
 void b24_script_close_all(void);
 
 /* ---- handler threads of the inbox (b24_handlers.c) --------------------------------------- */
@@ -68,6 +70,10 @@ void b24_timer_stop(void); /* fires what is left at once, then ends the thread *
 /* ---- commands --------------------------------------------------------------------------- */
 int b24_cmd_serve(int argc, char **argv);
 int b24_cmd_run(int argc, char **argv);
+int b24_cmd_emulate(int argc, char **argv);
+/* `return PREFIX{ "arg", … }` as Lua source (malloc'd), and running such a chunk */
+char *b24_call_chunk(const char *prefix, int argc, char **argv, size_t *len);
+int b24_run_chunk(const char *who, const char *name, const char *src, size_t len);
 
 /* Embedded Lua modules of the bitrix24 rock (generated from lua/ by scripts/embed.lua). */
 typedef struct b24_embedded {

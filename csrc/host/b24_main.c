@@ -18,11 +18,86 @@ static void help(FILE *f)
           "  b24 serve [OPTIONS] SCRIPT.lua   serve the handler SCRIPT returns over HTTP\n"
           "  b24 run SCRIPT.lua [ARGS...]     run a Lua script with bitrix24 preloaded\n"
           "  b24 inbox stats|list|retry|purge look at and repair the durable inbox\n"
+          "  b24 call METHOD [JSON | key=value...]  one REST call (B24_WEBHOOK_URL or --webhook)\n"
+          "  b24 export METHOD [JSON]        every row of a list method as NDJSON on stdout\n"
+          "  b24 emulate [OPTIONS]           a Bitrix24 portal in memory for development and tests\n"
           "  b24 help                          this text\n"
           "  b24 --version                     the version\n"
           "\n"
           "`b24 serve --help` lists the server's options.\n",
           f);
+}
+
+/* Lua source text `return PREFIX{ "argv[0]", "argv[1]", … }`, every argument quoted with
+ * decimal escapes so any bytes pass through unchanged. NULL when out of memory. */
+char *b24_call_chunk(const char *prefix, int argc, char **argv, size_t *len)
+{
+    size_t cap = strlen(prefix) + 16;
+    for (int i = 0; i < argc; i++)
+        cap += strlen(argv[i]) * 4 + 4;
+    char *out = malloc(cap), *p = out;
+    if (out == NULL)
+        return NULL;
+    p += sprintf(p, "return %s{", prefix);
+    for (int i = 0; i < argc; i++) {
+        *p++ = '"';
+        for (const unsigned char *c = (const unsigned char *)argv[i]; *c; c++) {
+            if ((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+                strchr("-_=./:,@+ ", *c))
+                *p++ = (char)*c;
+            else
+                p += sprintf(p, "\\%03u", *c);
+        }
+        *p++ = '"';
+        *p++ = ',';
+    }
+    *p++ = '}';
+    *p = '\0';
+    *len = (size_t)(p - out);
+    return out;
+}
+
+/* Runs a chunk in a fresh state; the exit status is the integer it returns, 0 when it returns
+ * nothing or true, 1 when it raises (the message printed masked, after `who`) or returns false. */
+int b24_run_chunk(const char *who, const char *name, const char *src, size_t len)
+{
+    lua_State *L = b24_state_new();
+    if (L == NULL) {
+        fprintf(stderr, "%s: cannot create a Lua state\n", who);
+        return 1;
+    }
+    int status = b24_state_run_script(L, name, src, len, 0);
+    int rc = 0;
+    if (status != LUA_OK) {
+        const char *m = lua_tostring(L, -1);
+        char masked[8192];
+        b24_mask(m ? m : "?", m ? strlen(m) : 1, masked, sizeof masked);
+        fprintf(stderr, "%s: %s\n", who, masked);
+        rc = 1;
+    } else if (lua_isinteger(L, -1)) {
+        rc = (int)lua_tointeger(L, -1);
+    } else if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
+        rc = 1;
+    }
+    fflush(stdout);
+    lua_close(L);
+    return rc;
+}
+
+/* b24 call|export ARGS…: the embedded bitrix24.cli with the command and its arguments. */
+static int cmd_cli(int argc, char **argv)
+{
+    size_t len;
+    char *src = b24_call_chunk("require(\"bitrix24.cli\").main", argc, argv, &len);
+    if (src == NULL) {
+        fputs("b24: out of memory\n", stderr);
+        return 1;
+    }
+    char who[64];
+    snprintf(who, sizeof who, "b24 %s", argv[0]);
+    int rc = b24_run_chunk(who, "b24", src, len);
+    free(src);
+    return rc;
 }
 
 /* b24 run SCRIPT [ARGS…]: like `lua SCRIPT ARGS…`; the exit status is the script's own
@@ -88,6 +163,10 @@ int main(int argc, char **argv)
         return b24_cmd_run(argc - 1, argv + 1);
     if (strcmp(cmd, "inbox") == 0)
         return b24_cmd_inbox(argc - 1, argv + 1);
+    if (strcmp(cmd, "emulate") == 0)
+        return b24_cmd_emulate(argc - 1, argv + 1);
+    if (strcmp(cmd, "call") == 0 || strcmp(cmd, "export") == 0)
+        return cmd_cli(argc - 1, argv + 1);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         help(stdout);
         return 0;

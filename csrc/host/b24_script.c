@@ -152,6 +152,15 @@ lua_State *b24_script_state(void)
     return L;
 }
 
+/* A script given as text under a name (b24 emulate): loads of that name take the text. */
+static const char *inline_name, *inline_src;
+
+void b24_script_inline(const char *name, const char *src)
+{
+    inline_name = name;
+    inline_src = src;
+}
+
 /* Loads the script file, checks it in a scratch state and publishes it as the next
  * generation; on failure the running one stays. */
 int b24_script_load(const char *path, int required)
@@ -160,7 +169,17 @@ int b24_script_load(const char *path, int required)
                                  : "script failed to load";
     script_path = path;
     size_t len;
-    char *src = b24_read_file(path, &len);
+    char *src;
+    if (inline_name && strcmp(path, inline_name) == 0) {
+        len = strlen(inline_src);
+        src = malloc(len + 1);
+        if (src)
+            memcpy(src, inline_src, len + 1);
+        else
+            errno = ENOMEM;
+    } else {
+        src = b24_read_file(path, &len);
+    }
     if (src == NULL) {
         b24_log(B24_ERROR, failed, "script", path, "error", strerror(errno), NULL);
         if (current)
