@@ -402,6 +402,38 @@ print(bitrix24.core.form_encode{ a = { 1, 2 } }, arg[0]:match("script.lua$"), ar
     assert.equal("a%5B0%5D=1&a%5B1%5D=2\tscript.lua\tone\ttwo words\t2\n", out)
   end)
 
+  it("posts through bitrix24.host.post once, in order, before it exits; failures only logged", function()
+    local recorder = b24.start{ script = [[
+local host = require "bitrix24.host"
+return function(req)
+  host.log("info", "recorded", { body = req.body, type = req.headers["content-type"] or "" })
+  if req.body == "fail=1" then return 500, {}, "no" end
+  return 200, {}, "ok"
+end
+]] }
+    finally(function() recorder:stop() end)
+    local out, code = run(([[
+local host = require "bitrix24.host"
+assert(host.post(%q, "a=1&b=2", { ["Content-Type"] = "application/x-www-form-urlencoded" }))
+assert(host.post(%q, "fail=1"))
+assert(host.post("http://127.0.0.1:1/rest/1/secretcode123/x", "c=3"))
+assert(not pcall(host.post, "ftp://x/", "d"))
+assert(not pcall(host.post, %q, "d", { ["X-Bad"] = "a\r\nb" }))
+print(host.isatty(1))
+]]):format(recorder:url("/in"), recorder:url("/in"), recorder:url("/in")), "2>&1")
+    assert.equal(0, code)
+    assert.matches("false", out)
+    assert.matches("post refused; not retried.*status=500", out)
+    assert.matches("post failed; not retried.*url=http://127.0.0.1:1/rest/1/%*%*%*/x", out)
+    assert.not_matches("secretcode123", out)
+    local first = assert(recorder:wait_log("body=\"a=1&b=2\" type=application/x-www-form-urlencoded"))
+    assert(recorder:wait_log("body=\"fail=1\""))
+    local n = 0
+    for _, line in ipairs(recorder.lines) do if line:find("msg=recorded", 1, true) then n = n + 1 end end
+    assert.equal(2, n) -- the refused one is not retried
+    assert.truthy(first)
+  end)
+
   it("exits with the status the script gives", function()
     local _, code = run("os.exit(7)")
     assert.equal(7, code)

@@ -81,6 +81,7 @@ int b24_run_chunk(const char *who, const char *name, const char *src, size_t len
     }
     fflush(stdout);
     lua_close(L);
+    b24_post_stop(5);
     return rc;
 }
 
@@ -147,6 +148,7 @@ int b24_cmd_run(int argc, char **argv)
         rc = 1;
     }
     lua_close(L);
+    b24_post_stop(5); /* what the script posted goes out before the exit */
     return rc;
 }
 

@@ -933,6 +933,7 @@ int b24_cmd_serve(int argc, char **argv)
         b24_inbox_close(inbox);
         inbox = NULL;
     }
+    b24_post_stop(2); /* posts the handlers queued (an emulator's events) get 2 s to go out */
     b24_script_close_all();
     char left_s[24];
     snprintf(left_s, sizeof left_s, "%ld", left);

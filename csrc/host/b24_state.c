@@ -5,9 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
+
+#include <curl/curl.h>
 
 #include "b24_host.h"
 
@@ -136,9 +139,67 @@ static int host_log(lua_State *L)
     return 0;
 }
 
+/* bitrix24.host.post(url, body [, headers]) → true | nil, reason: queued for a host thread
+ * that POSTs it once (b24_post.c); the outcome is only logged. */
+static int host_post(lua_State *L)
+{
+    const char *url = luaL_checkstring(L, 1);
+    size_t blen;
+    const char *body = luaL_checklstring(L, 2, &blen);
+    if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
+        return luaL_argerror(L, 1, "an http:// or https:// URL expected");
+    struct curl_slist *headers = NULL;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        lua_settop(L, 3);
+        lua_pushnil(L);
+        while (lua_next(L, 3)) {
+            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING) {
+                curl_slist_free_all(headers);
+                return luaL_argerror(L, 3, "string header names and values expected");
+            }
+            const char *name = lua_tostring(L, -2), *value = lua_tostring(L, -1);
+            if (strpbrk(name, "\r\n:") || strpbrk(value, "\r\n") || !*name) {
+                curl_slist_free_all(headers);
+                return luaL_argerror(L, 3, "CR, LF or ':' in a header");
+            }
+            lua_pushfstring(L, "%s: %s", name, value);
+            struct curl_slist *h = curl_slist_append(headers, lua_tostring(L, -1));
+            lua_pop(L, 2);
+            if (h == NULL) {
+                curl_slist_free_all(headers);
+                return luaL_error(L, "out of memory");
+            }
+            headers = h;
+        }
+    }
+    /* no "Expect: 100-continue" round trip for larger bodies */
+    struct curl_slist *h = curl_slist_append(headers, "Expect:");
+    if (h == NULL) {
+        curl_slist_free_all(headers);
+        return luaL_error(L, "out of memory");
+    }
+    const char *why = NULL;
+    if (b24_post(url, body, blen, h, &why) != 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, why);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* bitrix24.host.isatty(fd) → boolean */
+static int host_isatty(lua_State *L)
+{
+    lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)) == 1);
+    return 1;
+}
+
 static int open_host(lua_State *L)
 {
-    static const luaL_Reg funcs[] = {{"log", host_log}, {NULL, NULL}};
+    static const luaL_Reg funcs[] = {
+        {"log", host_log}, {"post", host_post}, {"isatty", host_isatty}, {NULL, NULL}};
     luaL_newlib(L, funcs);
     return 1;
 }

@@ -1,0 +1,193 @@
+/* bitrix24.host.post: fire-and-forget HTTP POSTs from a host thread, in the order queued.
+ * The emulator delivers its outgoing events through it, the way a portal does: once, after the
+ * change, never retried, a failure only logged. The thread starts with the first post; one
+ * libcurl handle keeps its connections alive between posts. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
+#include "b24_host.h"
+
+#define QUEUE_MAX 10000
+#define CONNECT_TIMEOUT_MS 5000L
+#define TIMEOUT_MS 10000L
+
+typedef struct post {
+    struct post *next;
+    char *url;
+    char *body;
+    size_t body_len;
+    struct curl_slist *headers;
+} post;
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t more = PTHREAD_COND_INITIALIZER, idle = PTHREAD_COND_INITIALIZER;
+static post *head, *tail;
+static size_t queued;
+static int started, stopping, busy;
+static pthread_t thread;
+
+static void post_free(post *p)
+{
+    free(p->url);
+    free(p->body);
+    curl_slist_free_all(p->headers);
+    free(p);
+}
+
+static size_t discard(char *p, size_t size, size_t n, void *ud)
+{
+    (void)p;
+    (void)ud;
+    return size * n;
+}
+
+static void deliver(CURL *c, post *p)
+{
+    curl_easy_setopt(c, CURLOPT_URL, p->url);
+    curl_easy_setopt(c, CURLOPT_POST, 1L);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, p->body);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)p->body_len);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, p->headers);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, CONNECT_TIMEOUT_MS);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, TIMEOUT_MS);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+    char status[16] = "";
+    CURLcode rc = curl_easy_perform(c);
+    long code = 0;
+    if (rc == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+    snprintf(status, sizeof status, "%ld", code);
+    if (rc != CURLE_OK)
+        b24_log(B24_WARN, "post failed; not retried", "url", p->url, "error", curl_easy_strerror(rc),
+                NULL);
+    else if (code < 200 || code > 299)
+        b24_log(B24_WARN, "post refused; not retried", "url", p->url, "status", status, NULL);
+    else
+        b24_log(B24_DEBUG, "posted", "url", p->url, "status", status, NULL);
+}
+
+static void *run(void *unused)
+{
+    (void)unused;
+    CURL *c = curl_easy_init();
+    pthread_mutex_lock(&lock);
+    for (;;) {
+        while (head == NULL && !stopping) {
+            pthread_cond_broadcast(&idle);
+            pthread_cond_wait(&more, &lock);
+        }
+        if (head == NULL)
+            break;
+        post *p = head;
+        head = p->next;
+        if (head == NULL)
+            tail = NULL;
+        queued--;
+        busy = 1;
+        pthread_mutex_unlock(&lock);
+        if (c)
+            deliver(c, p);
+        else
+            b24_log(B24_WARN, "post failed; not retried", "url", p->url, "error", "no curl handle", NULL);
+        post_free(p);
+        pthread_mutex_lock(&lock);
+        busy = 0;
+    }
+    pthread_cond_broadcast(&idle);
+    pthread_mutex_unlock(&lock);
+    if (c)
+        curl_easy_cleanup(c);
+    return NULL;
+}
+
+/* Queues a copy of the post; 0, or -1 with a reason in *why. Takes ownership of headers. */
+int b24_post(const char *url, const char *body, size_t body_len, struct curl_slist *headers,
+             const char **why)
+{
+    post *p = calloc(1, sizeof *p);
+    if (p)
+        p->headers = headers;
+    if (p == NULL || (p->url = strdup(url)) == NULL || (p->body = malloc(body_len + 1)) == NULL) {
+        if (p)
+            post_free(p);
+        else
+            curl_slist_free_all(headers);
+        *why = "out of memory";
+        return -1;
+    }
+    memcpy(p->body, body, body_len);
+    p->body[body_len] = '\0';
+    p->body_len = body_len;
+    pthread_mutex_lock(&lock);
+    if (stopping || queued >= QUEUE_MAX) {
+        pthread_mutex_unlock(&lock);
+        post_free(p);
+        *why = stopping ? "stopping" : "queue full";
+        return -1;
+    }
+    if (!started) {
+        curl_global_init(CURL_GLOBAL_DEFAULT); /* reference counted; the core did it already */
+        if (pthread_create(&thread, NULL, run, NULL) != 0) {
+            pthread_mutex_unlock(&lock);
+            post_free(p);
+            *why = "cannot start the post thread";
+            return -1;
+        }
+        started = 1;
+    }
+    if (tail)
+        tail->next = p;
+    else
+        head = p;
+    tail = p;
+    queued++;
+    pthread_cond_signal(&more);
+    pthread_mutex_unlock(&lock);
+    return 0;
+}
+
+/* Waits up to `seconds` for the queue to empty, then ends the thread; what is left is dropped
+ * (and logged). */
+void b24_post_stop(double seconds)
+{
+    pthread_mutex_lock(&lock);
+    if (!started) {
+        pthread_mutex_unlock(&lock);
+        return;
+    }
+    double deadline = b24_now() + seconds;
+    while ((head || busy) && b24_now() < deadline) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&idle, &lock, &ts);
+    }
+    size_t dropped = queued;
+    while (head) {
+        post *p = head;
+        head = p->next;
+        post_free(p);
+    }
+    tail = NULL;
+    queued = 0;
+    stopping = 1;
+    pthread_cond_signal(&more);
+    pthread_mutex_unlock(&lock);
+    pthread_join(thread, NULL);
+    if (dropped) {
+        char n[24];
+        snprintf(n, sizeof n, "%zu", dropped);
+        b24_log(B24_WARN, "posts dropped at exit", "count", n, NULL);
+    }
+}
