@@ -500,7 +500,9 @@ local function run_order(commands)
    local deps = {}
    for _, label in ipairs(labels) do
       deps[label] = {}
-      for _, dep in string.gmatch(commands[label], "%$(%a+)%[([^%]]*)%]") do
+      -- references sit in the command's query string, usually percent-encoded (http_build_query)
+      local text = string_gsub(commands[label], "%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+      for _, dep in string.gmatch(text, "%$(%a+)%[([^%]]*)%]") do
          if commands[dep] and dep ~= label then deps[label][#deps[label] + 1] = dep end
       end
    end
@@ -571,26 +573,26 @@ end
 
 -- command line ---------------------------------------------------------------------------------
 
--- option, key, kind, description; kinds check and convert the value (flag takes none).
+-- option, key, kind, value name, description; kinds check and convert the value (flag takes none).
 local OPTIONS = {
-   { "--user-id", "user_id", "id", "the webhook's user id (1)" },
-   { "--code", "code", "secret", "the webhook code (a fixed development code by default)" },
-   { "--token", "token", "secret", "the application token sent with events" },
-   { "--events-to", "events_to", "url", "POST events to this URL (repeatable)" },
-   { "--domain", "domain", "text", "the portal domain in events (" .. events.DEFAULT_DOMAIN .. ")" },
-   { "--member-id", "member_id", "text", "auth[member_id] in events (derived from the domain)" },
-   { "--seed-leads", "seed_leads", "count", "start with N leads (0)" },
-   { "--seed-tasks", "seed_tasks", "count", "start with N tasks (0)" },
-   { "--latency", "latency_ms", "amount", "milliseconds added to each request (0)" },
-   { "--row-cost", "row_cost_us", "amount", "microseconds of processing per row returned (0)" },
-   { "--count-cost", "count_cost_us", "amount", "microseconds per row counted for a page's total (0)" },
-   { "--faults", "faults", "faults", "e.g. 503=0.2,500=0.05,reset=0.02,slow=0.01 (probabilities)" },
-   { "--slow-delay", "slow_delay", "amount", "seconds a slow fault holds the answer (10)" },
-   { "--enterprise", "enterprise", "flag", "leaky bucket 250/5 instead of 50/2" },
-   { "--operating-limit", "operating_limit", "positive", "operating seconds per method per 10 minutes (480)" },
-   { "--time-scale", "time_scale", "positive", "how much faster the limits' clock runs (1)" },
-   { "--data", "data", "text", "persist entities to this JSON file" },
-   { "--random-seed", "random_seed", "integer", "seed of the fault dice" },
+   { "--user-id", "user_id", "id", "N", "the webhook's user id (1)" },
+   { "--code", "code", "secret", "CODE", "the webhook code (a fixed development code by default)" },
+   { "--token", "token", "secret", "TOKEN", "the application token sent with events" },
+   { "--events-to", "events_to", "url", "URL", "POST events to this URL (repeatable)" },
+   { "--domain", "domain", "text", "DOMAIN", "the portal domain in events (" .. events.DEFAULT_DOMAIN .. ")" },
+   { "--member-id", "member_id", "text", "ID", "auth[member_id] in events (derived from the domain)" },
+   { "--seed-leads", "seed_leads", "count", "N", "start with N leads (0)" },
+   { "--seed-tasks", "seed_tasks", "count", "N", "start with N tasks (0)" },
+   { "--latency", "latency_ms", "amount", "MS", "milliseconds added to each request (0)" },
+   { "--row-cost", "row_cost_us", "amount", "US", "microseconds of processing per row returned (0)" },
+   { "--count-cost", "count_cost_us", "amount", "US", "microseconds per row counted for a page's total (0)" },
+   { "--faults", "faults", "faults", "SPEC", "e.g. 503=0.2,500=0.05,reset=0.02,slow=0.01 (probabilities)" },
+   { "--slow-delay", "slow_delay", "amount", "SECONDS", "seconds a slow fault holds the answer (10)" },
+   { "--enterprise", "enterprise", "flag", "", "leaky bucket 250/5 instead of 50/2" },
+   { "--operating-limit", "operating_limit", "positive", "SECONDS", "operating seconds per method per 10 minutes (480)" },
+   { "--time-scale", "time_scale", "positive", "X", "how much faster the limits' clock runs (1)" },
+   { "--data", "data", "text", "PATH", "persist entities to this JSON file" },
+   { "--random-seed", "random_seed", "integer", "N", "seed of the fault dice" },
 }
 local BY_NAME = {}
 for _, o in ipairs(OPTIONS) do BY_NAME[o[1]] = o end
@@ -598,8 +600,8 @@ for _, o in ipairs(OPTIONS) do BY_NAME[o[1]] = o end
 _M.USAGE = (function()
    local lines = { "emulator options:" }
    for _, o in ipairs(OPTIONS) do
-      local arg = o[3] == "flag" and "" or " " .. string.upper(string_gsub(o[2], "_.*", ""))
-      lines[#lines + 1] = string_format("  %-28s %s", o[1] .. arg, o[4])
+      local arg = o[4] == "" and "" or " " .. o[4]
+      lines[#lines + 1] = string_format("  %-28s %s", o[1] .. arg, o[5])
    end
    return table_concat(lines, "\n")
 end)()
