@@ -160,18 +160,46 @@ end
 -- Transports -----------------------------------------------------------------------------------
 
 -- The default transport: a libcurl session of bitrix24.core, with request_many when the core
--- has it.
+-- has it. A request marked `fresh` (a write) goes on a connection of its own: libcurl silently
+-- sends a request again when a reused keep-alive connection dies before any answer, which would
+-- repeat a write the portal may already have run.
 function _M.http_transport(opts)
    opts = opts or {}
-   local session = core.http{
+   local session_opts = {
       connect_timeout = opts.connect_timeout or 5, timeout = opts.timeout or 65,
       verify = opts.verify, ca_file = opts.ca_file, proxy = opts.proxy,
       user_agent = opts.user_agent or ("bitrix24-lua/" .. tostring(core._VERSION)),
    }
+   local session = core.http(session_opts)
+   local function one_shot(req)
+      local s = core.http(session_opts)
+      local res, msg, kind, sent = s:request(req)
+      s:close()
+      return res, msg, kind, sent
+   end
    local t = { session = session, now = core.now, sleep = core.sleep }
-   function t:request(req) return session:request(req) end
+   function t:request(req)
+      if req.fresh then return one_shot(req) end
+      return session:request(req)
+   end
    if session.request_many then
-      function t:request_many(reqs) return session:request_many(reqs) end
+      function t:request_many(reqs)
+         local shared, at, out = {}, {}, {}
+         for i, req in ipairs(reqs) do
+            if req.fresh then
+               local res, msg, kind, sent = one_shot(req)
+               out[i] = res or { error = msg, kind = kind, sent = sent }
+            else
+               shared[#shared + 1] = req
+               at[#shared] = i
+            end
+         end
+         if #shared > 0 then
+            local got = session:request_many(shared)
+            for j, r in ipairs(got) do out[at[j]] = r end
+         end
+         return out
+      end
    end
    function t:close() session:close() end
    return t
@@ -235,6 +263,7 @@ function _M.new(opts)
       now = now,
       sleep = transport.sleep or core.sleep,
       clock = opts.clock or os_time,
+      clock_set = opts.clock ~= nil,
       bucket = limit and new_bucket(limit.capacity, limit.drain, now) or nil,
       attempts = opts.retries or 8,
       backoff_base = backoff.base or 0.5,
@@ -286,9 +315,18 @@ end
 
 -- Remembers when a method's operating window resets (from a `time` of a response).
 function Client:_note_time(method, time)
-   if type(time) == "table" and tonumber(time.operating_reset_at) then
+   if type(time) ~= "table" then return end
+   if tonumber(time.operating_reset_at) then
       self.operating_reset[string_lower(method)] = tonumber(time.operating_reset_at)
    end
+   -- the portal's clock against ours: reset times are the portal's unix seconds
+   if tonumber(time.finish) and not self.clock_set then self.wall_offset = tonumber(time.finish) - self.now() end
+end
+
+-- The portal's unix time as well as we know it.
+function Client:wall()
+   if self.clock_set or not self.wall_offset then return self.clock() end
+   return self.now() + self.wall_offset
 end
 
 -- The seconds until a method may run again after OPERATION_TIME_LIMIT, or nil when too long.
@@ -296,7 +334,7 @@ function Client:_operating_delay(method, body)
    local reset = tonumber(type(body) == "table" and (body.operating_reset_at or
       type(body.time) == "table" and body.time.operating_reset_at)) or self.operating_reset[string_lower(method)]
    local wait = self.operating_wait
-   if reset then wait = reset - self.clock() end
+   if reset then wait = reset - self:wall() end
    if wait < 0.05 then wait = 0.05 end
    return wait
 end
@@ -363,7 +401,8 @@ end
 
 function Client:_http_request(job)
    local headers = { ["Content-Type"] = "application/json", ["Accept"] = "application/json" }
-   return { url = self.url .. job.method, method = "POST", headers = headers, body = job.body }
+   return { url = self.url .. job.method, method = "POST", headers = headers, body = job.body,
+            fresh = not job.idempotent }
 end
 
 -- Runs jobs (HTTP exchanges) to completion: concurrently through request_many when the transport
@@ -968,18 +1007,19 @@ end
 function Client:list(method, params, opts)
    local scan = self:_scanner(method, params, opts)
    local progress = opts and opts.on_progress
-   local buf, pos, count, finished = {}, 1, 0, false
+   local buf, pos, n, count, finished = {}, 1, 0, 0, false
    return function()
-      while pos > #buf do
+      while pos > n do
          if finished then return nil end
          buf, pos = {}, 1
          local more, err = scan:round(buf)
+         n = #buf
          if more == nil then
             finished = true
             return false, err
          end
          if not more then finished = true end
-         count = count + #buf
+         count = count + n
          if progress then progress(count, scan.estimate) end
       end
       local row = buf[pos]
