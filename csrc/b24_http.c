@@ -1,7 +1,9 @@
 /* The libcurl session object: one easy handle per session, so its connection cache gives
- * keep-alive across requests. No Lua code runs inside curl_easy_perform: the callbacks only
- * append to buffers owned by the userdata, so no Lua error can longjmp across libcurl, and a
- * raise anywhere else leaves nothing behind that __gc cannot free. */
+ * keep-alive across requests; request_many runs several requests at once on a multi handle the
+ * session keeps, with its own connection cache and a pool of easy handles. No Lua code runs
+ * inside curl_easy_perform or curl_multi_perform: the callbacks only append to buffers owned by
+ * the userdata, so no Lua error can longjmp across libcurl, and a raise anywhere else leaves
+ * nothing behind that __gc cannot free. */
 #include <ctype.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -20,17 +22,29 @@ typedef struct buffer {
     size_t len, cap;
 } buffer;
 
-typedef struct session {
+/* One easy handle and what its transfer writes. */
+typedef struct transfer {
     CURL *curl;
     struct curl_slist *req_headers; /* of the request under way; freed by the next one or gc */
     buffer body, head;
     size_t max_response;
     int too_large;
+    CURLcode rc; /* of a transfer on the multi handle */
+    char errbuf[CURL_ERROR_SIZE];
+} transfer;
+
+#define MANY_MAX 64 /* requests in one request_many */
+
+typedef struct session {
+    CURL *curl; /* == one.curl; NULL once closed */
+    transfer one;
+    CURLM *multi;          /* request_many's, created on first use */
+    transfer many[MANY_MAX]; /* its easy handles, created as needed */
+    size_t max_response;
     long connect_timeout_ms, timeout_ms;
     int verify, follow_redirects, http2, compressed;
     long max_redirects;
     char *ca_file, *proxy, *user_agent;
-    char errbuf[CURL_ERROR_SIZE];
 } session;
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
@@ -70,7 +84,7 @@ static void buffer_release(buffer *b, size_t keep)
 
 static size_t on_body(char *p, size_t size, size_t n, void *ud)
 {
-    session *s = ud;
+    transfer *s = ud;
     size_t bytes = size * n;
     if (s->body.len + bytes > s->max_response) {
         s->too_large = 1;
@@ -81,7 +95,7 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
 
 static size_t on_header(char *p, size_t size, size_t n, void *ud)
 {
-    session *s = ud;
+    transfer *s = ud;
     size_t bytes = size * n;
     if (bytes >= 5 && memcmp(p, "HTTP/", 5) == 0)
         s->head.len = 0; /* a new response (after 100 Continue or a redirect) */
@@ -210,9 +224,10 @@ static int l_http(lua_State *L)
         opt_string(L, 1, "proxy", &s->proxy);
         opt_string(L, 1, "user_agent", &s->user_agent);
     }
-    s->curl = curl_easy_init();
-    if (s->curl == NULL)
+    s->one.curl = curl_easy_init();
+    if (s->one.curl == NULL)
         return luaL_error(L, "libcurl could not create a handle");
+    s->curl = s->one.curl;
     return 1;
 }
 
@@ -224,7 +239,7 @@ static int has_crlf(const char *p, size_t n)
 }
 
 /* Builds s->req_headers from the table at t: { ["Name"] = "value", … }. Raises on misuse. */
-static void build_headers(lua_State *L, session *s, int t)
+static void build_headers(lua_State *L, transfer *s, int t)
 {
     s->req_headers = curl_slist_append(NULL, "Expect:"); /* no 100-continue round trip */
     if (s->req_headers == NULL)
@@ -342,14 +357,15 @@ static void push_headers(lua_State *L, const buffer *h)
     }
 }
 
-static void setopt_common(session *s, CURL *c)
+static void setopt_common(session *s, transfer *t)
 {
+    CURL *c = t->curl;
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, s->errbuf);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, t->errbuf);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, s);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, t);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, s);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, t);
     curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, s->verify ? 1L : 0L);
     curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, s->verify ? 2L : 0L);
@@ -371,53 +387,52 @@ static void setopt_common(session *s, CURL *c)
     curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)s->max_response);
 }
 
-/* session:request{ url, method = "GET", headers = {}, body = "", timeout, connect_timeout }
- *   -> { status, headers, body, http_version, reused } | nil, message, kind, sent */
-static int l_request(lua_State *L)
+/* Sets up t for the request table at index `req` (validated; raises on misuse). The body is
+ * used in place: the caller keeps the request table on the stack until the transfer ends. */
+static void prepare(lua_State *L, session *s, transfer *t, int req)
 {
-    session *s = check_session(L, 1);
-    luaL_checktype(L, 2, LUA_TTABLE);
-    lua_settop(L, 2);
-    lua_getfield(L, 2, "url");     /* 3 */
-    lua_getfield(L, 2, "method");  /* 4 */
-    lua_getfield(L, 2, "body");    /* 5 */
-    lua_getfield(L, 2, "headers"); /* 6 */
+    int top = lua_gettop(L);
+    lua_getfield(L, req, "url");     /* top+1 */
+    lua_getfield(L, req, "method");  /* top+2 */
+    lua_getfield(L, req, "body");    /* top+3 */
+    lua_getfield(L, req, "headers"); /* top+4 */
     size_t url_len, body_len = 0;
-    if (lua_type(L, 3) != LUA_TSTRING) /* before tolstring, which would turn a number into one */
-        return luaL_error(L, "bad request field 'url' (string expected)");
-    const char *url = lua_tolstring(L, 3, &url_len);
+    if (lua_type(L, top + 1) != LUA_TSTRING) /* before tolstring, which would turn a number into one */
+        luaL_error(L, "bad request field 'url' (string expected)");
+    const char *url = lua_tolstring(L, top + 1, &url_len);
     if (strlen(url) != url_len)
-        return luaL_error(L, "bad request field 'url' (embedded zero byte)");
-    if (!lua_isnil(L, 4) && lua_type(L, 4) != LUA_TSTRING)
-        return luaL_error(L, "bad request field 'method' (string expected)");
-    const char *method = lua_isnil(L, 4) ? "GET" : lua_tostring(L, 4);
+        luaL_error(L, "bad request field 'url' (embedded zero byte)");
+    if (!lua_isnil(L, top + 2) && lua_type(L, top + 2) != LUA_TSTRING)
+        luaL_error(L, "bad request field 'method' (string expected)");
+    const char *method = lua_isnil(L, top + 2) ? "GET" : lua_tostring(L, top + 2);
     if (*method == '\0' || strlen(method) > 32)
-        return luaL_error(L, "bad request field 'method' (upper-case token expected)");
+        luaL_error(L, "bad request field 'method' (upper-case token expected)");
     for (const char *m = method; *m; m++)
         if (!isupper((unsigned char)*m))
-            return luaL_error(L, "bad request field 'method' (upper-case token expected)");
+            luaL_error(L, "bad request field 'method' (upper-case token expected)");
     const char *body = NULL;
-    if (!lua_isnil(L, 5)) {
-        if (lua_type(L, 5) != LUA_TSTRING)
-            return luaL_error(L, "bad request field 'body' (string expected)");
-        body = lua_tolstring(L, 5, &body_len);
+    if (!lua_isnil(L, top + 3)) {
+        if (lua_type(L, top + 3) != LUA_TSTRING)
+            luaL_error(L, "bad request field 'body' (string expected)");
+        body = lua_tolstring(L, top + 3, &body_len); /* anchored by the request table */
         if (strcmp(method, "HEAD") == 0)
-            return luaL_error(L, "bad request field 'body' (a HEAD request has no body)");
+            luaL_error(L, "bad request field 'body' (a HEAD request has no body)");
     }
-    long timeout_ms = opt_ms(L, 2, "timeout", s->timeout_ms);
-    long connect_ms = opt_ms(L, 2, "connect_timeout", s->connect_timeout_ms);
+    long timeout_ms = opt_ms(L, req, "timeout", s->timeout_ms);
+    long connect_ms = opt_ms(L, req, "connect_timeout", s->connect_timeout_ms);
 
-    curl_slist_free_all(s->req_headers);
-    s->req_headers = NULL;
-    build_headers(L, s, 6);
+    curl_slist_free_all(t->req_headers);
+    t->req_headers = NULL;
+    build_headers(L, t, top + 4);
 
-    CURL *c = s->curl;
+    CURL *c = t->curl;
     curl_easy_reset(c); /* keeps the connection cache, DNS cache and TLS sessions */
-    setopt_common(s, c);
+    t->max_response = s->max_response;
+    setopt_common(s, t);
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, s->req_headers);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, t->req_headers);
     if (strcmp(method, "GET") == 0 && body == NULL) {
         curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
     } else if (strcmp(method, "HEAD") == 0) {
@@ -427,16 +442,20 @@ static int l_request(lua_State *L)
             curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
         if (body || strcmp(method, "POST") == 0) {
             curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
-            curl_easy_setopt(c, CURLOPT_POSTFIELDS, body ? body : ""); /* anchored at index 5 */
+            curl_easy_setopt(c, CURLOPT_POSTFIELDS, body ? body : "");
         }
     }
-    s->errbuf[0] = '\0';
-    s->too_large = 0;
-    s->body.len = 0;
-    s->head.len = 0;
+    t->errbuf[0] = '\0';
+    t->too_large = 0;
+    t->body.len = 0;
+    t->head.len = 0;
+    lua_settop(L, top);
+}
 
-    CURLcode rc = curl_easy_perform(c);
-
+/* After a transfer: pushes the response table (1 value), or nil, message, kind, sent (4). */
+static int push_result(lua_State *L, transfer *t, CURLcode rc)
+{
+    CURL *c = t->curl;
     if (rc != CURLE_OK) {
         /* Could any of the request have reached the server? Not while the transfer never got
          * as far as sending: libcurl sets the pretransfer time once a connection (fresh or
@@ -445,15 +464,15 @@ static int l_request(lua_State *L)
         curl_easy_getinfo(c, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);
         int never_sent = pretransfer == 0;
         lua_pushnil(L);
-        if (s->too_large) {
+        if (t->too_large) {
             char limit[32];
-            snprintf(limit, sizeof limit, "%zu", s->max_response);
+            snprintf(limit, sizeof limit, "%zu", t->max_response);
             lua_pushfstring(L, "response larger than the limit of %s bytes", limit);
         } else
-            lua_pushstring(L, s->errbuf[0] ? s->errbuf : curl_easy_strerror(rc));
-        lua_pushstring(L, classify(rc, s->too_large));
+            lua_pushstring(L, t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc));
+        lua_pushstring(L, classify(rc, t->too_large));
         lua_pushboolean(L, !never_sent); /* false: nothing can have reached the server */
-        buffer_release(&s->body, 1 << 20);
+        buffer_release(&t->body, 1 << 20);
         return 4;
     }
     long status = 0, version = 0, connects = 0;
@@ -463,9 +482,9 @@ static int l_request(lua_State *L)
     lua_createtable(L, 0, 5);
     lua_pushinteger(L, status);
     lua_setfield(L, -2, "status");
-    push_headers(L, &s->head);
+    push_headers(L, &t->head);
     lua_setfield(L, -2, "headers");
-    lua_pushlstring(L, s->body.data ? s->body.data : "", s->body.len);
+    lua_pushlstring(L, t->body.data ? t->body.data : "", t->body.len);
     lua_setfield(L, -2, "body");
     lua_pushstring(L, version == CURL_HTTP_VERSION_2_0 ? "2"
                       : version == CURL_HTTP_VERSION_1_0 ? "1.0"
@@ -473,25 +492,113 @@ static int l_request(lua_State *L)
     lua_setfield(L, -2, "http_version");
     lua_pushboolean(L, connects == 0);
     lua_setfield(L, -2, "reused");
-    buffer_release(&s->body, 1 << 20);
-    buffer_release(&s->head, 64 * 1024);
+    buffer_release(&t->body, 1 << 20);
+    buffer_release(&t->head, 64 * 1024);
     return 1;
+}
+
+/* session:request{ url, method = "GET", headers = {}, body = "", timeout, connect_timeout }
+ *   -> { status, headers, body, http_version, reused } | nil, message, kind, sent */
+static int l_request(lua_State *L)
+{
+    session *s = check_session(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+    prepare(L, s, &s->one, 2);
+    CURLcode rc = curl_easy_perform(s->one.curl);
+    return push_result(L, &s->one, rc);
+}
+
+/* session:request_many{ req, req, … } -> { res | { error, kind, sent }, … } in the same order:
+ * the requests run at once on the session's multi handle (at most MANY_MAX). */
+static int l_request_many(lua_State *L)
+{
+    session *s = check_session(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+    size_t n = (size_t)lua_rawlen(L, 2);
+    if (n > MANY_MAX)
+        return luaL_error(L, "request_many: at most %d requests at once", MANY_MAX);
+    if (s->multi == NULL && (s->multi = curl_multi_init()) == NULL)
+        return luaL_error(L, "libcurl could not create a multi handle");
+    for (size_t i = 0; i < n; i++) { /* every request checked and set up before any runs */
+        transfer *t = &s->many[i];
+        if (t->curl == NULL && (t->curl = curl_easy_init()) == NULL)
+            return luaL_error(L, "libcurl could not create a handle");
+        lua_rawgeti(L, 2, (lua_Integer)i + 1);
+        if (!lua_istable(L, -1))
+            return luaL_error(L, "request_many: request %d is not a table", (int)i + 1);
+        prepare(L, s, t, lua_gettop(L));
+        lua_pop(L, 1); /* its strings stay anchored by the list at index 2 */
+        curl_easy_setopt(t->curl, CURLOPT_PRIVATE, (void *)t);
+        t->rc = CURLE_OK;
+    }
+    for (size_t i = 0; i < n; i++)
+        curl_multi_add_handle(s->multi, s->many[i].curl);
+    int running = 0;
+    CURLMcode mc = curl_multi_perform(s->multi, &running);
+    while (mc == CURLM_OK && running > 0) {
+        mc = curl_multi_poll(s->multi, NULL, 0, 1000, NULL);
+        if (mc == CURLM_OK)
+            mc = curl_multi_perform(s->multi, &running);
+    }
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(s->multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        transfer *t = NULL;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
+        if (t)
+            t->rc = msg->data.result;
+    }
+    for (size_t i = 0; i < n; i++) {
+        curl_multi_remove_handle(s->multi, s->many[i].curl);
+        if (mc != CURLM_OK && s->many[i].rc == CURLE_OK) /* the multi loop itself failed */
+            s->many[i].rc = CURLE_RECV_ERROR;
+    }
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        int got = push_result(L, &s->many[i], s->many[i].rc);
+        if (got == 4) { /* nil, message, kind, sent -> { error, kind, sent } */
+            lua_createtable(L, 0, 3);
+            lua_insert(L, -4);
+            lua_setfield(L, -4, "sent");
+            lua_setfield(L, -3, "kind");
+            lua_setfield(L, -2, "error");
+            lua_remove(L, -2); /* the nil */
+        }
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    return 1;
+}
+
+static void transfer_free(transfer *t)
+{
+    if (t->curl) {
+        curl_easy_cleanup(t->curl);
+        t->curl = NULL;
+    }
+    curl_slist_free_all(t->req_headers);
+    t->req_headers = NULL;
+    free(t->body.data);
+    free(t->head.data);
+    memset(&t->body, 0, sizeof t->body);
+    memset(&t->head, 0, sizeof t->head);
 }
 
 /* Shared by close, __gc and __close: idempotent, leaves a closed session behind. */
 static int l_close(lua_State *L)
 {
     session *s = luaL_checkudata(L, 1, HTTP_MT);
-    if (s->curl) {
-        curl_easy_cleanup(s->curl);
-        s->curl = NULL;
+    s->curl = NULL;
+    transfer_free(&s->one);
+    for (size_t i = 0; i < MANY_MAX; i++)
+        transfer_free(&s->many[i]); /* removed from the multi handle after every run */
+    if (s->multi) {
+        curl_multi_cleanup(s->multi);
+        s->multi = NULL;
     }
-    curl_slist_free_all(s->req_headers);
-    s->req_headers = NULL;
-    free(s->body.data);
-    free(s->head.data);
-    memset(&s->body, 0, sizeof s->body);
-    memset(&s->head, 0, sizeof s->head);
     free(s->ca_file);
     free(s->proxy);
     free(s->user_agent);
@@ -522,6 +629,7 @@ static int l_features(lua_State *L)
 
 static const luaL_Reg session_methods[] = {
     {"request", l_request},
+    {"request_many", l_request_many},
     {"close", l_close},
     {NULL, NULL},
 };

@@ -326,6 +326,71 @@ describe("bitrix24.core.http", function()
     end)
   end)
 
+  describe("request_many", function()
+    it("runs the requests at once and returns the answers in order", function()
+      local http = core.http { timeout = 20 }
+      finally(function() http:close() end)
+      local reqs = {}
+      for i = 1, 8 do
+        reqs[i] = { url = plain.url .. "/barrier?n=8&key=many1&i=" .. i, method = "POST", body = "b" .. i }
+      end
+      local out = http:request_many(reqs)
+      assert.equal(8, #out)
+      for i = 1, 8 do
+        assert.equal(200, out[i].status, tostring(out[i].error))
+        local got = decode(out[i])
+        assert.equal(8, got.arrived) -- no answer before all eight had arrived
+        assert.equal("n=8&key=many1&i=" .. i, got.query)
+        assert.equal("b" .. i, got.body)
+      end
+    end)
+
+    it("keeps its connections alive from one call to the next", function()
+      local http = core.http()
+      finally(function() http:close() end)
+      local before = decode(http:request { url = plain.url .. "/stats" })
+      local reqs = {}
+      for i = 1, 4 do reqs[i] = { url = plain.url .. "/barrier?n=4&key=alive1" } end
+      for _, r in ipairs(http:request_many(reqs)) do assert.equal(200, r.status) end
+      for i = 1, 4 do reqs[i] = { url = plain.url .. "/barrier?n=4&key=alive2" } end
+      local second = http:request_many(reqs)
+      local after = decode(http:request { url = plain.url .. "/stats" })
+      for _, r in ipairs(second) do assert.is_true(r.reused) end
+      assert.equal(4, after.connections - before.connections)
+    end)
+
+    it("reports a failure in its own slot with kind and sent, the others answered", function()
+      local http = core.http { timeout = 10 }
+      finally(function() http:close() end)
+      local out = http:request_many {
+        { url = plain.url .. "/echo?a=1" },
+        { url = "http://127.0.0.1:" .. closed_port() .. "/x" },
+        { url = plain.url .. "/hangup" },
+        { url = tls.url .. "/echo" }, -- self-signed: refused
+      }
+      assert.equal(200, out[1].status)
+      assert.is_nil(out[2].status)
+      assert.equal("connect", out[2].kind)
+      assert.is_false(out[2].sent)
+      assert.equal("recv", out[3].kind)
+      assert.is_true(out[3].sent)
+      assert.equal("tls", out[4].kind)
+      assert.is_string(out[4].error)
+    end)
+
+    it("returns an empty list for no requests and refuses misuse", function()
+      local http = core.http()
+      finally(function() http:close() end)
+      assert.same({}, http:request_many {})
+      assert.has_error(function() http:request_many { "x" } end)
+      assert.has_error(function() http:request_many { { url = 1 } } end)
+      local many = {}
+      for i = 1, 65 do many[i] = { url = plain.url } end
+      assert.has_error(function() http:request_many(many) end)
+      assert.has_error(function() http:request_many() end)
+    end)
+  end)
+
   describe("failures", function()
     it("returns kind 'connect' with connected = false when the port is closed", function()
       local http = core.http()

@@ -67,6 +67,7 @@ listener:settimeout(0)
 local _, port = listener:getsockname()
 
 local stats = { connections = 0, requests = 0 }
+local barriers = {} -- /barrier: arrivals by key
 
 -- ---- scheduler: coroutines wait for a socket to become readable ("r") or writable ("w") ----
 
@@ -378,6 +379,16 @@ local function route(sock, req, conn_id)
     while receive(sock, 1) do -- until the client gives up and closes
     end
     return "close"
+  elseif path == "/barrier" then
+    -- answers only once n requests with this key have arrived: proves they were in flight at once
+    local n = tonumber(req.query:match("n=(%d+)") or "2")
+    local key = req.query:match("key=(%w+)") or ""
+    barriers[key] = (barriers[key] or 0) + 1
+    while barriers[key] < n do
+      wait("w", sock) -- writable at once: back next round of the scheduler
+    end
+    respond(sock, req, 200, json_type, cjson.encode({ arrived = barriers[key], query = req.query,
+      body = req.body }), { close = wants_close })
   elseif path == "/stats" then
     respond(sock, req, 200, json_type, cjson.encode(stats), { close = wants_close })
   else
