@@ -46,8 +46,19 @@ static size_t discard(char *p, size_t size, size_t n, void *ud)
     return size * n;
 }
 
+/* The URL as logged: its origin only, since a path or query may carry a secret. */
+static void origin(const char *url, char *out, size_t n)
+{
+    const char *host = strstr(url, "://");
+    host = host ? host + 3 : url;
+    size_t len = (size_t)(host - url) + strcspn(host, "/?#");
+    snprintf(out, n, "%.*s%s", (int)len, url, url[len] ? "/..." : "");
+}
+
 static void deliver(CURL *c, post *p)
 {
+    char where[300];
+    origin(p->url, where, sizeof where);
     curl_easy_setopt(c, CURLOPT_URL, p->url);
     curl_easy_setopt(c, CURLOPT_POST, 1L);
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, p->body);
@@ -65,12 +76,12 @@ static void deliver(CURL *c, post *p)
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
     snprintf(status, sizeof status, "%ld", code);
     if (rc != CURLE_OK)
-        b24_log(B24_WARN, "post failed; not retried", "url", p->url, "error", curl_easy_strerror(rc),
+        b24_log(B24_WARN, "post failed; not retried", "url", where, "error", curl_easy_strerror(rc),
                 NULL);
     else if (code < 200 || code > 299)
-        b24_log(B24_WARN, "post refused; not retried", "url", p->url, "status", status, NULL);
+        b24_log(B24_WARN, "post refused; not retried", "url", where, "status", status, NULL);
     else
-        b24_log(B24_DEBUG, "posted", "url", p->url, "status", status, NULL);
+        b24_log(B24_DEBUG, "posted", "url", where, "status", status, NULL);
 }
 
 static void *run(void *unused)
@@ -95,7 +106,7 @@ static void *run(void *unused)
         if (c)
             deliver(c, p);
         else
-            b24_log(B24_WARN, "post failed; not retried", "url", p->url, "error", "no curl handle", NULL);
+            b24_log(B24_WARN, "post failed; not retried", "error", "no curl handle", NULL);
         post_free(p);
         pthread_mutex_lock(&lock);
         busy = 0;
