@@ -23,7 +23,7 @@ PREFIX ?= /usr/local
 HOST_LIBS := -llua5.4 -lmicrohttpd -lsqlite3
 ASAN  := $(BUILD)/asan/bitrix24/core.so
 
-.PHONY: all test check install fuzz fuzz-run bench clean format lint
+.PHONY: all rock rock-install test check install fuzz fuzz-run bench clean format lint
 
 all: $(SO54) $(SO51) $(B24)
 
@@ -43,6 +43,21 @@ $(BUILD)/b24_embedded.c: $(LUA_SRC) scripts/embed.lua Makefile
 $(B24): $(SRC) $(HDR) $(HOST_SRC) csrc/host/b24_host.h $(BUILD)/b24_embedded.c
 	$(CC) $(BASE) -fvisibility=default $(CFLAGS) $(LUA54_INC) -Icsrc -Icsrc/host -o $@ \
 	  $(SRC) $(HOST_SRC) $(BUILD)/b24_embedded.c $(LIBS) $(HOST_LIBS) -Wl,-E
+
+# `luarocks make` (build.type "make" in the rockspec): bitrix24.core for the Lua luarocks
+# builds for (LUA_INCDIR), b24, and an install of both with the Lua modules.
+ROCK_SO := $(BUILD)/rock/bitrix24/core.so
+LIBFLAG ?= -shared
+LUA_INCDIR ?= /usr/include/lua5.4
+rock: $(B24)
+	@mkdir -p $(dir $(ROCK_SO))
+	$(CC) $(BASE) $(CFLAGS) -I$(LUA_INCDIR) $(LIBFLAG) -o $(ROCK_SO) $(SRC) $(LIBS)
+
+rock-install:
+	install -d $(INST_LIBDIR)/bitrix24 $(INST_BINDIR)
+	install -m 755 $(ROCK_SO) $(INST_LIBDIR)/bitrix24/core.so
+	cd lua && find bitrix24 -name '*.lua' -exec install -D -m 644 {} $(abspath $(INST_LUADIR))/{} \;
+	install -m 755 $(B24) $(INST_BINDIR)/b24
 
 install: $(B24)
 	install -d $(DESTDIR)$(PREFIX)/bin

@@ -27,35 +27,26 @@ external_dependencies = {
    -- does not, so the library alone locates libcurl.
    CURL = { library = "curl" },
    OPENSSL = { header = "openssl/hmac.h", library = "crypto" },
+   -- the b24 host program (it embeds its own Lua 5.4, whatever Lua the rock is for)
+   MICROHTTPD = { header = "microhttpd.h", library = "microhttpd" },
+   SQLITE = { header = "sqlite3.h", library = "sqlite3" },
 }
 
+-- The Makefile builds bitrix24.core for the Lua luarocks targets (its headers in LUA_INCDIR)
+-- and the b24 program, and installs them with every module under lua/.
 build = {
-   type = "builtin",
-   modules = {
-      ["bitrix24.core"] = {
-         sources = {
-            "csrc/b24_arena.c",
-            "csrc/b24_core.c",
-            "csrc/b24_crypto.c",
-            "csrc/b24_form.c",
-            "csrc/b24_form_parse.c",
-            "csrc/b24_http.c",
-            "csrc/b24_time.c",
-         },
-         defines = { "_DEFAULT_SOURCE" },
-         incdirs = { "csrc", "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
-         libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
-         libraries = { "curl", "crypto", "pthread", "m" },
-      },
-      ["bitrix24"] = "lua/bitrix24/init.lua",
-      ["bitrix24.cli"] = "lua/bitrix24/cli.lua",
-      ["bitrix24.client"] = "lua/bitrix24/client.lua",
-      ["bitrix24.emulator"] = "lua/bitrix24/emulator.lua",
-      ["bitrix24.emulator.crm"] = "lua/bitrix24/emulator/crm.lua",
-      ["bitrix24.emulator.events"] = "lua/bitrix24/emulator/events.lua",
-      ["bitrix24.emulator.tasks"] = "lua/bitrix24/emulator/tasks.lua",
-      ["bitrix24.event"] = "lua/bitrix24/event.lua",
-      ["bitrix24.router"] = "lua/bitrix24/router.lua",
+   type = "make",
+   build_target = "rock",
+   build_variables = {
+      CFLAGS = "$(CFLAGS)",
+      LIBFLAG = "$(LIBFLAG)",
+      LUA_INCDIR = "$(LUA_INCDIR)",
+   },
+   install_target = "rock-install",
+   install_variables = {
+      INST_LIBDIR = "$(LIBDIR)",
+      INST_LUADIR = "$(LUADIR)",
+      INST_BINDIR = "$(BINDIR)",
    },
 }
 

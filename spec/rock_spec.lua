@@ -30,5 +30,19 @@ io.write(b._VERSION, " ", b.core.form_encode{ a = { 1, 2 } }, " ", type(r.accept
       assert.equal(0, rc, run)
       assert.equal("0.1.0 a%5B0%5D=1&a%5B1%5D=2 function e7ea21c3", run)
     end)
+
+    it("installs a working b24 program into the tree's bin", function()
+      assert.truthy(tree, "the install above ran")
+      local bin = tree .. "/bin/b24"
+      local out, code = b24.exec(b24.clean .. b24.quote(bin) .. " --version")
+      assert.equal(0, code, out)
+      assert.matches("^b24 0%.1%.0", out)
+      local script = b24.write(tree .. "/probe.lua", [[
+local b = require "bitrix24"
+print(b.core.form_encode{ x = "y" }, type(b.client), type(require("bitrix24.emulator").main))]])
+      out, code = b24.exec(b24.clean .. b24.quote(bin) .. " run " .. b24.quote(script))
+      assert.equal(0, code, out)
+      assert.equal("x=y\tfunction\tfunction\n", out)
+    end)
   end)
 end
