@@ -470,33 +470,99 @@ local function remember(self, key, now)
    self.seen_order[self.seen_tail] = { key, expiry }
 end
 
+-- Claims a dedup key for a run of the handlers: false for a duplicate (seen, or pending), else
+-- true with the key marked pending while the handlers run, so a delivery arriving meanwhile (a
+-- host whose handlers yield) is coalesced with this one.
+local function claim(self, key)
+   local now = self.now()
+   prune(self, now)
+   local state = self.seen[key]
+   if state == true or (state and state > now) then return false end
+   if state == nil then self.seen_count = self.seen_count + 1 end
+   self.seen[key] = true
+   return true
+end
+
+-- Forgets a claimed key whose handlers failed, so a redelivery runs them again.
+local function release(self, key)
+   if self.seen[key] ~= nil then
+      self.seen[key] = nil
+      self.seen_count = self.seen_count - 1
+   end
+end
+
 -- accept, in-memory deduplication and dispatch in one call, for hosts without an inbox.
 -- Returns status, headers, body.
 function _M.handle(self, request)
    local verdict = self:accept(request)
    if verdict.status ~= 200 then return verdict.status, verdict.headers, verdict.body end
-   local now = self.now()
-   prune(self, now)
    local key = verdict.key
-   local state = self.seen[key]
-   if state == true or (state and state > now) then
-      return 200, json_headers(), DUPLICATE_BODY
-   end
-   -- pending while the handlers run, so a delivery arriving meanwhile (a host whose handlers
-   -- yield) is coalesced with this one
-   if state == nil then self.seen_count = self.seen_count + 1 end
-   self.seen[key] = true
+   if not claim(self, key) then return 200, json_headers(), DUPLICATE_BODY end
    local ctx = default_ctx(self)
    local ok, err = self:dispatch({ body = verdict.event.raw, event = verdict.event }, ctx)
    if not ok then
-      self.seen[key] = nil
-      self.seen_count = self.seen_count - 1
+      release(self, key)
       pcall(ctx.log, "error", "handler failed",
             { event = verdict.event.name, id = verdict.event.id, error = err })
       return 500, json_headers(), HANDLER_FAILED_BODY
    end
    remember(self, key, self.now())
    return 200, json_headers(), OK_BODY
+end
+
+-- Inside nginx (content_by_lua*): reads the request (the body from memory or from the file nginx
+-- spilled it to, 413 over max_body), answers at once, and runs the handlers of an accepted, new
+-- event after the response in an ngx.timer, with the in-memory deduplication of handle. ctx.log
+-- is the router's log or ngx.log; a failing handler is logged, never raised, and its key
+-- forgotten so a redelivery runs it again. Returns the status answered.
+function _M.handle_ngx(self)
+   local host = require "bitrix24.ngx"
+   local ngx = host.api()
+   local log = self.log or host.log
+   local request, status, reason = host.read_request(self.max_body)
+   if not request then
+      local v = answer(status, reason)
+      host.respond(v.status, v.headers, v.body)
+      return v.status
+   end
+   local ok, verdict = pcall(self.accept, self, request) -- a bad key function raises
+   if not ok then
+      pcall(log, "error", "accept failed", { error = verdict })
+      verdict = answer(500, "delivery could not be accepted")
+   end
+   if verdict.status ~= 200 then
+      host.respond(verdict.status, verdict.headers, verdict.body)
+      return verdict.status
+   end
+   local key, event = verdict.key, verdict.event
+   if not claim(self, key) then
+      host.respond(200, json_headers(), DUPLICATE_BODY)
+      return 200
+   end
+   -- a timer runs in the worker's Lua state once this request handler yields or ends, as a
+   -- light thread of its own: cosockets, ngx.sleep and ngx.run_worker_thread work there. It also
+   -- runs when nginx is shutting down (premature), since Bitrix24 does not send an event twice.
+   local function run()
+      local ctx = { attempt = 1, log = log, client = self.client }
+      local done, res, err = pcall(self.dispatch, self, { body = event.raw, event = event }, ctx)
+      if done and res then
+         remember(self, key, self.now())
+         return
+      end
+      release(self, key)
+      pcall(log, "error", "handler failed",
+            { event = event.name, id = event.id, error = done and err or res })
+   end
+   local scheduled, why = ngx.timer.at(0, run)
+   if not scheduled then
+      release(self, key)
+      pcall(log, "error", "handlers could not be scheduled", { event = event.name, error = why })
+      local v = answer(503, "handlers could not be scheduled")
+      host.respond(v.status, v.headers, v.body)
+      return v.status
+   end
+   host.respond(200, json_headers(), OK_BODY)
+   return 200
 end
 
 return _M
