@@ -205,6 +205,13 @@ function _M.http_transport(opts)
    return t
 end
 
+-- Whether this runs inside nginx's http subsystem (ngx_lua / OpenResty), where the default
+-- transport is bitrix24.transport.ngx.
+function _M.in_nginx()
+   local ngx = rawget(_G, "ngx")
+   return type(ngx) == "table" and type(ngx.config) == "table" and ngx.config.subsystem == "http"
+end
+
 -- Client ---------------------------------------------------------------------------------------
 
 local Client = {}
@@ -229,7 +236,8 @@ local function host_log()
 end
 
 -- bitrix24.client(url | opts) → client. opts: url (the webhook prefix …/rest/USER/CODE/),
--- transport, timeout (65), connect_timeout (5), verify, ca_file, proxy, limit ("standard",
+-- transport (bitrix24.transport.ngx inside nginx, thread_pool naming its pool; the C http
+-- session elsewhere), timeout (65), connect_timeout (5), verify, ca_file, proxy, limit ("standard",
 -- "enterprise", false, {capacity, drain}), retries (attempts per request, 8), backoff ({base,
 -- cap} seconds), max_wait (the longest OPERATION_TIME_LIMIT wait, 600 s), operating_wait (the
 -- wait when the reset time is unknown, 10 s), parallel (requests at once in exports and
@@ -247,7 +255,14 @@ function _M.new(opts)
    local secrets = { code, opts.auth }
    local mask = masker(secrets)
    local transport = opts.transport
-   if transport == nil then
+   if transport == nil and _M.in_nginx() then
+      -- inside OpenResty: cosockets or worker threads, never a blocking call in the worker
+      transport = require("bitrix24.transport.ngx").new{
+         timeout = opts.timeout, connect_timeout = opts.connect_timeout, verify = opts.verify,
+         ca_file = opts.ca_file, proxy = opts.proxy, thread_pool = opts.thread_pool,
+         user_agent = opts.user_agent or ("bitrix24-lua/" .. tostring(core._VERSION)),
+      }
+   elseif transport == nil then
       transport = _M.http_transport(opts)
    elseif type(transport) ~= "table" or type(transport.request) ~= "function" then
       error("bitrix24.client: bad option 'transport' (a table with request expected)", 2)
