@@ -7,8 +7,11 @@ set -euo pipefail
 build=(build-essential pkg-config ca-certificates
        lua5.4 liblua5.4-dev liblua5.1-0-dev luajit2 libluajit2-5.1-dev lua-cjson luarocks
        libcurl4-openssl-dev libssl-dev libmicrohttpd-dev libsqlite3-dev)
-test=("${build[@]}" lua-busted lua-socket lua-sec openssl curl php-cli clang libclang-rt-14-dev)
-bench=("${test[@]}" wrk nginx libnginx-mod-http-lua nodejs linux-perf)
+# nginx + libnginx-mod-http-lua (which pulls lua-resty-core, lua-resty-lrucache and OpenResty's
+# libluajit2) for spec/openresty_spec.lua
+test=("${build[@]}" lua-busted lua-socket lua-sec openssl curl php-cli clang libclang-rt-14-dev
+      nginx libnginx-mod-http-lua)
+bench=("${test[@]}" wrk nodejs linux-perf)
 
 case "${1:-}" in
   build) want=("${build[@]}") ;;
