@@ -73,6 +73,12 @@ function Nginx:stop()
   self.stopped = true
   os.execute("kill -QUIT " .. self.pid .. " 2>/dev/null")
   self:wait_log("b24-exit=")
+  -- B24_NGINX_LOG=FILE keeps the logs of the run's nginx instances, for a look after a failure
+  local keep = os.getenv("B24_NGINX_LOG")
+  if keep then
+    local f = io.open(keep, "ab")
+    if f then f:write(self:log(), "\n"); f:close() end
+  end
   os.execute("kill " .. self.tail_pid .. " 2>/dev/null")
   self.stream:close()
   self.http:close()
@@ -164,6 +170,58 @@ local function post_chunked(port, path, body)
   return tonumber(all:match("^HTTP/1%.%d (%d+)")), all
 end
 
+describe("the rock from luarocks --lua-version=5.1 make, in nginx", function()
+  local tree, emu, srv
+  setup(function()
+    tree = b24.tmpdir()
+    local out, code = b24.exec(("cd %s && luarocks --lua-version=5.1 --tree=%s make --deps-mode=none bitrix24-scm-1.rockspec")
+      :format(b24.quote(ROOT), b24.quote(tree)))
+    assert(code == 0, out)
+    emu = emulator(0)
+    srv = start_nginx{
+      env = "B24_APP_TOKEN=" .. TOKEN .. " B24_WEBHOOK_URL=" .. webhook(emu),
+      -- only the tree and the example's handler: no lua/ or build/ of the checkout
+      links = { examples = ROOT .. "/examples" },
+      transform = function(conf)
+        local n1, n2
+        conf, n1 = conf:gsub('lua_package_path "[^"]*";', ('lua_package_path "%s/share/lua/5.1/?.lua;%s/share/lua/5.1/?/init.lua;$prefix/examples/openresty/?.lua;;";')
+          :format(tree, tree))
+        conf, n2 = conf:gsub('lua_package_cpath "[^"]*";', ('lua_package_cpath "%s/lib/lua/5.1/?.so;;";'):format(tree))
+        assert(n1 == 1 and n2 == 1, "the example's package paths moved")
+        return conf
+      end,
+    }
+  end)
+  teardown(function()
+    if srv then srv:stop() end
+    if emu then emu:stop() end
+    if tree then os.execute("rm -rf " .. b24.quote(tree)) end
+  end)
+
+  it("loads through lua_package_path/cpath: an event is answered and its handler calls REST", function()
+    local res = post(srv, event_body("ONCRMLEADADD", "3"))
+    assert.equal(200, res.status)
+    assert.equal('{"success":true}', res.body)
+    assert.truthy(srv:wait_log('lead fetched id=3 title="Lead #3"'))
+  end)
+
+  it("logs a failing handler, keeps the worker, and runs the handler again on a redelivery", function()
+    local from = #srv.lines + 1
+    local body = event_body("ONCRMLEADADD", "999") -- no such lead in the emulator
+    assert.equal(200, post(srv, body).status)
+    local line = assert(srv:wait_log("handler failed", from))
+    assert.matches("[error]", line, 1, true)
+    assert.matches("crm.lead.get 999", line, 1, true)
+    assert.not_matches(CODE, line, 1, true)
+    -- the same worker answers, and the failed delivery is not taken for a duplicate
+    from = #srv.lines + 1
+    local res = post(srv, body)
+    assert.equal('{"success":true}', res.body)
+    assert.truthy(srv:wait_log("handler failed", from))
+    assert.is_false(srv:logged("worker process", from)) -- no worker restarted
+  end)
+end)
+
 describe("OpenResty (examples/openresty/nginx.conf)", function()
   local nginx_ok = b24.exec("test -x " .. NGINX .. " && test -f /usr/lib/nginx/modules/ngx_http_lua_module.so")
   assert(nginx_ok ~= nil)
@@ -214,8 +272,6 @@ describe("OpenResty (examples/openresty/nginx.conf)", function()
 ]] }
   end)
   teardown(function()
-    -- B24_NGINX_LOG=FILE keeps nginx's log of the run for a look after a failure
-    if srv and os.getenv("B24_NGINX_LOG") then b24.write(os.getenv("B24_NGINX_LOG"), srv:log()) end
     if srv then srv:stop() end
     if emu then emu:stop() end
     if slow then slow:stop() end
