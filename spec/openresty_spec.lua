@@ -170,6 +170,24 @@ local function post_chunked(port, path, body)
   return tonumber(all:match("^HTTP/1%.%d (%d+)")), all
 end
 
+describe("outside nginx", function()
+  it("the ngx pieces raise a clear error, and the client keeps its C transport", function()
+    local bitrix24 = require "bitrix24"
+    local r = bitrix24.router{ token = "t" }
+    local ok, err = pcall(r.handle_ngx, r)
+    assert.is_false(ok)
+    assert.matches("only inside nginx", err, 1, true)
+    ok, err = pcall(require("bitrix24.transport.ngx").new)
+    assert.is_false(ok)
+    assert.matches("only inside nginx", err, 1, true)
+    assert.is_false(require("bitrix24.transport.ngx").available())
+    assert.is_false(require("bitrix24.client").in_nginx())
+    local c = bitrix24.client{ url = "http://127.0.0.1:1/rest/1/code/" }
+    assert.is_nil(c.transport.backend)
+    assert.equal(core.now, c.now)
+  end)
+end)
+
 describe("the rock from luarocks --lua-version=5.1 make, in nginx", function()
   local tree, emu, srv
   setup(function()
