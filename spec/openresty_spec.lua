@@ -173,7 +173,12 @@ end
 describe("outside nginx", function()
   it("the ngx pieces raise a clear error, and the client keeps its C transport", function()
     local bitrix24 = require "bitrix24"
-    local r = bitrix24.router{ token = "t" }
+    for _, bad in ipairs{ 0, 1.5, -1, "2" } do
+      local ok, err = pcall(bitrix24.router, { token = "t", max_running = bad })
+      assert.is_false(ok)
+      assert.matches("max_running", err, 1, true)
+    end
+    local r = bitrix24.router{ token = "t", max_running = 10 }
     local ok, err = pcall(r.handle_ngx, r)
     assert.is_false(ok)
     assert.matches("only inside nginx", err, 1, true)
@@ -250,6 +255,9 @@ describe("OpenResty (examples/openresty/nginx.conf)", function()
     slow = emulator(2000)
     srv = start_nginx{
       env = "B24_APP_TOKEN=" .. TOKEN .. " B24_WEBHOOK_URL=" .. webhook(slow),
+      transform = function(conf)
+        return (conf:gsub("\nhttp {\n", "\nhttp {\n  lua_shared_dict spec 64k;\n", 1))
+      end,
       extra = [[
     location = /t/transport {
       content_by_lua_block {
@@ -283,6 +291,24 @@ describe("OpenResty (examples/openresty/nginx.conf)", function()
         local ok, err = pcall(t.request, t, { url = "http://127.0.0.1:1/" })
         ngx.say(tostring(ok), " ", tostring(err))
       }
+    }
+    location = /t/limited {
+      content_by_lua_block {
+        local limited = package.loaded.spec_limited
+        if not limited then
+          limited = require("bitrix24").router{ token = os.getenv("B24_APP_TOKEN"), max_running = 1 }
+          limited:on("*", function(event, ctx)
+            ctx.log("info", "limited started", { id = event.id })
+            while not ngx.shared.spec:get("release") do ngx.sleep(0.01) end
+            ctx.log("info", "limited done", { id = event.id })
+          end)
+          package.loaded.spec_limited = limited
+        end
+        limited:handle_ngx()
+      }
+    }
+    location = /t/release {
+      content_by_lua_block { ngx.shared.spec:set("release", true) ngx.say("released") }
     }
     location = /t/ping {
       content_by_lua_block { ngx.say("pong") }
@@ -362,6 +388,27 @@ describe("OpenResty (examples/openresty/nginx.conf)", function()
       assert.truthy(srv:wait_log("id=134904", from))
       assert.is_false(srv:logged("id=134902", from))
       assert.is_false(srv:logged("id=134903", from))
+    end)
+  end)
+
+  describe("handlers running", function()
+    it("answers 503 while max_running handlers run, and 200 again once they are done", function()
+      local from = #srv.lines + 1
+      local res = assert(srv:request{ method = "POST", path = "/t/limited", headers = FORM,
+                                      body = event_body("ONCRMCONTACTADD", "135001") })
+      assert.equal(200, res.status)
+      assert.truthy(srv:wait_log("limited started id=135001", from))
+      res = assert(srv:request{ method = "POST", path = "/t/limited", headers = FORM,
+                                body = event_body("ONCRMCONTACTADD", "135002") })
+      assert.equal(503, res.status)
+      assert.same({ error = "too many handlers running" }, cjson.decode(res.body))
+      assert.equal("released\n", assert(srv:request{ method = "GET", path = "/t/release" }).body)
+      assert.truthy(srv:wait_log("limited done id=135001", from))
+      -- the refused delivery was not remembered: sent again, it runs
+      res = assert(srv:request{ method = "POST", path = "/t/limited", headers = FORM,
+                                body = event_body("ONCRMCONTACTADD", "135002") })
+      assert.equal('{"success":true}', res.body)
+      assert.truthy(srv:wait_log("limited done id=135002", from))
     end)
   end)
 

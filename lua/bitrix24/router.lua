@@ -42,6 +42,9 @@ local STANDARD_WEBHOOKS_TOLERANCE = 300
 local DEDUP_TTL = 86400
 local DEDUP_MAX = 100000
 local MAX_BODY = 1048576
+-- below ngx_lua's default lua_max_running_timers (256): past that nginx drops a timer with
+-- only an alert in its log, which would lose an event already answered 200
+local MAX_RUNNING = 200
 local JSON_TYPE = "application/json"
 
 local function json_headers()
@@ -113,7 +116,9 @@ end
 -- Creates a router. Options: token | tokens ({ [member_id or domain] = token }), secret +
 -- signature_header, standard_webhooks_secret, max_age, insecure, dedup_ttl, dedup_max, key,
 -- max_body, limits ({ max_depth, max_pairs }), now, client (ctx.client in handle), log
--- (ctx.log in handle). Raises on misuse, including no verification unless insecure = true.
+-- (ctx.log in handle), max_running (handle_ngx: at most this many nginx timers running or
+-- pending in the worker when an event comes, else 503; 200).
+-- Raises on misuse, including no verification unless insecure = true.
 function _M.new(opts)
    if opts == nil then opts = {} end
    if type(opts) ~= "table" then error("bad argument #1 to 'router' (table of options expected)", 2) end
@@ -168,6 +173,10 @@ function _M.new(opts)
    local ok, err = pcall(core.form_decode, "", limits)
    if not ok then error("bad option 'limits' (" .. tostring(err) .. ")", 2) end
    local dedup_max = check_number(opts, "dedup_max", DEDUP_MAX)
+   local max_running = check_number(opts, "max_running", MAX_RUNNING)
+   if max_running < 1 or max_running ~= math_floor(max_running) then
+      error("bad option 'max_running' (a whole number from 1 expected)", 2)
+   end
    local self = {
       token_digest = token and sha256(token, "raw"),
       tokens = tokens,
@@ -178,6 +187,7 @@ function _M.new(opts)
       max_age = check_seconds(opts, "max_age", nil),
       dedup_ttl = check_seconds(opts, "dedup_ttl", DEDUP_TTL),
       dedup_max = dedup_max,
+      max_running = max_running,
       key_function = opts.key,
       max_body = max_body,
       limits = limits,
@@ -535,6 +545,15 @@ function _M.handle_ngx(self)
       return verdict.status
    end
    local key, event = verdict.key, verdict.event
+   -- nginx's own counts, so a timer it dropped leaves no count behind
+   local timer = ngx.timer
+   if timer.running_count() + timer.pending_count() >= self.max_running then
+      pcall(log, "error", "too many handlers running", { event = event.name, id = event.id,
+                                                         max_running = self.max_running })
+      local v = answer(503, "too many handlers running")
+      host.respond(v.status, v.headers, v.body)
+      return v.status
+   end
    if not claim(self, key) then
       host.respond(200, json_headers(), DUPLICATE_BODY)
       return 200
