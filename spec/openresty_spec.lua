@@ -89,6 +89,8 @@ end
 -- the checkout (or opts.links), build/5.1 to the 5.1-ABI build; the listen port is a free one;
 -- extra is spliced in as locations of the server. env: "NAME=value …" for nginx.
 local function start_nginx(opts)
+  local _, present = b24.exec("test -x " .. NGINX .. " && test -f /usr/lib/nginx/modules/ngx_http_lua_module.so")
+  assert(present == 0, "nginx with ngx_lua is missing: scripts/deps.sh test installs nginx and libnginx-mod-http-lua")
   local dir = b24.tmpdir()
   local links = opts.links or {
     lua = ROOT .. "/lua", examples = ROOT .. "/examples", ["build/5.1"] = ROOT .. "/build/5.1",
@@ -246,9 +248,6 @@ describe("the rock from luarocks --lua-version=5.1 make, in nginx", function()
 end)
 
 describe("OpenResty (examples/openresty/nginx.conf)", function()
-  local nginx_ok = b24.exec("test -x " .. NGINX .. " && test -f /usr/lib/nginx/modules/ngx_http_lua_module.so")
-  assert(nginx_ok ~= nil)
-
   local emu, slow, srv
   setup(function()
     emu = emulator(0)
