@@ -268,6 +268,39 @@ describe("examples/lead_sync.lua", function()
   end)
 end)
 
+describe("examples/lead_sync.lua when the external system is down", function()
+  it("retries a delivery that cannot connect, then keeps it as a dead letter", function()
+    local dir = b24.tmpdir()
+    local app, portal = portal_and_app(dir, "lead_sync.lua",
+      { SYNC_URL = "http://127.0.0.1:" .. free_port() .. "/api/leads", SYNC_TOKEN = SYNC_TOKEN })
+    finally(function()
+      portal:stop()
+      app:stop()
+      os.execute("rm -rf " .. q(dir))
+    end)
+    local status, body = emu.call(portal, "crm.lead.add", { fields = { TITLE = "Nowhere", NAME = "Ivan" } })
+    assert.equal(200, status)
+    assert(app:wait_log("delivery moved to the dead letters"), app:log())
+    local failed = lines_with(app, "delivery failed")
+    assert.equal(4, #failed, app:log()) -- --max-attempts 4
+    for i, line in ipairs(failed) do
+      assert.matches("attempt=" .. i, line, 1, true)
+      assert.matches("lead_sync: lead " .. emu.str(body.result) .. " not synced: connect: ", line, 1, true)
+    end
+    assert_no_secrets(app, portal)
+  end)
+
+  it("does not start without its settings, and says which one is missing", function()
+    for _, case in ipairs{ { "lead_sync.lua", "SYNC_TOKEN" }, { "telegram_notify.lua", "TELEGRAM_BOT_TOKEN" } } do
+      local out, code = run(("B24_APP_TOKEN=t B24_WEBHOOK_URL=http://127.0.0.1:1/rest/1/c0de/ SYNC_URL=http://127.0.0.1:1/"
+        .. " env -u SYNC_TOKEN -u TELEGRAM_BOT_TOKEN %s serve --listen 127.0.0.1:0 --inbox memory examples/%s")
+        :format(q(b24.bin), case[1]))
+      assert.equal(1, code, out)
+      assert.matches(case[1]:gsub("%.lua$", "") .. ": set " .. case[2], out, 1, true)
+    end
+  end)
+end)
+
 describe("examples/telegram_notify.lua", function()
   local dir, tg, app, portal
   setup(function()
