@@ -731,7 +731,9 @@ int b24_cmd_serve(int argc, char **argv)
         fprintf(stderr, "b24 serve: bad B24_MAX_BODY '%s' (bytes, with optional K or M)\n", env);
         return 2;
     }
-    if (b24_log_configure(getenv("B24_LOG_FORMAT"), getenv("B24_LOG_LEVEL"))) {
+    const char *log_format = getenv("B24_LOG_FORMAT"), *log_level = getenv("B24_LOG_LEVEL");
+    if (b24_log_configure(log_format && *log_format ? log_format : NULL, /* empty = unset */
+                          log_level && *log_level ? log_level : NULL)) {
         fprintf(stderr, "b24 serve: bad B24_LOG_FORMAT or B24_LOG_LEVEL\n");
         return 2;
     }

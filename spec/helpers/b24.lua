@@ -136,6 +136,47 @@ function M.start(opts)
   return self
 end
 
+-- M.spawn(shell_command [, opts]): any command under the log streamer, its stderr and stdout
+-- (opts.stdout = true) in the log; a Server without a port (wait_log, signal, stop work).
+-- opts.listening = true waits for b24's "listening" line and reads the port from it.
+function M.spawn(command, opts)
+  opts = opts or {}
+  local dir = M.tmpdir()
+  local log = dir .. "/b24.log"
+  local inner = opts.stdout and ("exec 1>&2; " .. command) or command
+  local cmd = M.clean .. shell_quote(M.root .. "/spec/helpers/run-b24.sh") .. " " .. shell_quote(log) ..
+    " bash -c " .. shell_quote(inner)
+  local stream = assert(io.popen(cmd))
+  local self = setmetatable({ dir = dir, stream = stream, lines = {}, http = core.http{ timeout = 30 } }, Server)
+  while not (self.pid and self.tail_pid) do
+    local line = assert(stream:read("l"), "the streamer ended")
+    self.pid = self.pid or line:match("^pid=(%d+)$")
+    self.tail_pid = self.tail_pid or line:match("^tail=(%d+)$")
+    if not line:match("^pid=") and not line:match("^tail=") then self.lines[#self.lines + 1] = line end
+  end
+  if opts.listening then
+    local line, seen = self:wait_log("listening")
+    if not line then
+      self.stopped = true
+      os.execute("kill " .. self.tail_pid .. " 2>/dev/null")
+      stream:close()
+      error("the command did not start:\n" .. tostring(seen))
+    end
+    self.port = tonumber(line:match('address"?[=:]"?[%d.]+:(%d+)'))
+    self.base = "http://127.0.0.1:" .. self.port
+  end
+  return self
+end
+
+-- A loopback port free at the moment of the call.
+function M.free_port()
+  local socket = require "socket"
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
 local has_emulate
 -- True when the binary has the `emulate` command.
 function M.has_emulate()
