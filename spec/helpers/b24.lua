@@ -99,6 +99,34 @@ function Server:stop(sig)
   return self.exit_code
 end
 
+-- A Server for the run-b24.sh command line cmd: its pid and its streamer's, log lines so far.
+local function attach(cmd, dir)
+  local stream = assert(io.popen(cmd))
+  local self = setmetatable({ dir = dir, stream = stream, lines = {}, http = core.http{ timeout = 30 } }, Server)
+  while not (self.pid and self.tail_pid) do
+    local line = assert(stream:read("l"), "the streamer ended")
+    self.pid = self.pid or line:match("^pid=(%d+)$")
+    self.tail_pid = self.tail_pid or line:match("^tail=(%d+)$")
+    if not line:match("^pid=") and not line:match("^tail=") then self.lines[#self.lines + 1] = line end
+  end
+  return self
+end
+
+-- Waits for b24's "listening" line (logfmt or JSON) and takes the port from it; raises with the
+-- log when the command exited first.
+function Server:listening()
+  local line, seen = self:wait_log("listening")
+  if not line then
+    self.stopped = true
+    os.execute("kill " .. self.tail_pid .. " 2>/dev/null")
+    self.stream:close()
+    error("b24 did not start:\n" .. tostring(seen))
+  end
+  self.port = tonumber(line:match('address"?[=:]"?[%d.]+:(%d+)'))
+  self.base = "http://127.0.0.1:" .. self.port
+  return self
+end
+
 -- M.start{ script = "return function(req) … end" (source) or script_path = …, args = {…} }
 -- (opts.command = "emulate" runs `b24 emulate` with args and no script)
 function M.start(opts)
@@ -115,25 +143,9 @@ function M.start(opts)
     shell_quote(M.root .. "/spec/helpers/run-b24.sh"), shell_quote(log), shell_quote(M.bin),
     command, table.concat(args, " "), script)
   cmd = M.clean .. (opts.env or "") .. " " .. cmd
-  local stream = assert(io.popen(cmd))
-  local self = setmetatable({ dir = dir, script = script, stream = stream, lines = {},
-                              http = core.http{ timeout = 30 } }, Server)
-  while not (self.pid and self.tail_pid) do
-    local line = assert(stream:read("l"), "the server's streamer ended")
-    self.pid = self.pid or line:match("^pid=(%d+)$")
-    self.tail_pid = self.tail_pid or line:match("^tail=(%d+)$")
-    if not line:match("^pid=") and not line:match("^tail=") then self.lines[#self.lines + 1] = line end
-  end
-  local line, seen = self:wait_log("listening") -- logfmt or JSON
-  if not line then
-    self.stopped = true
-    os.execute("kill " .. self.tail_pid .. " 2>/dev/null")
-    stream:close()
-    error("b24 serve did not start:\n" .. tostring(seen))
-  end
-  self.port = tonumber(line:match('address"?[=:]"?127%.0%.0%.1:(%d+)'))
-  self.base = "http://127.0.0.1:" .. self.port
-  return self
+  local self = attach(cmd, dir)
+  self.script = script
+  return self:listening()
 end
 
 -- M.spawn(shell_command [, opts]): any command under the log streamer, its stderr and stdout
@@ -146,25 +158,8 @@ function M.spawn(command, opts)
   local inner = opts.stdout and ("exec 1>&2; " .. command) or command
   local cmd = M.clean .. shell_quote(M.root .. "/spec/helpers/run-b24.sh") .. " " .. shell_quote(log) ..
     " bash -c " .. shell_quote(inner)
-  local stream = assert(io.popen(cmd))
-  local self = setmetatable({ dir = dir, stream = stream, lines = {}, http = core.http{ timeout = 30 } }, Server)
-  while not (self.pid and self.tail_pid) do
-    local line = assert(stream:read("l"), "the streamer ended")
-    self.pid = self.pid or line:match("^pid=(%d+)$")
-    self.tail_pid = self.tail_pid or line:match("^tail=(%d+)$")
-    if not line:match("^pid=") and not line:match("^tail=") then self.lines[#self.lines + 1] = line end
-  end
-  if opts.listening then
-    local line, seen = self:wait_log("listening")
-    if not line then
-      self.stopped = true
-      os.execute("kill " .. self.tail_pid .. " 2>/dev/null")
-      stream:close()
-      error("the command did not start:\n" .. tostring(seen))
-    end
-    self.port = tonumber(line:match('address"?[=:]"?[%d.]+:(%d+)'))
-    self.base = "http://127.0.0.1:" .. self.port
-  end
+  local self = attach(cmd, dir)
+  if opts.listening then self:listening() end
   return self
 end
 
