@@ -7,6 +7,7 @@ local core = require "bitrix24.core"
 local crm = require "bitrix24.emulator.crm"
 local tasks = require "bitrix24.emulator.tasks"
 local events = require "bitrix24.emulator.events"
+local batch_labels = require "bitrix24.emulator.labels"
 local cjson = require("cjson.safe").new()
 
 local type = type
@@ -406,7 +407,9 @@ function Portal:handle(request)
    if self:blocked(name) then return finish_response(latency, respond_error(BLOCKED)) end
    local arrival = self.wall()
    self.sim, self.t_wall, self.t_mono = 0, arrival + latency, now()
+   self.request = request -- batch reads the order of its commands from the raw text
    local result, meta, time = self:call(name, parameters(request))
+   self.request = nil
    local delay = latency + self.sim
    if self.dirty and self.data_path then
       local ok, err = self:save()
@@ -488,9 +491,17 @@ local function substitute(v, sections)
    return table_concat(out)
 end
 
--- Labels in the order the portal runs them: natural order ("c2" before "c10"), moved later only
--- when they reference a label not yet run (a decoded map has lost the caller's order).
-local function run_order(commands)
+-- Labels in the order the portal runs them: the order sent (`sent`, read from the request text),
+-- as a portal does. Without it, natural order ("c2" before "c10"), moved later only when they
+-- reference a label not yet run.
+local function run_order(commands, sent)
+   if sent then
+      local order, seen = {}, {}
+      for _, label in ipairs(sent) do
+         if commands[label] and not seen[label] then seen[label] = true; order[#order + 1] = label end
+      end
+      if #order == #sent then return order end
+   end
    local labels = {}
    for label in pairs(commands) do labels[#labels + 1] = label end
    local function natural(s)
@@ -537,7 +548,7 @@ function Portal:batch(params)
    local halt = to_text(params.halt)
    halt = halt == "1" or halt == "Y" or halt == "true"
    local sections = { result = {}, result_error = {}, result_total = {}, result_next = {}, result_time = {} }
-   local order = run_order(commands)
+   local order = run_order(commands, self.request and batch_labels.of(self.request))
    for i, label in ipairs(order) do
       local err
       if i > BATCH_MAX then
