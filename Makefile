@@ -23,7 +23,7 @@ PREFIX ?= /usr/local
 HOST_LIBS := -llua5.4 -lmicrohttpd -lsqlite3
 ASAN  := $(BUILD)/asan/bitrix24/core.so
 
-.PHONY: all rock rock-install test check install fuzz fuzz-run bench clean format lint
+.PHONY: all rock rock-install test check install fuzz fuzz-run bench clean format lint fidelity
 
 all: $(SO54) $(SO51) $(B24)
 
@@ -112,6 +112,11 @@ bench: all
 # on the same file; zero lost (CRASHTEST_ARGS, e.g. --events 20000 --senders 8 --kill-after 5000)
 crashtest: $(B24)
 	lua5.4 scripts/crashtest.lua $(CRASHTEST_ARGS)
+
+# The official JS SDKs (@bitrix24/b24jssdk, @2bad/bitrix from npm), unmodified, against b24 emulate
+# behind TLS (nginx): a call, a batch with references, a list of 10,000 leads; PASS/FAIL per check
+fidelity: $(B24)
+	scripts/fidelity.sh
 
 format:
 	clang-format -i csrc/*.c csrc/*.h fuzz/*.c
