@@ -11,13 +11,14 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 LEADS=${FIDELITY_LEADS:-10000}
+B24=${B24_BIN:-build/b24} # another b24 (e.g. build/asan/b24) with B24_BIN
 CODE=fidelity0code0001 # the webhook code of this throwaway portal (not a secret)
 
 die() { echo "fidelity: $*" >&2; exit 1; }
 for c in node npm nginx openssl; do
   command -v "$c" >/dev/null || die "$c is missing: scripts/deps.sh bench installs it"
 done
-build/b24 emulate --help >/dev/null 2>&1 || die "build/b24 emulate is missing: run make"
+"$B24" emulate --help >/dev/null 2>&1 || die "$B24 emulate is missing: run make"
 
 # The SDKs, exactly as locked. npm ci only when the lock changed since the last install.
 if [[ ! -f fidelity/node_modules/.package-lock.json ||
@@ -60,7 +61,7 @@ openssl x509 -req -in "$tmp/server.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -
 # --enterprise (bucket 250/5): the b24jssdk client is configured for the same plan. Each list
 # check uses a fresh SDK client, whose limiter knows nothing of the calls before it: --time-scale
 # drains the portal's bucket 20 times faster so they do not queue behind 503s (not under test here).
-build/b24 emulate --listen 127.0.0.1:0 --seed-leads "$LEADS" --code "$CODE" --enterprise --time-scale 20 \
+"$B24" emulate --listen 127.0.0.1:0 --seed-leads "$LEADS" --code "$CODE" --enterprise --time-scale 20 \
     > "$tmp/emulator.log" 2>&1 &
 pids+=($!)
 emu=""
