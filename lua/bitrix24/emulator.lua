@@ -492,22 +492,20 @@ local function substitute(v, sections)
 end
 
 -- Labels in the order the portal runs them: the order sent (`sent`, read from the request text),
--- as a portal does. Without it, natural order ("c2" before "c10"), moved later only when they
--- reference a label not yet run.
+-- as a portal does, or natural order ("c2" before "c10") when unknown; a label is moved later only
+-- when it references a label not yet run.
 local function run_order(commands, sent)
-   if sent then
-      local order, seen = {}, {}
-      for _, label in ipairs(sent) do
-         if commands[label] and not seen[label] then seen[label] = true; order[#order + 1] = label end
-      end
-      if #order == #sent then return order end
-   end
    local labels = {}
    for label in pairs(commands) do labels[#labels + 1] = label end
    local function natural(s)
       return (string_gsub(s, "%d+", function(d) return string.rep("0", 20 - #d) .. d end))
    end
    table_sort(labels, function(a, b) return natural(a) < natural(b) end)
+   if sent then
+      local rank = {}
+      for i, label in ipairs(sent) do rank[label] = rank[label] or i end
+      table_sort(labels, function(a, b) return (rank[a] or math.huge) < (rank[b] or math.huge) end)
+   end
    local deps = {}
    for _, label in ipairs(labels) do
       deps[label] = {}
