@@ -32,8 +32,8 @@ usage: b24 call [--webhook URL] METHOD [JSON | key=value…]
 ]]
 
 local function host()
-   local h = package.loaded["bitrix24.host"]
-   if type(h) == "table" then return h end
+   local ok, h = pcall(require, "bitrix24.host") -- only inside b24
+   if ok and type(h) == "table" then return h end
    return nil
 end
 
@@ -70,7 +70,7 @@ _M.pairs_to_params = pairs_to_params
 
 local function json_object(text)
    local v = cjson.decode(text)
-   if type(v) ~= "table" then return nil, "the parameters must be a JSON object" end
+   if type(v) ~= "table" or v[1] ~= nil then return nil, "the parameters must be a JSON object" end
    return v
 end
 
@@ -93,7 +93,7 @@ local function parse(argv, from, env)
          opts.webhook = string_sub(a, 11)
       elseif string_sub(a, 1, 11) == "--parallel=" then
          opts.parallel = string_sub(a, 12)
-      elseif string_sub(a, 1, 2) == "--" and #pos == 0 then
+      elseif string_sub(a, 1, 2) == "--" then
          return nil, "unknown option " .. a
       else
          pos[#pos + 1] = a

@@ -6,6 +6,14 @@
 local core = require "bitrix24.core"
 local cjson = require("cjson.safe").new()
 
+-- lua-cjson decodes every JSON number as a float on Lua 5.3+; an id a method returns (121, not
+-- 121.0) and counts are given back as integers there. Rows keep what the portal sent (strings).
+local tointeger = math.tointeger
+local function integral(v)
+   if tointeger and type(v) == "number" then return tointeger(v) or v end
+   return v
+end
+
 local type = type
 local pairs = pairs
 local ipairs = ipairs
@@ -230,15 +238,16 @@ local function check_limit(limit)
 end
 
 local function host_log()
-   local host = package.loaded["bitrix24.host"]
-   if type(host) == "table" and type(host.log) == "function" then return host.log end
+   local ok, host = pcall(require, "bitrix24.host") -- only inside b24
+   if ok and type(host) == "table" and type(host.log) == "function" then return host.log end
    return nil
 end
 
 -- bitrix24.client(url | opts) → client. opts: url (the webhook prefix …/rest/USER/CODE/),
 -- transport (bitrix24.transport.ngx inside nginx, thread_pool naming its pool; the C http
 -- session elsewhere), timeout (65), connect_timeout (5), verify, ca_file, proxy, limit ("standard",
--- "enterprise", false, {capacity, drain}), retries (attempts per request, 8), backoff ({base,
+-- "enterprise", false, {capacity, drain}), retries (attempts per request, 8), connect_retries
+-- (attempts while the portal cannot be reached, 3), backoff ({base,
 -- cap} seconds), max_wait (the longest OPERATION_TIME_LIMIT wait, 600 s), operating_wait (the
 -- wait when the reset time is unknown, 10 s), parallel (requests at once in exports and
 -- call_many, 8), log (function(level, msg, fields)), auth (an OAuth access token, masked too),
@@ -281,6 +290,7 @@ function _M.new(opts)
       clock_set = opts.clock ~= nil,
       bucket = limit and new_bucket(limit.capacity, limit.drain, now) or nil,
       attempts = opts.retries or 8,
+      connect_attempts = opts.connect_retries or 3,
       backoff_base = backoff.base or 0.5,
       backoff_cap = backoff.cap or 30,
       max_wait = opts.max_wait or 600,
@@ -364,7 +374,8 @@ function Client:_settle(job, res, msg, kind, sent)
       if kind == "too_large" or kind == "tls" then
          err.retryable = false
       elseif sent == false or kind == "connect" or kind == "dns" then
-         err.retryable, retry = true, true          -- nothing reached the server
+         err.retryable = true                       -- nothing reached the server
+         retry = job.attempt < self.connect_attempts -- but a portal that is down stays down a while
       else
          err.ambiguous = true                       -- the portal may have run it
          err.retryable = job.idempotent
@@ -393,6 +404,7 @@ function Client:_settle(job, res, msg, kind, sent)
             retry = job.idempotent
          end
       elseif status >= 200 and status < 300 and type(body) == "table" then
+         body.result, body.total, body.next = integral(body.result), integral(body.total), integral(body.next)
          job.env = body
          self:_note_time(job.method, body.time)
          return true
@@ -639,7 +651,8 @@ function Client:_split_batch(prep, env)
       local method = prep.methods[label]
       local time = section_value(r.result_time, label)
       self:_note_time(method, time)
-      meta[key] = { total = section_value(r.result_total, label), next = section_value(r.result_next, label),
+      meta[key] = { total = integral(section_value(r.result_total, label)),
+                    next = integral(section_value(r.result_next, label)),
                     time = time }
       local e = section_value(r.result_error, label)
       local has_result = type(r.result) == "table" and (r.result[label] ~= nil or
@@ -653,7 +666,7 @@ function Client:_split_batch(prep, env)
          failed = true
          halted_at = halted_at or label
       elseif has_result then
-         local v = section_value(r.result, label)
+         local v = integral(section_value(r.result, label))
          results[key] = v == nil and cjson.null or v
       else
          errors[key] = Error.new{ code = "NOT_RUN", method = method, label = label,
