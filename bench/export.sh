@@ -141,26 +141,29 @@ echo "== emulator at $emu ($LEADS leads, --latency 50 --row-cost 20 --count-cost
 
 # --- request counting from the emulator's log --------------------------------------------------
 marks=0
-mark() { # sends a marker request and waits for its log line; prints the log's line count then
+mark_line=0
+mark() { # sends a marker request, waits for its log line, sets mark_line to the log's length then
   marks=$((marks + 1))
   curl -s -o /dev/null "http://$emu/mark/$marks" || true
   for ((j = 0; j < 200; j++)); do
     grep -q "path=/mark/$marks " "$tmp/emulator.log" && break
     sleep 0.05
   done
-  wc -l < "$tmp/emulator.log"
+  mark_line=$(wc -l < "$tmp/emulator.log")
 }
 requests_between() { # from to: REST requests logged between two marks
-  sed -n "$(($1 + 1)),$2p" "$tmp/emulator.log" | grep -E 'msg="?request' | grep -c 'path=/rest/' || true
+  sed -n "$(($1 + 1)),$2p" "$tmp/emulator.log" | grep -E 'msg="?request' | grep -cE 'path="?/rest/' || true
 }
 
 results=()
 run() { # name, command…
   local name=$1; shift
   local from to out n
-  from=$(mark)
+  mark
+  from=$mark_line
   out=$("$@") || die "$name failed: $out"
-  to=$(mark)
+  mark
+  to=$mark_line
   n=$(requests_between "$from" "$to")
   results+=("$name|$n|$out")
   echo "   $name: $out, $n HTTP requests" >&2
