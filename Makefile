@@ -85,11 +85,16 @@ $(ASAN_B24): $(SRC) $(HDR) $(HOST_SRC) csrc/host/b24_host.h $(BUILD)/b24_embedde
 check: $(ASAN) $(ASAN_B24)
 	scripts/test.sh sanitizers
 
-# libFuzzer targets (clang): the form parser and the hex/base64 decoders.
-FUZZ_TARGETS := form_decode base64_decode hex_decode
+# libFuzzer targets (clang): the form parser, the hex/base64 decoders and the log masker.
+FUZZ_TARGETS := form_decode base64_decode hex_decode mask
 FUZZ_BIN := $(FUZZ_TARGETS:%=$(BUILD)/fuzz/%)
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS := -std=c11 -D_DEFAULT_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined $(LUA54_INC)
+
+# the log masker of b24 (csrc/host/b24_log.c), which every logged value goes through
+$(BUILD)/fuzz/mask: fuzz/fuzz_mask.c fuzz/fuzz.h csrc/host/b24_log.c csrc/host/b24_host.h
+	@mkdir -p $(@D)
+	clang $(FUZZ_FLAGS) -Icsrc -Icsrc/host -Ifuzz -o $@ $< csrc/host/b24_log.c
 
 $(BUILD)/fuzz/%: fuzz/fuzz_%.c fuzz/fuzz.h $(SRC) $(HDR)
 	@mkdir -p $(@D)

@@ -129,6 +129,16 @@ describe("b24 serve", function()
     assert.not_matches("abcdef0123456789", srv:log(), 1, true)
   end)
 
+  it("logs a request whose path is longer than a log field holds, and goes on serving", function()
+    local long = "/rest/1/abcdef123456/batch?" .. string.rep("cmd%5Bc0%5D=crm.lead.list%3Fstart%3D5000&", 150)
+    assert.is_true(#long > 6000)
+    local res = assert(srv:request{ path = long })
+    assert.equal(201, res.status)
+    assert(srv:wait_log("path=\"/rest/1/***/batch?cmd"))
+    assert.equal(201, (assert(srv:request{ path = "/after-long" })).status)
+    assert(srv:wait_log("path=/after-long"))
+  end)
+
   it("refuses malformed HTTP in the server library, never reaching the handler", function()
     local socket = require "socket"
     local c = assert(socket.connect("127.0.0.1", srv.port))

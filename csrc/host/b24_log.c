@@ -58,12 +58,14 @@ size_t b24_mask(const char *s, size_t len, char *out, size_t n)
     size_t o = 0;
     if (n == 0)
         return 0;
+/* ch is evaluated once, whether or not it still fits (PUT(s[i++]) must always advance) */
 #define PUT(ch)                                                                                   \
     do {                                                                                          \
+        char put_ = (ch);                                                                         \
         if (o + 1 < n)                                                                            \
-            out[o++] = (ch);                                                                      \
+            out[o++] = put_;                                                                      \
     } while (0)
-    for (size_t i = 0; i < len;) {
+    for (size_t i = 0; i < len && o + 1 < n;) { /* stops once out is full */
         /* /rest/<user id>/<code>/ : the incoming-webhook secret */
         if (len - i > 6 && memcmp(s + i, "/rest/", 6) == 0) {
             size_t j = i + 6;
