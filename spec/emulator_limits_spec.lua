@@ -42,8 +42,8 @@ describe("emulator cost model", function()
    end)
 
    it("sums a batch's sub-calls into the batch's processing, each sub-call timed on its own", function()
-      local _, body = call(srv, "batch", { cmd = { c0 = "crm.lead.list?select[]=ID",
-                                                   c1 = "crm.lead.list?select[]=ID&start=50" } })
+      local _, body = emu.batch(srv, { { "c0", "crm.lead.list?select[]=ID" },
+                                       { "c1", "crm.lead.list?select[]=ID&start=50" } })
       local r = body.result.result_time
       assert.is_true(r.c0.processing >= 0.125)
       assert.is_true(r.c1.processing >= 0.125)

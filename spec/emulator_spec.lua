@@ -1,6 +1,7 @@
 -- b24 serve examples/emulate.lua over real HTTP: webhook routing, parameters, envelopes and
 -- PHP JSON shapes, the CRM entities and their lists, batch, the leaky bucket, faults and latency.
 local b24 = require "helpers.b24"
+local emu = require "helpers.emulator"
 local core = require "bitrix24.core"
 local cjson = require "cjson"
 
@@ -277,12 +278,12 @@ describe("b24 emulate (examples/emulate.lua)", function()
 
    describe("batch", function()
       it("runs commands in order with whole-value and inline references", function()
-         local status, body = call(srv, "batch", { halt = 0, cmd = {
-            c0 = "crm.lead.add?fields[TITLE]=from+batch",
-            c1 = "crm.lead.get?id=$result[c0]",
-            c2 = "crm.lead.update?id=$result[c0]&fields[TITLE]=renamed+$result[c1][TITLE]",
-            c3 = "crm.lead.get?id=$result[c1][ID]",
-         } })
+         local status, body = emu.batch(srv, {
+            { "c0", "crm.lead.add?fields[TITLE]=from+batch" },
+            { "c1", "crm.lead.get?id=$result[c0]" },
+            { "c2", "crm.lead.update?id=$result[c0]&fields[TITLE]=renamed+$result[c1][TITLE]" },
+            { "c3", "crm.lead.get?id=$result[c1][ID]" },
+         }, { halt = 0 })
          assert.equal(200, status)
          local r = body.result
          assert.equal("number", type(r.result.c0))
@@ -295,12 +296,12 @@ describe("b24 emulate (examples/emulate.lua)", function()
       end)
 
       it("chains list pages with $result[…][49][ID], $next and $total", function()
-         local _, body = call(srv, "batch", { cmd = {
-            c0 = "crm.lead.list?filter[%3C%3DID]=120&select[]=ID&order[ID]=ASC",
-            c1 = "crm.lead.list?filter[>ID]=$result[c0][49][ID]&filter[%3C%3DID]=120&select[]=ID&order[ID]=ASC&start=-1",
-            c2 = "crm.lead.list?filter[%3C%3DID]=120&select[]=ID&start=$next[c0]",
-            c3 = "crm.lead.get?id=$total[c0]",
-         } })
+         local _, body = emu.batch(srv, {
+            { "c0", "crm.lead.list?filter[%3C%3DID]=120&select[]=ID&order[ID]=ASC" },
+            { "c1", "crm.lead.list?filter[>ID]=$result[c0][49][ID]&filter[%3C%3DID]=120&select[]=ID&order[ID]=ASC&start=-1" },
+            { "c2", "crm.lead.list?filter[%3C%3DID]=120&select[]=ID&start=$next[c0]" },
+            { "c3", "crm.lead.get?id=$total[c0]" },
+         })
          local r = body.result
          assert.equal("51", r.result.c1[1].ID)
          assert.equal("51", r.result.c2[1].ID)
@@ -312,13 +313,13 @@ describe("b24 emulate (examples/emulate.lua)", function()
       end)
 
       it("reports per-command errors in result_error; halt stops at the first", function()
-         local _, body = call(srv, "batch", { cmd = { a = "crm.lead.get?id=99999", b = "crm.lead.get?id=1",
-                                                     c = "no.such.method" } })
+         local _, body = emu.batch(srv, { { "a", "crm.lead.get?id=99999" }, { "b", "crm.lead.get?id=1" },
+                                          { "c", "no.such.method" } })
          local r = body.result
          assert.same({ error = "", error_description = "Not found" }, r.result_error.a)
          assert.equal("ERROR_METHOD_NOT_FOUND", r.result_error.c.error)
          assert.equal("1", r.result.b.ID)
-         _, body = call(srv, "batch", { halt = 1, cmd = { a = "crm.lead.get?id=99999", b = "crm.lead.get?id=1" } })
+         _, body = emu.batch(srv, { { "a", "crm.lead.get?id=99999" }, { "b", "crm.lead.get?id=1" } }, { halt = 1 })
          assert.is_not_nil(body.result.result_error.a)
          assert.is_nil(body.result.result.b)
       end)
@@ -337,8 +338,8 @@ describe("b24 emulate (examples/emulate.lua)", function()
 
       it("runs 50 commands and refuses the rest with ERROR_BATCH_LENGTH_EXCEEDED", function()
          local cmd = {}
-         for i = 0, 51 do cmd["c" .. i] = "crm.lead.get?id=" .. (i + 1) end
-         local status, body = call(srv, "batch", { cmd = cmd })
+         for i = 0, 51 do cmd[i + 1] = { "c" .. i, "crm.lead.get?id=" .. (i + 1) } end
+         local status, body = emu.batch(srv, cmd)
          assert.equal(200, status)
          local r = body.result
          assert.equal("50", r.result.c49.ID)

@@ -21,6 +21,17 @@ function M.call(srv, method, params, opts)
    return res.status, (res.body ~= "" and cjson.decode(res.body) or nil), res.body
 end
 
+-- A batch whose commands go in the order given, as a portal runs them in the order sent (a Lua
+-- table encoded by cjson would send them in any order): cmds = { {label, "method?query"}, … },
+-- extra = other top-level fields (halt, …).
+function M.batch(srv, cmds, extra)
+   local parts = {}
+   for i, c in ipairs(cmds) do parts[i] = cjson.encode(c[1]) .. ":" .. cjson.encode(c[2]) end
+   local head = ""
+   for k, v in pairs(extra or {}) do head = head .. cjson.encode(k) .. ":" .. cjson.encode(v) .. "," end
+   return M.call(srv, "batch", nil, { body = "{" .. head .. '"cmd":{' .. table.concat(parts, ",") .. "}}" })
+end
+
 -- One call with a form body (and an optional query string).
 function M.form(srv, method, body, query)
    local res = assert(srv:request{ method = "POST", path = M.path(method) .. (query and "?" .. query or ""),
