@@ -327,6 +327,32 @@ local function query(store, params, opts)
    local name_of = opts and opts.name
    local conditions = parse_filter(store.def, params.filter, name_of)
    local order = parse_order(params.order, name_of)
+   -- start=-1 in ID order: a page read from the ID index, as a database does (store.ids ascends)
+   local by_id = #order == 0 or (#order == 1 and order[1].name == "ID" and not order[1].desc)
+   if tonumber(to_text(params.start) or "") == -1 and by_id then
+      local first = 1
+      for _, c in ipairs(conditions) do
+         local n = c.name == "ID" and type(c.value) == "string" and tonumber(c.value)
+         if n and (c.op == ">" or c.op == ">=") then
+            local lo, hi = first, #store.ids + 1
+            while lo < hi do
+               local mid = math_floor((lo + hi) / 2)
+               local id = store.ids[mid]
+               if id > n or (c.op == ">=" and id == n) then hi = mid else lo = mid + 1 end
+            end
+            first = lo
+         end
+      end
+      local page = {}
+      for i = first, #store.ids do
+         local row = store.rows[store.ids[i]]
+         if matches(row, conditions) then
+            page[#page + 1] = row
+            if #page == PAGE then break end
+         end
+      end
+      return page, { total = 0, rows = #page, counted = 0 }
+   end
    local rows = {}
    for _, id in ipairs(store.ids) do
       local row = store.rows[id]
