@@ -420,6 +420,9 @@ static void prepare(lua_State *L, session *s, transfer *t, int req)
     }
     long timeout_ms = opt_ms(L, req, "timeout", s->timeout_ms);
     long connect_ms = opt_ms(L, req, "connect_timeout", s->connect_timeout_ms);
+    /* fresh: a connection of its own, closed after. On a reused connection that dies before
+     * any answer, libcurl silently sends the request again: a write must not risk that. */
+    int fresh = opt_bool(L, req, "fresh", 0);
 
     curl_slist_free_all(t->req_headers);
     t->req_headers = NULL;
@@ -433,6 +436,10 @@ static void prepare(lua_State *L, session *s, transfer *t, int req)
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, t->req_headers);
+    if (fresh) {
+        curl_easy_setopt(c, CURLOPT_FRESH_CONNECT, 1L);
+        curl_easy_setopt(c, CURLOPT_FORBID_REUSE, 1L);
+    }
     if (strcmp(method, "GET") == 0 && body == NULL) {
         curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
     } else if (strcmp(method, "HEAD") == 0) {
@@ -497,7 +504,7 @@ static int push_result(lua_State *L, transfer *t, CURLcode rc)
     return 1;
 }
 
-/* session:request{ url, method = "GET", headers = {}, body = "", timeout, connect_timeout }
+/* session:request{ url, method = "GET", headers = {}, body = "", timeout, connect_timeout, fresh }
  *   -> { status, headers, body, http_version, reused } | nil, message, kind, sent */
 static int l_request(lua_State *L)
 {

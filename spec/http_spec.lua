@@ -285,6 +285,22 @@ describe("bitrix24.core.http", function()
       assert.equal(1, count)
     end)
 
+    it("gives a request with fresh = true a connection of its own, closed after it", function()
+      local http = core.http()
+      finally(function() http:close() end)
+      local before = decode(http:request { url = plain.url .. "/stats" })
+      local a = assert(http:request { url = plain.url .. "/echo", fresh = true, method = "POST", body = "1" })
+      local b = assert(http:request { url = plain.url .. "/echo", fresh = true, method = "POST", body = "2" })
+      assert.is_false(a.reused)
+      assert.is_false(b.reused)
+      local many = http:request_many { { url = plain.url .. "/echo", fresh = true }, { url = plain.url .. "/echo", fresh = true } }
+      assert.is_false(many[1].reused)
+      assert.is_false(many[2].reused)
+      local after = decode(http:request { url = plain.url .. "/stats" })
+      assert.equal(4, after.connections - before.connections) -- the last /stats reuses the first one
+      assert.has_error(function() http:request { url = plain.url, fresh = 1 } end)
+    end)
+
     it("reports reused = false for the first request of a session", function()
       local http = core.http()
       local first = assert(http:request { url = plain.url .. "/echo" })

@@ -179,32 +179,20 @@ function _M.http_transport(opts)
       user_agent = opts.user_agent or ("bitrix24-lua/" .. tostring(core._VERSION)),
    }
    local session = core.http(session_opts)
-   local function one_shot(req)
-      local s = core.http(session_opts)
-      local res, msg, kind, sent = s:request(req)
-      s:close()
-      return res, msg, kind, sent
-   end
    local t = { session = session, now = core.now, sleep = core.sleep }
    function t:request(req)
-      if req.fresh then return one_shot(req) end
       return session:request(req)
    end
    if session.request_many then
+      local MANY = 64 -- what one session:request_many takes
       function t:request_many(reqs)
-         local shared, at, out = {}, {}, {}
-         for i, req in ipairs(reqs) do
-            if req.fresh then
-               local res, msg, kind, sent = one_shot(req)
-               out[i] = res or { error = msg, kind = kind, sent = sent }
-            else
-               shared[#shared + 1] = req
-               at[#shared] = i
-            end
-         end
-         if #shared > 0 then
-            local got = session:request_many(shared)
-            for j, r in ipairs(got) do out[at[j]] = r end
+         if #reqs <= MANY then return session:request_many(reqs) end
+         local out = {}
+         for first = 1, #reqs, MANY do
+            local part = {}
+            for i = first, math.min(#reqs, first + MANY - 1) do part[#part + 1] = reqs[i] end
+            local got = session:request_many(part)
+            for j, r in ipairs(got) do out[first + j - 1] = r end
          end
          return out
       end
