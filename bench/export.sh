@@ -37,29 +37,16 @@ if [[ ! -d bench/node_modules/@2bad/bitrix || ! -d bench/node_modules/@bitrix24/
   npm ci --prefix bench --no-audit --no-fund --loglevel=error >&2
 fi
 
+. scripts/lib/tls-front.sh
 tmp=$(mktemp -d)
-pids=()
 cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  tls_front_stop
   if [[ -n ${EXPORT_KEEP:-} ]]; then echo "export: kept $tmp" >&2; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
 
-free_port() {
-  node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close() })'
-}
-
 # --- TLS: a CA and a certificate for 127.0.0.1 ---------------------------------------------------
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=b24 bench CA" \
-  -keyout "$tmp/ca.key" -out "$tmp/ca.pem" -addext "basicConstraints=critical,CA:TRUE" \
-  -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
-  -keyout "$tmp/server.key" -out "$tmp/server.csr" 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' > "$tmp/server.ext"
-openssl x509 -req -in "$tmp/server.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -CAcreateserial \
-  -days 2 -extfile "$tmp/server.ext" -out "$tmp/server.pem" 2>/dev/null
+tls_front_certs "$tmp" "b24 bench CA"
 
 # --- the emulator ------------------------------------------------------------------------------
 EMU_ARGS=(--seed-leads "$LEADS" --latency 50 --row-cost 20 --count-cost 20 --code "$CODE")
@@ -77,64 +64,20 @@ else
   build/b24 emulate --help >/dev/null 2>&1 || die "this build/b24 has no emulate command: run make"
   build/b24 emulate --listen 127.0.0.1:0 "${EMU_ARGS[@]}" > "$tmp/emulator.log" 2>&1 &
 fi
-pids+=($!)
-emu=""
-for ((i = 0; i < 600; i++)); do
-  emu=$(sed -n 's/.*msg=listening address=\(127\.0\.0\.1:[0-9]*\).*/\1/p' "$tmp/emulator.log" | head -1)
-  [[ -n $emu ]] && break
-  kill -0 "${pids[0]}" 2>/dev/null || { cat "$tmp/emulator.log" >&2; die "the emulator exited"; }
-  sleep 0.1
-done
-[[ -n $emu ]] || { cat "$tmp/emulator.log" >&2; die "the emulator did not start"; }
+tls_front_pids+=($!)
+emu=$(tls_front_emulator_address "$tmp/emulator.log" "${tls_front_pids[0]}")
 
 # --- nginx: TLS on loopback, proxying to the emulator ------------------------------------------
-port=$(free_port)
-mkdir -p "$tmp/nginx"
-cat > "$tmp/nginx.conf" <<CONF
-daemon off;
-master_process on;
-worker_processes 1;
-pid $tmp/nginx.pid;
-error_log $tmp/nginx-error.log warn;
-events { worker_connections 256; }
-http {
-    access_log off;
-    client_body_temp_path $tmp/nginx/body;
-    proxy_temp_path $tmp/nginx/proxy;
-    fastcgi_temp_path $tmp/nginx/fastcgi;
-    uwsgi_temp_path $tmp/nginx/uwsgi;
-    scgi_temp_path $tmp/nginx/scgi;
-    client_max_body_size 16m;
+port=$(tls_front_free_port)
+tls_front_nginx_conf "$tmp" "$emu" "$port" 16 600s "\
     # bodies and answers stay in memory: nginx's workers cannot write into this run's 0700 tmp dir
     client_body_buffer_size 16m;
     proxy_buffers 64 64k;
     proxy_max_temp_file_size 0;
     # @2bad/bitrix sends its batches as GET query strings longer than nginx's default 8k lines
-    large_client_header_buffers 8 256k;
-    upstream emulator { server $emu; keepalive 16; }
-    server {
-        listen 127.0.0.1:$port ssl;
-        ssl_certificate $tmp/server.pem;
-        ssl_certificate_key $tmp/server.key;
-        location / {
-            proxy_pass http://emulator;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_read_timeout 600s;
-        }
-    }
-}
-CONF
-nginx -p "$tmp/nginx/" -c "$tmp/nginx.conf" -e "$tmp/nginx-error.log" > "$tmp/nginx.out" 2>&1 &
-pids+=($!)
+    large_client_header_buffers 8 256k;"
 base=https://127.0.0.1:$port
-for ((i = 0; i < 100; i++)); do
-  curl -s --cacert "$tmp/ca.pem" -o /dev/null "$base/" && break
-  kill -0 "${pids[1]}" 2>/dev/null || { cat "$tmp/nginx.out" "$tmp/nginx-error.log" >&2; die "nginx exited"; }
-  sleep 0.1
-done
-((i < 100)) || die "nginx did not answer on $base"
+tls_front_start_nginx "$tmp" "$base/" curl -s --cacert "$tmp/ca.pem" -o /dev/null
 export NODE_EXTRA_CA_CERTS=$tmp/ca.pem
 webhook=$base/rest/1/$CODE/
 echo "== emulator at $emu ($LEADS leads, --latency 50 --row-cost 20 --count-cost 20), TLS by nginx at $base"
