@@ -204,9 +204,25 @@ static int open_host(lua_State *L)
     return 1;
 }
 
+/* os.exit inside b24: what the script queued with bitrix24.host.post goes out first (up to
+ * 5 s), then the standard os.exit (upvalue 1) ends the process. */
+static int exit_after_posts(lua_State *L)
+{
+    b24_post_stop(5);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
 static int open_state(lua_State *L)
 {
     luaL_openlibs(L);
+    lua_getglobal(L, "os");
+    lua_getfield(L, -1, "exit");
+    lua_pushcclosure(L, exit_after_posts, 1);
+    lua_setfield(L, -2, "exit");
+    lua_pop(L, 1);
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
     lua_pushcfunction(L, luaopen_bitrix24_core);
     lua_setfield(L, -2, "bitrix24.core");
