@@ -203,3 +203,50 @@ describe("emulator error table (protocol.md §2)", function()
       assert.equal(404, (call(srv, "crm.lead.list.yaml", {})))
    end)
 end)
+
+describe("emulator .xml transport", function()
+   local srv
+   setup(function() srv = b24.emulate{ args = { "--code", emu.CODE, "--seed-leads", "3" } } end)
+   teardown(function() if srv then srv:stop() end end)
+
+   local function get(path)
+      return assert(srv:request{ path = path })
+   end
+
+   it("answers METHOD.xml with the envelope inside <response>, list items as <item>", function()
+      local res = get(emu.path("crm.lead.list.xml") .. "?select[]=ID&select[]=TITLE&order[ID]=DESC")
+      assert.equal(200, res.status)
+      assert.equal("text/xml; charset=utf-8", res.headers["content-type"])
+      assert.matches("^<response><result><item><ID>3</ID><TITLE>Lead #3</TITLE></item><item><ID>2</ID>", res.body)
+      assert.matches("</result><total>3</total><time><start>%d+[%d.]*</start><finish>", res.body)
+      assert.matches("<operating_reset_at>%d+</operating_reset_at><operating>[%d.E+-]+</operating></time></response>$", res.body)
+      assert.not_matches("<%?xml", res.body) -- no declaration
+   end)
+
+   it("prints scalars as PHP does and escapes XML's special characters", function()
+      assert.equal(200, (call(srv, "crm.lead.update", { id = 1, fields = { TITLE = [[A & B <"x"> 'y']] } })))
+      local res = get(emu.path("crm.lead.get.XML/") .. "?id=1")
+      assert.equal(200, res.status)
+      assert.matches("<TITLE>A &amp; B &lt;&quot;x&quot;&gt; &#039;y&#039;</TITLE>", res.body, 1, true)
+      res = get(emu.path("user.current.xml"))
+      assert.matches("<ADMIN>1</ADMIN>", res.body, 1, true) -- true
+      assert.matches("<TIME_ZONE></TIME_ZONE>", res.body, 1, true)
+      local emulator = require "bitrix24.emulator"
+      assert.equal("<response><result><item>1</item><item></item><item>2.5</item><item>2.2649765014648E-5</item>"
+        .. "<item>1.0E+25</item></result></response>",
+        emulator.to_xml{ result = { true, false, 2.5, 2.2649765014648e-05, 1e25 } })
+   end)
+
+   it("answers errors in XML with their statuses", function()
+      local res = get(emu.path("crm.lead.get.xml") .. "?id=99")
+      assert.equal(400, res.status)
+      assert.equal("<response><error></error><error_description>Not found</error_description></response>", res.body)
+      res = get(emu.path("user.current.xml", "wrong0code000000"))
+      assert.equal(401, res.status)
+      assert.equal("<response><error>INVALID_CREDENTIALS</error><error_description>Invalid request credentials"
+        .. "</error_description></response>", res.body)
+      res = get(emu.path("no.such.method.xml"))
+      assert.equal(404, res.status)
+      assert.matches("<error>ERROR_METHOD_NOT_FOUND</error>", res.body, 1, true)
+   end)
+end)

@@ -365,11 +365,75 @@ local function parameters(request)
 end
 _M.parameters = parameters
 
+-- The method of a URL's last segment, lower-cased, without its transport suffix (.json or .xml).
 local function method_name(s)
    s = string_lower(s)
    s = string_gsub(s, "%.json$", "")
+   s = string_gsub(s, "%.xml$", "")
    return s
 end
+
+-- The XML transport (METHOD.xml): the same envelope inside <response>, every key an element,
+-- integer keys (list items) as <item>, scalars as PHP prints them (true "1", false and null
+-- empty, floats to 14 digits), XML special characters escaped; no declaration.
+local XML_HEADERS = { ["Content-Type"] = "text/xml; charset=utf-8" }
+local ENVELOPE_ORDER = { result = 1, next = 2, total = 3, time = 4, error = 1, error_description = 2 }
+local TIME_ORDER = { start = 1, finish = 2, duration = 3, processing = 4, date_start = 5, date_finish = 6,
+                     operating_reset_at = 7, operating = 8 }
+local XML_ESCAPES = { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;", ["'"] = "&#039;" }
+
+local function xml_scalar(v)
+   if v == true then return "1" end
+   if v == false or v == nil or v == cjson.null then return "" end
+   if type(v) == "number" then
+      if v == math_floor(v) and v > -1e15 and v < 1e15 then return string_format("%d", v) end
+      -- PHP's precision-14 print: 2.2649765014648E-5, 1.0E+25
+      local f = string_gsub(string_format("%.14g", v), "e([+-])0*(%d)", "E%1%2")
+      if string_find(f, "E", 1, true) and not string_find(f, ".", 1, true) then
+         f = string_gsub(f, "E", ".0E")
+      end
+      return f
+   end
+   return (string_gsub(tostring(v), "[&<>\"']", XML_ESCAPES))
+end
+
+local function xml_keys(t, order)
+   local keys = {}
+   for k in pairs(t) do keys[#keys + 1] = k end
+   table_sort(keys, function(a, b)
+      local na, nb = type(a) == "number", type(b) == "number"
+      if na ~= nb then return na end
+      if na then return a < b end
+      local oa, ob = order and order[a], order and order[b]
+      if oa and ob then return oa < ob end
+      if oa or ob then return oa ~= nil end
+      return a < b
+   end)
+   return keys
+end
+
+local function to_xml(v, out, order)
+   for _, k in ipairs(xml_keys(v, order)) do
+      local name = type(k) == "number" and "item" or tostring(k)
+      local item = v[k]
+      out[#out + 1] = "<" .. name .. ">"
+      if type(item) == "table" and item ~= cjson.null then
+         to_xml(item, out, k == "time" and TIME_ORDER or nil)
+      else
+         out[#out + 1] = xml_scalar(item)
+      end
+      out[#out + 1] = "</" .. name .. ">"
+   end
+   return out
+end
+
+-- A JSON answer of this emulator as the XML transport gives it.
+local function as_xml(status, headers, body, extra)
+   local value = cjson.decode(body or "")
+   if type(value) ~= "table" then return status, headers, body, extra end
+   return status, XML_HEADERS, "<response>" .. table_concat(to_xml(value, {}, ENVELOPE_ORDER)) .. "</response>", extra
+end
+_M.to_xml = function(v) return "<response>" .. table_concat(to_xml(v, {}, ENVELOPE_ORDER)) .. "</response>" end
 
 local INTERNAL = { status = 500, error = "INTERNAL_SERVER_ERROR", error_description = "Internal server error" }
 local TOO_MANY = { status = 503, error = "QUERY_LIMIT_EXCEEDED", error_description = "Too many requests" }
@@ -388,6 +452,12 @@ function Portal:roll(fault)
 end
 
 function Portal:handle(request)
+   local last = string.match(request.path or "", "([^/]+)/?$")
+   if last and string.match(string_lower(last), "%.xml$") then return as_xml(self:answer(request)) end
+   return self:answer(request)
+end
+
+function Portal:answer(request)
    local user, code, name = string.match(request.path or "", "^/rest/([^/]+)/([^/]+)/([^/]+)/?$")
    if not user then return respond_error({ status = 404, error = "ERROR_METHOD_NOT_FOUND",
                                            error_description = "Method not found!" }) end
