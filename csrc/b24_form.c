@@ -279,11 +279,12 @@ typedef struct encoder {
 } encoder;
 
 /* Raises a misuse error; the scratch is released first so later calls keep reusing it. */
-static void fail(encoder *e, const char *fmt, const char *a, const char *b)
+static _Noreturn void fail(encoder *e, const char *fmt, const char *a, const char *b)
 {
     lua_pushfstring(e->L, fmt, a, b);
     e->s->busy = 0;
     lua_error(e->L);
+    abort(); /* lua_error does not return */
 }
 
 static void encode_value(encoder *e, int idx, int depth);

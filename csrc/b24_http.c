@@ -321,9 +321,9 @@ static const char *classify(CURLcode rc, int too_large)
 static void push_headers(lua_State *L, const buffer *h)
 {
     lua_newtable(L);
-    const char *p = h->data, *end = h->data + h->len;
-    if (p == NULL)
+    if (h->data == NULL)
         return;
+    const char *p = h->data, *end = h->data + h->len;
     const char *eol = memchr(p, '\n', (size_t)(end - p)); /* skip the status line */
     p = eol ? eol + 1 : end;
     while (p < end) {

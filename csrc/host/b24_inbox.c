@@ -496,6 +496,8 @@ int b24_inbox_claim(b24_inbox *in, b24_job *jobs, int max)
     pthread_mutex_lock(&in->lock);
     if (!in->stopping) {
         w.next = in->waiters;
+        /* on this stack until unlinked below, before returning */
+        // cppcheck-suppress autoVariables
         in->waiters = &w;
         pthread_cond_signal(&in->wake);
         while (w.state == 0 && !in->stopping)
