@@ -22,7 +22,6 @@ end)
 local b24 = require "helpers.b24"
 local emu = require "helpers.emulator"
 local cjson = require "cjson"
-local socket = require "socket"
 
 local q = b24.quote
 local APP_TOKEN = "spec0examples0app0token00000001"
@@ -31,12 +30,7 @@ local BOT_TOKEN = "123456789:spec-bot-token-AAbbCCdd"
 
 -- A free loopback port (the emulator's, so the example server can be told its webhook before
 -- the emulator, which needs the example server's URL for its events, starts).
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+local free_port = b24.free_port
 
 -- A recording stand-in for an external HTTP API: each request becomes a JSON line of file
 -- { method, path, authorization, idempotency_key, content_type, body } and a log line

@@ -19,12 +19,7 @@ local DEAL = shared.vector("events/webhook-oncrmdealadd.json")     -- JSON, anot
 local TOKEN = CONTACT:match("auth%%5Bapplication_token%%5D=([^&]+)")
 local FORM = { ["Content-Type"] = "application/x-www-form-urlencoded" }
 
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
+local free_port = b24.free_port
 
 local function is_root()
   local out = b24.exec("id -u")

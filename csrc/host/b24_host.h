@@ -77,9 +77,8 @@ void b24_post_stop(double seconds); /* waits that long for the queue, drops the 
 int b24_cmd_serve(int argc, char **argv);
 int b24_cmd_run(int argc, char **argv);
 int b24_cmd_emulate(int argc, char **argv);
-/* `return PREFIX{ "arg", … }` as Lua source (malloc'd), and running such a chunk */
+/* `return PREFIX{ "arg", … }` as Lua source (malloc'd) */
 char *b24_call_chunk(const char *prefix, int argc, char **argv, size_t *len);
-int b24_run_chunk(const char *who, const char *name, const char *src, size_t len);
 
 /* Embedded Lua modules of the bitrix24 rock (generated from lua/ by scripts/embed.lua). */
 typedef struct b24_embedded {

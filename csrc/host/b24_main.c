@@ -57,16 +57,11 @@ char *b24_call_chunk(const char *prefix, int argc, char **argv, size_t *len)
     return out;
 }
 
-/* Runs a chunk in a fresh state; the exit status is the integer it returns, 0 when it returns
- * nothing or true, 1 when it raises (the message printed masked, after `who`) or returns false. */
-int b24_run_chunk(const char *who, const char *name, const char *src, size_t len)
+/* The exit status of a script run with `status`, after which L is closed and what the script
+ * posted goes out: 1 when it raised (the message printed masked, after `who`) or returned false,
+ * the integer it returned, else 0. */
+static int finish_run(lua_State *L, int status, const char *who)
 {
-    lua_State *L = b24_state_new();
-    if (L == NULL) {
-        fprintf(stderr, "%s: cannot create a Lua state\n", who);
-        return 1;
-    }
-    int status = b24_state_run_script(L, name, src, len, 0);
     int rc = 0;
     if (status != LUA_OK) {
         const char *m = lua_tostring(L, -1);
@@ -96,9 +91,15 @@ static int cmd_cli(int argc, char **argv)
     }
     char who[64];
     snprintf(who, sizeof who, "b24 %s", argv[0]);
-    int rc = b24_run_chunk(who, "b24", src, len);
+    lua_State *L = b24_state_new();
+    if (L == NULL) {
+        free(src);
+        fprintf(stderr, "%s: cannot create a Lua state\n", who);
+        return 1;
+    }
+    int status = b24_state_run_script(L, "b24", src, len, 0);
     free(src);
-    return rc;
+    return finish_run(L, status, who);
 }
 
 /* b24 run SCRIPT [ARGS…]: like `lua SCRIPT ARGS…`; the exit status is the script's own
@@ -135,21 +136,7 @@ int b24_cmd_run(int argc, char **argv)
         lua_pushstring(L, argv[i]);
     int status = b24_state_run_script(L, path, src, len, argc - 2);
     free(src);
-    int rc = 0;
-    if (status != LUA_OK) {
-        const char *m = lua_tostring(L, -1);
-        char masked[8192];
-        b24_mask(m ? m : "?", m ? strlen(m) : 1, masked, sizeof masked);
-        fprintf(stderr, "b24 run: %s\n", masked);
-        rc = 1;
-    } else if (lua_isinteger(L, -1)) {
-        rc = (int)lua_tointeger(L, -1);
-    } else if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
-        rc = 1;
-    }
-    lua_close(L);
-    b24_post_stop(5); /* what the script posted goes out before the exit */
-    return rc;
+    return finish_run(L, status, "b24 run");
 }
 
 int main(int argc, char **argv)

@@ -452,8 +452,7 @@ function Portal:roll(fault)
 end
 
 function Portal:handle(request)
-   local last = string.match(request.path or "", "([^/]+)/?$")
-   if last and string.match(string_lower(last), "%.xml$") then return as_xml(self:answer(request)) end
+   if string_find(request.path or "", "%.[xX][mM][lL]/?$") then return as_xml(self:answer(request)) end
    return self:answer(request)
 end
 

@@ -44,17 +44,11 @@ local thread_sessions = {}
 -- Runs in an nginx worker thread (ngx.run_worker_thread): one request on the C http session.
 -- Always returns one table: the response, { error, kind, sent } for a transport failure, or
 -- { raised = msg } for misuse the session raised on.
--- A request marked fresh (a write) goes on a session and connection of its own: libcurl sends a
--- request again when a reused keep-alive connection dies before any answer, which would repeat
--- a write the portal may already have run.
+-- A request marked fresh (a write) gets a connection of its own from the session (req.fresh):
+-- libcurl sends a request again when a reused keep-alive connection dies before any answer,
+-- which would repeat a write the portal may already have run.
 function _M.thread_request(req, session_opts, session_key)
    local ok, res, msg, kind, sent = pcall(function()
-      if req.fresh then
-         local session = require("bitrix24.core").http(session_opts)
-         local a, b, c, d = session:request(req)
-         session:close()
-         return a, b, c, d
-      end
       local session = thread_sessions[session_key]
       if session == nil then
          session = require("bitrix24.core").http(session_opts)
