@@ -394,6 +394,19 @@ describe("bitrix24.core.http", function()
       assert.is_string(out[4].error)
     end)
 
+    it("is split into calls of 64 by the client's default transport, answers in order", function()
+      local transport = require("bitrix24.client").http_transport { timeout = 20 }
+      finally(function() transport:close() end)
+      local reqs = {}
+      for i = 1, 150 do reqs[i] = { url = plain.url .. "/echo?i=" .. i, fresh = i % 50 == 0 } end
+      local out = transport:request_many(reqs)
+      assert.equal(150, #out)
+      for i = 1, 150 do
+        assert.equal(200, out[i].status, tostring(out[i].error))
+        assert.equal("i=" .. i, decode(out[i]).query)
+      end
+    end)
+
     it("returns an empty list for no requests and refuses misuse", function()
       local http = core.http()
       finally(function() http:close() end)

@@ -127,6 +127,10 @@ describe("b24 serve", function()
     assert.matches("level=info msg=request method=GET", line, 1, true)
     assert.matches("status=201", line, 1, true)
     assert.not_matches("abcdef0123456789", srv:log(), 1, true)
+    assert(srv:request{ path = "/rest/12/odd_code-with-dash9/user.current" })
+    assert(srv:wait_log("path=/rest/12/***/user.current"))
+    assert.not_matches("odd_code", srv:log(), 1, true)
+    assert.not_matches("with-dash9", srv:log(), 1, true)
   end)
 
   it("logs a request whose path is longer than a log field holds, and goes on serving", function()
@@ -245,6 +249,15 @@ return setmetatable({}, Router)
     local srv = b24.start{ script = ECHO, env = "B24_MAX_BODY=10" }
     finally(function() srv:stop() end)
     assert.equal(413, assert(srv:request{ method = "POST", path = "/e", body = string.rep("a", 11) }).status)
+  end)
+
+  it("takes an empty B24_LOG_FORMAT or B24_LOG_LEVEL as unset", function()
+    local srv = b24.start{ script = ECHO, env = "B24_LOG_FORMAT= B24_LOG_LEVEL=" }
+    finally(function() srv:stop() end)
+    assert.equal(201, assert(srv:request{ path = "/empty-env" }).status)
+    assert(srv:wait_log("level=info msg=request method=GET path=/empty-env")) -- logfmt at info
+    local _, code = b24.exec(b24.clean .. "B24_LOG_FORMAT=yaml " .. b24.quote(b24.bin) .. " serve x.lua")
+    assert.equal(2, code)
   end)
 end)
 

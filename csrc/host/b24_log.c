@@ -73,7 +73,8 @@ size_t b24_mask(const char *s, size_t len, char *out, size_t n)
                 j++;
             if (j > i + 6 && j < len && s[j] == '/') {
                 size_t k = j + 1;
-                while (k < len && isalnum((unsigned char)s[k]))
+                /* codes are alphanumeric; - and _ too, so no part of an odd one shows */
+                while (k < len && (isalnum((unsigned char)s[k]) || s[k] == '_' || s[k] == '-'))
                     k++;
                 if (k > j + 1) {
                     for (size_t x = i; x <= j; x++)
