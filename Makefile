@@ -92,9 +92,9 @@ FUZZ_SECONDS ?= 60
 FUZZ_FLAGS := -std=c11 -D_DEFAULT_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined $(LUA54_INC)
 
 # the log masker of b24 (csrc/host/b24_log.c), which every logged value goes through
-$(BUILD)/fuzz/mask: fuzz/fuzz_mask.c fuzz/fuzz.h csrc/host/b24_log.c csrc/host/b24_host.h
+$(BUILD)/fuzz/mask: fuzz/fuzz_mask.c fuzz/fuzz.h csrc/b24_logline.c csrc/b24.h
 	@mkdir -p $(@D)
-	clang $(FUZZ_FLAGS) -Icsrc -Icsrc/host -Ifuzz -o $@ $< csrc/host/b24_log.c
+	clang $(FUZZ_FLAGS) -Icsrc -Ifuzz -o $@ $< csrc/b24_logline.c -llua5.4
 
 $(BUILD)/fuzz/%: fuzz/fuzz_%.c fuzz/fuzz.h $(SRC) $(HDR)
 	@mkdir -p $(@D)

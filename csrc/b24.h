@@ -81,10 +81,27 @@ size_t b24_base64_encode(const unsigned char *in, size_t len, int url, char *out
 int b24_base64_decode(const char *in, size_t len, int url, unsigned char *out, size_t *outlen,
                       const char **why);
 
+/* ---- log lines and masking (b24_logline.c), shared by the library and the b24 program --- */
+/* Copies s into out (size n) with webhook codes, tokens and secrets replaced by "***"; returns
+ * the length written (out is always terminated). */
+size_t b24_mask(const char *s, size_t len, char *out, size_t n);
+
+typedef struct b24_logline {
+    char buf[8192];
+    size_t len;
+    int json, fields;
+} b24_logline;
+/* Starts a line (logfmt, or JSON when json) with the time now, level and msg. */
+void b24_logline_begin(b24_logline *l, int json, const char *level, const char *msg);
+/* Adds key=value; the value is masked unless the key is one of the host's own numbers. */
+void b24_logline_field(b24_logline *l, const char *key, const char *value, size_t len);
+void b24_logline_end(b24_logline *l); /* closes the line with "\n" */
+
 /* ---- registration of each area into the module table on the top of the stack ----------- */
 void b24_form_open(lua_State *L);
 void b24_crypto_open(lua_State *L);
 void b24_http_open(lua_State *L);
 void b24_time_open(lua_State *L);
+void b24_logline_open(lua_State *L);
 
 #endif /* B24_H */

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "b24_host.h"
+#include "b24.h"
 #include "fuzz.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

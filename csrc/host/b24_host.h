@@ -17,8 +17,6 @@ int b24_log_configure(const char *format, const char *level); /* -1 on an unknow
 int b24_log_enabled(b24_level level);
 /* Logs msg with key/value string pairs, terminated by NULL. Values are masked. */
 void b24_log(b24_level level, const char *msg, ...);
-/* Copies s into out (size n) with webhook codes, tokens and secrets replaced by "***". */
-size_t b24_mask(const char *s, size_t len, char *out, size_t n);
 
 /* ---- Lua states ------------------------------------------------------------------------- */
 /* A fresh state with the standard libraries and bitrix24 (C core and Lua layer) preloaded. */
