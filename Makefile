@@ -17,8 +17,10 @@ BUILD := build
 SO54  := $(BUILD)/5.4/bitrix24/core.so
 SO51  := $(BUILD)/5.1/bitrix24/core.so
 B24   := $(BUILD)/b24
-HOST_SRC := $(sort $(wildcard csrc/host/*.c))
-LUA_SRC  := $(sort $(wildcard lua/bitrix24/*.lua lua/bitrix24/*/*.lua))
+HOST_SRC := $(sort $(wildcard b24/src/*.c emulator/src/*.c))
+HOST_HDR := $(wildcard b24/src/*.h emulator/src/*.h)
+LUA_SRC  := $(sort $(wildcard lua/bitrix24/*.lua lua/bitrix24/*/*.lua b24/lua/b24/*.lua \
+              emulator/lua/b24/*.lua emulator/lua/b24/*/*.lua))
 PREFIX ?= /usr/local
 HOST_LIBS := -llua5.4 -lmicrohttpd -lsqlite3
 ASAN  := $(BUILD)/asan/bitrix24/core.so
@@ -40,8 +42,8 @@ $(BUILD)/b24_embedded.c: $(LUA_SRC) scripts/embed.lua Makefile
 	@mkdir -p $(@D)
 	lua5.4 scripts/embed.lua $(LUA_SRC) > $@
 
-$(B24): $(SRC) $(HDR) $(HOST_SRC) csrc/host/b24_host.h $(BUILD)/b24_embedded.c
-	$(CC) $(BASE) -fvisibility=default $(CFLAGS) $(LUA54_INC) -Icsrc -Icsrc/host -o $@ \
+$(B24): $(SRC) $(HDR) $(HOST_SRC) $(HOST_HDR) $(BUILD)/b24_embedded.c
+	$(CC) $(BASE) -fvisibility=default $(CFLAGS) $(LUA54_INC) -Icsrc -Ib24/src -Iemulator/src -o $@ \
 	  $(SRC) $(HOST_SRC) $(BUILD)/b24_embedded.c $(LIBS) $(HOST_LIBS) -Wl,-E
 
 # `luarocks make` (build.type "make" in the rockspec): bitrix24.core for the Lua luarocks
@@ -76,10 +78,10 @@ $(ASAN): $(SRC) $(HDR)
 
 # b24 itself under the same sanitizers, for the serve specs of the sanitizer run
 ASAN_B24 := $(BUILD)/asan/b24
-$(ASAN_B24): $(SRC) $(HDR) $(HOST_SRC) csrc/host/b24_host.h $(BUILD)/b24_embedded.c
+$(ASAN_B24): $(SRC) $(HDR) $(HOST_SRC) $(HOST_HDR) $(BUILD)/b24_embedded.c
 	@mkdir -p $(@D)
 	$(CC) $(BASE) -fvisibility=default -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
-	  -fno-sanitize-recover=all $(LUA54_INC) -Icsrc -Icsrc/host -o $@ \
+	  -fno-sanitize-recover=all $(LUA54_INC) -Icsrc -Ib24/src -Iemulator/src -o $@ \
 	  $(SRC) $(HOST_SRC) $(BUILD)/b24_embedded.c $(LIBS) $(HOST_LIBS)
 
 check: $(ASAN) $(ASAN_B24)
@@ -91,7 +93,7 @@ FUZZ_BIN := $(FUZZ_TARGETS:%=$(BUILD)/fuzz/%)
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS := -std=c11 -D_DEFAULT_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined $(LUA54_INC)
 
-# the log masker of b24 (csrc/host/b24_log.c), which every logged value goes through
+# the log masker (csrc/b24_logline.c), which every logged value goes through
 $(BUILD)/fuzz/mask: fuzz/fuzz_mask.c fuzz/fuzz.h csrc/b24_logline.c csrc/b24.h
 	@mkdir -p $(@D)
 	clang $(FUZZ_FLAGS) -Icsrc -Ifuzz -o $@ $< csrc/b24_logline.c -llua5.4

@@ -54,7 +54,7 @@ if [[ -n ${EXPORT_BLOCKING:-} ]]; then
   # the same portal, its simulated time slept in the worker instead of held by the host
   args=$(printf '"%s", ' "${EMU_ARGS[@]}")
   cat > "$tmp/emulate.lua" <<LUA
-local emulator = require "bitrix24.emulator"
+local emulator = require "b24.emulator"
 local opts = emulator.parse_args({ $args })
 opts.blocking_delay = true
 return emulator.handler(opts)

@@ -14,9 +14,10 @@
 --   limits' clock runs), B24_EMU_DATA (a JSON file to persist to), B24_EMU_RANDOM_SEED.
 local dir = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")) or "."
 -- modules not embedded into the host load from the checkout
-package.path = dir .. "/../lua/?.lua;" .. dir .. "/../lua/?/init.lua;" .. package.path
+package.path = dir .. "/../lua/?.lua;" .. dir .. "/../lua/?/init.lua;" .. dir .. "/../emulator/lua/?.lua;"
+   .. package.path
 
-local emulator = require "bitrix24.emulator"
+local emulator = require "b24.emulator"
 
 local argv = {}
 local function option(env, name)

@@ -2,7 +2,7 @@
 // full list of them, and a report that prints PASS/FAIL per check and sets the exit status.
 const STATUSES = ['NEW', 'IN_PROCESS', 'PROCESSED', 'JUNK', 'CONVERTED']
 
-// Lead i of a freshly seeded emulator (lua/bitrix24/emulator/crm.lua seed_leads), as a portal
+// Lead i of a freshly seeded emulator (emulator/lua/b24/emulator/crm.lua seed_leads), as a portal
 // prints it: every value a string.
 export function expectedLead (i) {
   return {

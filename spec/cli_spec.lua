@@ -1,4 +1,4 @@
--- b24 call / b24 export (bitrix24.cli) against b24 emulate over real HTTP: JSON and key=value
+-- b24 call / b24 export (b24.cli) against b24 emulate over real HTTP: JSON and key=value
 -- parameters, exit statuses, readable errors without the webhook code, NDJSON exports, the
 -- progress line only on a terminal.
 local b24 = require "helpers.b24"

@@ -231,7 +231,7 @@ describe("emulator .xml transport", function()
       res = get(emu.path("user.current.xml"))
       assert.matches("<ADMIN>1</ADMIN>", res.body, 1, true) -- true
       assert.matches("<TIME_ZONE></TIME_ZONE>", res.body, 1, true)
-      local emulator = require "bitrix24.emulator"
+      local emulator = require "b24.emulator"
       assert.equal("<response><result><item>1</item><item></item><item>2.5</item><item>2.2649765014648E-5</item>"
         .. "<item>1.0E+25</item></result></response>",
         emulator.to_xml{ result = { true, false, 2.5, 2.2649765014648e-05, 1e25 } })

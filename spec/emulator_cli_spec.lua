@@ -1,7 +1,7 @@
 -- emulator.main(argv): the options of `b24 emulate`, their errors, and the command itself.
 local b24 = require "helpers.b24"
 local emu = require "helpers.emulator"
-local emulator = require "bitrix24.emulator"
+local emulator = require "b24.emulator"
 
 local function fails(argv)
    local ok, err = pcall(emulator.main, argv)

@@ -14,7 +14,7 @@ local TOKEN = "spec0application0token0000000001"
 local function recorder(dir)
    local file = dir .. "/bodies.txt"
    local srv = b24.start{ args = { "--workers", "1" }, script = ([[
-      local host = require "bitrix24.host"
+      local host = require "b24.host"
       local n = 0
       return function(req)
          n = n + 1
@@ -215,7 +215,7 @@ describe("emulator --data", function()
       finally(function() os.execute("rm -rf " .. b24.quote(dir)) end)
       local data = b24.write(dir .. "/other.json", '{"something":"else"}')
       if not b24.has_emulate() then
-         local emulator = require "bitrix24.emulator"
+         local emulator = require "b24.emulator"
          local ok, err = pcall(emulator.main, { "--data", data })
          assert.is_false(ok)
          assert.matches("^b24 emulate: .*not an emulator data file", err)

@@ -2,7 +2,7 @@
 -- @bitrix24/b24jssdk and @2bad/bitrix against b24 emulate), pinned here over real HTTP without npm.
 local b24 = require "helpers.b24"
 local emu = require "helpers.emulator"
-local labels = require "bitrix24.emulator.labels"
+local labels = require "b24.emulator.labels"
 local cjson = require "cjson"
 
 local str = emu.str

@@ -169,7 +169,7 @@ describe("emulator faults", function()
    end)
 
    it("rejects bad fault specs", function()
-      local emulator = require "bitrix24.emulator"
+      local emulator = require "b24.emulator"
       for _, spec in ipairs({ "404=0.1", "503=2", "slow", "reset=-1" }) do
          local ok, msg = pcall(emulator.main, { "--faults", spec })
          assert.is_false(ok, spec)

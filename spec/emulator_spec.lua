@@ -447,9 +447,9 @@ describe("b24 emulate faults and latency", function()
    end)
 end)
 
-describe("bitrix24.emulator in process", function()
+describe("b24.emulator in process", function()
    it("loads in this interpreter and answers a request table", function()
-      local emulator = require "bitrix24.emulator"
+      local emulator = require "b24.emulator"
       local portal = emulator.new{ code = CODE, seed_leads = 2 }
       local status, headers, body = portal:handle{ method = "POST", path = path("crm.lead.list.json"),
          query = "", headers = { ["content-type"] = "application/json" }, body = '{"select":["ID"]}',

@@ -39,7 +39,7 @@ local free_port = b24.free_port
 local function standin(dir)
   local file = dir .. "/requests.ndjson"
   local srv = b24.start{ args = { "--workers", "1" }, script = ([[
-    local host = require "bitrix24.host"
+    local host = require "b24.host"
     local cjson = require "cjson"
     local n, seen = 0, {}
     return function(req)

@@ -39,7 +39,7 @@ io.write(b._VERSION, " ", b.core.form_encode{ a = { 1, 2 } }, " ", type(r.accept
       assert.matches("^b24 0%.1%.0", out)
       local script = b24.write(tree .. "/probe.lua", [[
 local b = require "bitrix24"
-print(b.core.form_encode{ x = "y" }, type(b.client), type(require("bitrix24.emulator").main))]])
+print(b.core.form_encode{ x = "y" }, type(b.client), type(require("b24.emulator").main))]])
       out, code = b24.exec(b24.clean .. b24.quote(bin) .. " run " .. b24.quote(script))
       assert.equal(0, code, out)
       assert.equal("x=y\tfunction\tfunction\n", out)

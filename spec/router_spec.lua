@@ -551,7 +551,7 @@ describe("bitrix24.router", function()
       assert.equal(client, ctx.client)
     end)
 
-    it("logs through bitrix24.host or stderr when no log is configured", function()
+    it("logs through b24.host or stderr when no log is configured", function()
       local r = bitrix24.router{ token = DEAL_TOKEN }
       local rec = recorder()
       r:on("*", rec.fn)
@@ -733,7 +733,7 @@ describe("bitrix24.router under b24 serve", function()
   local srv
   local SCRIPT = [[
 local bitrix24 = require "bitrix24"
-local host = require "bitrix24.host"
+local host = require "b24.host"
 local router = bitrix24.router{ token = %q }
 router:on("ONCRMDEAL*", function(event, ctx)
   host.log("info", "deal event seen", { event = event.name, id = event.id, domain = event.domain,

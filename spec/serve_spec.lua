@@ -345,7 +345,7 @@ describe("b24 serve handler options", function()
   local SCRIPT = [[
 return function(req)
   if req.path == "/held" then
-    require("bitrix24.host").log("info", "holding")
+    require("b24.host").log("info", "holding")
     return 200, { ["X-Held"] = "yes" }, "held answer", { delay = 3600 } end
   if req.path == "/short" then return 202, {}, "short", { delay = 0.05 } end
   if req.path == "/drop" then return 200, {}, "never sent", { close = true } end
@@ -425,9 +425,9 @@ print(bitrix24.core.form_encode{ a = { 1, 2 } }, arg[0]:match("script.lua$"), ar
     assert.equal("a%5B0%5D=1&a%5B1%5D=2\tscript.lua\tone\ttwo words\t2\n", out)
   end)
 
-  it("posts through bitrix24.host.post once, in order, before it exits; failures only logged", function()
+  it("posts through b24.host.post once, in order, before it exits; failures only logged", function()
     local recorder = b24.start{ script = [[
-local host = require "bitrix24.host"
+local host = require "b24.host"
 return function(req)
   host.log("info", "recorded", { body = req.body, type = req.headers["content-type"] or "" })
   if req.body == "fail=1" then return 500, {}, "no" end
@@ -436,7 +436,7 @@ end
 ]] }
     finally(function() recorder:stop() end)
     local out, code = run(([[
-local host = require "bitrix24.host"
+local host = require "b24.host"
 assert(host.post(%q, "a=1&b=2", { ["Content-Type"] = "application/x-www-form-urlencoded" }))
 assert(host.post(%q, "fail=1"))
 assert(host.post("http://127.0.0.1:1/rest/1/secretcode123/x", "c=3"))

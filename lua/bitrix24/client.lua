@@ -226,7 +226,7 @@ local function check_limit(limit)
 end
 
 local function host_log()
-   local ok, host = pcall(require, "bitrix24.host") -- only inside b24
+   local ok, host = pcall(require, "b24.host") -- only inside b24
    if ok and type(host) == "table" and type(host.log) == "function" then return host.log end
    return nil
 end

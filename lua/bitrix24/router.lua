@@ -403,7 +403,7 @@ end
 
 -- The host's logger inside b24, a line on stderr elsewhere.
 local function host_log()
-   local ok, host = pcall(require, "bitrix24.host")
+   local ok, host = pcall(require, "b24.host")
    if ok and type(host) == "table" and type(host.log) == "function" then return host.log end
    return stderr_log
 end

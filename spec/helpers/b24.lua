@@ -192,7 +192,7 @@ function M.emulate(opts)
   local quoted = {}
   for i, a in ipairs(opts.args or {}) do quoted[i] = ("%q"):format(a) end
   return M.start{ args = { "--workers", "1" }, env = opts.env,
-    script = "return require('bitrix24.emulator').main({ " .. table.concat(quoted, ", ") .. " })" }
+    script = "return require('b24.emulator').main({ " .. table.concat(quoted, ", ") .. " })" }
 end
 
 return M

@@ -80,11 +80,11 @@ static int finish_run(lua_State *L, int status, const char *who)
     return rc;
 }
 
-/* b24 call|export ARGS…: the embedded bitrix24.cli with the command and its arguments. */
+/* b24 call|export ARGS…: the embedded b24.cli with the command and its arguments. */
 static int cmd_cli(int argc, char **argv)
 {
     size_t len;
-    char *src = b24_call_chunk("require(\"bitrix24.cli\").main", argc, argv, &len);
+    char *src = b24_call_chunk("require(\"b24.cli\").main", argc, argv, &len);
     if (src == NULL) {
         fputs("b24: out of memory\n", stderr);
         return 1;

@@ -43,7 +43,7 @@ static int call_dispatch(lua_State *L)
     lua_pushinteger(L, job->attempt);
     lua_setfield(L, -2, "attempt");
     lua_getglobal(L, "require");
-    lua_pushliteral(L, "bitrix24.host");
+    lua_pushliteral(L, "b24.host");
     lua_call(L, 1, 1);
     lua_getfield(L, -1, "log");
     lua_setfield(L, -3, "log");

@@ -1,4 +1,4 @@
--- bitrix24.cli: `b24 call` and `b24 export` (design.md "The host").
+-- b24.cli: `b24 call` and `b24 export` (design.md "The host").
 --   b24 call METHOD [JSON | key=value…]     one REST call, the JSON result on stdout
 --   b24 export METHOD [JSON]                every row of a list method, one JSON line each
 -- The webhook comes from --webhook URL or B24_WEBHOOK_URL. main(argv) returns the exit status:
@@ -32,7 +32,7 @@ usage: b24 call [--webhook URL] METHOD [JSON | key=value…]
 ]]
 
 local function host()
-   local ok, h = pcall(require, "bitrix24.host") -- only inside b24
+   local ok, h = pcall(require, "b24.host") -- only inside b24
    if ok and type(h) == "table" then return h end
    return nil
 end

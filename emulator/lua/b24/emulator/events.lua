@@ -1,4 +1,4 @@
--- bitrix24.emulator.events: the outgoing webhooks of the emulated portal (protocol.md §6). Every
+-- b24.emulator.events: the outgoing webhooks of the emulated portal (protocol.md §6). Every
 -- add/update/delete POSTs an event, form-encoded field by field in the order a real portal writes
 -- it (shared/vectors/events/webhook-*.form: keys with bare brackets, values urlencoded), with the
 -- configured application token, to each --events-to URL. Deliveries are never retried; failures
@@ -112,7 +112,7 @@ function Events:emit(name, data)
    end
 end
 
--- opts: urls (list), token, domain, member_id, host (bitrix24.host or nil), timeout (seconds).
+-- opts: urls (list), token, domain, member_id, host (b24.host or nil), timeout (seconds).
 function _M.new(opts)
    opts = opts or {}
    local domain = opts.domain or _M.DEFAULT_DOMAIN

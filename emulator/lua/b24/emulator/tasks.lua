@@ -1,9 +1,9 @@
--- bitrix24.emulator.tasks: tasks.task.add|get|update|delete|list of the emulated portal. Rows are
+-- b24.emulator.tasks: tasks.task.add|get|update|delete|list of the emulated portal. Rows are
 -- kept under the upper-case names the methods take in `fields`, `filter`, `order` and `select`;
 -- answers use the lower camel case names of the real API, wrapped as result.task / result.tasks,
 -- values as strings (ids too) and null for what is unset.
 local cjson = require("cjson.safe")
-local crm = require "bitrix24.emulator.crm"
+local crm = require "b24.emulator.crm"
 
 local type = type
 local pairs = pairs

@@ -1,13 +1,13 @@
--- bitrix24.emulator: a Bitrix24 portal in memory behind incoming-webhook URLs (protocol.md §1–§6),
+-- b24.emulator: a Bitrix24 portal in memory behind incoming-webhook URLs (protocol.md §1–§6),
 -- as a handler for `b24 serve` / `b24 emulate`. State lives in the Lua state of one server thread:
 -- run it with one worker (b24 emulate does). Simulated time (latency, row and count costs, slow
 -- faults) is returned to the host as `{ delay = seconds }` so one thread serves many clients.
---   return require("bitrix24.emulator").main{ "--seed-leads", "100", "--code", "…" }
+--   return require("b24.emulator").main{ "--seed-leads", "100", "--code", "…" }
 local core = require "bitrix24.core"
-local crm = require "bitrix24.emulator.crm"
-local tasks = require "bitrix24.emulator.tasks"
-local events = require "bitrix24.emulator.events"
-local batch_labels = require "bitrix24.emulator.labels"
+local crm = require "b24.emulator.crm"
+local tasks = require "b24.emulator.tasks"
+local events = require "b24.emulator.events"
+local batch_labels = require "b24.emulator.labels"
 local cjson = require("cjson.safe").new()
 
 local type = type
@@ -118,9 +118,9 @@ _M.parse_faults = parse_faults
 
 -- The host module when running inside b24 (nil elsewhere).
 local function host_module()
-   local loaded = package.loaded["bitrix24.host"]
+   local loaded = package.loaded["b24.host"]
    if loaded then return loaded end
-   local ok, mod = pcall(require, "bitrix24.host")
+   local ok, mod = pcall(require, "b24.host")
    if ok and type(mod) == "table" then return mod end
    return nil
 end
@@ -130,7 +130,7 @@ end
 -- time_scale (speeds up the clock of the leaky bucket and of the operating window),
 -- operating_limit (seconds per method per 10 minutes), events_to (list of URLs), token, domain,
 -- member_id, data (a JSON file to persist to), clock (scaled seconds), random (a [0,1) function),
--- host (the bitrix24.host module, found when nil), blocking_delay (sleep instead of returning the
+-- host (the b24.host module, found when nil), blocking_delay (sleep instead of returning the
 -- delay: for hosts without the delay option).
 function _M.new(opts)
    opts = opts or {}

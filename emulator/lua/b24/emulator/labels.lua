@@ -1,4 +1,4 @@
--- bitrix24.emulator.labels: the batch labels in the order the caller sent them. A portal runs batch
+-- b24.emulator.labels: the batch labels in the order the caller sent them. A portal runs batch
 -- commands in that order (PHP arrays keep insertion order, for a JSON body and a query string
 -- alike); a decoded Lua table has lost it, so it is read back from the raw request text.
 local cjson = require("cjson.safe")

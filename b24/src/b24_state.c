@@ -91,7 +91,7 @@ static int embedded_loader(lua_State *L)
     return 1;
 }
 
-/* bitrix24.host.log(level, msg [, fields]): a line in the host's log, masked like every
+/* b24.host.log(level, msg [, fields]): a line in the host's log, masked like every
  * other; fields is a table of string keys and scalar values. */
 static int host_log(lua_State *L)
 {
@@ -139,7 +139,7 @@ static int host_log(lua_State *L)
     return 0;
 }
 
-/* bitrix24.host.post(url, body [, headers]) → true | nil, reason: queued for a host thread
+/* b24.host.post(url, body [, headers]) → true | nil, reason: queued for a host thread
  * that POSTs it once (b24_post.c); the outcome is only logged. */
 static int host_post(lua_State *L)
 {
@@ -189,7 +189,7 @@ static int host_post(lua_State *L)
     return 1;
 }
 
-/* bitrix24.host.isatty(fd) → boolean */
+/* b24.host.isatty(fd) → boolean */
 static int host_isatty(lua_State *L)
 {
     lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)) == 1);
@@ -204,7 +204,7 @@ static int open_host(lua_State *L)
     return 1;
 }
 
-/* os.exit inside b24: what the script queued with bitrix24.host.post goes out first (up to
+/* os.exit inside b24: what the script queued with b24.host.post goes out first (up to
  * 5 s), then the standard os.exit (upvalue 1) ends the process. */
 static int exit_after_posts(lua_State *L)
 {
@@ -227,7 +227,7 @@ static int open_state(lua_State *L)
     lua_pushcfunction(L, luaopen_bitrix24_core);
     lua_setfield(L, -2, "bitrix24.core");
     lua_pushcfunction(L, open_host);
-    lua_setfield(L, -2, "bitrix24.host");
+    lua_setfield(L, -2, "b24.host");
     for (int i = 0; b24_embedded_modules[i].name; i++) {
         lua_pushinteger(L, i);
         lua_pushcclosure(L, embedded_loader, 1);

@@ -1,4 +1,4 @@
-/* bitrix24.host.post: fire-and-forget HTTP POSTs from a host thread, in the order queued.
+/* b24.host.post: fire-and-forget HTTP POSTs from a host thread, in the order queued.
  * The emulator delivers its outgoing events through it, the way a portal does: once, after the
  * change, never retried, a failure only logged. The thread starts with the first post; one
  * libcurl handle keeps its connections alive between posts. */

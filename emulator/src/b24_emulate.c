@@ -1,4 +1,4 @@
-/* b24 emulate: `b24 serve` with one worker and the embedded bitrix24.emulator as its script.
+/* b24 emulate: `b24 serve` with one worker and the embedded b24.emulator as its script.
  * The host's own options are taken here; every other argument goes to emulator.main(argv),
  * which checks them (a bad one exits 2 before anything listens) and returns the handler.
  * One worker is enough: the portal's state lives in one Lua state, and its simulated costs
@@ -28,7 +28,7 @@ static void usage(FILE *f)
     lua_State *L = b24_state_new();
     if (L == NULL)
         return;
-    static const char src[] = "return require('bitrix24.emulator').USAGE";
+    static const char src[] = "return require('b24.emulator').USAGE";
     if (b24_state_run_script(L, SCRIPT_NAME, src, sizeof src - 1, 0) == LUA_OK && lua_isstring(L, -1))
         fprintf(f, "%s\n", lua_tostring(L, -1));
     lua_close(L);
@@ -93,7 +93,7 @@ int b24_cmd_emulate(int argc, char **argv)
     serve[ns++] = SCRIPT_NAME;
 
     size_t len;
-    char *src = b24_call_chunk("require(\"bitrix24.emulator\").main", nr, rest, &len);
+    char *src = b24_call_chunk("require(\"b24.emulator\").main", nr, rest, &len);
     free(rest);
     if (src == NULL) {
         free(serve);

@@ -65,7 +65,7 @@ int b24_timer_start(void);
 int b24_timer_add(double at, b24_timer_fn fn, void *arg); /* -1 when stopped or out of memory */
 void b24_timer_stop(void); /* fires what is left at once, then ends the thread */
 
-/* ---- fire-and-forget posts (b24_post.c), behind bitrix24.host.post ------------------------ */
+/* ---- fire-and-forget posts (b24_post.c), behind b24.host.post ------------------------ */
 struct curl_slist;
 int b24_post(const char *url, const char *body, size_t body_len, struct curl_slist *headers,
              const char **why);

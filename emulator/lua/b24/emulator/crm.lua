@@ -1,4 +1,4 @@
--- bitrix24.emulator.crm: the legacy CRM entities of the emulated portal (crm.lead.*, crm.deal.*,
+-- b24.emulator.crm: the legacy CRM entities of the emulated portal (crm.lead.*, crm.deal.*,
 -- crm.contact.*, crm.company.*) in memory, with the list semantics of protocol.md §4: rows of
 -- strings, 50 a page, start/next/total, filter prefixes, order and select.
 local cjson = require("cjson.safe")
