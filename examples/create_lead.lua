@@ -7,17 +7,17 @@
 local bitrix24 = require "bitrix24"
 
 local function fail(status, msg)
-  io.stderr:write(msg, "\n")
-  io.stdout:flush()
-  os.exit(status, true)
+   io.stderr:write(msg, "\n")
+   io.stdout:flush()
+   os.exit(status, true)
 end
 
 local USAGE = "usage: B24_WEBHOOK_URL=https://PORTAL/rest/USER_ID/CODE/ "
-  .. "b24 run examples/create_lead.lua [TITLE] [NAME]"
+   .. "b24 run examples/create_lead.lua [TITLE] [NAME]"
 
 local webhook = os.getenv("B24_WEBHOOK_URL")
 if not webhook or webhook == "" then
-  fail(2, "create_lead: B24_WEBHOOK_URL is not set (the incoming webhook of your portal)\n" .. USAGE)
+   fail(2, "create_lead: B24_WEBHOOK_URL is not set (the incoming webhook of your portal)\n" .. USAGE)
 end
 
 local args = arg or {}
@@ -27,7 +27,7 @@ local name = args[2]
 -- bitrix24.client raises on a URL that is not http(s); that is a usage error here
 local ok, client = pcall(bitrix24.client, { url = webhook, retries = 3 })
 if not ok then
-  fail(2, "create_lead: B24_WEBHOOK_URL is not an http(s) webhook URL\n" .. USAGE)
+   fail(2, "create_lead: B24_WEBHOOK_URL is not an http(s) webhook URL\n" .. USAGE)
 end
 
 local fields = { TITLE = title, SOURCE_ID = "WEB" }
@@ -37,8 +37,8 @@ if name and name ~= "" then fields.NAME = name end
 local id, err = client:call("crm.lead.add", { fields = fields, params = { REGISTER_SONET_EVENT = "Y" } })
 client:close()
 if id == nil then
-  -- tostring(err): "bitrix24: crm.lead.add: CODE: description (HTTP 401, https://…/rest/1/***/…)"
-  fail(1, "create_lead: " .. tostring(err))
+   -- tostring(err): "bitrix24: crm.lead.add: CODE: description (HTTP 401, https://…/rest/1/***/…)"
+   fail(1, "create_lead: " .. tostring(err))
 end
 
 if type(id) == "number" and id == math.floor(id) then id = string.format("%d", id) end

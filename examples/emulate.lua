@@ -15,24 +15,24 @@
 local dir = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")) or "."
 -- modules not embedded into the host load from the checkout
 package.path = dir .. "/../lua/?.lua;" .. dir .. "/../lua/?/init.lua;" .. dir .. "/../emulator/lua/?.lua;"
-   .. package.path
+    .. package.path
 
 local emulator = require "b24.emulator"
 
 local argv = {}
 local function option(env, name)
-  local v = os.getenv(env)
-  if v == nil or v == "" then return end
-  argv[#argv + 1] = name
-  argv[#argv + 1] = v
+   local v = os.getenv(env)
+   if v == nil or v == "" then return end
+   argv[#argv + 1] = name
+   argv[#argv + 1] = v
 end
 
 option("B24_EMU_USER_ID", "--user-id")
 option("B24_EMU_CODE", "--code")
 option("B24_EMU_TOKEN", "--token")
 for url in (os.getenv("B24_EMU_EVENTS_TO") or ""):gmatch("%S+") do
-  argv[#argv + 1] = "--events-to"
-  argv[#argv + 1] = url
+   argv[#argv + 1] = "--events-to"
+   argv[#argv + 1] = url
 end
 option("B24_EMU_DOMAIN", "--domain")
 option("B24_EMU_MEMBER_ID", "--member-id")

@@ -6,22 +6,22 @@ local bitrix24 = require "bitrix24"
 
 local token = os.getenv("B24_APP_TOKEN")
 if not token or token == "" then
-  error("set B24_APP_TOKEN to the application token of your outgoing webhook", 0)
+   error("set B24_APP_TOKEN to the application token of your outgoing webhook", 0)
 end
 
 local router = bitrix24.router{ token = token }
 
 local function log_event(event, ctx)
-  ctx.log("info", "event", { event = event.name, id = event.id or "?", domain = event.domain or "?",
-                             ts = event.ts or "?", attempt = ctx.attempt })
+   ctx.log("info", "event", { event = event.name, id = event.id or "?", domain = event.domain or "?",
+                                           ts = event.ts or "?", attempt = ctx.attempt })
 end
 
 for _, name in ipairs{
-  "ONCRMLEADADD", "ONCRMLEADUPDATE", "ONCRMLEADDELETE",
-  "ONCRMDEALADD", "ONCRMDEALUPDATE", "ONCRMDEALDELETE",
-  "ONTASKADD", "ONTASKUPDATE", "ONTASKDELETE",
+   "ONCRMLEADADD", "ONCRMLEADUPDATE", "ONCRMLEADDELETE",
+   "ONCRMDEALADD", "ONCRMDEALUPDATE", "ONCRMDEALDELETE",
+   "ONTASKADD", "ONTASKUPDATE", "ONTASKDELETE",
 } do
-  router:on(name, log_event)
+   router:on(name, log_event)
 end
 
 return router

@@ -12,12 +12,12 @@ local bitrix24 = require "bitrix24"
 local cjson = require("cjson.safe").new()
 
 local function setting(name, default)
-  local v = os.getenv(name)
-  if v == nil or v == "" then
-    if default ~= nil then return default end
-    error("telegram_notify: set " .. name .. " (see examples/telegram_notify.lua)", 0)
-  end
-  return v
+   local v = os.getenv(name)
+   if v == nil or v == "" then
+      if default ~= nil then return default end
+      error("telegram_notify: set " .. name .. " (see examples/telegram_notify.lua)", 0)
+   end
+   return v
 end
 
 local app_token = setting("B24_APP_TOKEN")
@@ -35,61 +35,61 @@ local router = bitrix24.router{ token = app_token, client = client }
 -- Whatever may echo the request (a libcurl message, a reply) loses the bot token.
 local token_pattern = bot_token:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")
 local function clean(s)
-  return (tostring(s):gsub(token_pattern, "***"))
+   return (tostring(s):gsub(token_pattern, "***"))
 end
 
 -- Sends text to the chat: true, or raises when another try may succeed, or false after
 -- logging a refusal that another try would get again.
 local function send(text, event, ctx)
-  local res, msg, kind = http:request{
-    method = "POST", url = api .. "/bot" .. bot_token .. "/sendMessage",
-    headers = { ["Content-Type"] = "application/json" },
-    body = cjson.encode{ chat_id = chat_id, text = text, disable_web_page_preview = true },
-  }
-  if res == nil then
-    error("telegram sendMessage failed: " .. tostring(kind) .. ": " .. clean(msg), 0)
-  end
-  local reply = cjson.decode(res.body or "")
-  local reason = type(reply) == "table" and type(reply.description) == "string" and clean(reply.description) or ""
-  if res.status >= 500 or res.status == 429 then
-    error("telegram sendMessage failed: HTTP " .. res.status .. (reason ~= "" and (": " .. reason) or ""), 0)
-  end
-  if res.status >= 300 or type(reply) ~= "table" or reply.ok ~= true then
-    ctx.log("error", "telegram sendMessage refused",
-            { event = event.name, id = event.id or "?", status = res.status, reason = reason })
-    return false
-  end
-  return true
+   local res, msg, kind = http:request{
+      method = "POST", url = api .. "/bot" .. bot_token .. "/sendMessage",
+      headers = { ["Content-Type"] = "application/json" },
+      body = cjson.encode{ chat_id = chat_id, text = text, disable_web_page_preview = true },
+   }
+   if res == nil then
+      error("telegram sendMessage failed: " .. tostring(kind) .. ": " .. clean(msg), 0)
+   end
+   local reply = cjson.decode(res.body or "")
+   local reason = type(reply) == "table" and type(reply.description) == "string" and clean(reply.description) or ""
+   if res.status >= 500 or res.status == 429 then
+      error("telegram sendMessage failed: HTTP " .. res.status .. (reason ~= "" and (": " .. reason) or ""), 0)
+   end
+   if res.status >= 300 or type(reply) ~= "table" or reply.ok ~= true then
+      ctx.log("error", "telegram sendMessage refused",
+                  { event = event.name, id = event.id or "?", status = res.status, reason = reason })
+      return false
+   end
+   return true
 end
 
 -- What each event is about: a word for the message, and the title in what its *.get returns.
 local KINDS = {
-  ONCRMLEADADD = { what = "lead", path = "/crm/lead/details/%s/", title = function(r) return r.TITLE end },
-  ONCRMDEALADD = { what = "deal", path = "/crm/deal/details/%s/", title = function(r) return r.TITLE end },
-  ONTASKADD = { what = "task", title = function(r) return type(r.task) == "table" and r.task.title end },
+   ONCRMLEADADD = { what = "lead", path = "/crm/lead/details/%s/", title = function(r) return r.TITLE end },
+   ONCRMDEALADD = { what = "deal", path = "/crm/deal/details/%s/", title = function(r) return r.TITLE end },
+   ONTASKADD = { what = "task", title = function(r) return type(r.task) == "table" and r.task.title end },
 }
 
 local function notify(event, ctx)
-  local kind = KINDS[event.name]
-  local id = event.id or "?"
-  local title
-  if ctx.client then
-    local got, err = event:fetch(ctx.client)
-    if got == nil then
-      -- the message still goes out, without the title
-      ctx.log("warn", "telegram_notify: title not fetched", { event = event.name, id = id, error = tostring(err) })
-    elseif type(got) == "table" then
-      title = kind.title(got)
-    end
-  end
-  local text = "New " .. kind.what .. " #" .. id
-  if type(title) == "string" and title ~= "" then text = text .. ": " .. title end
-  if kind.path and event.domain then
-    text = text .. "\nhttps://" .. event.domain .. kind.path:format(id)
-  end
-  if send(text, event, ctx) then
-    ctx.log("info", "telegram_notify: sent", { event = event.name, id = id, attempt = ctx.attempt })
-  end
+   local kind = KINDS[event.name]
+   local id = event.id or "?"
+   local title
+   if ctx.client then
+      local got, err = event:fetch(ctx.client)
+      if got == nil then
+         -- the message still goes out, without the title
+         ctx.log("warn", "telegram_notify: title not fetched", { event = event.name, id = id, error = tostring(err) })
+      elseif type(got) == "table" then
+         title = kind.title(got)
+      end
+   end
+   local text = "New " .. kind.what .. " #" .. id
+   if type(title) == "string" and title ~= "" then text = text .. ": " .. title end
+   if kind.path and event.domain then
+      text = text .. "\nhttps://" .. event.domain .. kind.path:format(id)
+   end
+   if send(text, event, ctx) then
+      ctx.log("info", "telegram_notify: sent", { event = event.name, id = id, attempt = ctx.attempt })
+   end
 end
 
 for _, name in ipairs{ "ONCRMLEADADD", "ONCRMDEALADD", "ONTASKADD" } do router:on(name, notify) end

@@ -7,18 +7,18 @@ local FORM = "application/x-www-form-urlencoded"
 local JSON = { ["Content-Type"] = "application/json" }
 
 return function(request)
-  if request.method ~= "POST" then
-    return 405, JSON, '{"error":"method not allowed"}'
-  end
-  local ctype = request.headers["content-type"] or ""
-  if ctype:sub(1, #FORM):lower() ~= FORM then
-    return 415, JSON, '{"error":"unsupported media type"}'
-  end
-  local event = core.form_decode(request.body)
-  local auth = event and event.auth
-  local token = type(auth) == "table" and auth.application_token
-  if type(token) == "string" and core.equal(token, expected) then
-    return 200, JSON, '{"success":true}'
-  end
-  return 401, JSON, '{"error":"unauthorized"}'
+   if request.method ~= "POST" then
+      return 405, JSON, '{"error":"method not allowed"}'
+   end
+   local ctype = request.headers["content-type"] or ""
+   if ctype:sub(1, #FORM):lower() ~= FORM then
+      return 415, JSON, '{"error":"unsupported media type"}'
+   end
+   local event = core.form_decode(request.body)
+   local auth = event and event.auth
+   local token = type(auth) == "table" and auth.application_token
+   if type(token) == "string" and core.equal(token, expected) then
+      return 200, JSON, '{"success":true}'
+   end
+   return 401, JSON, '{"error":"unauthorized"}'
 end

@@ -18,8 +18,8 @@ local headers = { ["Content-Type"] = "application/x-www-form-urlencoded" }
 local threads = {}
 
 function setup(thread)
-  threads[#threads + 1] = thread
-  thread:set("tid", #threads)
+   threads[#threads + 1] = thread
+   thread:set("tid", #threads)
 end
 
 local prefix
@@ -27,39 +27,39 @@ local counter = 0
 ok, duplicate, other = 0, 0, 0
 
 function init(args)
-  prefix = head .. string.format("%d%03d", run, tid)
+   prefix = head .. string.format("%d%03d", run, tid)
 end
 
 function request()
-  counter = counter + 1
-  return wrk.format("POST", "/", headers, prefix .. string.format("%010d", counter) .. tail)
+   counter = counter + 1
+   return wrk.format("POST", "/", headers, prefix .. string.format("%010d", counter) .. tail)
 end
 
 if check then
-  function response(status, _, answer)
-    if status ~= 200 then
-      other = other + 1
-    elseif answer:find('"duplicate"', 1, true) then
-      duplicate = duplicate + 1
-    else
-      ok = ok + 1
-    end
-  end
+   function response(status, _, answer)
+      if status ~= 200 then
+         other = other + 1
+      elseif answer:find('"duplicate"', 1, true) then
+         duplicate = duplicate + 1
+      else
+         ok = ok + 1
+      end
+   end
 end
 
 function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "INGEST requests=%d duration_us=%d p50_us=%d p99_us=%d max_us=%d connect=%d read=%d write=%d status=%d timeout=%d\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), latency.max,
-    e.connect, e.read, e.write, e.status, e.timeout))
-  if check then
-    local n = { 0, 0, 0 }
-    for _, t in ipairs(threads) do
-      n[1] = n[1] + t:get("ok")
-      n[2] = n[2] + t:get("duplicate")
-      n[3] = n[3] + t:get("other")
-    end
-    io.write(string.format("INGEST_CHECK ok=%d duplicate=%d other=%d\n", n[1], n[2], n[3]))
-  end
+   local e = summary.errors
+   io.write(string.format(
+      "INGEST requests=%d duration_us=%d p50_us=%d p99_us=%d max_us=%d connect=%d read=%d write=%d status=%d timeout=%d\n",
+      summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), latency.max,
+      e.connect, e.read, e.write, e.status, e.timeout))
+   if check then
+      local n = { 0, 0, 0 }
+      for _, t in ipairs(threads) do
+         n[1] = n[1] + t:get("ok")
+         n[2] = n[2] + t:get("duplicate")
+         n[3] = n[3] + t:get("other")
+      end
+      io.write(string.format("INGEST_CHECK ok=%d duplicate=%d other=%d\n", n[1], n[2], n[3]))
+   end
 end

@@ -6,25 +6,25 @@
 local bitrix24 = require "bitrix24"
 
 local function env(name)
-  local v = os.getenv(name)
-  if v == nil or v == "" then
-    error("set " .. name .. " (and name it in an `env " .. name .. ";` line of nginx.conf)", 0)
-  end
-  return v
+   local v = os.getenv(name)
+   if v == nil or v == "" then
+      error("set " .. name .. " (and name it in an `env " .. name .. ";` line of nginx.conf)", 0)
+   end
+   return v
 end
 
 local client = bitrix24.client{ url = env("B24_WEBHOOK_URL") }
 local router = bitrix24.router{ token = env("B24_APP_TOKEN"), client = client }
 
 router:on("*", function(event, ctx)
-  ctx.log("info", "event", { event = event.name, id = event.id or "?", domain = event.domain or "?" })
+   ctx.log("info", "event", { event = event.name, id = event.id or "?", domain = event.domain or "?" })
 end)
 
 router:on("ONCRMLEADADD", function(event, ctx)
-  ctx.log("info", "fetching lead", { id = event.id })
-  local lead, err = event:fetch(ctx.client)
-  if not lead then error("crm.lead.get " .. tostring(event.id) .. ": " .. tostring(err), 0) end
-  ctx.log("info", "lead fetched", { id = lead.ID, title = lead.TITLE })
+   ctx.log("info", "fetching lead", { id = event.id })
+   local lead, err = event:fetch(ctx.client)
+   if not lead then error("crm.lead.get " .. tostring(event.id) .. ": " .. tostring(err), 0) end
+   ctx.log("info", "lead fetched", { id = lead.ID, title = lead.TITLE })
 end)
 
 return router

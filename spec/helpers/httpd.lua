@@ -16,110 +16,110 @@ local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec/helper
 local server_lua = os.getenv("B24_TEST_SERVER_LUA") or "lua5.4"
 
 local function quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
 -- Runs a shell command (without the sanitizer run's LD_PRELOAD); raises with its output when it fails.
 local function run(cmd)
-  local p = assert(io.popen("{ unset LD_PRELOAD; " .. cmd .. "; } 2>&1", "r"))
-  local out = p:read("*a")
-  local ok, _, code = p:close()
-  if ok ~= true and ok ~= 0 then -- LuaJIT without 5.2 compat returns the raw status
-    error(("command failed (%s): %s\n%s"):format(tostring(code or ok), cmd, out), 2)
-  end
-  return out
+   local p = assert(io.popen("{ unset LD_PRELOAD; " .. cmd .. "; } 2>&1", "r"))
+   local out = p:read("*a")
+   local ok, _, code = p:close()
+   if ok ~= true and ok ~= 0 then -- LuaJIT without 5.2 compat returns the raw status
+      error(("command failed (%s): %s\n%s"):format(tostring(code or ok), cmd, out), 2)
+   end
+   return out
 end
 httpd.run = run
 
 local own_pid
 -- The pid of this interpreter: the parent of the shell that io.popen starts.
 function httpd.pid()
-  if not own_pid then
-    local p = assert(io.popen("echo $PPID", "r"))
-    own_pid = p:read("*l")
-    p:close()
-  end
-  return own_pid
+   if not own_pid then
+      local p = assert(io.popen("echo $PPID", "r"))
+      own_pid = p:read("*l")
+      p:close()
+   end
+   return own_pid
 end
 
 -- A temporary directory with ca.pem (a self-signed CA) and server.pem/server.key (signed by it,
 -- subjectAltName IP:127.0.0.1, DNS:localhost), made with the openssl command.
 function httpd.make_certs()
-  local dir = run('mktemp -d "${TMPDIR:-/tmp}/b24-httpd.XXXXXX"'):gsub("%s+$", "")
-  local d = quote(dir)
-  run(("cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-    .. " -keyout ca.key -out ca.pem -days 2 -subj '/CN=bitrix24 test CA'"
-    .. " -addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign'"):format(d))
-  local ext = assert(io.open(dir .. "/server.ext", "w"))
-  ext:write("basicConstraints=CA:FALSE\n",
-    "keyUsage=critical,digitalSignature,keyEncipherment\n",
-    "extendedKeyUsage=serverAuth\n",
-    "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-  ext:close()
-  run(("cd %s && openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-    .. " -keyout server.key -out server.csr -subj '/CN=localhost'"
-    .. " && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial"
-    .. " -days 2 -extfile server.ext -out server.pem"):format(d))
-  for _, name in ipairs { "ca.pem", "server.pem", "server.key" } do -- LuaJIT's popen hides exit codes
-    local f = io.open(dir .. "/" .. name, "r")
-    if not f then
-      error("openssl did not produce " .. dir .. "/" .. name, 2)
-    end
-    f:close()
-  end
-  return {
-    dir = dir,
-    ca_file = dir .. "/ca.pem",
-    cert = dir .. "/server.pem",
-    key = dir .. "/server.key",
-    remove = function()
-      os.execute("rm -rf " .. d)
-    end,
-  }
+   local dir = run('mktemp -d "${TMPDIR:-/tmp}/b24-httpd.XXXXXX"'):gsub("%s+$", "")
+   local d = quote(dir)
+   run(("cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+      .. " -keyout ca.key -out ca.pem -days 2 -subj '/CN=bitrix24 test CA'"
+      .. " -addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign'"):format(d))
+   local ext = assert(io.open(dir .. "/server.ext", "w"))
+   ext:write("basicConstraints=CA:FALSE\n",
+      "keyUsage=critical,digitalSignature,keyEncipherment\n",
+      "extendedKeyUsage=serverAuth\n",
+      "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+   ext:close()
+   run(("cd %s && openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+      .. " -keyout server.key -out server.csr -subj '/CN=localhost'"
+      .. " && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial"
+      .. " -days 2 -extfile server.ext -out server.pem"):format(d))
+   for _, name in ipairs { "ca.pem", "server.pem", "server.key" } do -- LuaJIT's popen hides exit codes
+      local f = io.open(dir .. "/" .. name, "r")
+      if not f then
+         error("openssl did not produce " .. dir .. "/" .. name, 2)
+      end
+      f:close()
+   end
+   return {
+      dir = dir,
+      ca_file = dir .. "/ca.pem",
+      cert = dir .. "/server.pem",
+      key = dir .. "/server.key",
+      remove = function()
+         os.execute("rm -rf " .. d)
+      end,
+   }
 end
 
 -- Starts a server: opts.tls (boolean) with opts.certs from make_certs (made, and removed on stop,
 -- when not given). Returns { port, url, ca_file, stop }.
 function httpd.start(opts)
-  opts = opts or {}
-  local certs, own_certs = opts.certs, false
-  if opts.tls and not certs then
-    certs, own_certs = httpd.make_certs(), true
-  end
-  local args = { quote(here .. "/httpd_main.lua"), "--parent", httpd.pid() }
-  if opts.tls then
-    args[#args + 1] = "--tls " .. quote(certs.cert) .. " " .. quote(certs.key)
-  end
-  -- `exec` keeps the shell's pid, so the first line is the server's own pid
-  -- and the server does not inherit the sanitizer run's LD_PRELOAD: it is not the code under test
-  local cmd = "echo $$; unset LD_PRELOAD; exec " .. server_lua .. " " .. table.concat(args, " ")
-  local pipe = assert(io.popen(cmd, "r"))
-  local pid = pipe:read("*l")
-  local line = pipe:read("*l") -- blocks until the server listens, or EOF when it died
-  local port = line and tonumber(line:match("^PORT (%d+)$"))
-  local srv = { pid = pid }
-  local stopped = false
-  function srv.stop()
-    if stopped then
-      return
-    end
-    stopped = true
-    if pid and pid:match("^%d+$") then
-      os.execute("kill " .. pid .. " 2>/dev/null")
-    end
-    pipe:close() -- waits for the process: no zombie either
-    if own_certs then
-      certs.remove()
-    end
-  end
-  if not port then
-    srv.stop()
-    error("test server did not start (first line: " .. tostring(line) .. ")", 2)
-  end
-  srv.port = port
-  srv.url = (opts.tls and "https" or "http") .. "://127.0.0.1:" .. port
-  srv.ca_file = certs and certs.ca_file
-  return srv
+   opts = opts or {}
+   local certs, own_certs = opts.certs, false
+   if opts.tls and not certs then
+      certs, own_certs = httpd.make_certs(), true
+   end
+   local args = { quote(here .. "/httpd_main.lua"), "--parent", httpd.pid() }
+   if opts.tls then
+      args[#args + 1] = "--tls " .. quote(certs.cert) .. " " .. quote(certs.key)
+   end
+   -- `exec` keeps the shell's pid, so the first line is the server's own pid
+   -- and the server does not inherit the sanitizer run's LD_PRELOAD: it is not the code under test
+   local cmd = "echo $$; unset LD_PRELOAD; exec " .. server_lua .. " " .. table.concat(args, " ")
+   local pipe = assert(io.popen(cmd, "r"))
+   local pid = pipe:read("*l")
+   local line = pipe:read("*l") -- blocks until the server listens, or EOF when it died
+   local port = line and tonumber(line:match("^PORT (%d+)$"))
+   local srv = { pid = pid }
+   local stopped = false
+   function srv.stop()
+      if stopped then
+         return
+      end
+      stopped = true
+      if pid and pid:match("^%d+$") then
+         os.execute("kill " .. pid .. " 2>/dev/null")
+      end
+      pipe:close() -- waits for the process: no zombie either
+      if own_certs then
+         certs.remove()
+      end
+   end
+   if not port then
+      srv.stop()
+      error("test server did not start (first line: " .. tostring(line) .. ")", 2)
+   end
+   srv.port = port
+   srv.url = (opts.tls and "https" or "http") .. "://127.0.0.1:" .. port
+   srv.ca_file = certs and certs.ca_file
+   return srv
 end
 
 return httpd
