@@ -125,8 +125,10 @@ crashtest: $(B24)
 fidelity: $(B24)
 	scripts/fidelity.sh
 
+# .clang-format is the C as written: on a clean tree this changes nothing
+FORMAT_SRC = $(wildcard csrc/*.[ch] b24/src/*.[ch] emulator/src/*.[ch] fuzz/*.[ch])
 format:
-	clang-format -i csrc/*.c csrc/*.h fuzz/*.c
+	clang-format -i $(FORMAT_SRC)
 
 # varFuncNullUB: b24_log's NULL-terminated pairs; glibc's NULL is ((void *)0), a pointer.
 lint:

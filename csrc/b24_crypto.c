@@ -261,10 +261,14 @@ static int l_base64_decode(lua_State *L)
 }
 
 static const luaL_Reg crypto_funcs[] = {
-    {"hmac_sha256", l_hmac_sha256},     {"sha256", l_sha256},
-    {"equal", l_equal},                 {"hex_encode", l_hex_encode},
-    {"hex_decode", l_hex_decode},       {"base64_encode", l_base64_encode},
-    {"base64_decode", l_base64_decode}, {NULL, NULL},
+    {"hmac_sha256", l_hmac_sha256},
+    {"sha256", l_sha256},
+    {"equal", l_equal},
+    {"hex_encode", l_hex_encode},
+    {"hex_decode", l_hex_decode},
+    {"base64_encode", l_base64_encode},
+    {"base64_decode", l_base64_decode},
+    {NULL, NULL},
 };
 
 void b24_crypto_open(lua_State *L)

@@ -223,9 +223,10 @@ static void url_encode(lua_State *L, char **buf, size_t *len, size_t *cap, const
 /* Decimal digits of v into out (at least 21 bytes); returns the length. */
 static size_t format_integer(long long v, char *out)
 {
-    static const char pairs[] = "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
-                                "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
-                                "8081828384858687888990919293949596979899";
+    static const char pairs[] =
+        "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+        "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+        "8081828384858687888990919293949596979899";
     char tmp[24];
     size_t n = 0;
     unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
@@ -323,7 +324,7 @@ typedef struct entry {
     lua_Number num;
     const char *str; /* anchored by the table */
     size_t len;
-    uint64_t head; /* the first eight bytes, big-endian: most comparisons end here */
+    uint64_t head;            /* the first eight bytes, big-endian: most comparisons end here */
     int key_slot, value_slot; /* stack slots while they fit; 0: look the value up again */
 } entry;
 

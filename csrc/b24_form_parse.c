@@ -28,7 +28,8 @@ static size_t url_decode(const char *in, size_t len, char *out)
             out[o++] = ' ';
         } else if (c == '%' && i + 2 < len && hexval((unsigned char)in[i + 1]) >= 0 &&
                    hexval((unsigned char)in[i + 2]) >= 0) {
-            out[o++] = (char)(hexval((unsigned char)in[i + 1]) * 16 + hexval((unsigned char)in[i + 2]));
+            out[o++] =
+                (char)(hexval((unsigned char)in[i + 1]) * 16 + hexval((unsigned char)in[i + 2]));
             i += 2;
         } else {
             out[o++] = c;

@@ -38,7 +38,7 @@ typedef struct transfer {
 typedef struct session {
     CURL *curl; /* == one.curl; NULL once closed */
     transfer one;
-    CURLM *multi;          /* request_many's, created on first use */
+    CURLM *multi;            /* request_many's, created on first use */
     transfer many[MANY_MAX]; /* its easy handles, created as needed */
     size_t max_response;
     long connect_timeout_ms, timeout_ms;
@@ -162,8 +162,8 @@ static void opt_string(lua_State *L, int t, const char *name, char **dst)
 }
 
 static const char *const known_options[] = {
-    "connect_timeout", "timeout", "ca_file", "verify", "max_response", "user_agent",
-    "proxy", "follow_redirects", "max_redirects", "http2", "compressed", NULL,
+    "connect_timeout", "timeout",          "ca_file",       "verify", "max_response", "user_agent",
+    "proxy",           "follow_redirects", "max_redirects", "http2",  "compressed",   NULL,
 };
 
 /* http([opts]) -> session */
@@ -208,7 +208,8 @@ static int l_http(lua_State *L)
         lua_getfield(L, 1, "max_response");
         if (!lua_isnil(L, -1)) {
             lua_Number n = lua_tonumber(L, -1);
-            if (lua_type(L, -1) != LUA_TNUMBER || n < 1 || n > 1e15 || n != (lua_Number)(long long)n)
+            if (lua_type(L, -1) != LUA_TNUMBER || n < 1 || n > 1e15 ||
+                n != (lua_Number)(long long)n)
                 return luaL_error(L, "bad option 'max_response' (a positive byte count expected)");
             s->max_response = (size_t)n;
         }
@@ -397,7 +398,8 @@ static void prepare(lua_State *L, session *s, transfer *t, int req)
     lua_getfield(L, req, "body");    /* top+3 */
     lua_getfield(L, req, "headers"); /* top+4 */
     size_t url_len, body_len = 0;
-    if (lua_type(L, top + 1) != LUA_TSTRING) /* before tolstring, which would turn a number into one */
+    /* before tolstring, which would turn a number into one */
+    if (lua_type(L, top + 1) != LUA_TSTRING)
         luaL_error(L, "bad request field 'url' (string expected)");
     const char *url = lua_tolstring(L, top + 1, &url_len);
     if (strlen(url) != url_len)
@@ -493,9 +495,9 @@ static int push_result(lua_State *L, transfer *t, CURLcode rc)
     lua_setfield(L, -2, "headers");
     lua_pushlstring(L, t->body.data ? t->body.data : "", t->body.len);
     lua_setfield(L, -2, "body");
-    lua_pushstring(L, version == CURL_HTTP_VERSION_2_0 ? "2"
+    lua_pushstring(L, version == CURL_HTTP_VERSION_2_0   ? "2"
                       : version == CURL_HTTP_VERSION_1_0 ? "1.0"
-                                                           : "1.1");
+                                                         : "1.1");
     lua_setfield(L, -2, "http_version");
     lua_pushboolean(L, connects == 0);
     lua_setfield(L, -2, "reused");

@@ -21,8 +21,8 @@ static int is_value_char(unsigned char c)
 }
 
 /* Key words after which a value is a secret: application_token=…, "access_token":"…", … */
-static const char *const secret_keys[] = {"token", "secret", "password", "signature", "whsec_",
-                                          "bearer ", "authorization", NULL};
+static const char *const secret_keys[] = {"token",  "secret",  "password",      "signature",
+                                          "whsec_", "bearer ", "authorization", NULL};
 
 size_t b24_mask(const char *s, size_t len, char *out, size_t n)
 {
@@ -30,11 +30,11 @@ size_t b24_mask(const char *s, size_t len, char *out, size_t n)
     if (n == 0)
         return 0;
 /* ch is evaluated once, whether or not it still fits (PUT(s[i++]) must always advance) */
-#define PUT(ch)                                                                                   \
-    do {                                                                                          \
-        char put_ = (ch);                                                                         \
-        if (o + 1 < n)                                                                            \
-            out[o++] = put_;                                                                      \
+#define PUT(ch)                                                                                    \
+    do {                                                                                           \
+        char put_ = (ch);                                                                          \
+        if (o + 1 < n)                                                                             \
+            out[o++] = put_;                                                                       \
     } while (0)
     for (size_t i = 0; i < len && o + 1 < n;) { /* stops once out is full */
         /* /rest/<user id>/<code>/ : the incoming-webhook secret */
@@ -91,7 +91,7 @@ size_t b24_mask(const char *s, size_t len, char *out, size_t n)
                 for (size_t x = i; x < j; x++)
                     PUT(s[x]);
                 for (int star = 0; star < 3; star++)
-                        PUT('*');
+                    PUT('*');
                 i = k;
                 masked = 1;
             }
@@ -117,9 +117,9 @@ static void add(b24_logline *l, const char *s, size_t n)
 /* Fields a host fills with its own numbers and names; every other value is masked. */
 static int trusted(const char *key)
 {
-    static const char *const keys[] = {"time", "level", "status", "duration_ms", "bytes_in",
-                                       "remote", "method", "workers", "address", "version",
-                                       "in_flight", "unfinished", NULL};
+    static const char *const keys[] = {
+        "time",    "level",   "status",  "duration_ms", "bytes_in",   "remote", "method",
+        "workers", "address", "version", "in_flight",   "unfinished", NULL};
     for (const char *const *k = keys; *k; k++)
         if (strcmp(*k, key) == 0)
             return 1;
@@ -169,8 +169,8 @@ static void add_value(b24_logline *l, const char *v, size_t len, int mask)
 /* A field named like a secret (app_token, client_secret, …) is hidden whole. */
 static int secret_key(const char *key)
 {
-    static const char *const words[] = {"token", "secret", "password", "signature",
-                                        "authorization", NULL};
+    static const char *const words[] = {"token",     "secret",        "password",
+                                        "signature", "authorization", NULL};
     for (const char *const *w = words; *w; w++)
         if (strcasestr(key, *w) != NULL)
             return 1;

@@ -9,8 +9,6 @@
 #include "b24.h"
 #include "fuzz.h"
 
-
-
 static int sextet(unsigned char c, int url)
 {
     const char *abc = url ? "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"

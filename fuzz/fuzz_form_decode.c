@@ -21,7 +21,6 @@
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int luaopen_bitrix24_core(lua_State *L);
 
-
 /* Mirrors the private chunk header of csrc/b24_arena.c, so pointers can be checked against the
  * arena's memory; the sum of the sizes is checked against arena.total to catch layout drift. */
 struct b24_arena_chunk {
@@ -42,7 +41,7 @@ typedef struct walk {
     const b24_arena *arena;
     const b24_form_limits *limits;
     size_t input_len;
-    const char *lo, *hi; /* span of every pointer into the decoded buffer */
+    const char *lo, *hi;          /* span of every pointer into the decoded buffer */
     const b24_arena_chunk *chunk; /* the chunk holding that buffer */
     size_t entries;
 } walk;

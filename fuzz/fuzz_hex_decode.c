@@ -8,8 +8,6 @@
 #include "b24.h"
 #include "fuzz.h"
 
-
-
 static int is_hex(unsigned char c)
 {
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');

@@ -31,8 +31,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             while (*q >= '0' && *q <= '9')
                 q++;
             if (q > p + 6 && *q == '/')
-                CHECK(q[1] == '*' || !((q[1] >= 'a' && q[1] <= 'z') || (q[1] >= 'A' && q[1] <= 'Z') ||
-                                       (q[1] >= '0' && q[1] <= '9')));
+                CHECK(q[1] == '*' ||
+                      !((q[1] >= 'a' && q[1] <= 'z') || (q[1] >= 'A' && q[1] <= 'Z') ||
+                        (q[1] >= '0' && q[1] <= '9')));
             p += 6;
         }
     }
