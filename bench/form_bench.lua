@@ -55,12 +55,16 @@ local function deal_event()
       UTM_MEDIUM = "cpc", UTM_CAMPAIGN = "autumn_sale_2024", UTM_CONTENT = "banner_240x400",
       UTM_TERM = "купить токарный станок", UF_CRM_1693212345 = { "45", "46", "51" },
       UF_CRM_DELIVERY_ADDRESS = "г. Москва, ул. Ленина, д. 1, стр. 2|55.751244;37.618423",
-      UF_CRM_CONTRACT = { id = "1893", showUrl = "/bitrix/components/bitrix/crm.deal.show/show_file.php?ownerId=7405&fieldName=UF_CRM_CONTRACT&dynamic=Y&fileId=1893",
-         downloadUrl = "/bitrix/components/bitrix/crm.deal.show/show_file.php?auth=&ownerId=7405&fieldName=UF_CRM_CONTRACT&dynamic=Y&fileId=1893" },
+      UF_CRM_CONTRACT = { id = "1893",
+         showUrl = "/bitrix/components/bitrix/crm.deal.show/show_file.php"
+            .. "?ownerId=7405&fieldName=UF_CRM_CONTRACT&dynamic=Y&fileId=1893",
+         downloadUrl = "/bitrix/components/bitrix/crm.deal.show/show_file.php"
+            .. "?auth=&ownerId=7405&fieldName=UF_CRM_CONTRACT&dynamic=Y&fileId=1893" },
       UF_CRM_PAYMENT_DUE = "2024-10-01T03:00:00+03:00", UF_CRM_MANAGER_NOTE = "Скидка согласована с РОП",
       CONTACT_IDS = { "4021", "4022" }, PRODUCT_ROWS = rows,
    }
-   return { event = "ONCRMDEALUPDATE", event_handler_id = "58", data = { FIELDS = deal }, ts = "1727018926", auth = AUTH }
+   return { event = "ONCRMDEALUPDATE", event_handler_id = "58", data = { FIELDS = deal }, ts = "1727018926",
+      auth = AUTH }
 end
 
 -- ONTASKUPDATE with the task's fields before and after: a long BBCode description, members,
@@ -68,13 +72,16 @@ end
 local function task_event()
    local paragraphs = {}
    for i = 1, 12 do
-      paragraphs[i] = "[P]" .. i .. ". Проверить раздел «" .. ("Отгрузка и приёмка"):rep(1) .. "» договора: сроки, штрафы, "
-         .. "порядок приёмки (акт КС-2/КС-3), ответственные лица; результаты — в [URL=https://example.bitrix24.ru/docs/file/"
+      paragraphs[i] = "[P]" .. i .. ". Проверить раздел «" .. ("Отгрузка и приёмка"):rep(1)
+         .. "» договора: сроки, штрафы, "
+         .. "порядок приёмки (акт КС-2/КС-3), ответственные лица; результаты — в "
+         .. "[URL=https://example.bitrix24.ru/docs/file/"
          .. (1000 + i) .. "/]таблицу[/URL] до 18:00 & отметить @Пётр.[/P]"
    end
    local checklist = {}
    for i = 1, 10 do
-      checklist[i] = { ID = tostring(300 + i), TITLE = "Пункт " .. i .. ": согласовать смету (вариант " .. i .. ")",
+      checklist[i] = { ID = tostring(300 + i),
+         TITLE = "Пункт " .. i .. ": согласовать смету (вариант " .. i .. ")",
          IS_COMPLETE = i % 3 == 0 and "Y" or "N", SORT_INDEX = tostring(i), PARENT_ID = "300" }
    end
    local function task(status)
@@ -90,7 +97,8 @@ local function task_event()
       }
    end
    return { event = "ONTASKUPDATE", event_handler_id = "404",
-      data = { FIELDS_BEFORE = task("2"), FIELDS_AFTER = task("3"), IS_ACCESSIBLE_BEFORE = "Y", IS_ACCESSIBLE_AFTER = "Y" },
+      data = { FIELDS_BEFORE = task("2"), FIELDS_AFTER = task("3"), IS_ACCESSIBLE_BEFORE = "Y",
+         IS_ACCESSIBLE_AFTER = "Y" },
       ts = "1769071218", auth = AUTH }
 end
 
@@ -99,11 +107,14 @@ local function lead_add()
       TITLE = "Заявка с сайта: расчёт стоимости", NAME = "Иван", SECOND_NAME = "Петрович",
       LAST_NAME = "Сидоров", STATUS_ID = "NEW", OPENED = "Y", ASSIGNED_BY_ID = 17, CURRENCY_ID = "RUB",
       OPPORTUNITY = 15000.5, SOURCE_ID = "WEB", SOURCE_DESCRIPTION = "Форма «Обратный звонок» на /contacts/",
-      COMMENTS = "Перезвонить после 14:00 (МСК). Интересует: станок ТВ-320 + доставка & монтаж; бюджет ~1.2 млн ₽.",
+      COMMENTS = "Перезвонить после 14:00 (МСК). Интересует: станок ТВ-320 + доставка & монтаж; "
+         .. "бюджет ~1.2 млн ₽.",
       ADDRESS = "ул. Ленина, д. 1, кв. 2", ADDRESS_CITY = "Москва", ADDRESS_POSTAL_CODE = "101000",
       ADDRESS_COUNTRY = "Россия", COMPANY_TITLE = "ООО «Ромашка»", POST = "Главный инженер",
-      PHONE = { { VALUE = "+7 (900) 000-00-00", VALUE_TYPE = "WORK" }, { VALUE = "+7 916 123-45-67", VALUE_TYPE = "MOBILE" } },
-      EMAIL = { { VALUE = "ivan.sidorov+lead@example.ru", VALUE_TYPE = "WORK" }, { VALUE = "ivan@example.com", VALUE_TYPE = "HOME" } },
+      PHONE = { { VALUE = "+7 (900) 000-00-00", VALUE_TYPE = "WORK" },
+                { VALUE = "+7 916 123-45-67", VALUE_TYPE = "MOBILE" } },
+      EMAIL = { { VALUE = "ivan.sidorov+lead@example.ru", VALUE_TYPE = "WORK" },
+                { VALUE = "ivan@example.com", VALUE_TYPE = "HOME" } },
       WEB = { { VALUE = "https://example.ru/?from=bitrix24&x=1", VALUE_TYPE = "WORK" } },
       IM = { { VALUE = "ivan_sidorov", VALUE_TYPE = "TELEGRAM" } },
       UTM_SOURCE = "yandex", UTM_MEDIUM = "cpc", UTM_CAMPAIGN = "autumn_sale_2024", UTM_TERM = "купить станок",

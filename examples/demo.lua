@@ -42,15 +42,15 @@ event.auth.application_token = "***" -- never print a secret
 print(cjson.encode(event))
 
 local params = { fields = { TITLE = "Acme order", NAME = "Ivan",
-                                          PHONE = { { VALUE = "+7 900 000-00-00", VALUE_TYPE = "WORK" } } },
-                         params = { REGISTER_SONET_EVENT = true } }
+                            PHONE = { { VALUE = "+7 900 000-00-00", VALUE_TYPE = "WORK" } } },
+                 params = { REGISTER_SONET_EVENT = true } }
 print("crm.lead.add as a PHP form body: " .. core.form_encode(params))
 
 local webhook = os.getenv("B24_WEBHOOK_URL")
 if webhook and webhook ~= "" then
    local http = core.http()
    local res, msg, kind = http:request{ method = "POST", url = webhook .. "user.current.json",
-                                                          headers = { ["Content-Type"] = "application/json" }, body = "{}" }
+                                        headers = { ["Content-Type"] = "application/json" }, body = "{}" }
    local masked = webhook:gsub("(/rest/%d+/)[^/]+", "%1***")
    if not res then
       io.stderr:write(("user.current via %s failed (%s): %s\n"):format(masked, kind, msg))

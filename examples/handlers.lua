@@ -13,7 +13,7 @@ local router = bitrix24.router{ token = token }
 
 local function log_event(event, ctx)
    ctx.log("info", "event", { event = event.name, id = event.id or "?", domain = event.domain or "?",
-                                           ts = event.ts or "?", attempt = ctx.attempt })
+                              ts = event.ts or "?", attempt = ctx.attempt })
 end
 
 for _, name in ipairs{

@@ -56,7 +56,8 @@ end
 router:on("ONCRMLEADADD", function(event, ctx)
    local lead, err = event:fetch(ctx.client)
    if lead == nil then
-      if bitrix24.Error.is(err) and err.status == 400 and tostring(err.description):lower():find("not found", 1, true) then
+      if bitrix24.Error.is(err) and err.status == 400
+         and tostring(err.description):lower():find("not found", 1, true) then
          -- deleted before we asked: another try gives the same answer
          ctx.log("warn", "lead_sync: lead gone before it was fetched", { id = event.id })
          return

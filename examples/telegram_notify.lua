@@ -56,7 +56,7 @@ local function send(text, event, ctx)
    end
    if res.status >= 300 or type(reply) ~= "table" or reply.ok ~= true then
       ctx.log("error", "telegram sendMessage refused",
-                  { event = event.name, id = event.id or "?", status = res.status, reason = reason })
+              { event = event.name, id = event.id or "?", status = res.status, reason = reason })
       return false
    end
    return true

@@ -5,7 +5,8 @@
 --                                [--json] [--keep]
 --
 -- Starts `b24 serve --inbox FILE` with a router whose handler works 0..2*handler-ms ms (even IDs)
--- and then appends "id attempt" to a record file (one write(2) per line, append mode), has --senders processes post --events distinct
+-- and then appends "id attempt" to a record file (one write(2) per line, append mode), has --senders
+-- processes post --events distinct
 -- deliveries to it concurrently (keep-alive, luasocket), sends SIGKILL to the host once
 -- --kill-after deliveries have been answered 200, restarts it on the same port and file while
 -- the senders go on, waits until every sender is done and the inbox is empty, and checks:
@@ -327,10 +328,10 @@ return router
    add_runs(all_record:sub(#pre_kill_record + 1), "after")
 
    local fig = { sent = 0, ok = 0, duplicate_answers = 0, other_status = 0, failed = 0,
-                        processed = 0, lost = 0, processed_twice = 0, processed_more = 0,
-                        failed_but_processed = 0, ok_before_kill = 0, running_at_kill = n_running,
-                        pending_at_kill = n_pending, unexplained = 0, reprocessed_after_commit = 0,
-                        not_durable_at_kill = 0, running_recorded_at_kill = 0 }
+                 processed = 0, lost = 0, processed_twice = 0, processed_more = 0,
+                 failed_but_processed = 0, ok_before_kill = 0, running_at_kill = n_running,
+                 pending_at_kill = n_pending, unexplained = 0, reprocessed_after_commit = 0,
+                 not_durable_at_kill = 0, running_recorded_at_kill = 0 }
    local problems = {}
    local function problem(msg)
       if #problems < 20 then problems[#problems + 1] = msg end
@@ -372,7 +373,11 @@ return router
          end
       end
       if r and #r >= 2 then
-         if #r == 2 then fig.processed_twice = fig.processed_twice + 1 else fig.processed_more = fig.processed_more + 1 end
+         if #r == 2 then
+            fig.processed_twice = fig.processed_twice + 1
+         else
+            fig.processed_more = fig.processed_more + 1
+         end
          local row = at_kill[id]
          local explained = #r == 2 and row and row.state == "running"
             and r[1].phase == "before" and r[2].phase == "after"
@@ -397,15 +402,18 @@ return router
    end
 
    local elapsed = t_end - t0
-   print(("crash test: %d deliveries from %d concurrent senders, b24 killed (SIGKILL) after %d answers 200, restarted on the same inbox")
+   print(("crash test: %d deliveries from %d concurrent senders, b24 killed (SIGKILL) after %d answers 200,"
+      .. " restarted on the same inbox")
       :format(events, nsenders, kill_after))
-   print(("  sent %d | answered 200 %d (%d before the kill) | other answers %d | failed (no answer: reset/closed by the kill) %d")
+   print(("  sent %d | answered 200 %d (%d before the kill) | other answers %d"
+      .. " | failed (no answer: reset/closed by the kill) %d")
       :format(fig.sent, fig.ok, fig.ok_before_kill, fig.other_status + fig.duplicate_answers, fig.failed))
    print(("  at the kill: %d running (%d of them had recorded their run), %d pending in the inbox")
       :format(fig.running_at_kill, fig.running_recorded_at_kill, fig.pending_at_kill))
    print(("  processed %d | lost %d | processed twice %d (all running at the kill, first run not yet committed: %s)")
       :format(fig.processed, fig.lost, fig.processed_twice, fig.unexplained == 0 and "yes" or "NO"))
-   print(("  processed again after a committed success %d | failed but processed anyway %d | %.1f s in all, killed at %.1f s")
+   print(("  processed again after a committed success %d | failed but processed anyway %d"
+      .. " | %.1f s in all, killed at %.1f s")
       :format(fig.reprocessed_after_commit, fig.failed_but_processed, elapsed, t_kill - t0))
    print("  inbox at the end: " .. final_stats)
    for _, p in ipairs(problems) do print("  PROBLEM: " .. p) end
@@ -420,7 +428,8 @@ return router
       print("{" .. table.concat(parts, ",") .. "}")
    end
    if o.keep or not pass then
-      print("  files kept in " .. dir .. " (" .. log1:match("[^/]*$") .. ", " .. log2:match("[^/]*$") .. ", record.txt, sender-*.txt, inbox.sqlite)")
+      print("  files kept in " .. dir .. " (" .. log1:match("[^/]*$") .. ", " .. log2:match("[^/]*$")
+         .. ", record.txt, sender-*.txt, inbox.sqlite)")
    else
       os.execute("rm -rf " .. quote(dir))
    end

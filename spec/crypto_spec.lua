@@ -335,7 +335,7 @@ describe("bitrix24.core crypto", function()
       it("rejects misplaced or excess padding", function()
          for _, alphabet in ipairs({ "std", "url" }) do
             for _, s in ipairs({ "Zg===", "Z===", "=Zg=", "Zg=A", "====", "=", "==", "Zm9v=",
-                                           "Zm9v====", "Zg=", "Zm8==", "Z=g=", "Zm9vY===" }) do
+                                 "Zm9v====", "Zg=", "Zm8==", "Z=g=", "Zm9vY===" }) do
                assert_invalid(s, alphabet)
             end
          end

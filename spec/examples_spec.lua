@@ -180,7 +180,8 @@ describe("examples/create_lead.lua", function()
       for _, env in ipairs{ "env -u B24_WEBHOOK_URL", "B24_WEBHOOK_URL=", "B24_WEBHOOK_URL=ftp://portal/rest/1/x/" } do
          local out, code = run(env .. " " .. q(b24.bin) .. " run examples/create_lead.lua")
          assert.equal(2, code, out)
-         assert.matches("usage: B24_WEBHOOK_URL=https://PORTAL/rest/USER_ID/CODE/ b24 run examples/create_lead.lua", out, 1, true)
+         assert.matches("usage: B24_WEBHOOK_URL=https://PORTAL/rest/USER_ID/CODE/ b24 run examples/create_lead.lua",
+            out, 1, true)
       end
    end)
 end)
@@ -205,9 +206,11 @@ describe("examples/lead_sync.lua", function()
       return emu.str(body.result)
    end
 
-   it("posts the lead an ONCRMLEADADD event names as JSON with the Bearer token, retrying a 500 through the inbox", function()
+   it("posts the lead an ONCRMLEADADD event names as JSON with the Bearer token, retrying a 500 through the inbox",
+   function()
       local id = add_lead{ TITLE = "Flaky sync", NAME = "Ivan", LAST_NAME = "Flaky",
-         EMAIL = { { VALUE = "ivan@example.com", VALUE_TYPE = "WORK" }, { VALUE = "home@example.com", VALUE_TYPE = "HOME" } },
+         EMAIL = { { VALUE = "ivan@example.com", VALUE_TYPE = "WORK" },
+                   { VALUE = "home@example.com", VALUE_TYPE = "HOME" } },
          PHONE = { { VALUE = "+7 900 000-00-01", VALUE_TYPE = "WORK" } } }
       local synced = wait_done(app, "lead_sync: lead synced", id)
       assert.matches("attempt=2", synced, 1, true)
@@ -220,7 +223,7 @@ describe("examples/lead_sync.lua", function()
          assert.equal("application/json", r.content_type)
          assert.matches("^%x+:lead:" .. id .. "$", r.idempotency_key)
          assert.same({ id = tonumber(id), name = "Ivan Flaky", email = "ivan@example.com",
-                              phone = "+7 900 000-00-01" }, cjson.decode(r.body))
+                       phone = "+7 900 000-00-01" }, cjson.decode(r.body))
       end
       assert.equal(reqs[1].body, reqs[2].body)
       -- the first attempt failed on the 500 and was retried by the inbox
@@ -244,9 +247,9 @@ describe("examples/lead_sync.lua", function()
       local reqs = ext.requests(before + 2)
       assert.equal(before + 2, #reqs)
       assert.same({ id = tonumber(refused), name = "Refused", email = cjson.null, phone = cjson.null },
-                        cjson.decode(reqs[before + 1].body))
+                  cjson.decode(reqs[before + 1].body))
       assert.same({ id = tonumber(ok), name = "Olga", email = cjson.null, phone = cjson.null },
-                        cjson.decode(reqs[before + 2].body))
+                  cjson.decode(reqs[before + 2].body))
       assert.equal(1, #lines_with(app, "delivery failed"), app:log())
       assert_no_secrets(app, portal, ext)
    end)
@@ -286,7 +289,8 @@ describe("examples/lead_sync.lua when the external system is down", function()
 
    it("does not start without its settings, and says which one is missing", function()
       for _, case in ipairs{ { "lead_sync.lua", "SYNC_TOKEN" }, { "telegram_notify.lua", "TELEGRAM_BOT_TOKEN" } } do
-         local out, code = run(("B24_APP_TOKEN=t B24_WEBHOOK_URL=http://127.0.0.1:1/rest/1/c0de/ SYNC_URL=http://127.0.0.1:1/"
+         local out, code = run(("B24_APP_TOKEN=t B24_WEBHOOK_URL=http://127.0.0.1:1/rest/1/c0de/"
+            .. " SYNC_URL=http://127.0.0.1:1/"
             .. " env -u SYNC_TOKEN -u TELEGRAM_BOT_TOKEN %s serve --listen 127.0.0.1:0 --inbox memory examples/%s")
             :format(q(b24.bin), case[1]))
          assert.equal(1, code, out)

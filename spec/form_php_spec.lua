@@ -320,7 +320,8 @@ describe("form codec against PHP " .. "(seed " .. SEED .. ")", function()
       assert.is_true(tonumber(major) > 8 or (tonumber(major) == 8 and tonumber(minor) >= 1), v)
    end)
 
-   it("form_decode agrees with parse_str on " .. N_STRUCTURED .. " bodies from http_build_query of generated arrays", function()
+   it("form_decode agrees with parse_str on " .. N_STRUCTURED
+      .. " bodies from http_build_query of generated arrays", function()
       local r = php.prng(SEED)
       local reqs = {}
       for i = 1, N_STRUCTURED do reqs[i] = { b = php_top(r) } end
@@ -378,7 +379,8 @@ describe("form codec against PHP " .. "(seed " .. SEED .. ")", function()
       local params = {
          { fields = { TITLE = "Заявка с сайта", NAME = "Иван", LAST_NAME = "O'Brien & Sons",
             OPENED = true, ASSIGNED_BY_ID = 1, OPPORTUNITY = 15000.5, CURRENCY_ID = "RUB",
-            PHONE = { { VALUE = "+7 (900) 000-00-00", VALUE_TYPE = "WORK" }, { VALUE = "8 800 555", VALUE_TYPE = "MOBILE" } },
+            PHONE = { { VALUE = "+7 (900) 000-00-00", VALUE_TYPE = "WORK" },
+                      { VALUE = "8 800 555", VALUE_TYPE = "MOBILE" } },
             EMAIL = { { VALUE = "ivan+test@example.com", VALUE_TYPE = "HOME" } },
             COMMENTS = "line 1\r\nline 2 <b>bold</b> 100% ?&=" },
             params = { REGISTER_SONET_EVENT = "Y" } },

@@ -11,17 +11,18 @@ describe("examples/handlers.lua", function()
    local srv
    setup(function()
       srv = b24.start{ script_path = b24.root .. "/examples/handlers.lua",
-                               args = { "--inbox", "memory" },
-                               env = "B24_APP_TOKEN=" .. deal.auth.application_token }
+                       args = { "--inbox", "memory" },
+                       env = "B24_APP_TOKEN=" .. deal.auth.application_token }
    end)
    teardown(function() if srv then srv:stop() end end)
 
    it("accepts a captured ONCRMDEALADD delivery with the right token and logs the event", function()
       local res = assert(srv:request{ method = "POST", path = "/", headers = FORM,
-                                                      body = core.form_encode(deal) })
+                                      body = core.form_encode(deal) })
       assert.equal(200, res.status)
       assert.same({ success = true }, cjson.decode(res.body))
-      local line = assert(srv:wait_log("msg=event attempt=1 domain=some-domain.bitrix24.com event=ONCRMDEALADD id=7405"))
+      local line = assert(srv:wait_log(
+         "msg=event attempt=1 domain=some-domain.bitrix24.com event=ONCRMDEALADD id=7405"))
       assert.matches("ts=1766047124", line, 1, true)
    end)
 
@@ -30,7 +31,7 @@ describe("examples/handlers.lua", function()
       forged.auth.application_token = "not-the-token"
       forged.data.FIELDS.ID = "99999"
       local res = assert(srv:request{ method = "POST", path = "/", headers = FORM,
-                                                      body = core.form_encode(forged) })
+                                      body = core.form_encode(forged) })
       assert.equal(401, res.status)
       assert.equal("wrong application token", cjson.decode(res.body).error)
       assert(srv:request{ path = "/healthz" })

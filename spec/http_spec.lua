@@ -293,7 +293,8 @@ describe("bitrix24.core.http", function()
          local b = assert(http:request { url = plain.url .. "/echo", fresh = true, method = "POST", body = "2" })
          assert.is_false(a.reused)
          assert.is_false(b.reused)
-         local many = http:request_many { { url = plain.url .. "/echo", fresh = true }, { url = plain.url .. "/echo", fresh = true } }
+         local many = http:request_many { { url = plain.url .. "/echo", fresh = true },
+                                          { url = plain.url .. "/echo", fresh = true } }
          assert.is_false(many[1].reused)
          assert.is_false(many[2].reused)
          local after = decode(http:request { url = plain.url .. "/stats" })

@@ -130,7 +130,7 @@ describe("README", function()
       b24.write(dir .. "/handlers.lua", script.text)
       local port = b24.free_port()
       local portal, srv = b24.emulate{ args = { "--code", emu.CODE, "--token", TOKEN,
-                                                                     "--events-to", "http://127.0.0.1:" .. port .. "/" } }
+                                                "--events-to", "http://127.0.0.1:" .. port .. "/" } }
       finally(function()
          if srv then srv:stop() end
          portal:stop()

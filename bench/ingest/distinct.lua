@@ -26,7 +26,7 @@ local prefix
 local counter = 0
 ok, duplicate, other = 0, 0, 0
 
-function init(args)
+function init()
    prefix = head .. string.format("%d%03d", run, tid)
 end
 
@@ -47,10 +47,10 @@ if check then
    end
 end
 
-function done(summary, latency, requests)
+function done(summary, latency)
    local e = summary.errors
-   io.write(string.format(
-      "INGEST requests=%d duration_us=%d p50_us=%d p99_us=%d max_us=%d connect=%d read=%d write=%d status=%d timeout=%d\n",
+   io.write(string.format("INGEST requests=%d duration_us=%d p50_us=%d p99_us=%d max_us=%d "
+      .. "connect=%d read=%d write=%d status=%d timeout=%d\n",
       summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), latency.max,
       e.connect, e.read, e.write, e.status, e.timeout))
    if check then

@@ -382,12 +382,12 @@ local function route(sock, req, conn_id)
    elseif path == "/barrier" then
       -- answers only once n requests with this key have arrived: proves they were in flight at once
       local n = tonumber(req.query:match("n=(%d+)") or "2")
-      local key = req.query:match("key=(%w+)") or ""
-      barriers[key] = (barriers[key] or 0) + 1
-      while barriers[key] < n do
+      local barrier = req.query:match("key=(%w+)") or ""
+      barriers[barrier] = (barriers[barrier] or 0) + 1
+      while barriers[barrier] < n do
          wait("w", sock) -- writable at once: back next round of the scheduler
       end
-      respond(sock, req, 200, json_type, cjson.encode({ arrived = barriers[key], query = req.query,
+      respond(sock, req, 200, json_type, cjson.encode({ arrived = barriers[barrier], query = req.query,
          body = req.body }), { close = wants_close })
    elseif path == "/stats" then
       respond(sock, req, 200, json_type, cjson.encode(stats), { close = wants_close })
