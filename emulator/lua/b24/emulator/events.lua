@@ -1,24 +1,26 @@
 -- b24.emulator.events: the outgoing webhooks of the emulated portal (protocol.md §6). Every
 -- add/update/delete POSTs an event, form-encoded field by field in the order a real portal writes
 -- it (shared/vectors/events/webhook-*.form: keys with bare brackets, values urlencoded), with the
--- configured application token, to each --events-to URL. Deliveries are never retried; failures
--- are logged with the URL reduced to its origin.
+-- configured application token, to each --events-to URL, through the post service the host
+-- injects (b24 emulate: b24.emulator.post, a fire-and-forget queue). Deliveries are never
+-- retried; failures are logged with the URL reduced to its origin.
 local core = require "bitrix24.core"
 
-local type = type
+local error = error
+local pcall = pcall
 local ipairs = ipairs
 local tostring = tostring
+local setmetatable = setmetatable
 local string_format = string.format
 local string_gsub = string.gsub
 local string_byte = string.byte
 local string_match = string.match
+local string_sub = string.sub
 local table_concat = table.concat
 local os_time = os.time
-local io_stderr = io.stderr
 
 local _M = {}
-local Events = {}
-local mt = { __index = Events }
+local mt = { __index = _M }
 
 local FORM = "application/x-www-form-urlencoded"
 local USER_AGENT = "Bitrix24 Webhook Engine"
@@ -60,7 +62,7 @@ function _M.task_data(action, id)
 end
 
 -- The body of one delivery: event, event_handler_id, data[…], ts, auth[…] in a portal's order.
-function Events:body(name, handler_id, data, ts)
+function _M:body(name, handler_id, data, ts)
    local out = { "event=" .. urlencode(name), "event_handler_id=" .. urlencode(tostring(handler_id)) }
    for _, pair in ipairs(data) do out[#out + 1] = "data" .. pair[1] .. "=" .. urlencode(pair[2]) end
    out[#out + 1] = "ts=" .. urlencode(tostring(ts))
@@ -73,38 +75,18 @@ function Events:body(name, handler_id, data, ts)
    return table_concat(out, "&")
 end
 
-function Events:log(level, msg, fields)
-   local host = self.host
-   if host and host.log then
-      host.log(level, msg, fields)
-      return
-   end
-   local parts = { "emulator: ", msg }
-   for k, v in pairs(fields or {}) do parts[#parts + 1] = " " .. k .. "=" .. tostring(v) end
-   io_stderr:write(table_concat(parts), "\n")
-end
-
--- Sends one body to url: through the host's asynchronous queue when there is one, else here and
--- now with a short timeout.
-function Events:deliver(url, body)
+-- Hands one body to the post service; a refusal (or a raise) is logged, never passed on.
+function _M:deliver(url, body)
    local headers = { ["Content-Type"] = FORM, ["User-Agent"] = USER_AGENT }
-   local host = self.host
-   if host and host.post then
-      local ok, err = pcall(host.post, url, body, headers)
-      if not ok then self:log("warn", "event not queued", { url = origin(url), error = tostring(err) }) end
-      return
-   end
-   if not self.http then self.http = core.http{ timeout = self.timeout, connect_timeout = self.timeout } end
-   local res, err = self.http:request{ method = "POST", url = url, headers = headers, body = body }
-   if not res then
-      self:log("warn", "event delivery failed", { url = origin(url), error = tostring(err) })
-   elseif res.status < 200 or res.status > 299 then
-      self:log("warn", "event delivery refused", { url = origin(url), status = res.status })
+   local ok, queued, reason = pcall(self.post, url, body, headers)
+   if not ok then reason = queued end
+   if not ok or not queued then
+      self.log("warn", "event not queued", { url = origin(url), error = tostring(reason) })
    end
 end
 
 -- Posts event `name` with data (from crm_data or task_data) to every URL.
-function Events:emit(name, data)
+function _M:emit(name, data)
    if #self.urls == 0 then return end
    local ts = os_time()
    for i, url in ipairs(self.urls) do
@@ -112,17 +94,22 @@ function Events:emit(name, data)
    end
 end
 
--- opts: urls (list), token, domain, member_id, host (b24.host or nil), timeout (seconds).
+-- opts: urls (list), token, domain, member_id, post (fn(url, body, headers) -> true | nil, reason;
+-- needed when there are urls), log (fn(level, msg, fields)). Raises error(msg, 0) for urls
+-- without a post service.
 function _M.new(opts)
-   opts = opts or {}
+   local urls = opts.urls or {}
+   if #urls > 0 and not opts.post then
+      error("--events-to needs a host that posts events (b24 emulate, or a post service)", 0)
+   end
    local domain = opts.domain or _M.DEFAULT_DOMAIN
    return setmetatable({
-      urls = opts.urls or {},
+      urls = urls,
       token = opts.token or _M.DEFAULT_TOKEN,
       domain = domain,
-      member_id = opts.member_id or string.sub(core.sha256("member:" .. domain, "hex"), 1, 32),
-      host = opts.host,
-      timeout = opts.timeout or 3,
+      member_id = opts.member_id or string_sub(core.sha256("member:" .. domain, "hex"), 1, 32),
+      post = opts.post,
+      log = opts.log,
       handler_base = 0,
    }, mt)
 end

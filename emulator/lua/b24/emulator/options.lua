@@ -1,0 +1,141 @@
+-- b24.emulator.options: the emulator's command-line options (`b24 emulate`, emulator.main), their
+-- usage text, and argv parsed into the options table of emulator.new. A bad option raises
+-- error("b24 emulate: …", 0); a bad secret is never echoed.
+local events = require "b24.emulator.events"
+local faults = require "b24.emulator.faults"
+
+local ipairs = ipairs
+local tostring = tostring
+local tonumber = tonumber
+local error = error
+local string_format = string.format
+local string_match = string.match
+local string_sub = string.sub
+local table_concat = table.concat
+local math_floor = math.floor
+local math_huge = math.huge
+
+local _M = {}
+
+local PREFIX = "b24 emulate: "
+
+-- option, key, kind, value name, description; kinds check and convert the value (flag takes none).
+local OPTIONS = {
+   { "--user-id", "user_id", "id", "N", "the webhook's user id (1)" },
+   { "--code", "code", "secret", "CODE", "the webhook code (a fixed development code by default)" },
+   { "--token", "token", "secret", "TOKEN", "the application token sent with events" },
+   { "--events-to", "events_to", "url", "URL", "POST events to this URL (repeatable)" },
+   { "--domain", "domain", "text", "DOMAIN", "the portal domain in events (" .. events.DEFAULT_DOMAIN .. ")" },
+   { "--member-id", "member_id", "text", "ID", "auth[member_id] in events (derived from the domain)" },
+   { "--seed-leads", "seed_leads", "count", "N", "start with N leads (0)" },
+   { "--seed-tasks", "seed_tasks", "count", "N", "start with N tasks (0)" },
+   { "--latency", "latency_ms", "amount", "MS", "milliseconds added to each request (0)" },
+   { "--row-cost", "row_cost_us", "amount", "US", "microseconds of processing per row returned (0)" },
+   { "--count-cost", "count_cost_us", "amount", "US", "microseconds per row counted for a page's total (0)" },
+   { "--faults", "faults", "faults", "SPEC", "e.g. 503=0.2,500=0.05,reset=0.02,slow=0.01 (probabilities)" },
+   { "--slow-delay", "slow_delay", "amount", "SECONDS", "seconds a slow fault holds the answer (10)" },
+   { "--enterprise", "enterprise", "flag", "", "leaky bucket 250/5 instead of 50/2" },
+   { "--operating-limit", "operating_limit", "positive", "SECONDS",
+     "operating seconds per method per 10 minutes (480)" },
+   { "--time-scale", "time_scale", "positive", "X", "how much faster the limits' clock runs (1)" },
+   { "--data", "data", "text", "PATH", "persist entities to this JSON file" },
+   { "--random-seed", "random_seed", "integer", "N", "seed of the fault dice" },
+}
+local BY_NAME = {}
+for _, o in ipairs(OPTIONS) do BY_NAME[o[1]] = o end
+
+-- The options, one a line, as `b24 emulate --help` lists them after the host's own.
+_M.USAGE = (function()
+   local lines = { "emulator options:" }
+   for _, o in ipairs(OPTIONS) do
+      local arg = o[4] == "" and "" or " " .. o[4]
+      lines[#lines + 1] = string_format("  %-28s %s", o[1] .. arg, o[5])
+   end
+   return table_concat(lines, "\n")
+end)()
+
+-- Raises a usage error: error("b24 emulate: " .. msg, 0).
+function _M.fail(msg)
+   error(PREFIX .. msg, 0)
+end
+local fail = _M.fail
+
+-- msg as a usage error: prefixed with "b24 emulate: " unless it is one already.
+function _M.usage_error(msg)
+   msg = tostring(msg)
+   if string_sub(msg, 1, #PREFIX) ~= PREFIX then msg = PREFIX .. msg end
+   return msg
+end
+
+-- Each kind: the converted value or nil, and what a good value is.
+local CHECK = {
+   id = function(v)
+      local n = tonumber(v)
+      return n and n >= 1 and n == math_floor(n) and n or nil, "a positive integer"
+   end,
+   count = function(v)
+      local n = tonumber(v)
+      return n and n >= 0 and n == math_floor(n) and n or nil, "an integer >= 0"
+   end,
+   integer = function(v)
+      local n = tonumber(v)
+      return n and n == math_floor(n) and n or nil, "an integer"
+   end,
+   amount = function(v)
+      local n = tonumber(v)
+      return n and n >= 0 and n < math_huge and n or nil, "a number >= 0"
+   end,
+   positive = function(v)
+      local n = tonumber(v)
+      return n and n > 0 and n < math_huge and n or nil, "a number > 0"
+   end,
+   text = function(v) return v ~= "" and v or nil, "a non-empty value" end,
+   secret = function(v) return string_match(v, "^[%w_%-]+$") and v or nil, "letters, digits, - or _" end,
+   url = function(v)
+      return string_match(v, "^[hH][tT][tT][pP][sS]?://[^/%s]+") and v or nil, "an http:// or https:// URL"
+   end,
+   faults = function(v)
+      local f, err = faults.parse(v)
+      if not f then fail("--faults: " .. err) end
+      return f
+   end,
+}
+
+-- Parses emulator options (`--name value` or `--name=value`) into an options table for
+-- emulator.new (events_to is always a list).
+function _M.parse(argv)
+   local opts = { events_to = {} }
+   local i = 1
+   while i <= #argv do
+      local arg = tostring(argv[i])
+      local name, value = string_match(arg, "^(%-%-[%w-]+)=(.*)$")
+      name = name or arg
+      local o = BY_NAME[name]
+      if not o then
+         if string_sub(arg, 1, 1) == "-" then fail("unknown option " .. string_match(arg, "^[^=]*")) end
+         fail("unexpected argument '" .. arg .. "'")
+      end
+      if o[3] == "flag" then
+         if value then fail(name .. " takes no value") end
+         opts[o[2]] = true
+      else
+         if not value then
+            i = i + 1
+            value = argv[i]
+            if value == nil then fail(name .. " needs a value") end
+            value = tostring(value)
+         end
+         local got, want = CHECK[o[3]](value)
+         if got == nil then
+            -- secrets are not echoed
+            if o[3] == "secret" then fail(name .. " needs " .. want) end
+            fail(name .. " needs " .. want .. ", not '" .. value .. "'")
+         end
+         if o[2] == "events_to" then opts.events_to[#opts.events_to + 1] = got else opts[o[2]] = got end
+      end
+      i = i + 1
+   end
+   return opts
+end
+
+return _M

@@ -1,0 +1,224 @@
+-- b24.emulator.portal: one emulated Bitrix24 portal in memory behind incoming-webhook URLs
+-- (protocol.md §1–§6). portal:handle(request) answers a request as the portal's REST server does:
+-- routing and credentials, the limits, the methods (crm, tasks, user.current, batch), simulated
+-- time and faults, persistence after a change. Simulated time (latency, row and count costs, slow
+-- faults) is returned as a 4th result { delay = seconds }, a reset fault as { close = true }.
+local core = require "bitrix24.core"
+local crm = require "b24.emulator.crm"
+local tasks = require "b24.emulator.tasks"
+local batch = require "b24.emulator.batch"
+local events = require "b24.emulator.events"
+local faults = require "b24.emulator.faults"
+local limits = require "b24.emulator.limits"
+local persist = require "b24.emulator.persist"
+local request_of = require "b24.emulator.request"
+local json = require "b24.emulator.json"
+local xml = require "b24.emulator.xml"
+
+local type = type
+local pcall = pcall
+local error = error
+local tostring = tostring
+local tonumber = tonumber
+local setmetatable = setmetatable
+local string_sub = string.sub
+local math_floor = math.floor
+local os_date = os.date
+local os_time = os.time
+local io_stderr = io.stderr
+local equal = core.equal
+local now = core.now
+local log_line = core.log_line
+local respond = json.respond
+local respond_error = json.respond_error
+
+local _M = {}
+local mt = { __index = _M }
+
+_M.DEFAULT_CODE = "emu0dev0code0000"
+
+local NOT_FOUND = { status = 404, error = "ERROR_METHOD_NOT_FOUND", error_description = "Method not found!" }
+local UNAUTHORIZED = { status = 401, error = "INVALID_CREDENTIALS", error_description = "Invalid request credentials" }
+local BLOCKED = { status = 429, error = "OPERATION_TIME_LIMIT",
+                  error_description = "Method is blocked due to operation time limit." }
+local INTERNAL = { status = 500, error = "INTERNAL_SERVER_ERROR", error_description = "Internal server error" }
+local TOO_MANY = { status = 503, error = "QUERY_LIMIT_EXCEEDED", error_description = "Too many requests" }
+
+-- The log without a host's: one line on stderr.
+local function stderr_log(level, msg, fields)
+   io_stderr:write(log_line("logfmt", level, msg, fields))
+end
+
+local function user_current(p)
+   return { ID = tostring(p.user_id), ACTIVE = true, NAME = "Emulator", LAST_NAME = "User",
+            EMAIL = "user" .. p.user_id .. "@example.com", ADMIN = true, TIME_ZONE = "" }, { rows = 1 }
+end
+
+-- Creates a portal. opts (the snake_case form of the emulator's options): user_id, code,
+-- seed_leads, seed_tasks, enterprise, latency_ms, row_cost_us, count_cost_us, faults (string or
+-- table), slow_delay (seconds a slow fault adds), time_scale (speeds up the clock of the leaky
+-- bucket and of the operating window), operating_limit (seconds per method per 10 minutes),
+-- events_to (list of URLs), token, domain, member_id, data (a JSON file to persist to); and the
+-- host's services: log (fn(level, msg, fields); stderr by default), post (fn(url, body, headers)
+-- -> true | nil, reason; needed for events_to); for specs: clock (scaled seconds), random (a
+-- [0,1) function). Raises error(msg, 0) for bad options or an unusable --data file.
+function _M.new(opts)
+   opts = opts or {}
+   local mono0, wall0 = now(), os_time()
+   local scale = tonumber(opts.time_scale) or 1
+   local clock = opts.clock or function() return (now() - mono0) * scale end
+   local wall = function() return wall0 + (now() - mono0) end
+   local log = opts.log or stderr_log
+   local self = setmetatable({
+      user_id = tonumber(opts.user_id) or 1,
+      code = opts.code or _M.DEFAULT_CODE,
+      latency = (tonumber(opts.latency_ms) or 0) / 1000,
+      row_cost = (tonumber(opts.row_cost_us) or 0) / 1e6,
+      count_cost = (tonumber(opts.count_cost_us) or 0) / 1e6,
+      slow_delay = tonumber(opts.slow_delay) or 10,
+      faults = faults.new(opts.faults, opts.random),
+      limits = limits.new{ enterprise = opts.enterprise, operating_limit = tonumber(opts.operating_limit),
+                           clock = clock, wall = wall, scale = scale },
+      wall = wall,
+      log = log,
+      data_path = opts.data,
+      stores = {}, methods = {},
+      sim = 0, t_wall = 0, t_mono = 0, dirty = false,
+   }, mt)
+   self.events = events.new{ urls = opts.events_to, token = opts.token, domain = opts.domain,
+                             member_id = opts.member_id, post = opts.post, log = log }
+   crm.register(self, self.methods)
+   tasks.register(self, self.methods)
+   self.methods["user.current"] = user_current
+   self.methods.batch = batch.run
+   local loaded = self.data_path and persist.load(self.data_path, self.stores)
+   if not loaded then
+      if opts.seed_leads and tonumber(opts.seed_leads) > 0 then crm.seed_leads(self, tonumber(opts.seed_leads)) end
+      if opts.seed_tasks and tonumber(opts.seed_tasks) > 0 then tasks.seed(self, tonumber(opts.seed_tasks)) end
+      if self.data_path then
+         local ok, err = self:save()
+         if not ok then error("cannot write the --data file: " .. err, 0) end
+      end
+   end
+   return self
+end
+
+-- Writes the --data file: true | nil, err.
+function _M:save()
+   local ok, err = persist.save(self.data_path, self.stores)
+   if not ok then return nil, err end
+   self.dirty = false
+   return true
+end
+
+-- Called by methods on every add/update/delete: posts the event, marks the state for saving.
+function _M:changed(event, id)
+   self.dirty = true
+   local data
+   if string_sub(event, 1, 6) == "ONTASK" then
+      data = events.task_data(string_sub(event, 7), id)
+   else
+      data = events.crm_data(id)
+   end
+   self.events:emit(event, data)
+end
+
+-- The ISO-8601 date of unix time t (now by default), as portals print it.
+function _M:date(t)
+   return os_date("!%Y-%m-%dT%H:%M:%S+00:00", math_floor(t or self.wall()))
+end
+
+-- The request's timeline: real time since it began plus the simulated seconds so far.
+function _M:timeline()
+   return self.t_wall + (now() - self.t_mono) + self.sim
+end
+
+-- Runs one method: result, meta ({total, next, rows, counted}), time | nil, err, time. Simulated
+-- costs (row_cost per row returned, count_cost per row counted) add to processing and to the
+-- request's delay; processing is billed to the method's operating budget.
+function _M:call(name, params)
+   local fn = self.methods[name]
+   local budget = self.limits
+   if budget:blocked(name) then return nil, BLOCKED end
+   local start = self:timeline()
+   local sim0, mono = self.sim, now()
+   local ok, result, meta = pcall(fn, self, params)
+   local real = now() - mono
+   if ok and type(meta) == "table" then
+      self.sim = self.sim + (meta.rows or 0) * self.row_cost + (meta.counted or 0) * self.count_cost
+   end
+   local processing = real + (self.sim - sim0)
+   budget:bill(name, processing)
+   local operating, reset_at = budget:operating_of(name)
+   local finish = start + processing
+   local time = { start = start, finish = finish, duration = processing, processing = processing,
+                  date_start = self:date(start), date_finish = self:date(finish),
+                  operating = operating, operating_reset_at = reset_at }
+   if not ok then
+      self.log("error", "emulator method raised", { method = name, error = tostring(result) })
+      return nil, INTERNAL, time
+   end
+   if result == nil then return nil, meta, time end
+   if type(meta) ~= "table" then meta = {} end
+   return result, meta, time
+end
+
+-- Adds the held time and the fault options to a response: status, headers, body, extra.
+local function finish_response(delay, status, headers, body, close)
+   local extra
+   if delay > 0 then extra = { delay = delay } end
+   if close then extra = extra or {}; extra.close = true end
+   return status, headers, body, extra
+end
+
+-- Answers a request table (method, path, query, headers with lower-case names, body,
+-- remote_addr): status, headers, body [, { delay = seconds, close = true }].
+function _M:handle(request)
+   if request_of.wants_xml(request.path) then return xml.answer(self:answer(request)) end
+   return self:answer(request)
+end
+
+-- handle() before the transport: the JSON answer.
+function _M:answer(request)
+   local user, code, name = request_of.route(request.path)
+   if not user or not self.methods[name] then return respond_error(NOT_FOUND) end
+   if tonumber(user) ~= self.user_id or #code ~= #self.code or not equal(code, self.code) then
+      return respond_error(UNAUTHORIZED)
+   end
+   local latency = self.latency
+   if not self.limits:admit(request.remote_addr or "") then
+      return finish_response(latency, respond_error(TOO_MANY))
+   end
+   if self.faults:roll(503) then return finish_response(latency, respond_error(TOO_MANY)) end
+   if self.limits:blocked(name) then return finish_response(latency, respond_error(BLOCKED)) end
+   local arrival = self.wall()
+   self.sim, self.t_wall, self.t_mono = 0, arrival + latency, now()
+   self.request = request -- batch reads the order of its commands from the raw text
+   local result, meta, time = self:call(name, request_of.parameters(request))
+   self.request = nil
+   local delay = latency + self.sim
+   if self.dirty and self.data_path then
+      local ok, err = self:save()
+      if not ok then
+         self.log("error", "emulator cannot write the --data file", { error = tostring(err) })
+         return finish_response(delay, respond_error(INTERNAL))
+      end
+   end
+   -- faults after executing: the change stays applied, the client cannot know it
+   local reset = self.faults:roll("reset")
+   local failed = self.faults:roll(500)
+   if self.faults:roll("slow") then delay = delay + self.slow_delay end
+   -- a reset still carries the answer, for a host that cannot drop connections
+   if failed then return finish_response(delay, respond_error(INTERNAL)) end
+   if result == nil then
+      local status, headers, body = respond_error(meta)
+      return finish_response(delay, status, headers, body, reset)
+   end
+   time.start = arrival
+   time.date_start = self:date(arrival)
+   time.duration = time.finish - arrival
+   local status, headers, body = respond(200, { result = result, total = meta.total, next = meta.next, time = time })
+   return finish_response(delay, status, headers, body, reset)
+end
+
+return _M
