@@ -12,6 +12,8 @@
 --   B24_EMU_FAULTS ("503=0.2,500=0.05,reset=0.02,slow=0.01"), B24_EMU_SLOW_DELAY (10 s),
 --   B24_EMU_OPERATING_LIMIT (480 s), B24_EMU_TIME_SCALE (1; how much faster than real time the
 --   limits' clock runs), B24_EMU_DATA (a JSON file to persist to), B24_EMU_RANDOM_SEED.
+-- The emulator is handed b24's services: its log, delayed answers (b24 serve honours a handler's
+-- { delay = seconds }) and, when this b24 has it, b24.emulator.post to send events.
 local dir = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$")) or "."
 -- modules not embedded into the host load from the checkout
 package.path = dir .. "/../lua/?.lua;" .. dir .. "/../lua/?/init.lua;" .. dir .. "/../emulator/lua/?.lua;"
@@ -49,4 +51,7 @@ option("B24_EMU_TIME_SCALE", "--time-scale")
 option("B24_EMU_DATA", "--data")
 option("B24_EMU_RANDOM_SEED", "--random-seed")
 
-return emulator.main(argv)
+local host = require "b24.host"
+local has_post, post = pcall(require, "b24.emulator.post")
+
+return emulator.main(argv, { log = host.log, post = has_post and post.post or nil, delay = true })
