@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the busted suite under Lua 5.4, under LuaJIT, and under Lua 5.4 with the module built
-# with AddressSanitizer + UndefinedBehaviorSanitizer (scripts/test.sh [lua5.4|luajit|sanitizers…]); ends with the line "N passed, N failed"
-# counted from busted's TAP output of all runs.
+# scripts/test.sh [lint|lua5.4|luajit|sanitizers…] (all four by default): `make lint` (one check:
+# luacheck, cppcheck, clang-format), then the busted suite under Lua 5.4, under LuaJIT, and under
+# Lua 5.4 with the module and b24 built with AddressSanitizer + UndefinedBehaviorSanitizer.
+# Ends with the line "N passed, N failed": busted's TAP counts of all runs, plus the lint check.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,9 +34,23 @@ run() { # name, command…
   passed=$((passed + p)) failed=$((failed + f))
 }
 
-[[ $# -gt 0 ]] || set -- lua5.4 luajit sanitizers
+lint() { # one check: any warning of `make lint` fails it (and the run)
+  echo "== lint"
+  local p=1 f=0
+  if ! make -s -k lint > "$log/lint.out" 2>&1; then
+    head -150 "$log/lint.out"
+    local n; n=$(wc -l < "$log/lint.out")
+    [[ $n -gt 150 ]] && echo "… $((n - 150)) more lines of make lint"
+    p=0 f=1 status=1
+  fi
+  echo "lint: $p passed, $f failed"
+  passed=$((passed + p)) failed=$((failed + f))
+}
+
+[[ $# -gt 0 ]] || set -- lint lua5.4 luajit sanitizers
 for name in "$@"; do
   case $name in
+    lint) lint ;;
     lua5.4) run lua5.4 busted --lua=lua5.4 --run=lua54 ;;
     luajit) run luajit busted --lua=luajit --run=luajit ;;
     sanitizers)
@@ -48,7 +63,7 @@ for name in "$@"; do
       else
         cat "$log/asan-build.log"; failed=$((failed + 1)); status=1
       fi ;;
-    *) echo "unknown run '$name' (lua5.4, luajit, sanitizers)" >&2; exit 2 ;;
+    *) echo "unknown run '$name' (lint, lua5.4, luajit, sanitizers)" >&2; exit 2 ;;
   esac
 done
 
