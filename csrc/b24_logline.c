@@ -311,7 +311,8 @@ static int l_log_line(lua_State *L)
             keys[n++] = k; /* anchored in texts */
             lua_pop(L, 3);
         }
-        qsort(keys, (size_t)n, sizeof keys[0], by_key);
+        if (n > 1) /* cppcheck reads keys[] as unset when the loop never ran */
+            qsort(keys, (size_t)n, sizeof keys[0], by_key);
         for (int i = 0; i < n; i++) {
             lua_getfield(L, texts, keys[i]);
             size_t vlen;
