@@ -3,10 +3,10 @@
 -- $result_total[label]); the answer has result, result_error, result_total, result_next and
 -- result_time keyed by label.
 local core = require "bitrix24.core"
-local crm = require "b24.emulator.crm"
 local json = require "b24.emulator.json"
 local labels = require "b24.emulator.labels"
 local request = require "b24.emulator.request"
+local storage = require "b24.emulator.store"
 
 local type = type
 local pairs = pairs
@@ -24,7 +24,7 @@ local table_sort = table.sort
 local table_concat = table.concat
 local math_huge = math.huge
 local form_decode = core.form_decode
-local to_text = crm.to_text
+local to_text = storage.to_text
 local method_name = request.method_name
 
 local _M = {}

@@ -1,7 +1,9 @@
 -- b24.emulator.crm: the legacy CRM entities of the emulated portal (crm.lead.*, crm.deal.*,
--- crm.contact.*, crm.company.*) in memory, with the list semantics of protocol.md §4: rows of
--- strings, 50 a page, start/next/total, filter prefixes, order and select.
+-- crm.contact.*, crm.company.*) and crm.item.list: their fields, how values are stored (rows of
+-- strings, PHONE/EMAIL multi-fields) and printed, and select. Rows and the list semantics of
+-- protocol.md §4 (filter, order, pages) are b24.emulator.store's.
 local cjson = require("cjson.safe")
+local storage = require "b24.emulator.store"
 
 local type = type
 local pairs = pairs
@@ -13,15 +15,12 @@ local string_format = string.format
 local string_lower = string.lower
 local string_upper = string.upper
 local string_sub = string.sub
-local string_find = string.find
-local table_sort = table.sort
 local table_remove = table.remove
 local math_floor = math.floor
 local null = cjson.null
+local to_text = storage.to_text
 
 local _M = {}
-
-local PAGE = 50
 
 -- Field lists: name, type, read-only, multiple. Multi-fields (PHONE, EMAIL) are returned by
 -- list only when named in select.
@@ -86,18 +85,6 @@ end
 
 local function fail(desc, code, status)
    return nil, { status = status or 400, error = code or "", error_description = desc }
-end
-
--- A scalar as the string a legacy CRM row holds; nil for null and tables.
-local function to_text(v)
-   local t = type(v)
-   if t == "string" then return v end
-   if t == "number" then
-      if v == math_floor(v) and v > -2 ^ 53 and v < 2 ^ 53 then return string_format("%d", v) end
-      return string_format("%.14g", v)
-   end
-   if t == "boolean" then return v and "Y" or "N" end
-   return nil
 end
 
 local function normalize(spec, v)
@@ -195,88 +182,6 @@ local function view(def, row, selected)
    return out
 end
 
--- Ordering on strings that hold numbers is numeric, as MySQL compares the typed columns.
-local function compare(a, b)
-   local na, nb = tonumber(a), tonumber(b)
-   if na and nb then
-      if na < nb then return -1 elseif na > nb then return 1 else return 0 end
-   end
-   a, b = tostring(a), tostring(b)
-   if a < b then return -1 elseif a > b then return 1 else return 0 end
-end
-
-local PREFIXES = { ">=", "<=", "!=", "!@", "!%", ">", "<", "=", "!", "@", "%" }
-
-local function parse_filter(def, filter, name_of)
-   name_of = name_of or string_upper
-   local out = {}
-   if type(filter) ~= "table" then return out end
-   for k, v in pairs(filter) do
-      if type(k) == "string" then
-         local op, name = "", k
-         for _, p in ipairs(PREFIXES) do
-            if string_sub(k, 1, #p) == p then op, name = p, string_sub(k, #p + 1); break end
-         end
-         name = name_of(name)
-         if op == "" then op = "=" end
-         if type(v) == "table" then
-            local set = {}
-            for _, item in pairs(v) do set[#set + 1] = to_text(item) end
-            if op == "=" or op == "@" then op = "@" elseif op == "!" or op == "!=" or op == "!@" then op = "!@" end
-            v = set
-         else
-            v = to_text(v) or ""
-         end
-         out[#out + 1] = { op = op, name = name, value = v }
-      end
-   end
-   return out
-end
-
-local function in_set(have, set)
-   for _, item in ipairs(set) do
-      if have ~= nil and compare(have, item) == 0 then return true end
-   end
-   return false
-end
-
-local function matches(row, conditions)
-   for _, c in ipairs(conditions) do
-      local have, want, op = row[c.name], c.value, c.op
-      local ok
-      if op == "@" then ok = in_set(have, want)
-      elseif op == "!@" then ok = not in_set(have, want)
-      elseif op == "%" or op == "!%" then
-         ok = have ~= nil and string_find(string_lower(have), string_lower(want), 1, true) ~= nil
-         if op == "!%" then ok = not ok end
-      elseif op == "=" then
-         if want == "" then ok = have == nil or have == "" else ok = have ~= nil and compare(have, want) == 0 end
-      elseif op == "!" or op == "!=" then
-         if want == "" then ok = have ~= nil and have ~= "" else ok = have == nil or compare(have, want) ~= 0 end
-      elseif have == nil or have == "" then ok = false
-      else
-         local r = compare(have, want)
-         ok = (op == ">" and r > 0) or (op == ">=" and r >= 0) or (op == "<" and r < 0) or (op == "<=" and r <= 0)
-      end
-      if not ok then return false end
-   end
-   return true
-end
-
-local function parse_order(order, name_of)
-   name_of = name_of or string_upper
-   local keys = {}
-   if type(order) ~= "table" then return keys end
-   for k, v in pairs(order) do
-      if type(k) == "string" then
-         keys[#keys + 1] = { name = name_of(k), desc = string_upper(to_text(v) or "") == "DESC" }
-      end
-   end
-   -- a decoded map has lost the caller's key order: make the result at least deterministic
-   table_sort(keys, function(a, b) return a.name < b.name end)
-   return keys
-end
-
 local function parse_select(select)
    if type(select) ~= "table" or next(select) == nil then return nil end
    local set, star = {}, false
@@ -290,15 +195,9 @@ local function parse_select(select)
    return set, star
 end
 
--- A new store for one entity type: rows by numeric id, ids in ascending order.
-local function new_store(kind, def)
-   return { kind = kind, def = def or ENTITIES[kind], rows = {}, ids = {}, next_id = 1, multi_id = 0 }
-end
-
 local function add(portal, store, fields)
    local def = store.def
-   local id = store.next_id
-   store.next_id = id + 1
+   local id = store:take_id()
    local now = portal:date()
    local row = { ID = tostring(id), DATE_CREATE = now, DATE_MODIFY = now,
                  ASSIGNED_BY_ID = tostring(portal.user_id), CREATED_BY_ID = tostring(portal.user_id),
@@ -306,83 +205,13 @@ local function add(portal, store, fields)
    for k, v in pairs(def.defaults) do row[k] = v end
    if def.by_name.HAS_PHONE then row.HAS_PHONE, row.HAS_EMAIL = "N", "N" end
    apply_fields(store, def, row, fields)
-   store.rows[id] = row
-   store.ids[#store.ids + 1] = id
+   store:put(id, row)
    return id
 end
 
-local function remove_id(ids, id)
-   local lo, hi = 1, #ids
-   while lo <= hi do
-      local mid = math_floor((lo + hi) / 2)
-      if ids[mid] == id then table_remove(ids, mid); return
-      elseif ids[mid] < id then lo = mid + 1 else hi = mid - 1 end
-   end
-end
-
--- The rows of store matching params.filter, in params.order, paged by params.start as
--- protocol.md §4 says: the page (raw rows), meta {total, next} and the rows counted for the total
--- (none with start=-1). opts.name maps a filter/order key to a row field (upper case by default).
-local function query(store, params, opts)
-   local name_of = opts and opts.name
-   local conditions = parse_filter(store.def, params.filter, name_of)
-   local order = parse_order(params.order, name_of)
-   -- start=-1 in ID order: a page read from the ID index, as a database does (store.ids ascends)
-   local by_id = #order == 0 or (#order == 1 and order[1].name == "ID" and not order[1].desc)
-   if tonumber(to_text(params.start) or "") == -1 and by_id then
-      local first = 1
-      for _, c in ipairs(conditions) do
-         local n = c.name == "ID" and type(c.value) == "string" and tonumber(c.value)
-         if n and (c.op == ">" or c.op == ">=") then
-            local lo, hi = first, #store.ids + 1
-            while lo < hi do
-               local mid = math_floor((lo + hi) / 2)
-               local id = store.ids[mid]
-               if id > n or (c.op == ">=" and id == n) then hi = mid else lo = mid + 1 end
-            end
-            first = lo
-         end
-      end
-      local page = {}
-      for i = first, #store.ids do
-         local row = store.rows[store.ids[i]]
-         if matches(row, conditions) then
-            page[#page + 1] = row
-            if #page == PAGE then break end
-         end
-      end
-      return page, { total = 0, rows = #page, counted = 0 }
-   end
-   local rows = {}
-   for _, id in ipairs(store.ids) do
-      local row = store.rows[id]
-      if matches(row, conditions) then rows[#rows + 1] = row end
-   end
-   if #order > 0 then
-      table_sort(rows, function(a, b)
-         for _, key in ipairs(order) do
-            local r = compare(a[key.name] or "", b[key.name] or "")
-            if r ~= 0 then if key.desc then return r > 0 else return r < 0 end end
-         end
-         return tonumber(a.ID) < tonumber(b.ID)
-      end)
-   end
-   local start = tonumber(to_text(params.start) or "0") or 0
-   local count = start ~= -1
-   if start < 0 then start = 0 end
-   start = math_floor(start)
-   local page = {}
-   for i = start + 1, math.min(start + PAGE, #rows) do page[#page + 1] = rows[i] end
-   if not count then return page, { total = 0, rows = #page, counted = 0 } end
-   local meta = { total = #rows, rows = #page, counted = #rows }
-   if start + PAGE < #rows then meta.next = start + PAGE end
-   return page, meta
-end
-_M.query = query
-
 local function list(store, params)
    local def = store.def
-   local rows, meta = query(store, params)
+   local rows, meta = store:query(params)
    local selected, star = parse_select(params.select)
    if selected and star then
       for _, name in ipairs(def.standard) do selected[name] = true end
@@ -458,7 +287,7 @@ local function item_list(portal, params)
       end
       return string_upper(key)
    end
-   local rows, meta = query(store, params, { name = name_of })
+   local rows, meta = store:query(params, { name = name_of })
    local selected
    if type(params.select) == "table" and next(params.select) ~= nil then
       selected = {}
@@ -488,7 +317,7 @@ end
 -- into methods. Changes call portal:changed(event name, data) (events and persistence).
 function _M.register(portal, methods)
    for kind in pairs(ENTITIES) do
-      local store = new_store(kind)
+      local store = storage.new(kind, ENTITIES[kind])
       portal.stores[kind] = store
       local prefix = "crm." .. kind .. "."
       local event = "ONCRM" .. string_upper(kind)
@@ -520,9 +349,7 @@ function _M.register(portal, methods)
       methods[prefix .. "delete"] = function(p, params)
          local id = id_param(params)
          if not id then return fail("ID is not defined or invalid.") end
-         if not store.rows[id] then return fail("Not found") end
-         store.rows[id] = nil
-         remove_id(store.ids, id)
+         if not store:remove(id) then return fail("Not found") end
          p:changed(event .. "DELETE", id)
          return true, { rows = 1 }
       end
@@ -532,31 +359,7 @@ function _M.register(portal, methods)
    methods["crm.item.list"] = item_list
 end
 
--- The state of a store as plain data (for --data), and back.
-function _M.export(store)
-   local rows = {}
-   for i, id in ipairs(store.ids) do rows[i] = store.rows[id] end
-   return { next_id = store.next_id, multi_id = store.multi_id, rows = rows }
-end
-
-function _M.import(store, data)
-   store.rows, store.ids = {}, {}
-   for _, row in ipairs(type(data.rows) == "table" and data.rows or {}) do
-      local id = tonumber(row.ID)
-      if id and not store.rows[id] then
-         store.rows[id] = row
-         store.ids[#store.ids + 1] = id
-      end
-   end
-   table_sort(store.ids)
-   local top = store.ids[#store.ids] or 0
-   store.next_id = math.max(tonumber(data.next_id) or 1, top + 1)
-   store.multi_id = tonumber(data.multi_id) or store.multi_id or 0
-end
-
-_M.new_store = new_store
 _M.fail = fail
-_M.compare = compare
 
 local STATUSES = { "NEW", "IN_PROCESS", "PROCESSED", "JUNK", "CONVERTED" }
 
@@ -573,6 +376,4 @@ function _M.seed_leads(portal, n)
    end
 end
 
-_M.to_text = to_text
-_M.PAGE = PAGE
 return _M

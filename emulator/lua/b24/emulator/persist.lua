@@ -1,7 +1,6 @@
 -- b24.emulator.persist: the --data file of the emulated portal. Every store with its id counters
 -- in one JSON file, replaced atomically (written beside it, then renamed over it).
 local json = require "b24.emulator.json"
-local crm = require "b24.emulator.crm"
 
 local type = type
 local pairs = pairs
@@ -15,10 +14,10 @@ local _M = {}
 
 local FORMAT, VERSION = "bitrix24-emulator", 1
 
--- Writes the stores (kind -> store) to path: true | nil, err.
+-- Writes the stores (kind -> b24.emulator.store) to path: true | nil, err.
 function _M.save(path, stores)
    local state = { format = FORMAT, version = VERSION, stores = {} }
-   for kind, store in pairs(stores) do state.stores[kind] = crm.export(store) end
+   for kind, store in pairs(stores) do state.stores[kind] = store:export() end
    local text = json.encode_plain(state)
    if not text then return nil, "cannot encode the state" end
    local tmp = path .. ".tmp"
@@ -50,7 +49,7 @@ function _M.load(path, stores)
       error("--data " .. path .. " is not an emulator data file", 0)
    end
    for kind, store in pairs(stores) do
-      if type(state.stores[kind]) == "table" then crm.import(store, state.stores[kind]) end
+      if type(state.stores[kind]) == "table" then store:import(state.stores[kind]) end
    end
    return true
 end

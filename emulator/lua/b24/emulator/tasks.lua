@@ -4,6 +4,7 @@
 -- values as strings (ids too) and null for what is unset.
 local cjson = require("cjson.safe")
 local crm = require "b24.emulator.crm"
+local storage = require "b24.emulator.store"
 
 local type = type
 local pairs = pairs
@@ -18,7 +19,7 @@ local string_gsub = string.gsub
 local math_floor = math.floor
 local math_random = math.random
 local null = cjson.null
-local to_text = crm.to_text
+local to_text = storage.to_text
 
 local _M = {}
 
@@ -155,8 +156,7 @@ local function insert(p, store, fields)
    if not title or title == "" then
       return fail("TASKS_ERROR_EXCEPTION_#256; Task title is not specified; 256/TE/WRONG_ARGUMENTS<br>")
    end
-   local id = store.next_id
-   store.next_id = id + 1
+   local id = store:take_id()
    local now, user = p:date(), tostring(p.user_id)
    local row = { ID = tostring(id), CREATED_BY = user, RESPONSIBLE_ID = user, CHANGED_BY = user,
                  CREATED_DATE = now, CHANGED_DATE = now, ACTIVITY_DATE = now, STATUS_CHANGED_DATE = now,
@@ -165,13 +165,12 @@ local function insert(p, store, fields)
       if spec.default ~= nil then row[spec.name] = spec.default end
    end
    apply(row, fields)
-   store.rows[id] = row
-   store.ids[#store.ids + 1] = id
+   store:put(id, row)
    return id, row
 end
 
 function _M.register(portal, methods)
-   local store = crm.new_store("task", DEF)
+   local store = storage.new("task", DEF)
    portal.stores.task = store
 
    methods["tasks.task.add"] = function(p, params)
@@ -211,17 +210,13 @@ function _M.register(portal, methods)
    methods["tasks.task.delete"] = function(p, params)
       local id = task_id(params)
       if not id then return fail("wrong task id", "0") end
-      if not store.rows[id] then return not_found() end
-      store.rows[id] = nil
-      for i, have in ipairs(store.ids) do
-         if have == id then table.remove(store.ids, i); break end
-      end
+      if not store:remove(id) then return not_found() end
       p:changed("ONTASKDELETE", id)
       return { task = true }, { rows = 1 }
    end
 
    methods["tasks.task.list"] = function(_, params)
-      local rows, meta = crm.query(store, params, { name = upper_name })
+      local rows, meta = store:query(params, { name = upper_name })
       local names = selection(params.select) or LIST_DEFAULT
       local tasks = {}
       for i, row in ipairs(rows) do tasks[i] = view(row, names) end

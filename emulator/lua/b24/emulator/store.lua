@@ -1,0 +1,236 @@
+-- b24.emulator.store: the rows of one entity type (leads, deals, contacts, companies, tasks) in
+-- memory, as the portal's database holds them, and the list semantics of protocol.md §4: filter
+-- prefixes, order, 50 rows a page, start/next/total and start=-1. Rows are tables of strings keyed
+-- by upper-case field name, kept by numeric id with an ascending index of ids.
+local type = type
+local pairs = pairs
+local ipairs = ipairs
+local tostring = tostring
+local tonumber = tonumber
+local setmetatable = setmetatable
+local string_format = string.format
+local string_lower = string.lower
+local string_upper = string.upper
+local string_sub = string.sub
+local string_find = string.find
+local table_sort = table.sort
+local table_remove = table.remove
+local math_floor = math.floor
+local math_min = math.min
+local math_max = math.max
+
+local _M = {}
+local mt = { __index = _M }
+
+local PAGE = 50
+_M.PAGE = PAGE
+
+-- A scalar as the string a row holds; nil for null and tables.
+local function to_text(v)
+   local t = type(v)
+   if t == "string" then return v end
+   if t == "number" then
+      if v == math_floor(v) and v > -2 ^ 53 and v < 2 ^ 53 then return string_format("%d", v) end
+      return string_format("%.14g", v)
+   end
+   if t == "boolean" then return v and "Y" or "N" end
+   return nil
+end
+_M.to_text = to_text
+
+-- Ordering on strings that hold numbers is numeric, as MySQL compares the typed columns.
+local function compare(a, b)
+   local na, nb = tonumber(a), tonumber(b)
+   if na and nb then
+      if na < nb then return -1 elseif na > nb then return 1 else return 0 end
+   end
+   a, b = tostring(a), tostring(b)
+   if a < b then return -1 elseif a > b then return 1 else return 0 end
+end
+_M.compare = compare
+
+local PREFIXES = { ">=", "<=", "!=", "!@", "!%", ">", "<", "=", "!", "@", "%" }
+
+local function parse_filter(filter, name_of)
+   local out = {}
+   if type(filter) ~= "table" then return out end
+   for k, v in pairs(filter) do
+      if type(k) == "string" then
+         local op, name = "", k
+         for _, p in ipairs(PREFIXES) do
+            if string_sub(k, 1, #p) == p then op, name = p, string_sub(k, #p + 1); break end
+         end
+         name = name_of(name)
+         if op == "" then op = "=" end
+         if type(v) == "table" then
+            local set = {}
+            for _, item in pairs(v) do set[#set + 1] = to_text(item) end
+            if op == "=" or op == "@" then op = "@" elseif op == "!" or op == "!=" or op == "!@" then op = "!@" end
+            v = set
+         else
+            v = to_text(v) or ""
+         end
+         out[#out + 1] = { op = op, name = name, value = v }
+      end
+   end
+   return out
+end
+
+local function in_set(have, set)
+   for _, item in ipairs(set) do
+      if have ~= nil and compare(have, item) == 0 then return true end
+   end
+   return false
+end
+
+local function matches(row, conditions)
+   for _, c in ipairs(conditions) do
+      local have, want, op = row[c.name], c.value, c.op
+      local ok
+      if op == "@" then ok = in_set(have, want)
+      elseif op == "!@" then ok = not in_set(have, want)
+      elseif op == "%" or op == "!%" then
+         ok = have ~= nil and string_find(string_lower(have), string_lower(want), 1, true) ~= nil
+         if op == "!%" then ok = not ok end
+      elseif op == "=" then
+         if want == "" then ok = have == nil or have == "" else ok = have ~= nil and compare(have, want) == 0 end
+      elseif op == "!" or op == "!=" then
+         if want == "" then ok = have ~= nil and have ~= "" else ok = have == nil or compare(have, want) ~= 0 end
+      elseif have == nil or have == "" then ok = false
+      else
+         local r = compare(have, want)
+         ok = (op == ">" and r > 0) or (op == ">=" and r >= 0) or (op == "<" and r < 0) or (op == "<=" and r <= 0)
+      end
+      if not ok then return false end
+   end
+   return true
+end
+
+local function parse_order(order, name_of)
+   local keys = {}
+   if type(order) ~= "table" then return keys end
+   for k, v in pairs(order) do
+      if type(k) == "string" then
+         keys[#keys + 1] = { name = name_of(k), desc = string_upper(to_text(v) or "") == "DESC" }
+      end
+   end
+   -- a decoded map has lost the caller's key order: make the result at least deterministic
+   table_sort(keys, function(a, b) return a.name < b.name end)
+   return keys
+end
+
+-- A new store for one entity type; def is the entity's field definition (kept for its methods).
+function _M.new(kind, def)
+   return setmetatable({ kind = kind, def = def, rows = {}, ids = {}, next_id = 1, multi_id = 0 }, mt)
+end
+
+-- The id the next row gets (ids are never reused).
+function _M:take_id()
+   local id = self.next_id
+   self.next_id = id + 1
+   return id
+end
+
+-- Keeps row under id, a new id from take_id (so the index stays ascending).
+function _M:put(id, row)
+   self.rows[id] = row
+   self.ids[#self.ids + 1] = id
+end
+
+-- Removes the row with id: true, or false when there is none.
+function _M:remove(id)
+   if not self.rows[id] then return false end
+   self.rows[id] = nil
+   local ids = self.ids
+   local lo, hi = 1, #ids
+   while lo <= hi do
+      local mid = math_floor((lo + hi) / 2)
+      if ids[mid] == id then table_remove(ids, mid); break
+      elseif ids[mid] < id then lo = mid + 1 else hi = mid - 1 end
+   end
+   return true
+end
+
+-- The rows matching params.filter, in params.order, paged by params.start as protocol.md §4 says:
+-- the page (raw rows) and meta {total, next, rows, counted} (nothing counted with start=-1).
+-- opts.name maps a filter/order key to a row field (upper case by default).
+function _M:query(params, opts)
+   local name_of = opts and opts.name or string_upper
+   local conditions = parse_filter(params.filter, name_of)
+   local order = parse_order(params.order, name_of)
+   -- start=-1 in ID order: a page read from the ID index, as a database does (self.ids ascends)
+   local by_id = #order == 0 or (#order == 1 and order[1].name == "ID" and not order[1].desc)
+   if tonumber(to_text(params.start) or "") == -1 and by_id then
+      local first = 1
+      for _, c in ipairs(conditions) do
+         local n = c.name == "ID" and type(c.value) == "string" and tonumber(c.value)
+         if n and (c.op == ">" or c.op == ">=") then
+            local lo, hi = first, #self.ids + 1
+            while lo < hi do
+               local mid = math_floor((lo + hi) / 2)
+               local id = self.ids[mid]
+               if id > n or (c.op == ">=" and id == n) then hi = mid else lo = mid + 1 end
+            end
+            first = lo
+         end
+      end
+      local page = {}
+      for i = first, #self.ids do
+         local row = self.rows[self.ids[i]]
+         if matches(row, conditions) then
+            page[#page + 1] = row
+            if #page == PAGE then break end
+         end
+      end
+      return page, { total = 0, rows = #page, counted = 0 }
+   end
+   local rows = {}
+   for _, id in ipairs(self.ids) do
+      local row = self.rows[id]
+      if matches(row, conditions) then rows[#rows + 1] = row end
+   end
+   if #order > 0 then
+      table_sort(rows, function(a, b)
+         for _, key in ipairs(order) do
+            local r = compare(a[key.name] or "", b[key.name] or "")
+            if r ~= 0 then if key.desc then return r > 0 else return r < 0 end end
+         end
+         return tonumber(a.ID) < tonumber(b.ID)
+      end)
+   end
+   local start = tonumber(to_text(params.start) or "0") or 0
+   local count = start ~= -1
+   if start < 0 then start = 0 end
+   start = math_floor(start)
+   local page = {}
+   for i = start + 1, math_min(start + PAGE, #rows) do page[#page + 1] = rows[i] end
+   if not count then return page, { total = 0, rows = #page, counted = 0 } end
+   local meta = { total = #rows, rows = #page, counted = #rows }
+   if start + PAGE < #rows then meta.next = start + PAGE end
+   return page, meta
+end
+
+-- The state of the store as plain data (for --data).
+function _M:export()
+   local rows = {}
+   for i, id in ipairs(self.ids) do rows[i] = self.rows[id] end
+   return { next_id = self.next_id, multi_id = self.multi_id, rows = rows }
+end
+
+-- Replaces the rows and counters with those of export()'s data.
+function _M:import(data)
+   self.rows, self.ids = {}, {}
+   for _, row in ipairs(type(data.rows) == "table" and data.rows or {}) do
+      local id = tonumber(row.ID)
+      if id and not self.rows[id] then
+         self.rows[id] = row
+         self.ids[#self.ids + 1] = id
+      end
+   end
+   table_sort(self.ids)
+   local top = self.ids[#self.ids] or 0
+   self.next_id = math_max(tonumber(data.next_id) or 1, top + 1)
+   self.multi_id = tonumber(data.multi_id) or self.multi_id or 0
+end
+
+return _M
