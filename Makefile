@@ -25,7 +25,7 @@ PREFIX ?= /usr/local
 HOST_LIBS := -llua5.4 -lmicrohttpd -lsqlite3
 ASAN  := $(BUILD)/asan/bitrix24/core.so
 
-.PHONY: all rock rock-install test check install fuzz fuzz-run bench clean format lint lint-lua lint-c \
+.PHONY: all b24 test check install fuzz fuzz-run bench clean format lint lint-lua lint-c \
         lint-format fidelity
 
 all: $(SO54) $(SO51) $(B24)
@@ -47,24 +47,15 @@ $(B24): $(SRC) $(HDR) $(HOST_SRC) $(HOST_HDR) $(BUILD)/b24_embedded.c
 	$(CC) $(BASE) -fvisibility=default $(CFLAGS) $(LUA54_INC) -Icsrc -Ib24/src -Iemulator/src -o $@ \
 	  $(SRC) $(HOST_SRC) $(BUILD)/b24_embedded.c $(LIBS) $(HOST_LIBS) -Wl,-E
 
-# `luarocks make` (build.type "make" in the rockspec): bitrix24.core for the Lua luarocks
-# builds for (LUA_INCDIR), b24, and an install of both with the Lua modules.
-ROCK_SO := $(BUILD)/rock/bitrix24/core.so
-LIBFLAG ?= -shared
-LUA_INCDIR ?= /usr/include/lua5.4
-rock: $(B24)
-	@mkdir -p $(dir $(ROCK_SO))
-	$(CC) $(BASE) $(CFLAGS) -I$(LUA_INCDIR) $(LIBFLAG) -o $(ROCK_SO) $(SRC) $(LIBS)
-
-rock-install:
-	install -d $(INST_LIBDIR)/bitrix24 $(INST_BINDIR)
-	install -m 755 $(ROCK_SO) $(INST_LIBDIR)/bitrix24/core.so
-	cd lua && find bitrix24 -name '*.lua' -exec install -D -m 644 {} $(abspath $(INST_LUADIR))/{} \;
-	install -m 755 $(B24) $(INST_BINDIR)/b24
+# The program alone: `make b24` builds build/b24, `make install` puts it in $(DESTDIR)$(BINDIR)
+# (PREFIX=/usr/local). b24-scm-1.rockspec runs the same two targets with luarocks' BINDIR. The
+# library rock (bitrix24-scm-1.rockspec) is a builtin build and uses no target here.
+BINDIR ?= $(PREFIX)/bin
+b24: $(B24)
 
 install: $(B24)
-	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 755 $(B24) $(DESTDIR)$(PREFIX)/bin/b24
+	install -d $(DESTDIR)$(BINDIR)
+	install -m 755 $(B24) $(DESTDIR)$(BINDIR)/b24
 
 # Both interpreters; scripts/test.sh prints each run's failures and "N passed, N failed".
 test: all

@@ -12,7 +12,8 @@ description = {
 A Bitrix24 client (incoming webhooks: calls, batches, fast exports under the portal's rate
 limits) and event receiver (outgoing webhooks: parse, verify, route), with a C core on
 libcurl and OpenSSL for HTTP, PHP-compatible form marshaling and HMAC.
-Works on Lua 5.1-5.4, LuaJIT and OpenResty.]],
+Works on Lua 5.1-5.4, LuaJIT and OpenResty. The library only: the b24 program (webhook
+receiver, shell commands, portal emulator) is its own rock, b24-scm-1.rockspec.]],
    homepage = "https://github.com/bitrix24-lua/bitrix24",
    license = "MIT",
 }
@@ -27,26 +28,33 @@ external_dependencies = {
    -- does not, so the library alone locates libcurl.
    CURL = { library = "curl" },
    OPENSSL = { header = "openssl/hmac.h", library = "crypto" },
-   -- the b24 host program (it embeds its own Lua 5.4, whatever Lua the rock is for)
-   MICROHTTPD = { header = "microhttpd.h", library = "microhttpd" },
-   SQLITE = { header = "sqlite3.h", library = "sqlite3" },
 }
 
--- The Makefile builds bitrix24.core for the Lua luarocks targets (its headers in LUA_INCDIR)
--- and the b24 program, and installs them with every module under lua/.
+-- The C module bitrix24.core from csrc/ (one source for every Lua: csrc/b24_compat.h) and the
+-- Lua library from lua/bitrix24/. spec/rock_spec.lua checks that both lists name every file.
 build = {
-   type = "make",
-   build_target = "rock",
-   build_variables = {
-      CFLAGS = "$(CFLAGS)",
-      LIBFLAG = "$(LIBFLAG)",
-      LUA_INCDIR = "$(LUA_INCDIR)",
-   },
-   install_target = "rock-install",
-   install_variables = {
-      INST_LIBDIR = "$(LIBDIR)",
-      INST_LUADIR = "$(LUADIR)",
-      INST_BINDIR = "$(BINDIR)",
+   type = "builtin",
+   modules = {
+      ["bitrix24.core"] = {
+         sources = {
+            "csrc/b24_arena.c", "csrc/b24_core.c", "csrc/b24_crypto.c", "csrc/b24_form.c",
+            "csrc/b24_form_parse.c", "csrc/b24_http.c", "csrc/b24_logline.c", "csrc/b24_time.c",
+         },
+         defines = { "_DEFAULT_SOURCE" },
+         incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
+         libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
+         libraries = { "curl", "ssl", "crypto", "m", "pthread" },
+      },
+      ["bitrix24"] = "lua/bitrix24/init.lua",
+      ["bitrix24.error"] = "lua/bitrix24/error.lua",
+      ["bitrix24.client"] = "lua/bitrix24/client.lua",
+      ["bitrix24.export"] = "lua/bitrix24/export.lua",
+      ["bitrix24.log"] = "lua/bitrix24/log.lua",
+      ["bitrix24.router"] = "lua/bitrix24/router.lua",
+      ["bitrix24.event"] = "lua/bitrix24/event.lua",
+      ["bitrix24.ngx"] = "lua/bitrix24/ngx.lua",
+      ["bitrix24.transport.curl"] = "lua/bitrix24/transport/curl.lua",
+      ["bitrix24.transport.ngx"] = "lua/bitrix24/transport/ngx.lua",
    },
 }
 
