@@ -5,7 +5,7 @@ local emu = require "helpers.emulator"
 local shared = require "helpers.shared"
 local cjson = require "cjson"
 
-local call, form, str, keys = emu.call, emu.form, emu.str, emu.keys
+local call, form, keys = emu.call, emu.form, emu.keys
 
 describe("emulator tasks.task.*", function()
    local srv
@@ -93,7 +93,8 @@ describe("emulator tasks.task.*", function()
    it("chains task pages in a batch by $result[…][tasks][49][id]", function()
       local _, body = call(srv, "batch", { cmd = {
          c0 = "tasks.task.list?order[ID]=ASC&filter[%3C%3DID]=60&select[]=ID&start=-1",
-         c1 = "tasks.task.list?order[ID]=ASC&filter[%3C%3DID]=60&filter[>ID]=$result[c0][tasks][49][id]&select[]=ID&start=-1",
+         c1 = "tasks.task.list?order[ID]=ASC&filter[%3C%3DID]=60&filter[>ID]=$result[c0][tasks][49][id]"
+            .. "&select[]=ID&start=-1",
       } })
       assert.equal("51", body.result.result.c1.tasks[1].id)
       assert.equal(10, #body.result.result.c1.tasks)
@@ -219,7 +220,8 @@ describe("emulator .xml transport", function()
       assert.equal("text/xml; charset=utf-8", res.headers["content-type"])
       assert.matches("^<response><result><item><ID>3</ID><TITLE>Lead #3</TITLE></item><item><ID>2</ID>", res.body)
       assert.matches("</result><total>3</total><time><start>%d+[%d.]*</start><finish>", res.body)
-      assert.matches("<operating_reset_at>%d+</operating_reset_at><operating>[%d.E+-]+</operating></time></response>$", res.body)
+      assert.matches("<operating_reset_at>%d+</operating_reset_at><operating>[%d.E+-]+</operating></time></response>$",
+         res.body)
       assert.not_matches("<%?xml", res.body) -- no declaration
    end)
 

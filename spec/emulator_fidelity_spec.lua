@@ -40,7 +40,8 @@ describe("emulator fidelity", function()
 
       it("a form body: labels out of natural order run as sent", function()
          local status, res = emu.form(srv, "batch",
-            "cmd[zz]=crm.lead.add%3Ffields%5BTITLE%5D%3Dform-first&cmd[aa]=crm.lead.add%3Ffields%5BTITLE%5D%3Dform-second")
+            "cmd[zz]=crm.lead.add%3Ffields%5BTITLE%5D%3Dform-first"
+               .. "&cmd[aa]=crm.lead.add%3Ffields%5BTITLE%5D%3Dform-second")
          assert.equal(200, status)
          assert.equal(res.result.result.zz + 1, res.result.result.aa)
          local first, second = titles_by_id("form-first", "form-second")
@@ -68,7 +69,8 @@ describe("emulator fidelity", function()
    describe("labels (reading the order from the request text)", function()
       it("reads the keys of the top-level cmd object of a JSON text in order", function()
          assert.same({ "b", "a", "c\"1", "é" },
-            labels.json('{"halt":0, "x":{"cmd":{"no":1}}, "cmd" : {"b":"m?a=[1]","a":"{\\"}","c\\"1":"","\\u00e9":""}}'))
+            labels.json('{"halt":0, "x":{"cmd":{"no":1}}, "cmd" : '
+               .. '{"b":"m?a=[1]","a":"{\\"}","c\\"1":"","\\u00e9":""}}'))
          assert.same({ "z", "y" }, labels.json('{"cmd":{"z":{"cmd":{"q":1}},"y":[1,{"k":2}]},"after":{"w":1}}'))
          assert.is_nil(labels.json('{"cmd":["a","b"]}'))
          assert.is_nil(labels.json('{"cmd":"text","other":{"a":1}}'))

@@ -68,8 +68,9 @@ describe("emulator delays", function()
          os.execute("rm -rf " .. b24.quote(dir))
          srv:stop()
       end)
-      os.execute(b24.clean .. "sh -c " .. b24.quote(("curl -s -o %s -H 'Content-Type: application/json' -d '{}' %s & echo $! > %s")
-         :format(b24.quote(out), b24.quote(srv.base .. emu.path("crm.lead.list")), b24.quote(pid_file))))
+      local curl = "curl -s -o %s -H 'Content-Type: application/json' -d '{}' %s & echo $! > %s"
+      os.execute(b24.clean .. "sh -c " .. b24.quote(curl:format(b24.quote(out),
+         b24.quote(srv.base .. emu.path("crm.lead.list")), b24.quote(pid_file))))
       -- the slow page has been executed (its answer is now held) once an empty page of the same
       -- method reports its 10 operating seconds
       local held
@@ -110,8 +111,8 @@ describe("emulator operating limit", function()
       local blocked, raw
       status, blocked, raw = call(srv, "crm.lead.list", { select = { "ID" } })
       assert.equal(429, status)
-      assert.same({ error = "OPERATION_TIME_LIMIT", error_description = "Method is blocked due to operation time limit." },
-         blocked)
+      assert.same({ error = "OPERATION_TIME_LIMIT",
+                    error_description = "Method is blocked due to operation time limit." }, blocked)
       assert.not_matches('"time"', raw, 1, true)
       -- other methods are not blocked; in a batch only the blocked method's sub-call fails
       assert.equal(200, (call(srv, "crm.deal.list", {})))

@@ -250,7 +250,8 @@ describe("b24 emulate (examples/emulate.lua)", function()
       end)
 
       it("orders", function()
-         local _, body = call(srv, "crm.lead.list", { order = { ID = "DESC" }, filter = { ["<=ID"] = 120 }, select = { "ID" } })
+         local _, body = call(srv, "crm.lead.list",
+            { order = { ID = "DESC" }, filter = { ["<=ID"] = 120 }, select = { "ID" } })
          assert.equal("120", body.result[1].ID)
          assert.equal("71", body.result[50].ID)
       end)
@@ -298,7 +299,8 @@ describe("b24 emulate (examples/emulate.lua)", function()
       it("chains list pages with $result[…][49][ID], $next and $total", function()
          local _, body = emu.batch(srv, {
             { "c0", "crm.lead.list?filter[%3C%3DID]=120&select[]=ID&order[ID]=ASC" },
-            { "c1", "crm.lead.list?filter[>ID]=$result[c0][49][ID]&filter[%3C%3DID]=120&select[]=ID&order[ID]=ASC&start=-1" },
+            { "c1", "crm.lead.list?filter[>ID]=$result[c0][49][ID]&filter[%3C%3DID]=120&select[]=ID&order[ID]=ASC"
+                    .. "&start=-1" },
             { "c2", "crm.lead.list?filter[%3C%3DID]=120&select[]=ID&start=$next[c0]" },
             { "c3", "crm.lead.get?id=$total[c0]" },
          })
@@ -374,7 +376,7 @@ describe("b24 emulate limits", function()
       for i = 0, 9 do cmd["c" .. i] = "crm.lead.list?start=-1" end
       local status, body = call(srv, "batch", { cmd = cmd })
       assert.equal(200, status)
-      assert.equal(10, #(function() local t = {} for k in pairs(body.result.result) do t[#t + 1] = k end return t end)())
+      assert.equal(10, #emu.keys(body.result.result))
       status = call(srv, "crm.lead.list", { start = -1 })
       assert.equal(503, status)
    end)
