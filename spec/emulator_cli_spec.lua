@@ -2,6 +2,7 @@
 local b24 = require "helpers.b24"
 local emu = require "helpers.emulator"
 local emulator = require "b24.emulator"
+local core = require "bitrix24.core"
 
 local function fails(argv)
    local ok, err = pcall(emulator.main, argv)
@@ -67,6 +68,71 @@ describe("emulator.main(argv)", function()
       assert.not_matches("my secret", err, 1, true)
       err = fails{ "--token", "tok en" }
       assert.not_matches("tok en", err, 1, true)
+   end)
+end)
+
+describe("emulator.main(argv, services)", function()
+   local function request(method, body)
+      return { method = "POST", path = emu.path(method), query = "",
+               headers = { ["content-type"] = "application/json" }, body = body or "{}", remote_addr = "127.0.0.1" }
+   end
+
+   it("refuses --events-to without a post service, at option time", function()
+      local err = fails{ "--events-to", "http://127.0.0.1:1/a" }
+      assert.matches("%-%-events%-to needs a host that posts events", err)
+   end)
+
+   it("posts each event through services.post and logs a refusal through services.log", function()
+      local posts, lines = {}, {}
+      local answer = true
+      local handler = emulator.main({ "--code", emu.CODE, "--events-to", "http://127.0.0.1:1/hook?k=s3cr3t" }, {
+         post = function(url, body, headers)
+            posts[#posts + 1] = { url = url, body = body, headers = headers }
+            if answer then return true end
+            return nil, "queue full"
+         end,
+         log = function(level, msg, fields) lines[#lines + 1] = { level = level, msg = msg, fields = fields } end,
+      })
+      local status = handler(request("crm.lead.add", '{"fields":{"TITLE":"x"}}'))
+      assert.equal(200, status)
+      assert.equal(1, #posts)
+      assert.equal("http://127.0.0.1:1/hook?k=s3cr3t", posts[1].url)
+      assert.matches("^event=ONCRMLEADADD&", posts[1].body)
+      assert.equal("application/x-www-form-urlencoded", posts[1].headers["Content-Type"])
+      assert.equal(0, #lines)
+      answer = false
+      assert.equal(200, (handler(request("crm.lead.add", '{"fields":{"TITLE":"y"}}'))))
+      assert.equal(2, #posts)
+      assert.equal(1, #lines)
+      assert.equal("warn", lines[1].level)
+      assert.equal("event not queued", lines[1].msg)
+      assert.equal("queue full", lines[1].fields.error)
+      assert.not_matches("s3cr3t", lines[1].fields.url, 1, true)
+   end)
+
+   it("returns the delay with services.delay, and sleeps it without", function()
+      local handler = emulator.main({ "--code", emu.CODE, "--latency", "300" }, { delay = true })
+      local status, _, _, extra = handler(request("user.current"))
+      assert.equal(200, status)
+      assert.equal(0.3, extra.delay)
+      handler = emulator.main{ "--code", emu.CODE, "--latency", "300" }
+      local t0 = core.now()
+      status, _, _, extra = handler(request("user.current"))
+      assert.equal(200, status)
+      assert.is_nil(extra)
+      assert.is_true(core.now() - t0 >= 0.3)
+   end)
+
+   it("keeps a reset's close when it sleeps the delay", function()
+      local handler = emulator.main{ "--code", emu.CODE, "--latency", "10", "--faults", "reset=1" }
+      local status, _, _, extra = handler(request("user.current"))
+      assert.equal(200, status)
+      assert.same({ close = true }, extra)
+   end)
+
+   it("b24.emulator.command documents the same options", function()
+      assert.equal(emulator.USAGE, require("b24.emulator.command").USAGE)
+      assert.matches("%-%-events%-to URL", emulator.USAGE)
    end)
 end)
 
