@@ -41,7 +41,12 @@ runner("handlers script", function(b) return b.lang == "lua" and b.text:find("--
 runner("serve command", function(b) return b.lang == "sh" and b.text:find("b24 serve --listen", 1, true) end)
 runner("library", function(b) return b.lang == "lua" and b.text:find("b24:list(", 1, true) end)
 runner("cli", function(b) return b.lang == "sh" and b.text:find("b24 call crm.lead.add", 1, true) end)
-runner("nginx command", function(b) return b.lang == "sh" and b.text:find("nginx -p", 1, true) end)
+runner("nginx command", function(b)
+   return b.lang == "sh" and b.text:find("nginx -p", 1, true) and not b.text:find("cp -r", 1, true)
+end)
+runner("nginx as root", function(b)
+   return b.lang == "sh" and b.text:find("nginx -p", 1, true) and b.text:find("cp -r", 1, true)
+end)
 runner("nginx conf", function(b) return b.lang == "nginx" end)
 runner("emulate", function(b) return b.lang == "sh" and b.text:find("b24 emulate --listen", 1, true) end)
 runner("inbox", function(b) return b.lang == "sh" and b.text:find("b24 inbox stats", 1, true) end)
@@ -66,6 +71,10 @@ for _, b in ipairs(ALL) do
 end
 for _, r in ipairs(RUNNERS) do
    if not BLOCK[r.name] then PROBLEMS[#PROBLEMS + 1] = "no README block for the runner " .. r.name end
+end
+
+local function is_root()
+   return (b24.exec("id -u")):match("^0%s*$") ~= nil
 end
 
 local function plain(s) return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")) end
@@ -202,6 +211,34 @@ describe("README", function()
       assert.equal("Olga", lead.NAME)
    end)
 
+   -- Runs an OpenResty quick-start block (from the checkout, after make) against b24 emulate on
+   -- a free port: 401 for a wrong token, 200 for the right one. prefix: the -p directory's text in
+   -- the block and the directory it stands for here.
+   local function openresty(block, prefix)
+      local conf = assert(b24.read(ROOT .. "/examples/openresty/nginx.conf"))
+      local portal, srv = b24.emulate{ args = { "--code", emu.CODE, "--seed-leads", "3" } }
+      local port = b24.free_port()
+      local copy = b24.tmpdir() .. "/nginx.conf"
+      finally(function()
+         if srv then srv:stop("QUIT") end
+         portal:stop()
+         os.execute("rm -rf " .. b24.quote((copy:gsub("/nginx%.conf$", ""))))
+      end)
+      b24.write(copy, replace(conf, "listen 127.0.0.1:8080;", "listen 127.0.0.1:" .. port .. ";"))
+      local sh = replace(block.text, "B24_APP_TOKEN=...", "exec env B24_APP_TOKEN=" .. TOKEN)
+      sh = replace(sh, "https://portal.bitrix24.ru/rest/1/CODE/", portal:url(emu.path("")))
+      sh = replace(sh, "-c examples/openresty/nginx.conf", "-c " .. b24.quote(copy))
+      if prefix then sh = replace(sh, prefix[1], prefix[2]) end
+      srv = b24.spawn("cd " .. b24.quote(ROOT) .. " && " .. sh)
+      assert(srv:wait_log("start worker process"))
+      local url = "http://127.0.0.1:" .. port .. "/bitrix24/events"
+      assert.equal(401, post_event(url, "wrong0token", "ONCRMLEADADD", "1").status)
+      local res = post_event(url, TOKEN, "ONCRMLEADADD", "1")
+      assert.equal(200, res.status, res.body)
+      assert.equal('{"success":true}', res.body)
+      return srv
+   end
+
    it("quick start: OpenResty with examples/openresty/nginx.conf, whose lines the excerpt shows", function()
       local conf_block, command = assert(BLOCK["nginx conf"]), assert(BLOCK["nginx command"])
       local conf = assert(b24.read(ROOT .. "/examples/openresty/nginx.conf"))
@@ -215,25 +252,22 @@ describe("README", function()
             at = e + 1
          end
       end
-      local portal, srv = b24.emulate{ args = { "--code", emu.CODE, "--seed-leads", "3" } }
-      local port = b24.free_port()
-      local copy = ROOT .. "/build/readme-nginx.conf"
-      finally(function()
-         if srv then srv:stop("QUIT") end
-         portal:stop()
-         os.remove(copy)
-      end)
-      b24.write(copy, replace(conf, "listen 127.0.0.1:8080;", "listen 127.0.0.1:" .. port .. ";"))
-      local sh = replace(command.text, "B24_APP_TOKEN=...", "B24_APP_TOKEN=" .. TOKEN)
-      sh = replace(sh, "https://portal.bitrix24.ru/rest/1/CODE/", portal:url(emu.path("")))
-      sh = replace(sh, "-c examples/openresty/nginx.conf", "-c " .. b24.quote(copy))
-      srv = b24.spawn("cd " .. b24.quote(ROOT) .. " && exec env " .. sh)
-      assert(srv:wait_log("start worker process"))
-      local url = "http://127.0.0.1:" .. port .. "/bitrix24/events"
-      assert.equal(401, post_event(url, "wrong0token", "ONCRMLEADADD", "1").status)
-      local res = post_event(url, TOKEN, "ONCRMLEADADD", "1")
-      assert.equal(200, res.status, res.body)
-      assert.equal('{"success":true}', res.body)
+      -- as root, nginx's workers run as nobody: the README's next block is for a checkout they
+      -- cannot read (one in root's home)
+      local readable = b24.exec("runuser -u nobody -- test -r " .. b24.quote(ROOT .. "/examples/openresty/handler.lua")
+         .. " && echo yes")
+      if not is_root() or readable:match("^yes") then openresty(command) end
+   end)
+
+   it("quick start: OpenResty as root, from a copy its workers can read", function()
+      local block = assert(BLOCK["nginx as root"])
+      local prefix = assert(block.text:match("mkdir %-p (%S+)"))
+      local dir = b24.tmpdir() -- what mkdir -p would make, still private: the block's chmod opens it
+      finally(function() os.execute("rm -rf " .. b24.quote(dir)) end)
+      local srv = openresty(block, { prefix, dir })
+      if is_root() then -- the workers keep nginx's unprivileged user
+         assert.matches("^nobody\n", (b24.exec("ps -o user= --ppid " .. srv.pid)))
+      end
    end)
 
    it("the emulator's commands", function()
@@ -283,20 +317,37 @@ return router]]):format(TOKEN), args = { "--inbox", inbox, "--max-attempts", "1"
       assert.equal(1, stats.pending)
    end)
 
-   it("installs as a rock with both luarocks commands", function()
+   it("installs the library rock and the program rock with its luarocks commands", function()
       local block = assert(BLOCK.rock)
+      -- a copy of the checkout (build/b24 with it, so make finds it built): luarocks' builtin
+      -- build leaves csrc/*.o and bitrix24/core.so in the directory it runs in
+      local src = b24.tmpdir()
+      finally(function() os.execute("rm -rf " .. b24.quote(src)) end)
+      local out, code = b24.exec(("cd %s && tar --exclude=./.git --exclude=./build -cf - . | tar -C %s -xf - "
+         .. "&& mkdir %s/build && cp -p build/b24 build/b24_embedded.c %s/build/")
+         :format(b24.quote(ROOT), b24.quote(src), b24.quote(src), b24.quote(src)))
+      assert.equal(0, code, out)
+      local kinds = {}
       for line in block.text:gmatch("[^\n]+") do
          local tree = b24.tmpdir()
          local cmd = replace(line:gsub("%s+#.*$", ""), "luarocks ", "luarocks --tree=" .. b24.quote(tree) .. " ")
-         local out, code = b24.exec("cd " .. b24.quote(ROOT) .. " && " .. cmd)
+         out, code = b24.exec("cd " .. b24.quote(src) .. " && " .. cmd)
          assert.equal(0, code, out)
          local version = line:match("%-%-lua%-version=(%S+)")
-         assert.truthy(b24.read(tree .. "/lib/lua/" .. version .. "/bitrix24/core.so"))
-         assert.truthy(b24.read(tree .. "/share/lua/" .. version .. "/bitrix24/client.lua"))
-         local v = b24.exec(b24.quote(tree .. "/bin/b24") .. " --version")
-         assert.matches("^b24 ", v)
+         if line:find("bitrix24-scm-1.rockspec", 1, true) then -- the library: modules, no program
+            kinds[#kinds + 1] = "library " .. version
+            assert.truthy(b24.read(tree .. "/lib/lua/" .. version .. "/bitrix24/core.so"))
+            assert.truthy(b24.read(tree .. "/share/lua/" .. version .. "/bitrix24/client.lua"))
+            assert.is_nil(b24.read(tree .. "/bin/b24"))
+         else -- the program: bin/b24, no module
+            kinds[#kinds + 1] = "program"
+            assert.truthy(line:find("b24-scm-1.rockspec", 1, true), line)
+            assert.matches("^b24 ", (b24.exec(b24.quote(tree .. "/bin/b24") .. " --version")))
+            assert.equal("", (b24.exec("find " .. b24.quote(tree) .. " -name '*.lua' -o -name '*.so'")))
+         end
          os.execute("rm -rf " .. b24.quote(tree))
       end
+      assert.same({ "library 5.4", "library 5.1", "program" }, kinds)
    end)
 end)
 
