@@ -89,7 +89,7 @@ size_t b24_mask(const char *s, size_t len, char *out, size_t n);
 typedef struct b24_logline {
     char buf[8192];
     size_t len;
-    int json, fields;
+    int json, fields, full; /* full: a piece did not fit, the rest of the line is dropped */
 } b24_logline;
 /* Starts a line (logfmt, or JSON when json) with the time now, level and msg. */
 void b24_logline_begin(b24_logline *l, int json, const char *level, const char *msg);

@@ -100,6 +100,13 @@ static size_t limit_field(lua_State *L, int t, const char *name, size_t def, siz
     return v;
 }
 
+/* [-1, +1] the parse tree (light userdata at 1) as a table */
+static int push_root(lua_State *L)
+{
+    push_array(L, lua_touserdata(L, 1));
+    return 1;
+}
+
 /* form_decode(s [, limits]) -> table | nil, message, kind */
 static int form_decode(lua_State *L)
 {
@@ -117,10 +124,14 @@ static int form_decode(lua_State *L)
     b24_form_array *root = NULL;
     b24_form_status st = b24_form_parse(s, len, &lim, &sc->arena, &root);
     if (st == B24_FORM_OK) {
-        push_array(L, root);
+        /* building the table may raise (memory, stack): under pcall, so the scratch is
+         * released on every path and the next call reuses it */
+        lua_pushcfunction(L, push_root);
+        lua_pushlightuserdata(L, root);
+        int status = lua_pcall(L, 1, 1, 0);
         sc->busy = 0;
         b24_arena_reset(&sc->arena);
-        return 1;
+        return status == LUA_OK ? 1 : lua_error(L);
     }
     sc->busy = 0;
     b24_arena_reset(&sc->arena);
@@ -279,11 +290,10 @@ typedef struct encoder {
     int first;
 } encoder;
 
-/* Raises a misuse error; the scratch is released first so later calls keep reusing it. */
+/* Raises a misuse error (form_encode releases the scratch when it comes back). */
 static _Noreturn void fail(encoder *e, const char *fmt, const char *a, const char *b)
 {
     lua_pushfstring(e->L, fmt, a, b);
-    e->s->busy = 0;
     lua_error(e->L);
     abort(); /* lua_error does not return */
 }
@@ -523,6 +533,17 @@ static void encode_value(encoder *e, int idx, int depth)
     url_encode(L, &s->out, &s->out_len, &s->out_cap, str, len);
 }
 
+/* [-2, +1] the body of form_encode: the table at 1, the scratch (light userdata) at 2 */
+static int encode_protected(lua_State *L)
+{
+    scratch *s = lua_touserdata(L, 2);
+    lua_settop(L, 1);
+    encoder e = {L, s, 1};
+    encode_table(&e, 1, 0);
+    lua_pushlstring(L, s->out ? s->out : "", s->out_len);
+    return 1;
+}
+
 /* form_encode(t) -> string, as PHP http_build_query(t) */
 static int form_encode(lua_State *L)
 {
@@ -531,9 +552,12 @@ static int form_encode(lua_State *L)
     scratch *s = scratch_acquire(L);
     b24_arena_reset(&s->arena);
     s->out_len = s->prefix_len = 0;
-    encoder e = {L, s, 1};
-    encode_table(&e, 1, 0);
-    lua_pushlstring(L, s->out ? s->out : "", s->out_len);
+    /* every raise inside (misuse, memory, stack) comes back here, so the scratch is released
+     * on every path, as lua-cjson frees its buffer before it raises */
+    lua_pushcfunction(L, encode_protected);
+    lua_pushvalue(L, 1);
+    lua_pushlightuserdata(L, s);
+    int status = lua_pcall(L, 2, 1, 0);
     s->busy = 0;
     b24_arena_reset(&s->arena);
     if (s->out_cap > 64 * 1024) { /* do not pin one huge body's buffer */
@@ -541,7 +565,7 @@ static int form_encode(lua_State *L)
         s->out = NULL;
         s->out_cap = 0;
     }
-    return 1;
+    return status == LUA_OK ? 1 : lua_error(L);
 }
 
 static const luaL_Reg form_funcs[] = {

@@ -208,7 +208,8 @@ static int l_http(lua_State *L)
         lua_getfield(L, 1, "max_response");
         if (!lua_isnil(L, -1)) {
             lua_Number n = lua_tonumber(L, -1);
-            if (lua_type(L, -1) != LUA_TNUMBER || n < 1 || n > 1e15 ||
+            /* the range first, NaN failing it: casting NaN or a huge value is undefined */
+            if (lua_type(L, -1) != LUA_TNUMBER || !(n >= 1 && n <= 1e15) ||
                 n != (lua_Number)(long long)n)
                 return luaL_error(L, "bad option 'max_response' (a positive byte count expected)");
             s->max_response = (size_t)n;
@@ -216,7 +217,7 @@ static int l_http(lua_State *L)
         lua_getfield(L, 1, "max_redirects");
         if (!lua_isnil(L, -1)) {
             lua_Number n = lua_tonumber(L, -1);
-            if (lua_type(L, -1) != LUA_TNUMBER || n < 0 || n > 50 || n != (lua_Number)(long)n)
+            if (lua_type(L, -1) != LUA_TNUMBER || !(n >= 0 && n <= 50) || n != (lua_Number)(long)n)
                 return luaL_error(L, "bad option 'max_redirects' (0 to 50 expected)");
             s->max_redirects = (long)n;
         }

@@ -106,12 +106,101 @@ size_t b24_mask(const char *s, size_t len, char *out, size_t n)
 
 /* ---- lines ---------------------------------------------------------------------------------- */
 
-static void add(b24_logline *l, const char *s, size_t n)
+/* Room kept at the end of a line for what closes it: '"' of a cut string, '}' and '\n'. */
+#define CLOSING 3
+
+/* Appends n bytes, or nothing and marks the line full when they do not fit: a line is cut
+ * between whole pieces (an escape is one piece), never inside one. */
+static int add(b24_logline *l, const char *s, size_t n)
 {
-    if (n > sizeof l->buf - 2 - l->len) /* room is kept for the closing "}\n" */
-        n = sizeof l->buf - 2 - l->len;
+    if (l->full || l->len + n + CLOSING > sizeof l->buf) {
+        l->full = 1;
+        return 0;
+    }
     memcpy(l->buf + l->len, s, n);
     l->len += n;
+    return 1;
+}
+
+/* Length of the valid UTF-8 sequence at s (at most n bytes), 0 when it is not one. */
+static size_t utf8_length(const unsigned char *s, size_t n)
+{
+    size_t len;
+    uint32_t cp;
+    if (s[0] < 0x80)
+        return 1;
+    if (s[0] >= 0xc2 && s[0] <= 0xdf)
+        len = 2, cp = s[0] & 0x1f;
+    else if (s[0] >= 0xe0 && s[0] <= 0xef)
+        len = 3, cp = s[0] & 0x0f;
+    else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+        len = 4, cp = s[0] & 0x07;
+    else
+        return 0;
+    if (len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    /* overlong forms, UTF-16 surrogates and code points past U+10FFFF are not UTF-8 */
+    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return len;
+}
+
+/* A quoted string: JSON escapes, and a byte that is no part of valid UTF-8 written as the
+ * text \xNN, so a JSON line is always valid JSON. When the line fills up, the string is
+ * closed where it was cut. */
+static void add_quoted(b24_logline *l, const char *v, size_t n)
+{
+    if (!add(l, "\"", 1))
+        return;
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)v[i];
+        char esc[8];
+        size_t step = 1;
+        int ok;
+        if (c == '"' || c == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)c;
+            ok = add(l, esc, 2);
+        } else if (c == '\n') {
+            ok = add(l, "\\n", 2);
+        } else if (c == '\t') {
+            ok = add(l, "\\t", 2);
+        } else if (c < 0x20 || c == 0x7f) {
+            snprintf(esc, sizeof esc, "\\u%04x", c);
+            ok = add(l, esc, 6);
+        } else if (c < 0x80) {
+            ok = add(l, v + i, 1);
+        } else if ((step = utf8_length((const unsigned char *)v + i, n - i)) > 0) {
+            ok = add(l, v + i, step);
+        } else {
+            step = 1;
+            snprintf(esc, sizeof esc, "\\\\x%02x", c);
+            ok = add(l, esc, 5);
+        }
+        if (!ok)
+            break;
+        i += step;
+    }
+    /* CLOSING keeps room for this quote even on a full line */
+    l->buf[l->len++] = '"';
+}
+
+/* A key as a bare word: what is not a letter, digit, '_', '.' or '-' becomes '_'. */
+static void add_key(b24_logline *l, const char *key)
+{
+    char clean[128];
+    size_t n = 0;
+    for (; key[n] && n < sizeof clean; n++) {
+        unsigned char c = (unsigned char)key[n];
+        clean[n] = (char)(isalnum(c) || c == '_' || c == '.' || c == '-' ? c : '_');
+    }
+    add(l, clean, n);
 }
 
 /* Fields a host fills with its own numbers and names; every other value is masked. */
@@ -136,34 +225,14 @@ static void add_value(b24_logline *l, const char *v, size_t len, int mask)
         n = len < sizeof masked ? len : sizeof masked - 1;
         memcpy(masked, v, n);
     }
-    int quote = n == 0;
+    int quote = l->json || n == 0;
     for (size_t i = 0; i < n && !quote; i++)
         quote = masked[i] == ' ' || masked[i] == '"' || masked[i] == '=' || masked[i] == '\\' ||
-                (unsigned char)masked[i] < 0x20;
-    if (!l->json && !quote) {
+                (unsigned char)masked[i] < 0x20 || masked[i] == 0x7f;
+    if (quote)
+        add_quoted(l, masked, n);
+    else
         add(l, masked, n);
-        return;
-    }
-    add(l, "\"", 1);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)masked[i];
-        char esc[8];
-        if (c == '"' || c == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char)c;
-            add(l, esc, 2);
-        } else if (c == '\n') {
-            add(l, "\\n", 2);
-        } else if (c == '\t') {
-            add(l, "\\t", 2);
-        } else if (c < 0x20) {
-            snprintf(esc, sizeof esc, "\\u%04x", c);
-            add(l, esc, 6);
-        } else {
-            add(l, (const char *)&c, 1);
-        }
-    }
-    add(l, "\"", 1);
 }
 
 /* A field named like a secret (app_token, client_secret, …) is hidden whole. */
@@ -183,15 +252,21 @@ void b24_logline_field(b24_logline *l, const char *key, const char *value, size_
         value = "***";
         len = 3;
     }
+    /* a field goes whole or not at all: the key only with room for an empty value after it */
+    size_t keylen = strlen(key);
+    if (l->full || l->len + keylen + 8 + CLOSING > sizeof l->buf) {
+        l->full = 1;
+        return;
+    }
     int first = l->fields++ == 0;
     if (l->json) {
         add(l, first ? "\"" : ",\"", first ? 1 : 2);
-        add(l, key, strlen(key));
+        add_key(l, key);
         add(l, "\":", 2);
     } else {
         if (!first)
             add(l, " ", 1);
-        add(l, key, strlen(key));
+        add_key(l, key);
         add(l, "=", 1);
     }
     add_value(l, value, len, !trusted(key));
@@ -201,6 +276,7 @@ void b24_logline_begin(b24_logline *l, int json, const char *level, const char *
 {
     l->len = 0;
     l->fields = 0;
+    l->full = 0;
     l->json = json;
     struct timeval tv;
     gettimeofday(&tv, NULL);
