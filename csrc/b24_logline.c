@@ -196,7 +196,7 @@ static void add_key(b24_logline *l, const char *key)
 {
     char clean[128];
     size_t n = 0;
-    for (; key[n] && n < sizeof clean; n++) {
+    for (; n < sizeof clean && key[n]; n++) {
         unsigned char c = (unsigned char)key[n];
         clean[n] = (char)(isalnum(c) || c == '_' || c == '.' || c == '-' ? c : '_');
     }
