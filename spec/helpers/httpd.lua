@@ -10,6 +10,9 @@
 -- The server is told our pid and exits by itself when we are gone, so a crashed run leaves no
 -- orphan even when no teardown ran. The interpreter for the server is lua5.4 (it needs luasocket,
 -- luasec and cjson), whichever interpreter runs the specs; B24_TEST_SERVER_LUA overrides it.
+local cjson = require("cjson.safe").new()
+local socket = require "socket"
+
 local httpd = {}
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec/helpers"
@@ -120,6 +123,43 @@ function httpd.start(opts)
    srv.url = (opts.tls and "https" or "http") .. "://127.0.0.1:" .. port
    srv.ca_file = certs and certs.ca_file
    return srv
+end
+
+-- A plain and a TLS listener sharing one set of certificates, as spec/http*_spec.lua use them:
+-- pair.plain, pair.tls, pair.certs; pair.stop() stops both and removes the certificates.
+function httpd.start_pair()
+   local pair = {}
+   function pair.stop()
+      if pair.plain then pair.plain.stop() end
+      if pair.tls then pair.tls.stop() end
+      if pair.certs then pair.certs.remove() end
+   end
+   local ok, err = pcall(function()
+      pair.plain = httpd.start { tls = false }
+      pair.certs = httpd.make_certs()
+      pair.tls = httpd.start { tls = true, certs = pair.certs }
+   end)
+   if not ok then
+      pair.stop()
+      error(err, 0)
+   end
+   return pair
+end
+
+-- The JSON body of a server answer (the server echoes requests as JSON) as a table.
+function httpd.decode(res)
+   assert(type(res) == "table", "expected a response table, got " .. tostring(res))
+   local t = cjson.decode(res.body)
+   assert(type(t) == "table", "not JSON: " .. tostring(res.body))
+   return t
+end
+
+-- A loopback port with nothing listening on it.
+function httpd.closed_port()
+   local s = assert(socket.bind("127.0.0.1", 0))
+   local _, port = s:getsockname()
+   s:close()
+   return port
 end
 
 return httpd
