@@ -70,6 +70,86 @@ typedef enum {
 b24_form_status b24_form_parse(const char *s, size_t len, const b24_form_limits *limits,
                                b24_arena *arena, b24_form_array **root);
 
+/* ---- JSON (RFC 8259, b24_json_parse.c) -----------------------------------------------------
+ * b24_json_scan validates a whole body and applies the limits before anything is built; what it
+ * learns (one record per container) lets b24_json.c build Lua tables of the right size in one
+ * more pass over text it no longer needs to check. Form mode (a JSON body re-read as PHP would
+ * read it as a form, see b24_json.c) walks the same text through b24_json_form_walk. */
+typedef struct b24_json_limits {
+    size_t max_depth, max_pairs, max_size; /* the form codec's defaults, B24_FORM_MAX_* */
+} b24_json_limits;
+
+typedef enum {
+    B24_JSON_OK = 0,
+    B24_JSON_MALFORMED,
+    B24_JSON_TOO_LARGE,
+    B24_JSON_TOO_MANY,
+    B24_JSON_TOO_DEEP,
+    B24_JSON_NO_MEMORY
+} b24_json_status;
+
+/* One container, in the order containers open (in form mode: only those holding a value
+ * that is not null somewhere below; the others are skipped as text). Offsets into the body. */
+typedef struct b24_json_container {
+    uint32_t start; /* its '{' or '[' */
+    uint32_t end;   /* just past its '}' or ']' */
+    uint32_t count; /* members or elements */
+    uint32_t after; /* the record that follows its subtree */
+} b24_json_container;
+
+typedef struct b24_json_doc {
+    const char *text; /* the body, followed by a NUL (a Lua string's) */
+    size_t len;
+    b24_json_container *containers;
+    size_t ncontainers;
+    size_t depth;           /* the deepest nesting of containers */
+    size_t pairs;           /* members and elements; in form mode the values that are not null */
+    size_t longest_escaped; /* bytes of the longest string holding an escape: a decode buffer */
+    int form;
+    int unclean_keys; /* form mode: a key parse_str would read as brackets, a cut or an append */
+    size_t offset;    /* B24_JSON_MALFORMED: the offending byte (0-based) and what is wrong */
+    const char *why;
+} b24_json_doc;
+
+/* Scans text[0..len) (text[len] must be readable and not part of a number: a Lua string's NUL)
+ * into doc, records in arena. In form mode the pairs are the values that are not null, depth
+ * counts as form_decode counts brackets, and the top level must be an object or an array. */
+b24_json_status b24_json_scan(const char *text, size_t len, const b24_json_limits *limits, int form,
+                              b24_arena *arena, b24_json_doc *doc);
+
+/* The string whose opening quote is at p, in a scanned body: its bytes in place when it holds
+ * no escape, else decoded into buf (room for its raw length); *next is past the closing quote. */
+const char *b24_json_string(const char *p, const char **next, char *buf, size_t *len);
+/* The number at p, in a scanned body: 1 and *i when it is written as an integer that fits in
+ * int64, else 0 and *d (correctly rounded); *next is past it. */
+int b24_json_number(const char *p, const char **next, int64_t *i, double *d);
+/* Length of the well-formed UTF-8 sequence at p (before end), 0 when there is none. */
+size_t b24_json_utf8_length(const unsigned char *p, const unsigned char *end);
+/* Decimal text of v (out: 21 bytes or more); returns the length. */
+size_t b24_json_format_integer(int64_t v, char *out);
+/* A finite double as form_encode writes it (out: 32 bytes or more): integral values below 2^63
+ * as integers, others as the shortest of 15, 16 or 17 significant digits that reads back the
+ * same, always with '.' as the decimal point. */
+size_t b24_json_format_double(double d, char *out);
+
+/* What a JSON body becomes as a form, in http_build_query order: key then scalar, or key then
+ * open .. close; null and containers without values produce nothing. Scalars arrive as the text
+ * form_encode writes (true "1", false "0"). A nonzero return (a b24_json_status) stops the walk. */
+typedef struct b24_json_form_sink {
+    int (*open)(void *ctx, int is_array, size_t count);
+    int (*key)(void *ctx, const char *key, size_t len, int64_t index); /* index -1: object key */
+    int (*scalar)(void *ctx, const char *text, size_t len);
+    int (*close)(void *ctx);
+} b24_json_form_sink;
+
+b24_json_status b24_json_form_walk(const b24_json_doc *doc, b24_arena *arena,
+                                   const b24_json_form_sink *sink, void *ctx);
+/* The form body form_encode would write for doc (brackets left unencoded), at most budget
+ * bytes (B24_JSON_TOO_LARGE past that), in arena: what form mode re-reads when keys hold
+ * brackets or NULs. */
+b24_json_status b24_json_form_body(const b24_json_doc *doc, b24_arena *arena, size_t budget,
+                                   char **body, size_t *len);
+
 /* ---- codecs --------------------------------------------------------------------------------- */
 size_t b24_hex_encode(const unsigned char *in, size_t len, char *out); /* out: 2*len bytes */
 /* Returns 0 and the decoded length, or -1 with *bad at the offending offset. */
@@ -103,5 +183,6 @@ void b24_crypto_open(lua_State *L);
 void b24_http_open(lua_State *L);
 void b24_time_open(lua_State *L);
 void b24_logline_open(lua_State *L);
+void b24_json_open(lua_State *L);
 
 #endif /* B24_H */

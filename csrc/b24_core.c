@@ -18,6 +18,7 @@ int luaopen_bitrix24_core(lua_State *L)
     b24_http_open(L);
     b24_time_open(L);
     b24_logline_open(L);
+    b24_json_open(L);
     lua_pushliteral(L, B24_VERSION);
     lua_setfield(L, -2, "_VERSION");
     return 1;
