@@ -1,6 +1,8 @@
 -- luacheck (Debian lua-check): `make lint` runs it on lua/, b24/lua, emulator/lua, spec/,
 -- examples/, bench/ and scripts/ with zero warnings.
-std = "max"          -- the common subset of Lua 5.1-5.4 and LuaJIT
+-- max: the globals of every Lua from 5.1 to 5.4 and LuaJIT, since one source runs on all of them
+-- and picks at run time (`table.unpack or unpack`, `setfenv` where it exists)
+std = "max"
 max_line_length = 120
 codes = true
 
