@@ -8,8 +8,14 @@
 
 #include <lauxlib.h>
 
-#include "b24_host.h"
+#include "b24.h" /* b24_mask */
+#include "b24_clock.h"
+#include "b24_handlers.h"
 #include "b24_inbox.h"
+#include "b24_log.h"
+#include "b24_metrics.h"
+#include "b24_script.h"
+#include "b24_state.h"
 
 static b24_inbox *handlers_inbox;
 static pthread_t *threads;
@@ -26,7 +32,8 @@ static void timeout_hook(lua_State *L, lua_Debug *ar)
         luaL_error(L, "handler timed out after %f s", handler_timeout);
 }
 
-/* [router, job] -> ok, err: router:dispatch({body, headers}, ctx) inside lua_pcall */
+/* [router, job] -> ok, err: router:dispatch({body, headers}, ctx) inside lua_pcall, err as
+ * a string */
 static int call_dispatch(lua_State *L)
 {
     const b24_job *job = lua_touserdata(L, 2);
@@ -49,6 +56,10 @@ static int call_dispatch(lua_State *L)
     lua_setfield(L, -3, "log");
     lua_pop(L, 1);
     lua_call(L, 3, 2);
+    if (!lua_isnoneornil(L, -1) && !lua_isstring(L, -1)) { /* an error object: its tostring */
+        luaL_tolstring(L, -1, NULL);
+        lua_replace(L, -2);
+    }
     return 2;
 }
 
@@ -113,6 +124,7 @@ static void run_one(b24_job *jobp)
     }
 }
 
+/* Starts n handler threads on the inbox. */
 int b24_handlers_start(b24_inbox *in, int n, double timeout)
 {
     handlers_inbox = in;
@@ -126,6 +138,7 @@ int b24_handlers_start(b24_inbox *in, int n, double timeout)
     return 0;
 }
 
+/* Ends the handler threads once their runs finish. */
 void b24_handlers_stop(void)
 {
     if (handlers_inbox)

@@ -10,8 +10,10 @@
 
 #include <sqlite3.h>
 
-#include "b24_host.h"
+#include "b24_clock.h"
 #include "b24_inbox.h"
+#include "b24_log.h"
+#include "b24_metrics.h"
 
 #define MAX_CLAIM 256 /* deliveries handed out in one batch */
 
@@ -103,13 +105,6 @@ struct b24_inbox {
     unsigned seed;
 };
 
-static double wall_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static int step_done(sqlite3_stmt *s)
 {
     int rc = sqlite3_step(s);
@@ -135,6 +130,7 @@ static void recount(b24_inbox *in)
     }
 }
 
+/* Opens (creating) the inbox at path and recovers the runs a crash interrupted. */
 b24_inbox *b24_inbox_open(const char *path, const b24_inbox_options *o, char *err, size_t errlen)
 {
     b24_inbox *in = calloc(1, sizeof *in);
@@ -181,7 +177,7 @@ b24_inbox *b24_inbox_open(const char *path, const b24_inbox_options *o, char *er
              "DELETE FROM deliveries WHERE state = 'running' AND attempts >= %d;"
              "UPDATE deliveries SET state = 'pending' WHERE state = 'running';"
              "COMMIT;",
-             wall_now(), o->max_attempts, o->max_attempts);
+             b24_wall_now(), o->max_attempts, o->max_attempts);
     if (sqlite3_exec(in->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
         snprintf(err, errlen, "cannot recover the inbox %s: %s", path, msg ? msg : "?");
         sqlite3_free(msg);
@@ -192,6 +188,7 @@ b24_inbox *b24_inbox_open(const char *path, const b24_inbox_options *o, char *er
     return in;
 }
 
+/* Closes the database and frees the inbox. */
 void b24_inbox_close(b24_inbox *in)
 {
     if (in == NULL)
@@ -205,6 +202,7 @@ void b24_inbox_close(b24_inbox *in)
     free(in);
 }
 
+/* Deliveries pending or running, as last counted. */
 long b24_inbox_depth(b24_inbox *in)
 {
     return atomic_load(&in->depth);
@@ -252,7 +250,7 @@ static double run_batch(b24_inbox *in, b24_put *puts, finish *fins, int nidle, b
 {
     *failed = 0;
     sqlite3_stmt **st = in->st;
-    double now = wall_now();
+    double now = b24_wall_now();
     int ok = step_done(st[S_BEGIN]) == 0;
     long delta = 0;
     for (b24_put *p = puts; p && ok; p = p->next) {
@@ -358,7 +356,7 @@ static void *inbox_main(void *arg)
         if (!in->stopping)
             for (waiter *w = in->waiters; w; w = w->next)
                 idle += w->state == 0;
-        double now = wall_now();
+        double now = b24_wall_now();
         /* claims are due when a retry comes of age, and once a second anyway: `b24 inbox
          * retry` may have made deliveries ready behind this thread's back */
         int due = idle && ((next_ready && next_ready <= now) || now - last_poll >= 1.0);
@@ -425,9 +423,7 @@ static void *inbox_main(void *arg)
                 in->finishes = fins;
             }
             fins = NULL;
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_sec += 1;
+            struct timespec ts = b24_clock_after(CLOCK_REALTIME, 1);
             pthread_cond_timedwait(&in->wake, &in->lock, &ts);
             pthread_mutex_unlock(&in->lock);
         }
@@ -463,6 +459,7 @@ static void *inbox_main(void *arg)
     return NULL;
 }
 
+/* Starts the inbox thread, which owns the database from now on. */
 int b24_inbox_start(b24_inbox *in)
 {
     if (pthread_create(&in->thread, NULL, inbox_main, in) != 0)
@@ -471,6 +468,7 @@ int b24_inbox_start(b24_inbox *in)
     return 0;
 }
 
+/* Queues a delivery for the next batch. */
 void b24_inbox_put(b24_inbox *in, b24_put *put)
 {
     pthread_mutex_lock(&in->lock);
@@ -486,6 +484,7 @@ void b24_inbox_put(b24_inbox *in, b24_put *put)
     pthread_mutex_unlock(&in->lock);
 }
 
+/* Waits for deliveries to run, or for the stop. */
 int b24_inbox_claim(b24_inbox *in, b24_job *jobs, int max)
 {
     waiter w;
@@ -515,16 +514,19 @@ int b24_inbox_claim(b24_inbox *in, b24_job *jobs, int max)
 
 static void queue_outcome(b24_inbox *in, b24_job *job, const char *error, int release);
 
+/* Queues a run's outcome. */
 void b24_inbox_finish(b24_inbox *in, b24_job *job, const char *error)
 {
     queue_outcome(in, job, error, 0);
 }
 
+/* Hands back a claimed delivery that did not run. */
 void b24_inbox_release(b24_inbox *in, b24_job *job)
 {
     queue_outcome(in, job, NULL, 1);
 }
 
+/* Whether claims have stopped. */
 int b24_inbox_stopping(b24_inbox *in)
 {
     pthread_mutex_lock(&in->lock);
@@ -561,6 +563,7 @@ static void queue_outcome(b24_inbox *in, b24_job *job, const char *error, int re
     pthread_mutex_unlock(&in->lock);
 }
 
+/* Stops handing out deliveries and wakes every waiting thread. */
 void b24_inbox_stop_claims(b24_inbox *in)
 {
     pthread_mutex_lock(&in->lock);
@@ -570,6 +573,7 @@ void b24_inbox_stop_claims(b24_inbox *in)
     pthread_mutex_unlock(&in->lock);
 }
 
+/* Commits what is queued and ends the inbox thread. */
 void b24_inbox_stop(b24_inbox *in)
 {
     b24_inbox_stop_claims(in);
@@ -580,209 +584,4 @@ void b24_inbox_stop(b24_inbox *in)
     if (in->started)
         pthread_join(in->thread, NULL);
     in->started = 0;
-}
-
-/* ---- b24 inbox: look at and repair the file while the server runs or not ------------------ */
-
-static void inbox_usage(FILE *f)
-{
-    fputs("usage: b24 inbox stats [--inbox PATH]\n"
-          "       b24 inbox list [--dead] [--limit N] [--inbox PATH]\n"
-          "       b24 inbox retry ID | --dead [--inbox PATH]\n"
-          "       b24 inbox purge --dead [--inbox PATH]\n"
-          "PATH defaults to $B24_INBOX or b24-inbox.sqlite\n",
-          f);
-}
-
-static long long scalar(sqlite3 *db, const char *sql)
-{
-    sqlite3_stmt *s;
-    long long v = -1;
-    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK) {
-        if (sqlite3_step(s) == SQLITE_ROW)
-            v = sqlite3_column_int64(s, 0);
-        sqlite3_finalize(s);
-    }
-    return v;
-}
-
-/* Writes s as a JSON string (the file holds only our own text and the handlers' errors). */
-static void json_string(const char *s)
-{
-    putchar('"');
-    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-        if (*p == '"' || *p == '\\')
-            printf("\\%c", *p);
-        else if (*p == '\n')
-            fputs("\\n", stdout);
-        else if (*p == '\t')
-            fputs("\\t", stdout);
-        else if (*p < 0x20)
-            printf("\\u%04x", *p);
-        else
-            putchar(*p);
-    }
-    putchar('"');
-}
-
-static int inbox_list(sqlite3 *db, int dead, long limit)
-{
-    const char *sql = dead ? "SELECT id, event, 'dead', attempts, received_at, died_at, last_error"
-                             " FROM dead ORDER BY id LIMIT ?1"
-                           : "SELECT id, event, state, attempts, received_at, next_at, last_error"
-                             " FROM deliveries ORDER BY id LIMIT ?1";
-    sqlite3_stmt *s;
-    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK)
-        return -1;
-    sqlite3_bind_int64(s, 1, limit);
-    while (sqlite3_step(s) == SQLITE_ROW) {
-        printf("{\"id\":%lld,\"event\":", (long long)sqlite3_column_int64(s, 0));
-        json_string((const char *)sqlite3_column_text(s, 1));
-        printf(",\"state\":\"%s\",\"attempts\":%d,\"received_at\":%.3f,\"%s\":%.3f,\"last_error\":",
-               (const char *)sqlite3_column_text(s, 2), sqlite3_column_int(s, 3),
-               sqlite3_column_double(s, 4), dead ? "died_at" : "next_at",
-               sqlite3_column_double(s, 5));
-        if (sqlite3_column_type(s, 6) == SQLITE_NULL)
-            fputs("null", stdout);
-        else
-            json_string((const char *)sqlite3_column_text(s, 6));
-        puts("}");
-    }
-    sqlite3_finalize(s);
-    return 0;
-}
-
-/* Moves dead letters (all, or the one with id) back to the deliveries, ready now. */
-static long long inbox_retry(sqlite3 *db, long long id, int all)
-{
-    char sql[512];
-    double now = wall_now();
-    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
-        return -1;
-    snprintf(sql, sizeof sql,
-             "INSERT INTO deliveries (key, event, content_type, body, received_at, next_at)"
-             " SELECT key, event, content_type, body, received_at, %.6f FROM dead%s",
-             now, all ? "" : " WHERE id = ?1");
-    sqlite3_stmt *s;
-    long long moved = -1;
-    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK) {
-        sqlite3_bind_int64(s, 1, id);
-        if (sqlite3_step(s) == SQLITE_DONE)
-            moved = sqlite3_changes(db);
-        sqlite3_finalize(s);
-    }
-    if (moved >= 0) {
-        snprintf(sql, sizeof sql, "DELETE FROM dead%s", all ? "" : " WHERE id = ?1");
-        if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK) {
-            sqlite3_bind_int64(s, 1, id);
-            if (sqlite3_step(s) != SQLITE_DONE)
-                moved = -1;
-            sqlite3_finalize(s);
-        }
-    }
-    if (moved == 0 && !all) { /* not a dead letter: a pending delivery runs now instead */
-        if (sqlite3_prepare_v2(db, "UPDATE deliveries SET next_at = ?2 WHERE id = ?1 AND state = 'pending'",
-                               -1, &s, NULL) == SQLITE_OK) {
-            sqlite3_bind_int64(s, 1, id);
-            sqlite3_bind_double(s, 2, now);
-            if (sqlite3_step(s) == SQLITE_DONE)
-                moved = sqlite3_changes(db);
-            sqlite3_finalize(s);
-        }
-    }
-    sqlite3_exec(db, moved >= 0 ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL);
-    return moved;
-}
-
-int b24_cmd_inbox(int argc, char **argv)
-{
-    const char *path = getenv("B24_INBOX");
-    if (path == NULL || *path == '\0')
-        path = "b24-inbox.sqlite";
-    int dead = 0;
-    long limit = 100;
-    const char *cmd = NULL, *id_arg = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--inbox") == 0 && i + 1 < argc)
-            path = argv[++i];
-        else if (strcmp(argv[i], "--dead") == 0)
-            dead = 1;
-        else if (strcmp(argv[i], "--limit") == 0 && i + 1 < argc)
-            limit = strtol(argv[++i], NULL, 10);
-        else if (strcmp(argv[i], "--help") == 0) {
-            inbox_usage(stdout);
-            return 0;
-        } else if (cmd == NULL && argv[i][0] != '-')
-            cmd = argv[i];
-        else if (id_arg == NULL && argv[i][0] != '-')
-            id_arg = argv[i];
-        else {
-            fprintf(stderr, "b24 inbox: unexpected '%s'\n", argv[i]);
-            inbox_usage(stderr);
-            return 2;
-        }
-    }
-    long long id = 0;
-    if (cmd && strcmp(cmd, "retry") == 0 && !dead) {
-        char *end;
-        id = id_arg ? strtoll(id_arg, &end, 10) : 0;
-        if (id_arg == NULL || *end || id <= 0) {
-            fputs("b24 inbox retry: a delivery id or --dead expected\n", stderr);
-            return 2;
-        }
-    }
-    int known = cmd && (strcmp(cmd, "stats") == 0 || strcmp(cmd, "list") == 0 ||
-                        strcmp(cmd, "retry") == 0 || (strcmp(cmd, "purge") == 0 && dead));
-    if (!known || limit < 1 || (id_arg && strcmp(cmd, "retry") != 0)) {
-        inbox_usage(stderr);
-        return 2;
-    }
-    sqlite3 *db = NULL;
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK ||
-        scalar(db, "SELECT count(*) FROM deliveries") < 0) {
-        fprintf(stderr, "b24 inbox: %s is not an inbox (%s)\n", path, db ? sqlite3_errmsg(db) : "?");
-        sqlite3_close(db);
-        return 1;
-    }
-    sqlite3_busy_timeout(db, 10000);
-    int rc = 0;
-    if (strcmp(cmd, "stats") == 0) {
-        double now = wall_now();
-        long long pending = scalar(db, "SELECT count(*) FROM deliveries WHERE state = 'pending'");
-        long long running = scalar(db, "SELECT count(*) FROM deliveries WHERE state = 'running'");
-        long long dead_n = scalar(db, "SELECT count(*) FROM dead");
-        long long seen = scalar(db, "SELECT count(*) FROM seen");
-        sqlite3_stmt *s;
-        double oldest = 0;
-        if (sqlite3_prepare_v2(db, "SELECT min(received_at) FROM deliveries", -1, &s, NULL) == SQLITE_OK) {
-            if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL)
-                oldest = now - sqlite3_column_double(s, 0);
-            sqlite3_finalize(s);
-        }
-        printf("{\"pending\":%lld,\"running\":%lld,\"dead\":%lld,\"remembered_keys\":%lld,"
-               "\"oldest_age_seconds\":%.1f}\n",
-               pending, running, dead_n, seen, oldest);
-    } else if (strcmp(cmd, "list") == 0) {
-        rc = inbox_list(db, dead, limit) ? 1 : 0;
-    } else if (strcmp(cmd, "retry") == 0) {
-        long long n = inbox_retry(db, id, dead);
-        if (n < 0) {
-            fprintf(stderr, "b24 inbox retry: %s\n", sqlite3_errmsg(db));
-            rc = 1;
-        } else if (n == 0 && !dead) {
-            fprintf(stderr, "b24 inbox retry: no dead letter or pending delivery %lld\n", id);
-            rc = 1;
-        } else {
-            printf("{\"retried\":%lld}\n", n);
-        }
-    } else { /* purge --dead */
-        if (sqlite3_exec(db, "DELETE FROM dead", NULL, NULL, NULL) != SQLITE_OK) {
-            fprintf(stderr, "b24 inbox purge: %s\n", sqlite3_errmsg(db));
-            rc = 1;
-        } else {
-            printf("{\"purged\":%d}\n", sqlite3_changes(db));
-        }
-    }
-    sqlite3_close(db);
-    return rc;
 }

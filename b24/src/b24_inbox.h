@@ -38,13 +38,11 @@ typedef struct b24_job {
     size_t body_len;
 } b24_job;
 
-typedef struct b24_inbox_stats {
-    long pending, running, dead, seen;
-} b24_inbox_stats;
-
 /* Opens (creating) the inbox at path, or an in-memory one for ":memory:"; NULL and a message. */
 b24_inbox *b24_inbox_open(const char *path, const b24_inbox_options *o, char *err, size_t errlen);
+/* Starts the inbox thread; -1 when it cannot. */
 int b24_inbox_start(b24_inbox *in);
+/* Queues a delivery for the next commit; put->done runs once it is stored or refused. */
 void b24_inbox_put(b24_inbox *in, b24_put *put);
 /* Blocks until deliveries are ready: fills up to max jobs and returns how many, or 0 when
  * the inbox stops. */
@@ -55,15 +53,15 @@ int b24_inbox_claim(b24_inbox *in, b24_job *jobs, int max);
 void b24_inbox_finish(b24_inbox *in, b24_job *job, const char *error);
 /* Hands back a claimed delivery that was not run (the host is stopping). */
 void b24_inbox_release(b24_inbox *in, b24_job *job);
+/* Whether claims have stopped (the host is stopping). */
 int b24_inbox_stopping(b24_inbox *in);
 /* Stops handing out deliveries: b24_inbox_claim returns 0 in every waiting thread. */
 void b24_inbox_stop_claims(b24_inbox *in);
 /* Commits what is queued, then ends the inbox thread; call after the handler threads ended. */
 void b24_inbox_stop(b24_inbox *in);
+/* Closes the database and frees the inbox (NULL is fine). */
 void b24_inbox_close(b24_inbox *in);
-long b24_inbox_depth(b24_inbox *in); /* pending + running, as last counted */
-
-/* b24 inbox stats|list|retry|purge */
-int b24_cmd_inbox(int argc, char **argv);
+/* Deliveries pending or running, as last counted. */
+long b24_inbox_depth(b24_inbox *in);
 
 #endif

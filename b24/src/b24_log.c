@@ -1,19 +1,17 @@
 /* Structured logs on stderr: one write(2) per line, so lines from threads never interleave.
  * The line itself is the core's (b24_logline.c): the same format and masking as the library's. */
-#include <ctype.h>
-#include <stdio.h>
+#include <stdarg.h>
 #include <string.h>
-#include <strings.h>
-#include <sys/time.h>
-#include <time.h>
 #include <unistd.h>
 
-#include "b24_host.h"
+#include "b24.h" /* b24_logline */
+#include "b24_log.h"
 
 static int json_format = 0;
 static b24_level min_level = B24_INFO;
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
+/* Sets the format and the lowest level logged; -1 on an unknown name. */
 int b24_log_configure(const char *format, const char *level)
 {
     if (format) {
@@ -36,11 +34,13 @@ int b24_log_configure(const char *format, const char *level)
     return 0;
 }
 
+/* Whether a line of this level would be written. */
 int b24_log_enabled(b24_level level)
 {
     return level >= min_level;
 }
 
+/* One line: msg and the NULL-terminated key/value pairs, masked, in one write(2). */
 void b24_log(b24_level level, const char *msg, ...)
 {
     if (level < min_level)

@@ -1,10 +1,11 @@
 /* Process-wide counters for /metrics and /healthz, updated with relaxed atomics. */
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "b24_host.h"
+#include "b24_metrics.h"
 
 static const double bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                 0.1,    0.25,  0.5,    1,     2.5,   5,     10};
@@ -19,26 +20,31 @@ static atomic_long in_flight;
 static atomic_ulong stored_total, duplicates_total, runs_ok, runs_failed, dead_total;
 static long (*depth_fn)(void);
 
+/* A delivery accepted: stored, or a duplicate. */
 void b24_metrics_delivery(int duplicate)
 {
     atomic_fetch_add_explicit(duplicate ? &duplicates_total : &stored_total, 1, memory_order_relaxed);
 }
 
+/* A handler run on a stored delivery. */
 void b24_metrics_handler_run(int ok)
 {
     atomic_fetch_add_explicit(ok ? &runs_ok : &runs_failed, 1, memory_order_relaxed);
 }
 
+/* A delivery moved to the dead letters. */
 void b24_metrics_dead_letter(void)
 {
     atomic_fetch_add_explicit(&dead_total, 1, memory_order_relaxed);
 }
 
+/* Turns on the inbox metrics; depth() is read when rendering. */
 void b24_metrics_inbox_depth(long (*depth)(void))
 {
     depth_fn = depth;
 }
 
+/* A request answered with status after seconds. */
 void b24_metrics_request(int status, double seconds)
 {
     if (status >= 100 && status < 600)
@@ -50,21 +56,25 @@ void b24_metrics_request(int status, double seconds)
     atomic_fetch_add_explicit(&duration_us_sum, (unsigned long)(seconds * 1e6), memory_order_relaxed);
 }
 
+/* A handler call that raised. */
 void b24_metrics_handler_error(void)
 {
     atomic_fetch_add_explicit(&handler_errors, 1, memory_order_relaxed);
 }
 
+/* A reload on SIGHUP. */
 void b24_metrics_reload(int ok)
 {
     atomic_fetch_add_explicit(ok ? &reloads_ok : &reloads_failed, 1, memory_order_relaxed);
 }
 
+/* Requests under way: +1 at the start, -1 at the end. */
 void b24_metrics_in_flight(int delta)
 {
     atomic_fetch_add_explicit(&in_flight, delta, memory_order_relaxed);
 }
 
+/* Requests under way now. */
 long b24_metrics_in_flight_now(void)
 {
     return atomic_load_explicit(&in_flight, memory_order_relaxed);
@@ -96,6 +106,7 @@ static void put(out *o, const char *fmt, ...)
     }
 }
 
+/* The Prometheus text format, malloc'd. */
 char *b24_metrics_render(size_t *len)
 {
     out o = {NULL, 0, 0};

@@ -1,7 +1,7 @@
-/* The handler script of b24 serve: one published generation of its text, and one Lua
- * state per thread built from it, so no Lua value ever crosses threads. Each state keeps the
- * script's handler at stack index 1. A reload publishes a new generation; every thread
- * rebuilds its state before its next call. */
+/* The handler of b24 serve: one published generation of its source (a script's text, or an
+ * entry), and one Lua state per thread built from it, so no Lua value ever crosses threads.
+ * Each state keeps the handler at stack index 1. A reload publishes a new generation; every
+ * thread rebuilds its state before its next call. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -11,15 +11,17 @@
 
 #include <lauxlib.h>
 
-#include "b24_host.h"
-
-static const char *script_path = "?";
-static int current_kind;
+#include "b24_log.h"
+#include "b24_metrics.h"
+#include "b24_script.h"
+#include "b24_state.h"
 
 /* ---- the script: one published generation, taken by threads when they build a state -------- */
 
 typedef struct script {
-    char *src;
+    const b24_script_source *source;
+    char label[256]; /* the path, or module.function, in messages */
+    char *src;       /* the script's text; NULL for an entry */
     size_t len;
     unsigned generation;
     int refs; /* the published pointer counts as one */
@@ -49,6 +51,40 @@ static void script_release(script *s)
     }
 }
 
+/* The whole file at path; NULL with errno set on failure. Caller frees. */
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    size_t cap = 8192, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        n += fread(buf + n, 1, cap - n, f);
+        if (n < cap)
+            break;
+        char *more = realloc(buf, cap * 2);
+        if (more == NULL) {
+            free(buf);
+            buf = NULL;
+            errno = ENOMEM;
+            break;
+        }
+        buf = more;
+        cap *= 2;
+    }
+    int failed = ferror(f);
+    fclose(f);
+    if (buf && failed) {
+        free(buf);
+        errno = EIO;
+        return NULL;
+    }
+    if (buf)
+        *len = n;
+    return buf;
+}
+
 /* [-1, +1] true when the value is a function, or a table whose handle is a function; run
  * under lua_pcall since a router's handle may come from an __index metamethod. */
 static int is_handler(lua_State *L)
@@ -67,16 +103,21 @@ static int is_handler(lua_State *L)
     return 1;
 }
 
-/* Loads src into a fresh state and checks what it returns: a function handler(request), or a
- * table with a handle method (a router). NULL and the message in err on failure. */
-static lua_State *load_state(const char *src, size_t len, char *err, size_t errlen, int *kind)
+/* Builds the handler in a fresh state, from the script's text (src) or the entry, and checks
+ * it: a function handler(request), or a table with a handle method (a router). NULL and the
+ * message in err on failure. */
+static lua_State *load_state(const script *s, char *err, size_t errlen, int *kind)
 {
+    const b24_script_source *from = s->source;
     lua_State *L = b24_state_new();
     if (L == NULL) {
         snprintf(err, errlen, "cannot create a Lua state (out of memory)");
         return NULL;
     }
-    if (b24_state_run_script(L, script_path, src, len, 0) != LUA_OK) {
+    int status = s->src ? b24_state_run_script(L, from->path, s->src, s->len, 0)
+                        : b24_state_call_entry(L, from->module, from->function, from->argc,
+                                               from->argv, 1);
+    if (status != LUA_OK) {
         const char *m = lua_tostring(L, -1);
         snprintf(err, errlen, "%s", m ? m : "(error object is not a string)");
         lua_close(L);
@@ -90,7 +131,7 @@ static lua_State *load_state(const char *src, size_t len, char *err, size_t errl
         snprintf(err, errlen,
                  "%s: the script must return a function handler(request) or a table with a "
                  "handle method, not a %s value",
-                 script_path, luaL_typename(L, -1));
+                 s->label, luaL_typename(L, -1));
         lua_close(L);
         return NULL;
     }
@@ -123,7 +164,7 @@ lua_State *b24_script_state(void)
     script *s = script_take();
     char err[2048];
     int kind;
-    lua_State *L = load_state(s->src, s->len, err, sizeof err, &kind);
+    lua_State *L = load_state(s, err, sizeof err, &kind);
     unsigned sgen = s->generation;
     script_release(s);
     if (L == NULL) {
@@ -152,88 +193,66 @@ lua_State *b24_script_state(void)
     return L;
 }
 
-/* A script given as text under a name (b24 emulate): loads of that name take the text. */
-static const char *inline_name, *inline_src;
-
-void b24_script_inline(const char *name, const char *src)
-{
-    inline_name = name;
-    inline_src = src;
-}
-
-/* Loads the script file, checks it in a scratch state and publishes it as the next
- * generation; on failure the running one stays. */
-int b24_script_load(const char *path, int required)
+/* Loads the handler, checks it in a scratch state and publishes it as the next generation;
+ * on failure the running one stays. */
+int b24_script_load(const b24_script_source *from, int required)
 {
     const char *failed = current ? "reload failed; keeping the previous script"
                                  : "script failed to load";
-    script_path = path;
-    size_t len;
-    char *src;
-    if (inline_name && strcmp(path, inline_name) == 0) {
-        len = strlen(inline_src);
-        src = malloc(len + 1);
-        if (src)
-            memcpy(src, inline_src, len + 1);
-        else
-            errno = ENOMEM;
-    } else {
-        src = b24_read_file(path, &len);
+    script *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        b24_log(B24_ERROR, failed, "error", "out of memory", NULL);
+        if (current)
+            b24_metrics_reload(0);
+        return -1;
     }
-    if (src == NULL) {
-        b24_log(B24_ERROR, failed, "script", path, "error", strerror(errno), NULL);
+    s->source = from;
+    s->refs = 1;
+    if (from->path)
+        snprintf(s->label, sizeof s->label, "%s", from->path);
+    else
+        snprintf(s->label, sizeof s->label, "%s.%s", from->module, from->function);
+    if (from->path && (s->src = read_file(from->path, &s->len)) == NULL) {
+        b24_log(B24_ERROR, failed, "script", from->path, "error", strerror(errno), NULL);
+        free(s);
         if (current)
             b24_metrics_reload(0);
         return -1;
     }
     char err[2048];
     int kind;
-    lua_State *L = load_state(src, len, err, sizeof err, &kind);
+    lua_State *L = load_state(s, err, sizeof err, &kind);
     if (L && required && kind != required && (kind == B24_HANDLER_ROUTER) != (required == B24_HANDLER_ROUTER)) {
         snprintf(err, sizeof err, "%s: the running server %s a router with accept and dispatch; "
-                 "the new script %s", path, required == B24_HANDLER_ROUTER ? "stores deliveries for" : "serves",
+                 "the new script %s", s->label, required == B24_HANDLER_ROUTER ? "stores deliveries for" : "serves",
                  kind == B24_HANDLER_ROUTER ? "is one (restart to use the inbox)" : "is not");
         lua_close(L);
         L = NULL;
     }
     if (L == NULL) {
-        free(src);
+        free(s->src);
+        free(s);
         b24_log(B24_ERROR, failed, "error", err, NULL);
         if (current)
             b24_metrics_reload(0);
         return -1;
     }
     lua_close(L);
-    script *s = calloc(1, sizeof *s);
-    if (s == NULL) {
-        free(src);
-        b24_metrics_reload(0);
-        return -1;
-    }
-    s->src = src;
-    s->len = len;
-    s->refs = 1;
     pthread_mutex_lock(&script_lock);
     script *old = current;
     s->generation = old ? old->generation + 1 : 1;
     current = s;
-    current_kind = kind;
     pthread_mutex_unlock(&script_lock);
     atomic_store(&generation, s->generation);
     if (old) {
         script_release(old);
         b24_metrics_reload(1);
-        b24_log(B24_INFO, "script reloaded", "script", path, NULL);
+        b24_log(B24_INFO, "script reloaded", "script", s->label, NULL);
     }
     return kind;
 }
 
-
-int b24_script_kind(void)
-{
-    return current_kind;
-}
-
+/* Closes every thread's state and lets the published source go. */
 void b24_script_close_all(void)
 {
     pthread_mutex_lock(&workers_lock);

@@ -1,57 +1,19 @@
-/* Lua states of the b24 program: the standard libraries, bitrix24 preloaded (the C core linked
- * in, the Lua layer embedded), and every call into Lua under lua_pcall with a traceback. */
-#include <errno.h>
+/* Lua states of the b24 program: see b24_state.h. */
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
 
-#include <curl/curl.h>
+#include "b24_embedded.h"
+#include "b24_state.h"
 
-#include "b24_host.h"
+static const luaL_Reg *preloads;
 
-double b24_now(void)
+/* The C modules every new state preloads; set once, by main. */
+void b24_state_preload(const luaL_Reg *modules)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-char *b24_read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return NULL;
-    size_t cap = 8192, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap)
-            break;
-        char *more = realloc(buf, cap * 2);
-        if (more == NULL) {
-            free(buf);
-            buf = NULL;
-            errno = ENOMEM;
-            break;
-        }
-        buf = more;
-        cap *= 2;
-    }
-    int failed = ferror(f);
-    fclose(f);
-    if (buf && failed) {
-        free(buf);
-        errno = EIO;
-        return NULL;
-    }
-    if (buf)
-        *len = n;
-    return buf;
+    preloads = modules;
 }
 
 /* The message handler of lua.c: a string message gets a traceback, other values their
@@ -68,6 +30,7 @@ static int msghandler(lua_State *L)
     return 1;
 }
 
+/* lua_pcall with a traceback handler (lua.c's docall). */
 int b24_state_call(lua_State *L, int nargs, int nresults)
 {
     int base = lua_gettop(L) - nargs;
@@ -91,143 +54,14 @@ static int embedded_loader(lua_State *L)
     return 1;
 }
 
-/* b24.host.log(level, msg [, fields]): a line in the host's log, masked like every
- * other; fields is a table of string keys and scalar values. */
-static int host_log(lua_State *L)
-{
-    static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
-    b24_level level = (b24_level)luaL_checkoption(L, 1, NULL, levels);
-    const char *msg = luaL_checkstring(L, 2);
-    if (!b24_log_enabled(level))
-        return 0;
-    const char *kv[2 * 16 + 1] = {NULL};
-    int n = 0;
-    if (!lua_isnoneornil(L, 3)) {
-        luaL_checktype(L, 3, LUA_TTABLE);
-        lua_settop(L, 3);
-        luaL_checkstack(L, 2 * 16 + 4, "too many log fields");
-        lua_pushnil(L);
-        while (n < 2 * 16 && lua_next(L, 3)) {
-            if (lua_type(L, -2) != LUA_TSTRING)
-                return luaL_error(L, "bad log field (string keys expected)");
-            int t = lua_type(L, -1);
-            if (t == LUA_TBOOLEAN) {
-                lua_pushstring(L, lua_toboolean(L, -1) ? "true" : "false");
-                lua_replace(L, -2);
-            } else if (t != LUA_TSTRING && t != LUA_TNUMBER) {
-                lua_pushstring(L, luaL_typename(L, -1));
-                lua_replace(L, -2);
-            }
-            kv[n++] = lua_tostring(L, -2);
-            kv[n++] = lua_tostring(L, -1); /* stays on the stack, below the next key */
-            lua_pushvalue(L, -2);
-        }
-    }
-    kv[n] = NULL;
-    /* fields in key order, so one call always gives one line */
-    for (int i = 2; i < n; i += 2)
-        for (int j = i; j >= 2 && strcmp(kv[j - 2], kv[j]) > 0; j -= 2) {
-            const char *k = kv[j], *v = kv[j + 1];
-            kv[j] = kv[j - 2], kv[j + 1] = kv[j - 1];
-            kv[j - 2] = k, kv[j - 1] = v;
-        }
-    /* up to 16 fields, passed positionally; unused ones are NULL and end the list */
-    b24_log(level, msg, kv[0], kv[1], kv[2], kv[3], kv[4], kv[5], kv[6], kv[7], kv[8], kv[9],
-            kv[10], kv[11], kv[12], kv[13], kv[14], kv[15], kv[16], kv[17], kv[18], kv[19],
-            kv[20], kv[21], kv[22], kv[23], kv[24], kv[25], kv[26], kv[27], kv[28], kv[29],
-            kv[30], kv[31], NULL);
-    return 0;
-}
-
-/* b24.host.post(url, body [, headers]) → true | nil, reason: queued for a host thread
- * that POSTs it once (b24_post.c); the outcome is only logged. */
-static int host_post(lua_State *L)
-{
-    const char *url = luaL_checkstring(L, 1);
-    size_t blen;
-    const char *body = luaL_checklstring(L, 2, &blen);
-    if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
-        return luaL_argerror(L, 1, "an http:// or https:// URL expected");
-    struct curl_slist *headers = NULL;
-    if (!lua_isnoneornil(L, 3)) {
-        luaL_checktype(L, 3, LUA_TTABLE);
-        lua_settop(L, 3);
-        lua_pushnil(L);
-        while (lua_next(L, 3)) {
-            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING) {
-                curl_slist_free_all(headers);
-                return luaL_argerror(L, 3, "string header names and values expected");
-            }
-            const char *name = lua_tostring(L, -2), *value = lua_tostring(L, -1);
-            if (strpbrk(name, "\r\n:") || strpbrk(value, "\r\n") || !*name) {
-                curl_slist_free_all(headers);
-                return luaL_argerror(L, 3, "CR, LF or ':' in a header");
-            }
-            lua_pushfstring(L, "%s: %s", name, value);
-            struct curl_slist *h = curl_slist_append(headers, lua_tostring(L, -1));
-            lua_pop(L, 2);
-            if (h == NULL) {
-                curl_slist_free_all(headers);
-                return luaL_error(L, "out of memory");
-            }
-            headers = h;
-        }
-    }
-    /* no "Expect: 100-continue" round trip for larger bodies */
-    struct curl_slist *h = curl_slist_append(headers, "Expect:");
-    if (h == NULL) {
-        curl_slist_free_all(headers);
-        return luaL_error(L, "out of memory");
-    }
-    const char *why = NULL;
-    if (b24_post(url, body, blen, h, &why) != 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, why);
-        return 2;
-    }
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-/* b24.host.isatty(fd) → boolean */
-static int host_isatty(lua_State *L)
-{
-    lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)) == 1);
-    return 1;
-}
-
-static int open_host(lua_State *L)
-{
-    static const luaL_Reg funcs[] = {
-        {"log", host_log}, {"post", host_post}, {"isatty", host_isatty}, {NULL, NULL}};
-    luaL_newlib(L, funcs);
-    return 1;
-}
-
-/* os.exit inside b24: what the script queued with b24.host.post goes out first (up to
- * 5 s), then the standard os.exit (upvalue 1) ends the process. */
-static int exit_after_posts(lua_State *L)
-{
-    b24_post_stop(5);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    return lua_gettop(L);
-}
-
 static int open_state(lua_State *L)
 {
     luaL_openlibs(L);
-    lua_getglobal(L, "os");
-    lua_getfield(L, -1, "exit");
-    lua_pushcclosure(L, exit_after_posts, 1);
-    lua_setfield(L, -2, "exit");
-    lua_pop(L, 1);
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-    lua_pushcfunction(L, luaopen_bitrix24_core);
-    lua_setfield(L, -2, "bitrix24.core");
-    lua_pushcfunction(L, open_host);
-    lua_setfield(L, -2, "b24.host");
+    for (const luaL_Reg *m = preloads; m && m->name; m++) {
+        lua_pushcfunction(L, m->func);
+        lua_setfield(L, -2, m->name);
+    }
     for (int i = 0; b24_embedded_modules[i].name; i++) {
         lua_pushinteger(L, i);
         lua_pushcclosure(L, embedded_loader, 1);
@@ -237,6 +71,7 @@ static int open_state(lua_State *L)
     return 0;
 }
 
+/* A fresh state with the standard libraries and every module preloaded. */
 lua_State *b24_state_new(void)
 {
     lua_State *L = luaL_newstate();
@@ -248,6 +83,59 @@ lua_State *b24_state_new(void)
         return NULL;
     }
     return L;
+}
+
+/* argv as a table, argv[i] at first + i (lua.c's createargtable). */
+void b24_state_push_argv(lua_State *L, int argc, char *const *argv, int first)
+{
+    lua_createtable(L, argc, 0);
+    for (int i = 0; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_rawseti(L, -2, first + i);
+    }
+}
+
+typedef struct entry {
+    const char *module, *function;
+    int argc;
+    char *const *argv;
+} entry;
+
+/* [entry] -> results of require(module)[function](argv), inside the protected call */
+static int call_entry(lua_State *L)
+{
+    const entry *e = lua_touserdata(L, 1);
+    lua_settop(L, 0);
+    lua_getglobal(L, "require");
+    lua_pushstring(L, e->module);
+    lua_call(L, 1, 1);
+    if (e->function == NULL) /* the module itself */
+        return 1;
+    lua_getfield(L, 1, e->function);
+    if (!lua_isfunction(L, -1))
+        return luaL_error(L, "%s.%s is not a function", e->module, e->function);
+    b24_state_push_argv(L, e->argc, e->argv, 1);
+    lua_call(L, 1, LUA_MULTRET);
+    return lua_gettop(L) - 1;
+}
+
+/* require(module) under b24_state_call. */
+int b24_state_require(lua_State *L, const char *module)
+{
+    entry e = {module, NULL, 0, NULL};
+    lua_pushcfunction(L, call_entry);
+    lua_pushlightuserdata(L, &e);
+    return b24_state_call(L, 1, 1);
+}
+
+/* require(module)[function](argv) under b24_state_call. */
+int b24_state_call_entry(lua_State *L, const char *module, const char *function, int argc,
+                         char *const *argv, int nresults)
+{
+    entry e = {module, function, argc, argv};
+    lua_pushcfunction(L, call_entry);
+    lua_pushlightuserdata(L, &e);
+    return b24_state_call(L, 1, nresults);
 }
 
 /* Prepends the script's directory to package.path so a script can require its neighbours. */
@@ -266,12 +154,9 @@ static void add_script_dir(lua_State *L, const char *path)
     lua_pop(L, 1);
 }
 
-int b24_state_run_script(lua_State *L, const char *path, const char *src, size_t len, int nargs)
+/* The chunk loaded (status) below the nargs arguments, called; or its message alone. */
+static int call_loaded(lua_State *L, int status, int nargs)
 {
-    add_script_dir(L, path);
-    lua_pushfstring(L, "@%s", path);
-    int status = luaL_loadbufferx(L, src, len, lua_tostring(L, -1), "t");
-    lua_remove(L, -2); /* the chunk name */
     if (status != LUA_OK) {
         lua_insert(L, -1 - nargs); /* the message below the arguments */
         lua_pop(L, nargs);
@@ -279,4 +164,21 @@ int b24_state_run_script(lua_State *L, const char *path, const char *src, size_t
     }
     lua_insert(L, -1 - nargs);
     return b24_state_call(L, nargs, 1);
+}
+
+/* Loads a script's text as @path and calls it with nargs arguments. */
+int b24_state_run_script(lua_State *L, const char *path, const char *src, size_t len, int nargs)
+{
+    add_script_dir(L, path);
+    lua_pushfstring(L, "@%s", path);
+    int status = luaL_loadbufferx(L, src, len, lua_tostring(L, -1), "t");
+    lua_remove(L, -2); /* the chunk name */
+    return call_loaded(L, status, nargs);
+}
+
+/* Loads the file at path (as lua.c does) and calls it with nargs arguments. */
+int b24_state_run_file(lua_State *L, const char *path, int nargs)
+{
+    add_script_dir(L, path);
+    return call_loaded(L, luaL_loadfilex(L, path, "t"), nargs);
 }

@@ -2,12 +2,12 @@
  * whose handler asked for a delayed answer, so a delay never holds a server thread.
  * A binary min-heap under a mutex; the thread sleeps on a condition variable until the
  * earliest deadline or a new earlier one. */
-#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <time.h>
 
-#include "b24_host.h"
+#include "b24_clock.h"
+#include "b24_timer.h"
 
 typedef struct timer {
     double at;
@@ -80,16 +80,7 @@ static void *run(void *unused)
         }
         double now = b24_now();
         if (heap[0].at > now && !stopping) {
-            double at = heap[0].at;
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            double wait = at - now;
-            ts.tv_sec += (time_t)wait;
-            ts.tv_nsec += (long)((wait - (double)(time_t)wait) * 1e9);
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
+            struct timespec ts = b24_clock_after(CLOCK_MONOTONIC, heap[0].at - now);
             pthread_cond_timedwait(&wake, &lock, &ts);
             continue;
         }
@@ -102,6 +93,7 @@ static void *run(void *unused)
     return NULL;
 }
 
+/* Starts the timer thread. */
 int b24_timer_start(void)
 {
     pthread_condattr_t attr;
@@ -116,6 +108,7 @@ int b24_timer_start(void)
     return 0;
 }
 
+/* fn(arg) at monotonic time at, on the timer thread. */
 int b24_timer_add(double at, b24_timer_fn fn, void *arg)
 {
     pthread_mutex_lock(&lock);

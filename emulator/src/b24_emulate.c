@@ -1,20 +1,26 @@
-/* b24 emulate: `b24 serve` with one worker and the embedded b24.emulator as its script.
- * The host's own options are taken here; every other argument goes to emulator.main(argv),
- * which checks them (a bad one exits 2 before anything listens) and returns the handler.
- * One worker is enough: the portal's state lives in one Lua state, and its simulated costs
- * are delays the host waits out without holding the thread. */
+/* b24 emulate: `b24 serve` with one worker, no inbox, and the entry
+ * require("b24.emulator.command").handler(argv) as its handler. The server's own options are
+ * taken here; every other argument goes to the emulator in argv, which checks them (a bad one
+ * exits 2 before anything listens) and returns the handler. One worker is enough: the
+ * portal's state lives in one Lua state, and its simulated costs are delayed answers
+ * ({ delay = s }) the server waits out without holding the thread. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <lauxlib.h>
 
-#include "b24_host.h"
+#include "b24.h" /* b24_mask */
+#include "b24_emulate.h"
+#include "b24_serve.h"
+#include "b24_state.h"
 
-#define SCRIPT_NAME "b24-emulate"
+#define MODULE "b24.emulator.command"
+#define USAGE_PREFIX "b24 emulate: "
 
-static const char *const host_options[] = {"--listen", "--log-format", "--log-level",
-                                           "--client-timeout", "--max-body", NULL};
+/* The server's options b24 emulate takes, by long name. */
+static const char *const serve_options[] = {"listen", "log-format", "log-level", "client-timeout",
+                                            "max-body", NULL};
 
 static void usage(FILE *f)
 {
@@ -28,104 +34,114 @@ static void usage(FILE *f)
     lua_State *L = b24_state_new();
     if (L == NULL)
         return;
-    static const char src[] = "return require('b24.emulator').USAGE";
-    if (b24_state_run_script(L, SCRIPT_NAME, src, sizeof src - 1, 0) == LUA_OK && lua_isstring(L, -1))
+    if (b24_state_require(L, MODULE) == LUA_OK && lua_getfield(L, -1, "USAGE") == LUA_TSTRING)
         fprintf(f, "%s\n", lua_tostring(L, -1));
     lua_close(L);
 }
 
-/* Index of a host option named by arg (`--name` or `--name=value`), or -1. */
-static int host_option(const char *arg)
+/* The server option arg names (`--name` or `--name=value`): its long name, or NULL. */
+static const char *serve_option(const char *arg)
 {
-    for (int i = 0; host_options[i]; i++) {
-        size_t n = strlen(host_options[i]);
-        if (strncmp(arg, host_options[i], n) == 0 && (arg[n] == '\0' || arg[n] == '='))
-            return i;
+    if (strncmp(arg, "--", 2) != 0)
+        return NULL;
+    for (int i = 0; serve_options[i]; i++) {
+        size_t n = strlen(serve_options[i]);
+        if (strncmp(arg + 2, serve_options[i], n) == 0 && (arg[n + 2] == '\0' || arg[n + 2] == '='))
+            return serve_options[i];
+    }
+    return NULL;
+}
+
+/* The emulator refused its options (or failed to start): the message masked, a usage error
+ * without its traceback; exit status 2. */
+static int refused(const char *m)
+{
+    char masked[4096];
+    b24_mask(m ? m : "?", m ? strlen(m) : 1, masked, sizeof masked);
+    int usage_error = strncmp(masked, USAGE_PREFIX, strlen(USAGE_PREFIX)) == 0;
+    if (usage_error) {
+        char *tb = strstr(masked, "\nstack traceback:");
+        if (tb)
+            *tb = '\0';
+    }
+    fprintf(stderr, "%s\n", masked);
+    if (usage_error)
+        fputs("(b24 emulate --help lists the options)\n", stderr);
+    return 2;
+}
+
+/* Splits argv into the server's options (set in o) and the emulator's (rest); -1 to go on,
+ * else the exit status. */
+static int take_options(int argc, char **argv, b24_serve_options *o, char **rest, int *nrest)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        const char *name = serve_option(argv[i]);
+        if (name == NULL) {
+            rest[(*nrest)++] = argv[i];
+            continue;
+        }
+        const char *value = strchr(argv[i], '=');
+        if (value) {
+            value++;
+        } else if (i + 1 < argc) {
+            value = argv[++i];
+        } else {
+            fprintf(stderr, USAGE_PREFIX "%s needs a value\n", argv[i]);
+            return 2;
+        }
+        if (b24_serve_options_set(o, name, value) != 0) {
+            fprintf(stderr, USAGE_PREFIX "bad value '%s' for --%s\n"
+                            "(b24 emulate --help lists the options)\n",
+                    value, name);
+            return 2;
+        }
     }
     return -1;
 }
 
+/* Builds the handler once from the emulator's options, so a bad one is a usage error before
+ * anything listens (serve builds it again in each state it makes): -1 to go on, else 2. */
+static int check(int nrest, char **rest)
+{
+    lua_State *L = b24_state_new();
+    if (L == NULL)
+        return refused("b24 emulate: cannot create a Lua state");
+    int rc = -1;
+    if (b24_state_call_entry(L, MODULE, "handler", nrest, rest, 1) != LUA_OK)
+        rc = refused(lua_tostring(L, -1));
+    lua_close(L);
+    return rc;
+}
+
+/* b24 emulate [SERVER OPTIONS] [EMULATOR OPTIONS] */
 int b24_cmd_emulate(int argc, char **argv)
 {
-    /* serve argv: serve --workers 1 --sync --listen L [host options…] SCRIPT */
-    char **serve = calloc((size_t)argc + 8, sizeof *serve);
+    b24_serve_options o;
+    int rc = b24_serve_options_init(&o, "b24 emulate");
+    if (rc)
+        return rc;
+    const char *env = getenv("B24_LISTEN");
+    if (env == NULL || *env == '\0')
+        o.listen = "127.0.0.1:8090";
+    o.workers = 1;
+    o.sync = 1;
     char **rest = calloc((size_t)argc + 1, sizeof *rest);
-    if (serve == NULL || rest == NULL) {
-        free(serve);
-        free(rest);
+    if (rest == NULL) {
         fputs("b24 emulate: out of memory\n", stderr);
         return 1;
     }
-    int ns = 0, nr = 0, listen = 0;
-    serve[ns++] = "serve";
-    serve[ns++] = "--workers";
-    serve[ns++] = "1";
-    serve[ns++] = "--sync";
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            free(serve);
-            free(rest);
-            return 0;
-        }
-        int h = host_option(argv[i]);
-        if (h < 0) {
-            rest[nr++] = argv[i];
-            continue;
-        }
-        listen |= h == 0;
-        serve[ns++] = argv[i];
-        if (strchr(argv[i], '=') == NULL) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "b24 emulate: %s needs a value\n", argv[i]);
-                free(serve);
-                free(rest);
-                return 2;
-            }
-            serve[ns++] = argv[++i];
-        }
+    int nrest = 0;
+    rc = take_options(argc, argv, &o, rest, &nrest);
+    if (rc < 0)
+        rc = b24_serve_options_listen(&o, "b24 emulate") ? 2 : check(nrest, rest);
+    if (rc < 0) {
+        o.handler = (b24_script_source){NULL, MODULE, "handler", nrest, rest};
+        rc = b24_serve(&o);
     }
-    if (!listen) {
-        const char *env = getenv("B24_LISTEN");
-        serve[ns++] = "--listen";
-        serve[ns++] = env && *env ? (char *)env : "127.0.0.1:8090";
-    }
-    serve[ns++] = SCRIPT_NAME;
-
-    size_t len;
-    char *src = b24_call_chunk("require(\"b24.emulator\").main", nr, rest, &len);
     free(rest);
-    if (src == NULL) {
-        free(serve);
-        fputs("b24 emulate: out of memory\n", stderr);
-        return 1;
-    }
-    /* The options are checked here, so a bad one is a usage error before anything listens. */
-    lua_State *L = b24_state_new();
-    int status = L ? b24_state_run_script(L, SCRIPT_NAME, src, len, 0) : LUA_ERRMEM;
-    if (status != LUA_OK) {
-        const char *m = L ? lua_tostring(L, -1) : "cannot create a Lua state";
-        char masked[4096];
-        b24_mask(m ? m : "?", m ? strlen(m) : 1, masked, sizeof masked);
-        if (strncmp(masked, "b24 emulate: ", 13) == 0) { /* a usage error: no traceback */
-            char *tb = strstr(masked, "\nstack traceback:");
-            if (tb)
-                *tb = '\0';
-        }
-        fprintf(stderr, "%s\n", masked);
-        if (strncmp(masked, "b24 emulate: ", 13) == 0)
-            fputs("(b24 emulate --help lists the options)\n", stderr);
-        if (L)
-            lua_close(L);
-        free(src);
-        free(serve);
-        return 2;
-    }
-    lua_close(L);
-    b24_script_inline(SCRIPT_NAME, src);
-    int rc = b24_cmd_serve(ns, serve);
-    b24_script_inline(NULL, NULL);
-    free(src);
-    free(serve);
     return rc;
 }

@@ -1,7 +1,8 @@
-/* b24.host.post: fire-and-forget HTTP POSTs from a host thread, in the order queued.
- * The emulator delivers its outgoing events through it, the way a portal does: once, after the
- * change, never retried, a failure only logged. The thread starts with the first post; one
- * libcurl handle keeps its connections alive between posts. */
+/* b24.emulator.post: fire-and-forget HTTP POSTs from a thread of their own, in the order
+ * queued. The emulator delivers its outgoing events through it, the way a portal does: once,
+ * after the change, never retried, a failure only logged. The thread starts with the first
+ * post; one libcurl handle keeps its connections alive between posts. At the process's exit
+ * (atexit) what is queued gets a few seconds to go out; the rest is dropped and logged. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,12 +10,16 @@
 #include <time.h>
 
 #include <curl/curl.h>
+#include <lauxlib.h>
 
-#include "b24_host.h"
+#include "b24_clock.h"
+#include "b24_log.h"
+#include "b24_post.h"
 
 #define QUEUE_MAX 10000
 #define CONNECT_TIMEOUT_MS 5000L
 #define TIMEOUT_MS 10000L
+#define EXIT_SECONDS 5.0 /* what is queued at exit gets this long */
 
 typedef struct post {
     struct post *next;
@@ -118,8 +123,10 @@ static void *run(void *unused)
     return NULL;
 }
 
+static void stop_at_exit(void);
+
 /* Queues a copy of the post; 0, or -1 with a reason in *why. Takes ownership of headers. */
-int b24_post(const char *url, const char *body, size_t body_len, struct curl_slist *headers,
+static int enqueue(const char *url, const char *body, size_t body_len, struct curl_slist *headers,
              const char **why)
 {
     post *p = calloc(1, sizeof *p);
@@ -152,6 +159,7 @@ int b24_post(const char *url, const char *body, size_t body_len, struct curl_sli
             return -1;
         }
         started = 1;
+        atexit(stop_at_exit);
     }
     if (tail)
         tail->next = p;
@@ -164,24 +172,14 @@ int b24_post(const char *url, const char *body, size_t body_len, struct curl_sli
     return 0;
 }
 
-/* Waits up to `seconds` for the queue to empty, then ends the thread; what is left is dropped
- * (and logged). */
-void b24_post_stop(double seconds)
+/* At exit: waits up to EXIT_SECONDS for the queue to empty, then ends the thread; what is
+ * left is dropped (and logged). Later posts are refused ("stopping"). */
+static void stop_at_exit(void)
 {
     pthread_mutex_lock(&lock);
-    if (!started) {
-        pthread_mutex_unlock(&lock);
-        return;
-    }
-    double deadline = b24_now() + seconds;
+    double deadline = b24_now() + EXIT_SECONDS;
     while ((head || busy) && b24_now() < deadline) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 50 * 1000 * 1000;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        struct timespec ts = b24_clock_after(CLOCK_REALTIME, 0.05);
         pthread_cond_timedwait(&idle, &lock, &ts);
     }
     size_t dropped = queued;
@@ -201,4 +199,62 @@ void b24_post_stop(double seconds)
         snprintf(n, sizeof n, "%zu", dropped);
         b24_log(B24_WARN, "posts dropped at exit", "count", n, NULL);
     }
+}
+
+/* post(url, body [, headers]) → true | nil, reason: queued for the post thread, which POSTs
+ * it once; the outcome is only logged. */
+static int l_post(lua_State *L)
+{
+    const char *url = luaL_checkstring(L, 1);
+    size_t blen;
+    const char *body = luaL_checklstring(L, 2, &blen);
+    if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
+        return luaL_argerror(L, 1, "an http:// or https:// URL expected");
+    struct curl_slist *headers = NULL;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        lua_settop(L, 3);
+        lua_pushnil(L);
+        while (lua_next(L, 3)) {
+            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING) {
+                curl_slist_free_all(headers);
+                return luaL_argerror(L, 3, "string header names and values expected");
+            }
+            const char *name = lua_tostring(L, -2), *value = lua_tostring(L, -1);
+            if (strpbrk(name, "\r\n:") || strpbrk(value, "\r\n") || !*name) {
+                curl_slist_free_all(headers);
+                return luaL_argerror(L, 3, "CR, LF or ':' in a header");
+            }
+            lua_pushfstring(L, "%s: %s", name, value);
+            struct curl_slist *h = curl_slist_append(headers, lua_tostring(L, -1));
+            lua_pop(L, 2);
+            if (h == NULL) {
+                curl_slist_free_all(headers);
+                return luaL_error(L, "out of memory");
+            }
+            headers = h;
+        }
+    }
+    /* no "Expect: 100-continue" round trip for larger bodies */
+    struct curl_slist *h = curl_slist_append(headers, "Expect:");
+    if (h == NULL) {
+        curl_slist_free_all(headers);
+        return luaL_error(L, "out of memory");
+    }
+    const char *why = NULL;
+    if (enqueue(url, body, blen, h, &why) != 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, why);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* require("b24.emulator.post") */
+int luaopen_b24_emulator_post(lua_State *L)
+{
+    static const luaL_Reg funcs[] = {{"post", l_post}, {NULL, NULL}};
+    luaL_newlib(L, funcs);
+    return 1;
 }

@@ -1,0 +1,28 @@
+/* Process-wide counters of b24 serve for /metrics and /healthz (lock-free, relaxed atomics). */
+#ifndef B24_METRICS_H
+#define B24_METRICS_H
+
+#include <stddef.h>
+
+/* A request answered with status after `seconds`. */
+void b24_metrics_request(int status, double seconds);
+/* A handler call that raised. */
+void b24_metrics_handler_error(void);
+/* A reload on SIGHUP, ok or failed. */
+void b24_metrics_reload(int ok);
+/* Requests being received or handled: delta +1 at the start, -1 at the end. */
+void b24_metrics_in_flight(int delta);
+/* Requests being received or handled now. */
+long b24_metrics_in_flight_now(void);
+/* A delivery accepted into the inbox: stored, or a duplicate answered at once. */
+void b24_metrics_delivery(int duplicate);
+/* A handler run on a stored delivery, ok or failed. */
+void b24_metrics_handler_run(int ok);
+/* A delivery moved to the dead letters. */
+void b24_metrics_dead_letter(void);
+/* Turns on the inbox's metrics, with depth() read as a gauge when rendering. */
+void b24_metrics_inbox_depth(long (*depth)(void));
+/* Renders the Prometheus text format into a malloc'd string. */
+char *b24_metrics_render(size_t *len);
+
+#endif
