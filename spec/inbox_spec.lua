@@ -31,7 +31,8 @@ end
 
 describe("b24 serve --inbox: the captured deliveries", function()
    for _, format in ipairs{ "form", "json" } do
-      it("stores each captured " .. format .. " body with the right token, answers 200, and runs the handler on its event", function()
+      it("stores each captured " .. format
+         .. " body with the right token, answers 200, and runs the handler on its event", function()
          local env = inbox.env{ tokens = inbox.tokens() }
          finally(function() env:cleanup() end)
          local srv = env:start()
@@ -140,7 +141,8 @@ describe("b24 serve --inbox: verification refuses with 401 and stores nothing", 
       local srv = env:start()
       local body = inbox.form{ name = "ONCRMDEALUPDATE", id = "301", ts = tostring(os.time()) }
       local function signed(ts, id, k, b)
-         local sig = core.base64_encode(core.hmac_sha256(k or key, (id or "msg_1") .. "." .. ts .. "." .. (b or body), "raw"))
+         local content = (id or "msg_1") .. "." .. ts .. "." .. (b or body)
+         local sig = core.base64_encode(core.hmac_sha256(k or key, content, "raw"))
          return { ["webhook-id"] = id or "msg_1", ["webhook-timestamp"] = tostring(ts),
                       ["webhook-signature"] = "v1," .. sig }
       end
@@ -310,7 +312,8 @@ describe("b24 serve --inbox: retries and dead letters", function()
       assert.same({ 1, 2, 3 }, env:attempts("ONCRMDEALADD", "3001"))
    end)
 
-   it("moves a handler that always fails to the dead letters with its last error; retry --dead runs it again", function()
+   it("moves a handler that always fails to the dead letters with its last error; retry --dead runs it again",
+      function()
       os.remove(env.flag)
       local res = post(srv, inbox.form{ name = "ONCRMLEADADD", id = "3002", data = { FAILS = "99" } })
       assert.equal(200, res.status)
@@ -402,7 +405,8 @@ describe("b24 serve --inbox: duplicates", function()
    end)
    teardown(function() env:cleanup() end)
 
-   it("answers the same ADD delivery twice while pending as a duplicate and handles it once; again after success too", function()
+   it("answers the same ADD delivery twice while pending as a duplicate and handles it once; again after success too",
+      function()
       local body = inbox.form{ name = "ONCRMLEADADD", id = "4001", data = { FAILS = "1" } }
       local dup0 = metric(srv, DUPLICATE)
       local res = post(srv, body)
@@ -580,8 +584,9 @@ describe("b24 serve --inbox: a delivery that kills the host", function()
       local srv = env:start(args)
       -- the handler thread may kill the host before the 200 is written: the delivery is stored
       -- either way (stored is what precedes the answer), which the attempts below show
-      local res = srv:request{ method = "POST", path = "/", headers = { ["Content-Type"] = "application/x-www-form-urlencoded" },
-                                           body = inbox.form{ name = "ONCRMDEALADD", id = "5301", data = { CRASH = "1" } } }
+      local res = srv:request{ method = "POST", path = "/",
+                               headers = { ["Content-Type"] = "application/x-www-form-urlencoded" },
+                               body = inbox.form{ name = "ONCRMDEALADD", id = "5301", data = { CRASH = "1" } } }
       assert.is_true(res == nil or res.status == 200)
       inbox.reap(srv)
       local srv2 = env:start(args) -- attempt 2 kills it again
