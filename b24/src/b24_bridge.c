@@ -71,7 +71,8 @@ static int dispatch(lua_State *L)
     if (accept) { /* the verdict table: status, headers, body, and key + event when accepted */
         lua_call(L, 2, 1);
         if (!lua_istable(L, -1))
-            return luaL_error(L, "router:accept returned a %s, not a verdict table", luaL_typename(L, -1));
+            return luaL_error(L, "router:accept returned a %s, not a verdict table",
+                              luaL_typename(L, -1));
         lua_getfield(L, 2, "status");
         lua_getfield(L, 2, "headers");
         lua_getfield(L, 2, "body");
@@ -98,7 +99,8 @@ static int dispatch(lua_State *L)
             if (!lua_isnil(L, -1)) {
                 double d = lua_tonumber(L, -1);
                 if (!lua_isnumber(L, -1) || !(d >= 0 && d <= 3600))
-                    return luaL_error(L, "handler returned a bad delay (seconds from 0 to 3600 expected)");
+                    return luaL_error(
+                        L, "handler returned a bad delay (seconds from 0 to 3600 expected)");
                 o->delay = d;
             }
             lua_getfield(L, 5, "close");
@@ -111,8 +113,10 @@ static int dispatch(lua_State *L)
 
     /* [2] status [3] headers [4] body */
     if (!lua_isinteger(L, 2) || lua_tointeger(L, 2) < 100 || lua_tointeger(L, 2) > 599)
-        return luaL_error(L, "handler returned a bad status (an integer from 100 to 599 expected, "
-                             "got %s)", luaL_typename(L, 2));
+        return luaL_error(L,
+                          "handler returned a bad status (an integer from 100 to 599 expected, "
+                          "got %s)",
+                          luaL_typename(L, 2));
     lua_newtable(L); /* the flat header list, moved to [3] below */
     int flat = lua_gettop(L);
     if (!lua_isnil(L, 3)) {
@@ -125,14 +129,16 @@ static int dispatch(lua_State *L)
             size_t nl, vl;
             if (lua_type(L, -2) != LUA_TSTRING ||
                 (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER))
-                return luaL_error(L, "handler returned a bad header (string name and value expected)");
+                return luaL_error(L,
+                                  "handler returned a bad header (string name and value expected)");
             lua_pushvalue(L, -2); /* copies: tolstring must not touch the key lua_next needs */
             const char *name = lua_tolstring(L, -1, &nl);
             lua_pushvalue(L, -2);
             const char *value = lua_tolstring(L, -1, &vl);
             if (nl == 0 || strcspn(name, "\r\n:") != nl || strcspn(value, "\r\n") != vl ||
                 strlen(name) != nl || strlen(value) != vl)
-                return luaL_error(L, "handler returned a bad header (CR, LF, NUL or ':' in a name)");
+                return luaL_error(L,
+                                  "handler returned a bad header (CR, LF, NUL or ':' in a name)");
             lua_rawseti(L, flat, n + 2); /* the value */
             lua_rawseti(L, flat, n + 1); /* the name */
             n += 2;

@@ -118,8 +118,8 @@ static void run_one(b24_job *jobp)
         if (error == NULL)
             b24_log(B24_INFO, "delivery handled", "event", job.event, "attempt", attempt_s, NULL);
         else
-            b24_log(B24_WARN, "delivery failed", "event", job.event, "attempt", attempt_s,
-                    "error", error, NULL);
+            b24_log(B24_WARN, "delivery failed", "event", job.event, "attempt", attempt_s, "error",
+                    error, NULL);
         b24_inbox_finish(handlers_inbox, &job, error);
     }
 }

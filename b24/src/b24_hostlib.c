@@ -51,9 +51,9 @@ static int host_log(lua_State *L)
         }
     /* up to 16 fields, passed positionally; unused ones are NULL and end the list */
     b24_log(level, msg, kv[0], kv[1], kv[2], kv[3], kv[4], kv[5], kv[6], kv[7], kv[8], kv[9],
-            kv[10], kv[11], kv[12], kv[13], kv[14], kv[15], kv[16], kv[17], kv[18], kv[19],
-            kv[20], kv[21], kv[22], kv[23], kv[24], kv[25], kv[26], kv[27], kv[28], kv[29],
-            kv[30], kv[31], NULL);
+            kv[10], kv[11], kv[12], kv[13], kv[14], kv[15], kv[16], kv[17], kv[18], kv[19], kv[20],
+            kv[21], kv[22], kv[23], kv[24], kv[25], kv[26], kv[27], kv[28], kv[29], kv[30], kv[31],
+            NULL);
     return 0;
 }
 

@@ -45,8 +45,24 @@ static const char SCHEMA[] =
     "  died_at REAL NOT NULL);"
     "CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, until REAL NOT NULL);";
 
-enum { S_BEGIN, S_COMMIT, S_ROLLBACK, S_SEEN, S_PENDING_KEY, S_INSERT, S_DELETE, S_REMEMBER,
-       S_RETRY, S_BURY, S_READY, S_CLAIM, S_RELEASE, S_NEXT, S_PRUNE, S_COUNT };
+enum {
+    S_BEGIN,
+    S_COMMIT,
+    S_ROLLBACK,
+    S_SEEN,
+    S_PENDING_KEY,
+    S_INSERT,
+    S_DELETE,
+    S_REMEMBER,
+    S_RETRY,
+    S_BURY,
+    S_READY,
+    S_CLAIM,
+    S_RELEASE,
+    S_NEXT,
+    S_PRUNE,
+    S_COUNT
+};
 
 static const char *const SQL[S_COUNT] = {
     [S_BEGIN] = "BEGIN IMMEDIATE",
@@ -58,8 +74,10 @@ static const char *const SQL[S_COUNT] = {
                  " VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
     [S_DELETE] = "DELETE FROM deliveries WHERE id = ?1",
     [S_REMEMBER] = "INSERT OR REPLACE INTO seen (key, until) VALUES (?1, ?2)",
-    [S_RETRY] = "UPDATE deliveries SET state = 'pending', next_at = ?2, last_error = ?3 WHERE id = ?1",
-    [S_BURY] = "INSERT INTO dead (key, event, content_type, body, received_at, attempts, last_error, died_at)"
+    [S_RETRY] =
+        "UPDATE deliveries SET state = 'pending', next_at = ?2, last_error = ?3 WHERE id = ?1",
+    [S_BURY] = "INSERT INTO dead"
+               " (key, event, content_type, body, received_at, attempts, last_error, died_at)"
                " SELECT key, event, content_type, body, received_at, attempts, ?2, ?3"
                " FROM deliveries WHERE id = ?1",
     [S_READY] = "SELECT id, attempts, key, event, content_type, body FROM deliveries"
@@ -82,10 +100,10 @@ typedef struct waiter {
 /* A run's outcome, queued for the next batch; the handler thread does not wait for it. */
 typedef struct finish {
     struct finish *next;
-    b24_job job;  /* key and event owned here */
-    char *error;  /* NULL: success */
-    int release;  /* never run (the host is stopping): back to pending, attempt not spent */
-    int buried;   /* moved to the dead letters by this batch */
+    b24_job job; /* key and event owned here */
+    char *error; /* NULL: success */
+    int release; /* never run (the host is stopping): back to pending, attempt not spent */
+    int buried;  /* moved to the dead letters by this batch */
 } finish;
 
 struct b24_inbox {
@@ -123,7 +141,8 @@ static int exists(sqlite3_stmt *s)
 static void recount(b24_inbox *in)
 {
     sqlite3_stmt *count;
-    if (sqlite3_prepare_v2(in->db, "SELECT count(*) FROM deliveries", -1, &count, NULL) == SQLITE_OK) {
+    if (sqlite3_prepare_v2(in->db, "SELECT count(*) FROM deliveries", -1, &count, NULL) ==
+        SQLITE_OK) {
         if (sqlite3_step(count) == SQLITE_ROW)
             atomic_store(&in->depth, (long)sqlite3_column_int64(count, 0));
         sqlite3_finalize(count);
@@ -170,7 +189,8 @@ b24_inbox *b24_inbox_open(const char *path, const b24_inbox_options *o, char *er
     char sql[512];
     snprintf(sql, sizeof sql,
              "BEGIN IMMEDIATE;"
-             "INSERT INTO dead (key, event, content_type, body, received_at, attempts, last_error, died_at)"
+             "INSERT INTO dead"
+             " (key, event, content_type, body, received_at, attempts, last_error, died_at)"
              " SELECT key, event, content_type, body, received_at, attempts,"
              " 'the host stopped during the run', %.6f FROM deliveries"
              " WHERE state = 'running' AND attempts >= %d;"

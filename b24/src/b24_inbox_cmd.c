@@ -106,8 +106,9 @@ static long long inbox_retry(sqlite3 *db, long long id, int all)
         }
     }
     if (moved == 0 && !all) { /* not a dead letter: a pending delivery runs now instead */
-        if (sqlite3_prepare_v2(db, "UPDATE deliveries SET next_at = ?2 WHERE id = ?1 AND state = 'pending'",
-                               -1, &s, NULL) == SQLITE_OK) {
+        if (sqlite3_prepare_v2(
+                db, "UPDATE deliveries SET next_at = ?2 WHERE id = ?1 AND state = 'pending'", -1,
+                &s, NULL) == SQLITE_OK) {
             sqlite3_bind_int64(s, 1, id);
             sqlite3_bind_double(s, 2, now);
             if (sqlite3_step(s) == SQLITE_DONE)
@@ -166,7 +167,8 @@ int b24_cmd_inbox(int argc, char **argv)
     sqlite3 *db = NULL;
     if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK ||
         scalar(db, "SELECT count(*) FROM deliveries") < 0) {
-        fprintf(stderr, "b24 inbox: %s is not an inbox (%s)\n", path, db ? sqlite3_errmsg(db) : "?");
+        fprintf(stderr, "b24 inbox: %s is not an inbox (%s)\n", path,
+                db ? sqlite3_errmsg(db) : "?");
         sqlite3_close(db);
         return 1;
     }
@@ -180,7 +182,8 @@ int b24_cmd_inbox(int argc, char **argv)
         long long seen = scalar(db, "SELECT count(*) FROM seen");
         sqlite3_stmt *s;
         double oldest = 0;
-        if (sqlite3_prepare_v2(db, "SELECT min(received_at) FROM deliveries", -1, &s, NULL) == SQLITE_OK) {
+        if (sqlite3_prepare_v2(db, "SELECT min(received_at) FROM deliveries", -1, &s, NULL) ==
+            SQLITE_OK) {
             if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL)
                 oldest = now - sqlite3_column_double(s, 0);
             sqlite3_finalize(s);

@@ -27,20 +27,21 @@ static const luaL_Reg preloads[] = {
 
 static void help(FILE *f)
 {
-    fputs("b24 " B24_VERSION " - Bitrix24 webhooks and REST from Lua\n"
-          "\n"
-          "usage:\n"
-          "  b24 serve [OPTIONS] SCRIPT.lua   serve the handler SCRIPT returns over HTTP\n"
-          "  b24 run SCRIPT.lua [ARGS...]     run a Lua script with bitrix24 preloaded\n"
-          "  b24 inbox stats|list|retry|purge look at and repair the durable inbox\n"
-          "  b24 call METHOD [JSON | key=value...]  one REST call (B24_WEBHOOK_URL or --webhook)\n"
-          "  b24 export METHOD [JSON]        every row of a list method as NDJSON on stdout\n"
-          "  b24 emulate [OPTIONS]           a Bitrix24 portal in memory for development and tests\n"
-          "  b24 help                          this text\n"
-          "  b24 --version                     the version\n"
-          "\n"
-          "`b24 serve --help` lists the server's options.\n",
-          f);
+    fputs(
+        "b24 " B24_VERSION " - Bitrix24 webhooks and REST from Lua\n"
+        "\n"
+        "usage:\n"
+        "  b24 serve [OPTIONS] SCRIPT.lua   serve the handler SCRIPT returns over HTTP\n"
+        "  b24 run SCRIPT.lua [ARGS...]     run a Lua script with bitrix24 preloaded\n"
+        "  b24 inbox stats|list|retry|purge look at and repair the durable inbox\n"
+        "  b24 call METHOD [JSON | key=value...]  one REST call (B24_WEBHOOK_URL or --webhook)\n"
+        "  b24 export METHOD [JSON]        every row of a list method as NDJSON on stdout\n"
+        "  b24 emulate [OPTIONS]           a Bitrix24 portal in memory for development and tests\n"
+        "  b24 help                          this text\n"
+        "  b24 --version                     the version\n"
+        "\n"
+        "`b24 serve --help` lists the server's options.\n",
+        f);
 }
 
 /* The exit status of a script run with `status`, after which L is closed: 1 when it raised
@@ -106,8 +107,12 @@ static const struct command {
     const char *name;
     int (*run)(int argc, char **argv); /* argv[0] is the command's name */
 } commands[] = {
-    {"serve", b24_cmd_serve}, {"run", cmd_run},        {"inbox", b24_cmd_inbox},
-    {"call", cmd_cli},        {"export", cmd_cli},     {"emulate", b24_cmd_emulate},
+    {"serve", b24_cmd_serve},
+    {"run", cmd_run},
+    {"inbox", b24_cmd_inbox},
+    {"call", cmd_cli},
+    {"export", cmd_cli},
+    {"emulate", b24_cmd_emulate},
     {NULL, NULL},
 };
 

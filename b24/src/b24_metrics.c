@@ -8,7 +8,7 @@
 #include "b24_metrics.h"
 
 static const double bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                0.1,    0.25,  0.5,    1,     2.5,   5,     10};
+                                0.1,    0.25,  0.5,    1,     2.5,  5,     10};
 #define NBOUNDS (sizeof bounds / sizeof bounds[0])
 
 static atomic_ulong by_status[600];
@@ -23,7 +23,8 @@ static long (*depth_fn)(void);
 /* A delivery accepted: stored, or a duplicate. */
 void b24_metrics_delivery(int duplicate)
 {
-    atomic_fetch_add_explicit(duplicate ? &duplicates_total : &stored_total, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(duplicate ? &duplicates_total : &stored_total, 1,
+                              memory_order_relaxed);
 }
 
 /* A handler run on a stored delivery. */
@@ -53,7 +54,8 @@ void b24_metrics_request(int status, double seconds)
     while (b < NBOUNDS && seconds > bounds[b])
         b++;
     atomic_fetch_add_explicit(&buckets[b], 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&duration_us_sum, (unsigned long)(seconds * 1e6), memory_order_relaxed);
+    atomic_fetch_add_explicit(&duration_us_sum, (unsigned long)(seconds * 1e6),
+                              memory_order_relaxed);
 }
 
 /* A handler call that raised. */
@@ -117,40 +119,48 @@ char *b24_metrics_render(size_t *len)
         if (n)
             put(&o, "b24_requests_total{code=\"%d\"} %lu\n", s, n);
     }
-    put(&o, "# HELP b24_handler_errors_total Handler calls that raised an error.\n"
-            "# TYPE b24_handler_errors_total counter\n"
-            "b24_handler_errors_total %lu\n",
+    put(&o,
+        "# HELP b24_handler_errors_total Handler calls that raised an error.\n"
+        "# TYPE b24_handler_errors_total counter\n"
+        "b24_handler_errors_total %lu\n",
         atomic_load_explicit(&handler_errors, memory_order_relaxed));
-    put(&o, "# HELP b24_in_flight_requests Requests being received or handled now.\n"
-            "# TYPE b24_in_flight_requests gauge\n"
-            "b24_in_flight_requests %ld\n",
+    put(&o,
+        "# HELP b24_in_flight_requests Requests being received or handled now.\n"
+        "# TYPE b24_in_flight_requests gauge\n"
+        "b24_in_flight_requests %ld\n",
         b24_metrics_in_flight_now());
-    put(&o, "# HELP b24_reloads_total Script reloads on SIGHUP, by result.\n"
-            "# TYPE b24_reloads_total counter\n"
-            "b24_reloads_total{result=\"ok\"} %lu\n"
-            "b24_reloads_total{result=\"failed\"} %lu\n",
+    put(&o,
+        "# HELP b24_reloads_total Script reloads on SIGHUP, by result.\n"
+        "# TYPE b24_reloads_total counter\n"
+        "b24_reloads_total{result=\"ok\"} %lu\n"
+        "b24_reloads_total{result=\"failed\"} %lu\n",
         atomic_load_explicit(&reloads_ok, memory_order_relaxed),
         atomic_load_explicit(&reloads_failed, memory_order_relaxed));
     if (depth_fn) {
-        put(&o, "# HELP b24_deliveries_total Accepted deliveries: stored, or duplicates answered at once.\n"
-                "# TYPE b24_deliveries_total counter\n"
-                "b24_deliveries_total{result=\"stored\"} %lu\n"
-                "b24_deliveries_total{result=\"duplicate\"} %lu\n",
+        put(&o,
+            "# HELP b24_deliveries_total "
+            "Accepted deliveries: stored, or duplicates answered at once.\n"
+            "# TYPE b24_deliveries_total counter\n"
+            "b24_deliveries_total{result=\"stored\"} %lu\n"
+            "b24_deliveries_total{result=\"duplicate\"} %lu\n",
             atomic_load_explicit(&stored_total, memory_order_relaxed),
             atomic_load_explicit(&duplicates_total, memory_order_relaxed));
-        put(&o, "# HELP b24_handler_runs_total Runs of the handlers on stored deliveries.\n"
-                "# TYPE b24_handler_runs_total counter\n"
-                "b24_handler_runs_total{outcome=\"ok\"} %lu\n"
-                "b24_handler_runs_total{outcome=\"error\"} %lu\n",
+        put(&o,
+            "# HELP b24_handler_runs_total Runs of the handlers on stored deliveries.\n"
+            "# TYPE b24_handler_runs_total counter\n"
+            "b24_handler_runs_total{outcome=\"ok\"} %lu\n"
+            "b24_handler_runs_total{outcome=\"error\"} %lu\n",
             atomic_load_explicit(&runs_ok, memory_order_relaxed),
             atomic_load_explicit(&runs_failed, memory_order_relaxed));
-        put(&o, "# HELP b24_dead_letters_total Deliveries that failed every attempt.\n"
-                "# TYPE b24_dead_letters_total counter\n"
-                "b24_dead_letters_total %lu\n",
+        put(&o,
+            "# HELP b24_dead_letters_total Deliveries that failed every attempt.\n"
+            "# TYPE b24_dead_letters_total counter\n"
+            "b24_dead_letters_total %lu\n",
             atomic_load_explicit(&dead_total, memory_order_relaxed));
-        put(&o, "# HELP b24_inbox_depth Stored deliveries not yet handled.\n"
-                "# TYPE b24_inbox_depth gauge\n"
-                "b24_inbox_depth %ld\n",
+        put(&o,
+            "# HELP b24_inbox_depth Stored deliveries not yet handled.\n"
+            "# TYPE b24_inbox_depth gauge\n"
+            "b24_inbox_depth %ld\n",
             depth_fn());
     }
     put(&o, "# HELP b24_request_duration_seconds Time from request start to response queued.\n"

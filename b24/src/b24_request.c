@@ -114,15 +114,18 @@ static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const 
 
 static void remote_address(struct MHD_Connection *c, char *out, size_t n)
 {
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     out[0] = '\0';
     if (ci == NULL || ci->client_addr == NULL)
         return;
     const struct sockaddr *sa = ci->client_addr;
     if (sa->sa_family == AF_INET)
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out, (socklen_t)n);
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out,
+                  (socklen_t)n);
     else if (sa->sa_family == AF_INET6)
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out, (socklen_t)n);
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out,
+                  (socklen_t)n);
 }
 
 /* Queues res (and lets it go); once draining, asks keep-alive clients to go elsewhere. */
@@ -138,8 +141,8 @@ static enum MHD_Result queue(struct MHD_Connection *c, request *r, int status,
     return ok;
 }
 
-static enum MHD_Result respond(struct MHD_Connection *c, request *r, int status,
-                               const char *type, const char *body, size_t len)
+static enum MHD_Result respond(struct MHD_Connection *c, request *r, int status, const char *type,
+                               const char *body, size_t len)
 {
     struct MHD_Response *res =
         MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
@@ -172,15 +175,16 @@ static void stored(b24_put *put)
 
 /* Keeps what the inbox needs in the request, suspends the connection, queues the delivery;
  * the answer goes out from on_access when stored() resumes the connection. */
-static enum MHD_Result store(struct MHD_Connection *c, request *r, lua_State *L,
-                             const char *body, size_t blen)
+static enum MHD_Result store(struct MHD_Connection *c, request *r, lua_State *L, const char *body,
+                             size_t blen)
 {
     size_t klen, elen;
     const char *key = lua_tolstring(L, 5, &klen);
     const char *event = lua_tolstring(L, 6, &elen);
     const char *ctype = "";
     for (size_t i = 0; i < r->nheaders; i++)
-        if (r->headers[i].name_len == 12 && strncasecmp(r->headers[i].name, "content-type", 12) == 0)
+        if (r->headers[i].name_len == 12 &&
+            strncasecmp(r->headers[i].name, "content-type", 12) == 0)
             ctype = r->headers[i].value;
     size_t clen = strlen(ctype);
     r->put_mem = malloc(klen + elen + clen + blen + 4);
@@ -258,8 +262,8 @@ static enum MHD_Result run_handler(struct MHD_Connection *c, request *r)
     if (L == NULL)
         return respond_error(c, r, 500, "internal error");
     MHD_get_connection_values_n(c, MHD_HEADER_KIND, collect_header, r);
-    b24_bridge_request req = {r->method, r->uri, r->remote, r->body, r->body_len,
-                              r->headers, r->nheaders};
+    b24_bridge_request req = {r->method,   r->uri,     r->remote,  r->body,
+                              r->body_len, r->headers, r->nheaders};
     b24_inbox *inbox = r->ctx->inbox;
     if (b24_bridge_call(L, &req, inbox != NULL, &r->options) != LUA_OK) {
         b24_metrics_handler_error();
@@ -313,8 +317,8 @@ static enum MHD_Result serve_healthz(struct MHD_Connection *c, request *r)
     int n = snprintf(body, sizeof body,
                      "{\"status\":\"%s\",\"version\":\"%s\",\"in_flight\":%ld,"
                      "\"uptime_seconds\":%.0f,\"inbox_depth\":%ld}",
-                     stopping ? "stopping" : "ok", B24_VERSION,
-                     b24_metrics_in_flight_now() - 1, b24_now() - r->ctx->started_at,
+                     stopping ? "stopping" : "ok", B24_VERSION, b24_metrics_in_flight_now() - 1,
+                     b24_now() - r->ctx->started_at,
                      r->ctx->inbox ? b24_inbox_depth(r->ctx->inbox) : 0L);
     return respond(c, r, stopping ? 503 : 200, JSON, body, (size_t)n);
 }
@@ -423,7 +427,8 @@ void b24_request_end(void *cls, struct MHD_Connection *c, void **con_cls,
             snprintf(status, sizeof status, "%d", r->status);
             snprintf(ms, sizeof ms, "%.3f", d * 1000);
             snprintf(bytes, sizeof bytes, "%zu", r->body_len);
-            b24_log(level, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "request" : "request aborted",
+            b24_log(level,
+                    toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "request" : "request aborted",
                     "method", r->method, "path", r->uri, "status", status, "duration_ms", ms,
                     "bytes_in", bytes, "remote", r->remote, NULL);
         }

@@ -15,7 +15,7 @@
 typedef struct b24_request_context {
     b24_inbox *inbox; /* NULL: handlers answer inside the request */
     size_t max_body;
-    double started_at; /* b24_now() when the server started, for /healthz */
+    double started_at;   /* b24_now() when the server started, for /healthz */
     atomic_int stopping; /* draining: /healthz says so, answers ask clients to close */
 } b24_request_context;
 

@@ -114,9 +114,9 @@ static lua_State *load_state(const script *s, char *err, size_t errlen, int *kin
         snprintf(err, errlen, "cannot create a Lua state (out of memory)");
         return NULL;
     }
-    int status = s->src ? b24_state_run_script(L, from->path, s->src, s->len, 0)
-                        : b24_state_call_entry(L, from->module, from->function, from->argc,
-                                               from->argv, 1);
+    int status =
+        s->src ? b24_state_run_script(L, from->path, s->src, s->len, 0)
+               : b24_state_call_entry(L, from->module, from->function, from->argc, from->argv, 1);
     if (status != LUA_OK) {
         const char *m = lua_tostring(L, -1);
         snprintf(err, errlen, "%s", m ? m : "(error object is not a string)");
@@ -197,8 +197,8 @@ lua_State *b24_script_state(void)
  * on failure the running one stays. */
 int b24_script_load(const b24_script_source *from, int required)
 {
-    const char *failed = current ? "reload failed; keeping the previous script"
-                                 : "script failed to load";
+    const char *failed =
+        current ? "reload failed; keeping the previous script" : "script failed to load";
     script *s = calloc(1, sizeof *s);
     if (s == NULL) {
         b24_log(B24_ERROR, failed, "error", "out of memory", NULL);
@@ -222,9 +222,12 @@ int b24_script_load(const b24_script_source *from, int required)
     char err[2048];
     int kind;
     lua_State *L = load_state(s, err, sizeof err, &kind);
-    if (L && required && kind != required && (kind == B24_HANDLER_ROUTER) != (required == B24_HANDLER_ROUTER)) {
-        snprintf(err, sizeof err, "%s: the running server %s a router with accept and dispatch; "
-                 "the new script %s", s->label, required == B24_HANDLER_ROUTER ? "stores deliveries for" : "serves",
+    if (L && required && kind != required &&
+        (kind == B24_HANDLER_ROUTER) != (required == B24_HANDLER_ROUTER)) {
+        snprintf(err, sizeof err,
+                 "%s: the running server %s a router with accept and dispatch; "
+                 "the new script %s",
+                 s->label, required == B24_HANDLER_ROUTER ? "stores deliveries for" : "serves",
                  kind == B24_HANDLER_ROUTER ? "is one (restart to use the inbox)" : "is not");
         lua_close(L);
         L = NULL;

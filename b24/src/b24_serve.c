@@ -101,8 +101,8 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap)
 /* The daemon listening on o->addr, and the "listening" line with the port it got. */
 static struct MHD_Daemon *start_daemon(const b24_serve_options *o)
 {
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
-                     MHD_USE_TURBO | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_TURBO |
+                     MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
     if (o->addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     struct MHD_Daemon *d = MHD_start_daemon(
@@ -125,8 +125,8 @@ static struct MHD_Daemon *start_daemon(const b24_serve_options *o)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)&o->addr)->sin_addr, host,
                   sizeof host);
     else
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)&o->addr)->sin6_addr,
-                  host, sizeof host);
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)&o->addr)->sin6_addr, host,
+                  sizeof host);
     snprintf(where, sizeof where, o->addr.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host,
              di ? (unsigned)di->port : 0u);
     snprintf(workers_s, sizeof workers_s, "%ld", o->workers);

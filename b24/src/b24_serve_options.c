@@ -193,14 +193,22 @@ int b24_serve_options_listen(b24_serve_options *o, const char *who)
 int b24_serve_options_parse(b24_serve_options *o, int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"listen", required_argument, NULL, 'l'},      {"workers", required_argument, NULL, 'w'},
-        {"help", no_argument, NULL, 'h'},              {"max-body", required_argument, NULL, 0},
-        {"client-timeout", required_argument, NULL, 0}, {"drain-timeout", required_argument, NULL, 0},
-        {"log-format", required_argument, NULL, 0},    {"log-level", required_argument, NULL, 0},
-        {"inbox", required_argument, NULL, 0},         {"sync", no_argument, NULL, 0},
-        {"handler-threads", required_argument, NULL, 0}, {"max-attempts", required_argument, NULL, 0},
-        {"retry-base", required_argument, NULL, 0},    {"retry-max", required_argument, NULL, 0},
-        {"dedup-ttl", required_argument, NULL, 0},     {"handler-timeout", required_argument, NULL, 0},
+        {"listen", required_argument, NULL, 'l'},
+        {"workers", required_argument, NULL, 'w'},
+        {"help", no_argument, NULL, 'h'},
+        {"max-body", required_argument, NULL, 0},
+        {"client-timeout", required_argument, NULL, 0},
+        {"drain-timeout", required_argument, NULL, 0},
+        {"log-format", required_argument, NULL, 0},
+        {"log-level", required_argument, NULL, 0},
+        {"inbox", required_argument, NULL, 0},
+        {"sync", no_argument, NULL, 0},
+        {"handler-threads", required_argument, NULL, 0},
+        {"max-attempts", required_argument, NULL, 0},
+        {"retry-base", required_argument, NULL, 0},
+        {"retry-max", required_argument, NULL, 0},
+        {"dedup-ttl", required_argument, NULL, 0},
+        {"handler-timeout", required_argument, NULL, 0},
         {NULL, 0, NULL, 0},
     };
     int rc = b24_serve_options_init(o, "b24 serve");
@@ -209,15 +217,15 @@ int b24_serve_options_parse(b24_serve_options *o, int argc, char **argv)
     optind = 1;
     int c, i = 0;
     while ((c = getopt_long(argc, argv, "+l:w:h", longopts, &i)) != -1) {
-        const char *name = c == 'l' ? "listen" : c == 'w' ? "workers" : c == 0 ? longopts[i].name : NULL;
         if (c == 'h') {
             usage(stdout);
             return 0;
         }
-        if (name == NULL) {
+        if (c != 'l' && c != 'w' && c != 0) {
             usage(stderr);
             return 2;
         }
+        const char *name = c == 'l' ? "listen" : c == 'w' ? "workers" : longopts[i].name;
         if (b24_serve_options_set(o, name, optarg)) {
             fprintf(stderr, "b24 serve: bad value '%s' for %s\n", optarg, argv[optind - 1]);
             usage(stderr);

@@ -10,7 +10,7 @@
 #include "b24_script.h"
 
 typedef struct b24_serve_options {
-    const char *listen; /* HOST:PORT, [V6]:PORT or :PORT */
+    const char *listen;           /* HOST:PORT, [V6]:PORT or :PORT */
     struct sockaddr_storage addr; /* listen, resolved by b24_serve_options_listen */
     socklen_t addrlen;
     long workers;

@@ -19,17 +19,18 @@
 #define USAGE_PREFIX "b24 emulate: "
 
 /* The server's options b24 emulate takes, by long name. */
-static const char *const serve_options[] = {"listen", "log-format", "log-level", "client-timeout",
-                                            "max-body", NULL};
+static const char *const serve_options[] = {"listen",         "log-format", "log-level",
+                                            "client-timeout", "max-body",   NULL};
 
 static void usage(FILE *f)
 {
-    fputs("usage: b24 emulate [--listen HOST:PORT] [--log-format logfmt|json]\n"
-          "                   [--log-level debug|info|warn|error] [--client-timeout SECONDS]\n"
-          "                   [--max-body BYTES] [EMULATOR OPTIONS]\n"
-          "A Bitrix24 portal in memory behind incoming-webhook URLs:\n"
-          "  http://HOST:PORT/rest/USER_ID/CODE/METHOD.json (listens on 127.0.0.1:8090 by default)\n",
-          f);
+    fputs(
+        "usage: b24 emulate [--listen HOST:PORT] [--log-format logfmt|json]\n"
+        "                   [--log-level debug|info|warn|error] [--client-timeout SECONDS]\n"
+        "                   [--max-body BYTES] [EMULATOR OPTIONS]\n"
+        "A Bitrix24 portal in memory behind incoming-webhook URLs:\n"
+        "  http://HOST:PORT/rest/USER_ID/CODE/METHOD.json (listens on 127.0.0.1:8090 by default)\n",
+        f);
     /* the emulator's own options, as it documents them */
     lua_State *L = b24_state_new();
     if (L == NULL)
@@ -94,8 +95,9 @@ static int take_options(int argc, char **argv, b24_serve_options *o, char **rest
             return 2;
         }
         if (b24_serve_options_set(o, name, value) != 0) {
-            fprintf(stderr, USAGE_PREFIX "bad value '%s' for --%s\n"
-                            "(b24 emulate --help lists the options)\n",
+            fprintf(stderr,
+                    USAGE_PREFIX "bad value '%s' for --%s\n"
+                                 "(b24 emulate --help lists the options)\n",
                     value, name);
             return 2;
         }

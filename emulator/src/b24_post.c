@@ -127,7 +127,7 @@ static void stop_at_exit(void);
 
 /* Queues a copy of the post; 0, or -1 with a reason in *why. Takes ownership of headers. */
 static int enqueue(const char *url, const char *body, size_t body_len, struct curl_slist *headers,
-             const char **why)
+                   const char **why)
 {
     post *p = calloc(1, sizeof *p);
     if (p)
