@@ -1,7 +1,9 @@
 -- bitrix24.event: deliveries decoded into events from the captured vectors (form and JSON), the
--- task ID rules of protocol.md §6, parse failures by kind, and fetch with a stub client.
+-- task ID rules of protocol.md §6, parse failures as bitrix24.Error by code, and fetch with a
+-- stub client.
 local core = require "bitrix24.core"
 local event = require "bitrix24.event"
+local Error = require "bitrix24.error"
 local cjson = require("cjson.safe").new()
 
 local FORM = "application/x-www-form-urlencoded"
@@ -120,7 +122,7 @@ describe("bitrix24.event", function()
          assert.is_nil(event.content_kind(nil))
       end)
 
-      it("returns nil, message, kind for what is not an event", function()
+      it("returns nil, err (a bitrix24.Error, the kind as its code) for what is not an event", function()
          local cases = {
             { "event=X", "text/plain", "unsupported" },
             { "{", JSON, "malformed" },
@@ -133,28 +135,26 @@ describe("bitrix24.event", function()
             { "event=", FORM, "malformed" },
          }
          for _, c in ipairs(cases) do
-            local e, msg, kind = event.parse(c[1], c[2])
+            local e, err = event.parse(c[1], c[2])
             assert.is_nil(e, c[1])
-            assert.equal("string", type(msg))
-            assert.equal(c[3], kind, c[1])
+            assert.is_true(Error.is(err))
+            assert.equal("string", type(err.description))
+            assert.equal(c[3], err.code, c[1])
+            assert.matches(err.description, tostring(err), 1, true)
          end
       end)
 
       it("passes the limits to the decoder: too_many, too_deep, too_large", function()
          local limits = { max_depth = 3, max_pairs = 4, max_size = 200 }
-         local _, _, kind = event.parse("event=X&a=1&b=2&c=3&d=4", FORM, limits)
-         assert.equal("too_many", kind)
-         _, _, kind = event.parse("event=X&a[b][c][d][e]=1", FORM, limits)
-         assert.equal("too_deep", kind)
-         _, _, kind = event.parse("event=X&a=" .. string.rep("x", 300), FORM, limits)
-         assert.equal("too_large", kind)
-         _, _, kind = event.parse('{"event":"X","a":"' .. string.rep("x", 300) .. '"}', JSON, limits)
-         assert.equal("too_large", kind)
-         _, _, kind = event.parse('{"event":"X","a":1,"b":2,"c":3,"d":4}', JSON, limits)
-         assert.equal("too_many", kind)
-         local e, _, k = event.parse('{"event":"X","a":{"b":{"c":{"d":{"e":1}}}}}', JSON, limits)
+         local function code(raw, content_type) return select(2, event.parse(raw, content_type, limits)).code end
+         assert.equal("too_many", code("event=X&a=1&b=2&c=3&d=4", FORM))
+         assert.equal("too_deep", code("event=X&a[b][c][d][e]=1", FORM))
+         assert.equal("too_large", code("event=X&a=" .. string.rep("x", 300), FORM))
+         assert.equal("too_large", code('{"event":"X","a":"' .. string.rep("x", 300) .. '"}', JSON))
+         assert.equal("too_many", code('{"event":"X","a":1,"b":2,"c":3,"d":4}', JSON))
+         local e, err = event.parse('{"event":"X","a":{"b":{"c":{"d":{"e":1}}}}}', JSON, limits)
          assert.is_nil(e)
-         assert.is_truthy(k == "too_deep" or k == "malformed")
+         assert.is_truthy(err.code == "too_deep" or err.code == "malformed")
       end)
 
       it("raises when the body is not a string", function()
@@ -254,7 +254,8 @@ describe("bitrix24.event", function()
             local client = stub_client(true)
             local res, err = ev(name, "5"):fetch(client)
             assert.is_nil(res)
-            assert.matches("delete", err)
+            assert.is_true(Error.is(err))
+            assert.matches("delete", tostring(err))
             assert.same({}, client.calls)
          end
       end)
@@ -266,7 +267,8 @@ describe("bitrix24.event", function()
                                        assert(event.parse("event=ONCRMLEADADD", FORM)) } do
             local res, err = e:fetch(client)
             assert.is_nil(res)
-            assert.equal("string", type(err))
+            assert.is_true(Error.is(err))
+            assert.equal("string", type(err.description))
          end
          assert.same({}, client.calls)
       end)

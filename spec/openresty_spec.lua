@@ -194,8 +194,8 @@ describe("the rock from luarocks --lua-version=5.1 make, in nginx", function()
    local tree, emu, srv
    setup(function()
       tree = b24.tmpdir()
-      local out, code = b24.exec(("cd %s && luarocks --lua-version=5.1 --tree=%s make --deps-mode=none bitrix24-scm-1.rockspec")
-         :format(b24.quote(ROOT), b24.quote(tree)))
+      local out, code = b24.exec(("cd %s && luarocks --lua-version=5.1 --tree=%s make --deps-mode=none %s")
+         :format(b24.quote(ROOT), b24.quote(tree), "bitrix24-scm-1.rockspec"))
       assert(code == 0, out)
       emu = emulator(0)
       srv = start_nginx{
@@ -204,9 +204,11 @@ describe("the rock from luarocks --lua-version=5.1 make, in nginx", function()
          links = { examples = ROOT .. "/examples" },
          transform = function(conf)
             local n1, n2
-            conf, n1 = conf:gsub('lua_package_path "[^"]*";', ('lua_package_path "%s/share/lua/5.1/?.lua;%s/share/lua/5.1/?/init.lua;$prefix/examples/openresty/?.lua;;";')
-               :format(tree, tree))
-            conf, n2 = conf:gsub('lua_package_cpath "[^"]*";', ('lua_package_cpath "%s/lib/lua/5.1/?.so;;";'):format(tree))
+            local path = ('lua_package_path "%s/share/lua/5.1/?.lua;%s/share/lua/5.1/?/init.lua;'
+               .. '$prefix/examples/openresty/?.lua;;";'):format(tree, tree)
+            conf, n1 = conf:gsub('lua_package_path "[^"]*";', path)
+            conf, n2 = conf:gsub('lua_package_cpath "[^"]*";',
+                                 ('lua_package_cpath "%s/lib/lua/5.1/?.so;;";'):format(tree))
             assert(n1 == 1 and n2 == 1, "the example's package paths moved")
             return conf
          end,
@@ -222,7 +224,7 @@ describe("the rock from luarocks --lua-version=5.1 make, in nginx", function()
       local res = post(srv, event_body("ONCRMLEADADD", "3"))
       assert.equal(200, res.status)
       assert.equal('{"success":true}', res.body)
-      assert.truthy(srv:wait_log('lead fetched id=3 title="Lead #3"'))
+      assert.truthy(srv:wait_log('msg="lead fetched" id=3 title="Lead #3"'))
    end)
 
    it("logs a failing handler, keeps the worker, and runs the handler again on a redelivery", function()
@@ -391,18 +393,18 @@ describe("OpenResty (examples/openresty/nginx.conf)", function()
          local res = assert(srv:request{ method = "POST", path = "/t/limited", headers = FORM,
                                                          body = event_body("ONCRMCONTACTADD", "135001") })
          assert.equal(200, res.status)
-         assert.truthy(srv:wait_log("limited started id=135001", from))
+         assert.truthy(srv:wait_log('msg="limited started" id=135001', from))
          res = assert(srv:request{ method = "POST", path = "/t/limited", headers = FORM,
                                                 body = event_body("ONCRMCONTACTADD", "135002") })
          assert.equal(503, res.status)
          assert.same({ error = "too many handlers running" }, cjson.decode(res.body))
          assert.equal("released\n", assert(srv:request{ method = "GET", path = "/t/release" }).body)
-         assert.truthy(srv:wait_log("limited done id=135001", from))
+         assert.truthy(srv:wait_log('msg="limited done" id=135001', from))
          -- the refused delivery was not remembered: sent again, it runs
          res = assert(srv:request{ method = "POST", path = "/t/limited", headers = FORM,
                                                 body = event_body("ONCRMCONTACTADD", "135002") })
          assert.equal('{"success":true}', res.body)
-         assert.truthy(srv:wait_log("limited done id=135002", from))
+         assert.truthy(srv:wait_log('msg="limited done" id=135002', from))
       end)
    end)
 
@@ -412,7 +414,7 @@ describe("OpenResty (examples/openresty/nginx.conf)", function()
          local res = post(srv, event_body("ONCRMLEADADD", "2"))
          assert.equal(200, res.status) -- at once: the handler runs after the answer
          assert.equal('{"success":true}', res.body)
-         assert.truthy(srv:wait_log("fetching lead id=2", from))
+         assert.truthy(srv:wait_log('msg="fetching lead" id=2', from))
          -- the emulator holds crm.lead.get for 2 s; nginx's one worker answers this meanwhile
          res = post(srv, DEAL, { ["Content-Type"] = "application/json" })
          assert.equal(401, res.status)
@@ -427,7 +429,8 @@ describe("OpenResty (examples/openresty/nginx.conf)", function()
       it("calls the emulator from nginx on a worker thread: request, request_many, now, sleep", function()
          local url = webhook(emu) .. "crm.lead.get.json"
          local res = assert(srv:request{ method = "GET",
-            path = "/t/transport?url=" .. core.form_encode({ x = url }):sub(3) .. "&body=" .. core.form_encode({ x = '{"id":1}' }):sub(3) })
+            path = "/t/transport?url=" .. core.form_encode({ x = url }):sub(3)
+               .. "&body=" .. core.form_encode({ x = '{"id":1}' }):sub(3) })
          assert.equal(200, res.status, res.body)
          local out = cjson.decode(res.body)
          assert.equal("thread", out.backend)

@@ -1,6 +1,8 @@
 -- bitrix24.event: one Bitrix24 outgoing-webhook delivery, decoded from its raw body (form or
--- JSON) into an event object, and the *.get call that fetches the object it is about.
+-- JSON) into an event object, and the *.get call that fetches the object it is about. Failures
+-- are `nil, bitrix24.Error` (code: what went wrong, description: the reason in words).
 local core = require "bitrix24.core"
+local Error = require "bitrix24.error"
 local cjson = require("cjson.safe").new()
 
 local type = type
@@ -19,10 +21,7 @@ local form_encode = core.form_encode
 cjson.decode_invalid_numbers(false)
 
 local _M = {}
--- methods of event objects, kept apart from the module's functions so that an event's fields
--- are only its own and fetch
-local methods = {}
-local mt = { __index = methods }
+local mt = { __index = _M } -- an event's own fields (name, id, data, …) never clash with these
 
 local FORM = "application/x-www-form-urlencoded"
 local JSON = "application/json"
@@ -79,13 +78,17 @@ local function object_id(data)
    return nil
 end
 
+local function failure(code, description)
+   return nil, Error.new{ code = code, description = description }
+end
+
 -- Builds the event object from a decoded delivery (the table form_decode gives) and its raw body;
--- nil, message when the table is not an event.
+-- nil, err (code "malformed") when the table is not an event.
 function _M.new(fields, raw)
-   if type(fields) ~= "table" then return nil, "body is not a table of fields" end
+   if type(fields) ~= "table" then return failure("malformed", "body is not a table of fields") end
    local name = fields.event
-   if name == nil then return nil, "no 'event' field in the body" end
-   if type(name) ~= "string" or name == "" then return nil, "the 'event' field is not a name" end
+   if name == nil then return failure("malformed", "no 'event' field in the body") end
+   if type(name) ~= "string" or name == "" then return failure("malformed", "the 'event' field is not a name") end
    local auth = fields.auth
    if type(auth) ~= "table" then auth = {} end
    local domain, member_id = auth.domain, auth.member_id
@@ -124,44 +127,44 @@ end
 
 -- Decodes a raw body of the given Content-Type into an event.
 -- limits: { max_depth, max_pairs, max_size } as form_decode takes them.
--- Returns event, or nil, message, kind with kind one of "unsupported" (content type),
--- "too_large", "too_many", "too_deep", "malformed".
+-- Returns event, or nil, err with err.code one of "unsupported" (content type), "too_large",
+-- "too_many", "too_deep", "malformed".
 function _M.parse(raw, content_type, limits)
    if type(raw) ~= "string" then error("bad argument #1 to 'parse' (string expected)", 2) end
    limits = limits or DEFAULT_LIMITS
    local content = _M.content_kind(content_type)
-   if content == nil then return nil, "content type is not form or JSON", "unsupported" end
+   if content == nil then return failure("unsupported", "content type is not form or JSON") end
    local fields, msg, kind
    if content == "form" then
       fields, msg, kind = form_decode(raw, limits)
    else
       if limits.max_size and #raw > limits.max_size then
-         return nil, "body is over the size limit", "too_large"
+         return failure("too_large", "body is over the size limit")
       end
       fields, msg, kind = decode_json(raw, limits)
    end
-   if fields == nil then return nil, msg, kind or "malformed" end
-   local event, err = _M.new(fields, raw)
-   if event == nil then return nil, err, "malformed" end
-   return event
+   if fields == nil then return failure(kind or "malformed", msg) end
+   return _M.new(fields, raw)
 end
 
--- The REST method and parameters that fetch the object of an event, or nil, message.
+-- The REST method and parameters that fetch the object of an event, or nil, err (code
+-- "no_object" for a delete or an event without an object ID, "no_get_method" otherwise).
 function _M.fetch_call(name, id)
-   if type(name) ~= "string" then return nil, "no event name" end
-   if _M.kind(name) == "delete" then return nil, name .. " is a delete: the object is gone" end
+   if type(name) ~= "string" then return failure("no_get_method", "no event name") end
+   if _M.kind(name) == "delete" then return failure("no_object", name .. " is a delete: the object is gone") end
    if type(id) ~= "string" or id == "" or id == "undefined" then
-      return nil, name .. " carries no object ID"
+      return failure("no_object", name .. " carries no object ID")
    end
    local entity = string_match(name, "^ONCRM(%u+)ADD$") or string_match(name, "^ONCRM(%u+)UPDATE$")
    if entity and CRM_GET[entity] then return CRM_GET[entity], { id = id } end
    if name == "ONTASKADD" or name == "ONTASKUPDATE" then return "tasks.task.get", { taskId = id } end
-   return nil, "no get method known for " .. name
+   return failure("no_get_method", "no get method known for " .. name)
 end
 
--- Fetches the object the event is about with client:call(method, params) and returns what that
--- returns; nil, message without calling for a delete or an event with no known get method.
-function methods.fetch(self, client)
+-- event:fetch(client): fetches the object the event is about with client:call(method, params)
+-- and returns what that returns; nil, err without calling for a delete or an event with no
+-- known get method.
+function _M.fetch(self, client)
    if type(client) ~= "table" and type(client) ~= "userdata" then
       error("bad argument #1 to 'fetch' (a REST client expected)", 2)
    end

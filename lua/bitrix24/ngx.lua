@@ -1,30 +1,41 @@
--- bitrix24.ngx: the OpenResty (ngx_lua) side of the router — the request as router:accept takes
--- it, read from the current nginx request, the answer written back, and a logger on ngx.log.
--- Only usable inside nginx (content_by_lua*); router:handle_ngx is the entry point users call.
+-- bitrix24.ngx: the library's nginx adapter (ngx_lua / OpenResty). It holds the one answer to
+-- "does this run inside nginx?" (available), the router's nginx side (the request as
+-- router:accept takes it, the answer written back, the handlers run in an ngx.timer after the
+-- answer: handle, which router:handle_ngx calls) and a log on ngx.log. Loading it touches no ngx
+-- API, so a worker thread's Lua state may load it too.
+local Error = require "bitrix24.error"
+local log_module = require "bitrix24.log"
+
 local type = type
+local error = error
 local pairs = pairs
+local pcall = pcall
+local rawget = rawget
 local tostring = tostring
 local tonumber = tonumber
 local io_open = io.open
 local string_lower = string.lower
-local string_gsub = string.gsub
-local string_match = string.match
+local string_sub = string.sub
 local table_concat = table.concat
-local table_sort = table.sort
 
 local _M = {}
 
 local MAX_HEADERS = 100
 
+-- Whether this Lua state runs inside nginx's http subsystem with ngx_lua: where bitrix24 talks
+-- through bitrix24.transport.ngx and router:handle_ngx works.
+function _M.available()
+   local ngx = rawget(_G, "ngx")
+   return type(ngx) == "table" and type(ngx.config) == "table" and ngx.config.subsystem == "http"
+end
+
 -- The ngx API table, raising a clear error outside nginx.
-local function ngx_api()
-   local ngx = _G.ngx
-   if type(ngx) ~= "table" or type(ngx.req) ~= "table" then
+function _M.api()
+   if not _M.available() then
       error("bitrix24.ngx works only inside nginx with ngx_lua (content_by_lua*)", 3)
    end
-   return ngx
+   return _G.ngx
 end
-_M.api = ngx_api
 
 -- The request headers with lower-case names, a repeated header joined with ", " as b24 gives it.
 local function request_headers(ngx)
@@ -37,31 +48,37 @@ local function request_headers(ngx)
    return headers
 end
 
+local function too_large()
+   return Error.new{ code = "too_large", status = 413, description = "request body too large" }
+end
+
 -- The body nginx spilled to a temporary file (beyond client_body_buffer_size): read up to
--- max_body bytes; nil, status, reason when it is larger or cannot be read.
+-- max_body bytes; nil, err when it is larger or cannot be read.
 local function read_body_file(path, max_body)
-   local f, err = io_open(path, "rb")
+   local f, msg = io_open(path, "rb")
    if not f then
-      return nil, 500, "request body could not be read: " .. tostring(err)
+      return nil, Error.new{ code = "unreadable", status = 500,
+                             description = "request body could not be read: " .. tostring(msg) }
    end
    local size = f:seek("end")
    if size and size > max_body then
       f:close()
-      return nil, 413, "request body too large"
+      return nil, too_large()
    end
    f:seek("set", 0)
    local body = f:read(max_body + 1) or ""
    f:close()
-   if #body > max_body then return nil, 413, "request body too large" end
+   if #body > max_body then return nil, too_large() end
    return body
 end
 
 -- The current nginx request as router:accept takes it: { method, path, query, headers (lower-case
 -- names), body, remote_addr }. The body is read here (ngx.req.read_body): from memory, or from the
--- file nginx spilled it to, up to max_body bytes. Returns the request, or nil, status, reason
--- (413 for a body over max_body — never a silently empty body).
+-- file nginx spilled it to, up to max_body bytes. Returns the request, or nil and a
+-- bitrix24.Error whose status is the answer (413 for a body over max_body, never a silently
+-- empty body; 500 for a spilled body that cannot be read).
 function _M.read_request(max_body)
-   local ngx = ngx_api()
+   local ngx = _M.api()
    local headers = request_headers(ngx)
    local request = {
       method = ngx.req.get_method(),
@@ -73,18 +90,18 @@ function _M.read_request(max_body)
    }
    -- a declared length over the limit is refused before a byte of the body is read
    local declared = tonumber(headers["content-length"] or "")
-   if declared and declared > max_body then return nil, 413, "request body too large" end
+   if declared and declared > max_body then return nil, too_large() end
    ngx.req.read_body()
    local body = ngx.req.get_body_data()
    if body == nil then
       local path = ngx.req.get_body_file()
       if path then
-         local status, reason
-         body, status, reason = read_body_file(path, max_body)
-         if body == nil then return nil, status, reason end
+         local err
+         body, err = read_body_file(path, max_body)
+         if body == nil then return nil, err end
       end
    end
-   if body and #body > max_body then return nil, 413, "request body too large" end
+   if body and #body > max_body then return nil, too_large() end
    request.body = body or ""
    return request
 end
@@ -92,7 +109,7 @@ end
 -- Writes an answer and finishes the response (ngx.eof), so the client has it at once even when
 -- more work follows in this request or in a timer.
 function _M.respond(status, headers, body)
-   local ngx = ngx_api()
+   local ngx = _M.api()
    ngx.status = status
    if type(headers) == "table" then
       for name, value in pairs(headers) do ngx.header[name] = value end
@@ -101,34 +118,71 @@ function _M.respond(status, headers, body)
    return ngx.eof()
 end
 
-local ESCAPES = { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
-
-local function quote(v)
-   local s = tostring(v)
-   if string_match(s, '^[%w%._:/%-]+$') then return s end
-   return '"' .. string_gsub(s, '[\\"\n\r\t]', ESCAPES) .. '"'
-end
-
 local LEVELS = { error = "ERR", warn = "WARN", warning = "WARN", info = "INFO", debug = "DEBUG" }
 
--- A log(level, msg, fields) function on ngx.log: one line, fields as logfmt in key order.
+-- A log(level, msg, fields) on ngx.log: the line of bitrix24.log (logfmt, masked, fields in key
+-- order) at the matching nginx level; bitrix24.log.stderr outside nginx.
 function _M.log(level, msg, fields)
+   if not _M.available() then return log_module.stderr(level, msg, fields) end
    local ngx = _G.ngx
-   local parts = { tostring(msg) }
-   if type(fields) == "table" then
-      local pairs_list = {}
-      for k, v in pairs(fields) do pairs_list[#pairs_list + 1] = { tostring(k), v } end
-      table_sort(pairs_list, function(a, b) return a[1] < b[1] end)
-      for i = 1, #pairs_list do
-         parts[#parts + 1] = pairs_list[i][1] .. "=" .. quote(pairs_list[i][2])
-      end
+   local line = log_module.line("logfmt", tostring(level), msg, fields)
+   ngx.log(ngx[LEVELS[level] or "NOTICE"] or ngx.NOTICE, string_sub(line, 1, -2))
+end
+
+-- Answers a verdict (router:accept's, or one of router.refusal / router.duplicate) and returns
+-- its status.
+local function answer(verdict)
+   _M.respond(verdict.status, verdict.headers, verdict.body)
+   return verdict.status
+end
+
+-- router:handle_ngx: reads the request, checks it with router:accept, answers at once, and runs
+-- the handlers of an accepted, new event after the response in ngx.timer.at(0, …), deduplicated
+-- by router:claim / router:settle. A failing handler is logged, never raised, and its key
+-- forgotten so a redelivery runs it again. opts: max_body, max_running (nginx timers running or
+-- pending at most when an event comes, else 503), log (bitrix24.ngx.log when nil). Returns the
+-- status answered.
+function _M.handle(router, opts)
+   local ngx = _M.api()
+   local log = opts.log or _M.log
+   local request, err = _M.read_request(opts.max_body)
+   if not request then return answer(router.refusal(err)) end
+   local ok, verdict = pcall(router.accept, router, request) -- a bad key function raises
+   if not ok then
+      pcall(log, "error", "accept failed", { error = verdict })
+      return answer(router.refusal(Error.new{ code = "accept_failed", status = 500,
+                                              description = "delivery could not be accepted" }))
    end
-   local line = table_concat(parts, " ")
-   if type(ngx) == "table" and type(ngx.log) == "function" then
-      ngx.log(ngx[LEVELS[level] or "NOTICE"] or ngx.NOTICE, line)
-   else
-      io.stderr:write(tostring(level), " ", line, "\n")
+   if verdict.status ~= 200 then return answer(verdict) end
+   local key, event = verdict.key, verdict.event
+   -- nginx's own counts, so a timer it dropped leaves no count behind
+   local timer = ngx.timer
+   if timer.running_count() + timer.pending_count() >= opts.max_running then
+      pcall(log, "error", "too many handlers running", { event = event.name, id = event.id,
+                                                         max_running = opts.max_running })
+      return answer(router.refusal(Error.new{ code = "busy", status = 503,
+                                              description = "too many handlers running" }))
    end
+   if not router:claim(key) then return answer(router.duplicate()) end
+   -- a timer runs in the worker's Lua state once this request handler yields or ends, as a
+   -- light thread of its own: cosockets, ngx.sleep and ngx.run_worker_thread work there. It also
+   -- runs when nginx is shutting down (premature), since Bitrix24 does not send an event twice.
+   local function run()
+      local ctx = { attempt = 1, log = log }
+      local done, res, derr = pcall(router.dispatch, router, { body = event.raw, event = event }, ctx)
+      router:settle(key, done and res)
+      if done and res then return end
+      pcall(log, "error", "handler failed",
+            { event = event.name, id = event.id, error = done and derr.description or res })
+   end
+   local scheduled, why = timer.at(0, run)
+   if not scheduled then
+      router:settle(key, false)
+      pcall(log, "error", "handlers could not be scheduled", { event = event.name, error = why })
+      return answer(router.refusal(Error.new{ code = "not_scheduled", status = 503,
+                                              description = "handlers could not be scheduled" }))
+   end
+   return answer(verdict)
 end
 
 return _M

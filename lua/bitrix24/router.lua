@@ -1,8 +1,12 @@
 -- bitrix24.router: receives Bitrix24 outgoing-webhook deliveries. accept verifies and parses one
 -- (the fast part, in the request path), dispatch runs the handlers of a stored delivery (in a
--- worker, maybe after a restart), handle does both with in-memory deduplication.
+-- worker, maybe after a restart), handle does both with in-memory deduplication; handle_ngx
+-- does it inside nginx (bitrix24.ngx). Failures are bitrix24.Error values: a refused request's
+-- verdict carries one (verdict.err), as does dispatch's nil, err.
 local core = require "bitrix24.core"
 local event_module = require "bitrix24.event"
+local Error = require "bitrix24.error"
+local log_module = require "bitrix24.log"
 local cjson = require("cjson.safe").new()
 
 local type = type
@@ -21,13 +25,11 @@ local string_sub = string.sub
 local string_find = string.find
 local string_match = string.match
 local string_gmatch = string.gmatch
-local string_gsub = string.gsub
 local table_concat = table.concat
 local math_abs = math.abs
 local math_floor = math.floor
 local math_huge = math.huge
 local os_time = os.time
-local io_stderr = io.stderr
 local traceback = debug.traceback
 local equal = core.equal
 local sha256 = core.sha256
@@ -47,17 +49,29 @@ local MAX_BODY = 1048576
 local MAX_RUNNING = 200
 local JSON_TYPE = "application/json"
 
+local OK_BODY = '{"success":true}'
+local DUPLICATE_BODY = '{"success":true,"duplicate":true}'
+local HANDLER_FAILED_BODY = '{"error":"handler failed"}'
+
 local function json_headers()
    return { ["Content-Type"] = JSON_TYPE }
 end
 
-local function answer(status, reason)
-   return { status = status, headers = json_headers(), body = cjson.encode({ error = reason }) }
+-- The verdict refusing a request for err (a bitrix24.Error with status): that status, and
+-- {"error": err.description} as the body. Hosts answering for the router use it too.
+function _M.refusal(err)
+   return { status = err.status, headers = json_headers(), body = cjson.encode({ error = err.description }),
+            err = err }
 end
 
-local OK_BODY = '{"success":true}'
-local DUPLICATE_BODY = '{"success":true,"duplicate":true}'
-local HANDLER_FAILED_BODY = '{"error":"handler failed"}'
+local function refuse(status, code, description)
+   return _M.refusal(Error.new{ code = code, status = status, description = description })
+end
+
+-- The verdict for a duplicate delivery: 200 {"success":true,"duplicate":true}.
+function _M.duplicate()
+   return { status = 200, headers = json_headers(), body = DUPLICATE_BODY }
+end
 
 -- A request header by its lower-case name; hosts other than b24 may keep the sender's case.
 local function header(headers, name)
@@ -115,9 +129,10 @@ end
 
 -- Creates a router. Options: token | tokens ({ [member_id or domain] = token }), secret +
 -- signature_header, standard_webhooks_secret, max_age, insecure, dedup_ttl, dedup_max, key,
--- max_body, limits ({ max_depth, max_pairs }), now, client (ctx.client in handle), log
--- (ctx.log in handle), max_running (handle_ngx: at most this many nginx timers running or
--- pending in the worker when an event comes, else 503; 200).
+-- max_body, limits ({ max_depth, max_pairs }), now, client (ctx.client), log (a
+-- function(level, msg, fields): ctx.log and the router's own lines; bitrix24.log.stderr, or
+-- bitrix24.ngx.log in handle_ngx, when nil), max_running (handle_ngx: at most this many nginx
+-- timers running or pending in the worker when an event comes, else 503; 200).
 -- Raises on misuse, including no verification unless insecure = true.
 function _M.new(opts)
    if opts == nil then opts = {} end
@@ -323,46 +338,47 @@ local function key_of(self, event)
 end
 
 -- Verifies and parses one request. Returns a verdict table: status, headers, body, and for a
--- status 200 also event, key (the dedup key) and kind ("add", "update", "delete", "other").
--- Never runs a handler.
+-- status 200 also event, key (the dedup key) and kind ("add", "update", "delete", "other"), else
+-- err (a bitrix24.Error: code, status, and the body's reason as description). Never runs a handler.
 function _M.accept(self, request)
    if type(request) ~= "table" then error("bad argument #1 to 'accept' (request table expected)", 2) end
    local method = request.method
    if type(method) ~= "string" or string_upper(method) ~= "POST" then
-      local v = answer(405, "POST expected")
+      local v = refuse(405, "method_not_allowed", "POST expected")
       v.headers.Allow = "POST"
       return v
    end
    local headers = request.headers
    local content_type = header(headers, "content-type")
    if not event_module.content_kind(content_type) then
-      return answer(415, "content type application/x-www-form-urlencoded or application/json expected")
+      return refuse(415, "unsupported",
+                    "content type application/x-www-form-urlencoded or application/json expected")
    end
    local raw = request.body
    if raw == nil then raw = "" end
    if type(raw) ~= "string" then error("bad request body (string expected)", 2) end
-   if #raw > self.max_body then return answer(413, "request body too large") end
+   if #raw > self.max_body then return refuse(413, "too_large", "request body too large") end
    -- signatures first, over the raw bytes, before anything parses them
    if self.secret then
       local why = check_hmac(self, headers, raw)
-      if why then return answer(401, why) end
+      if why then return refuse(401, "unverified", why) end
    end
    if self.sw_key then
       local why = check_standard_webhooks(self, headers, raw)
-      if why then return answer(401, why) end
+      if why then return refuse(401, "unverified", why) end
    end
-   local event, msg, kind = event_module.parse(raw, content_type, self.limits)
+   local event, err = event_module.parse(raw, content_type, self.limits)
    if not event then
-      if kind == "too_large" then return answer(413, "request body too large") end
-      return answer(400, msg)
+      if err.code == "too_large" then return refuse(413, "too_large", "request body too large") end
+      return refuse(400, err.code, err.description)
    end
    if self.token_digest or self.tokens then
       local why = check_token(self, event)
-      if why then return answer(401, why) end
+      if why then return refuse(401, "unverified", why) end
    end
    if self.max_age then
       local why = check_age(self, event)
-      if why then return answer(401, why) end
+      if why then return refuse(401, "unverified", why) end
    end
    return {
       status = 200, headers = json_headers(), body = OK_BODY,
@@ -384,52 +400,35 @@ local function error_with_traceback(e)
    return traceback(msg, 2)
 end
 
-local ESCAPES = { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
-
--- A logfmt value on one line.
-local function quote(v)
-   return '"' .. string_gsub(tostring(v), '[\\"\n\r\t]', ESCAPES) .. '"'
-end
-
-local function stderr_log(level, msg, fields)
-   local parts = { "level=" .. tostring(level), "msg=" .. quote(msg) }
-   if type(fields) == "table" then
-      for k, v in pairs(fields) do
-         parts[#parts + 1] = tostring(k) .. "=" .. quote(v)
-      end
-   end
-   io_stderr:write(table_concat(parts, " "), "\n")
-end
-
--- The host's logger inside b24, a line on stderr elsewhere.
-local function host_log()
-   local ok, host = pcall(require, "b24.host")
-   if ok and type(host) == "table" and type(host.log) == "function" then return host.log end
-   return stderr_log
-end
-
 local function default_ctx(self)
-   return { attempt = 1, log = self.log or host_log(), client = self.client }
+   return { attempt = 1, log = self.log or log_module.stderr, client = self.client }
 end
 
 -- Runs every handler matching the stored delivery's event, in registration order, each under
 -- xpcall. stored = { body = raw, headers = { ["content-type"] = … } }, as accept took them; it is
--- parsed again but not verified again. Returns true, or nil and the failures with tracebacks
--- (the handlers after a failing one still run).
+-- parsed again but not verified again. ctx (made when nil) gets the router's client and log when
+-- it has none. Returns true, or nil and a bitrix24.Error: code "handler_failed" with every
+-- failure and its traceback in the description (the handlers after a failing one still run), or
+-- the reason a stored delivery cannot be run.
 function _M.dispatch(self, stored, ctx)
    if type(stored) ~= "table" then error("bad argument #1 to 'dispatch' (stored request expected)", 2) end
    if ctx == nil then
       ctx = default_ctx(self)
-   elseif ctx.client == nil then
-      ctx.client = self.client -- a host passes attempt and log; the REST client is the script's
+   else -- a host passes attempt and log; the REST client is the script's
+      if ctx.client == nil then ctx.client = self.client end
+      if ctx.log == nil then ctx.log = self.log or log_module.stderr end
    end
    local raw = stored.body
-   if type(raw) ~= "string" then return nil, "stored delivery has no body" end
+   if type(raw) ~= "string" then
+      return nil, Error.new{ code = "malformed", description = "stored delivery has no body" }
+   end
    local event = stored.event
    if event == nil then
-      local msg
-      event, msg = event_module.parse(raw, header(stored.headers, "content-type"), self.limits)
-      if not event then return nil, "stored delivery does not parse: " .. tostring(msg) end
+      local err
+      event, err = event_module.parse(raw, header(stored.headers, "content-type"), self.limits)
+      if not event then
+         return nil, Error.new{ code = err.code, description = "stored delivery does not parse: " .. err.description }
+      end
    end
    local failures
    local handlers = self.handlers
@@ -445,7 +444,7 @@ function _M.dispatch(self, stored, ctx)
          end
       end
    end
-   if failures then return nil, table_concat(failures, "\n") end
+   if failures then return nil, Error.new{ code = "handler_failed", description = table_concat(failures, "\n") } end
    return true
 end
 
@@ -472,18 +471,11 @@ local function prune(self, now)
    self.seen_head = head
 end
 
-local function remember(self, key, now)
-   local expiry = now + self.dedup_ttl
-   if self.seen[key] == nil then self.seen_count = self.seen_count + 1 end
-   self.seen[key] = expiry
-   self.seen_tail = self.seen_tail + 1
-   self.seen_order[self.seen_tail] = { key, expiry }
-end
-
--- Claims a dedup key for a run of the handlers: false for a duplicate (seen, or pending), else
--- true with the key marked pending while the handlers run, so a delivery arriving meanwhile (a
--- host whose handlers yield) is coalesced with this one.
-local function claim(self, key)
+-- In-memory deduplication, for hosts that run the handlers themselves (handle, bitrix24.ngx):
+-- claims a dedup key for a run of the handlers. false for a duplicate (seen within dedup_ttl,
+-- or pending), else true with the key marked pending while the handlers run, so a delivery
+-- arriving meanwhile (a host whose handlers yield) is coalesced with this one.
+function _M.claim(self, key)
    local now = self.now()
    prune(self, now)
    local state = self.seen[key]
@@ -493,9 +485,16 @@ local function claim(self, key)
    return true
 end
 
--- Forgets a claimed key whose handlers failed, so a redelivery runs them again.
-local function release(self, key)
-   if self.seen[key] ~= nil then
+-- Settles a claimed key once its handlers ran: remembered for dedup_ttl when ok, else
+-- forgotten, so a redelivery runs them again.
+function _M.settle(self, key, ok)
+   if ok then
+      local expiry = self.now() + self.dedup_ttl
+      if self.seen[key] == nil then self.seen_count = self.seen_count + 1 end
+      self.seen[key] = expiry
+      self.seen_tail = self.seen_tail + 1
+      self.seen_order[self.seen_tail] = { key, expiry }
+   elseif self.seen[key] ~= nil then
       self.seen[key] = nil
       self.seen_count = self.seen_count - 1
    end
@@ -506,82 +505,24 @@ end
 function _M.handle(self, request)
    local verdict = self:accept(request)
    if verdict.status ~= 200 then return verdict.status, verdict.headers, verdict.body end
-   local key = verdict.key
-   if not claim(self, key) then return 200, json_headers(), DUPLICATE_BODY end
-   local ctx = default_ctx(self)
-   local ok, err = self:dispatch({ body = verdict.event.raw, event = verdict.event }, ctx)
+   if not self:claim(verdict.key) then return 200, json_headers(), DUPLICATE_BODY end
+   local event, ctx = verdict.event, default_ctx(self)
+   local ok, err = self:dispatch({ body = event.raw, event = event }, ctx)
+   self:settle(verdict.key, ok)
    if not ok then
-      release(self, key)
-      pcall(ctx.log, "error", "handler failed",
-            { event = verdict.event.name, id = verdict.event.id, error = err })
+      pcall(ctx.log, "error", "handler failed", { event = event.name, id = event.id, error = err.description })
       return 500, json_headers(), HANDLER_FAILED_BODY
    end
-   remember(self, key, self.now())
    return 200, json_headers(), OK_BODY
 end
 
--- Inside nginx (content_by_lua*): reads the request (the body from memory or from the file nginx
--- spilled it to, 413 over max_body), answers at once, and runs the handlers of an accepted, new
--- event after the response in an ngx.timer, with the in-memory deduplication of handle. ctx.log
--- is the router's log or ngx.log; a failing handler is logged, never raised, and its key
--- forgotten so a redelivery runs it again. Returns the status answered.
+-- Inside nginx (content_by_lua*): reads the request (413 over max_body), answers at once, and
+-- runs the handlers of an accepted, new event after the response in an ngx.timer, with the
+-- in-memory deduplication of handle (bitrix24.ngx.handle). ctx.log is the router's log or
+-- bitrix24.ngx.log. Returns the status answered.
 function _M.handle_ngx(self)
-   local host = require "bitrix24.ngx"
-   local ngx = host.api()
-   local log = self.log or host.log
-   local request, status, reason = host.read_request(self.max_body)
-   if not request then
-      local v = answer(status, reason)
-      host.respond(v.status, v.headers, v.body)
-      return v.status
-   end
-   local ok, verdict = pcall(self.accept, self, request) -- a bad key function raises
-   if not ok then
-      pcall(log, "error", "accept failed", { error = verdict })
-      verdict = answer(500, "delivery could not be accepted")
-   end
-   if verdict.status ~= 200 then
-      host.respond(verdict.status, verdict.headers, verdict.body)
-      return verdict.status
-   end
-   local key, event = verdict.key, verdict.event
-   -- nginx's own counts, so a timer it dropped leaves no count behind
-   local timer = ngx.timer
-   if timer.running_count() + timer.pending_count() >= self.max_running then
-      pcall(log, "error", "too many handlers running", { event = event.name, id = event.id,
-                                                         max_running = self.max_running })
-      local v = answer(503, "too many handlers running")
-      host.respond(v.status, v.headers, v.body)
-      return v.status
-   end
-   if not claim(self, key) then
-      host.respond(200, json_headers(), DUPLICATE_BODY)
-      return 200
-   end
-   -- a timer runs in the worker's Lua state once this request handler yields or ends, as a
-   -- light thread of its own: cosockets, ngx.sleep and ngx.run_worker_thread work there. It also
-   -- runs when nginx is shutting down (premature), since Bitrix24 does not send an event twice.
-   local function run()
-      local ctx = { attempt = 1, log = log, client = self.client }
-      local done, res, err = pcall(self.dispatch, self, { body = event.raw, event = event }, ctx)
-      if done and res then
-         remember(self, key, self.now())
-         return
-      end
-      release(self, key)
-      pcall(log, "error", "handler failed",
-            { event = event.name, id = event.id, error = done and err or res })
-   end
-   local scheduled, why = ngx.timer.at(0, run)
-   if not scheduled then
-      release(self, key)
-      pcall(log, "error", "handlers could not be scheduled", { event = event.name, error = why })
-      local v = answer(503, "handlers could not be scheduled")
-      host.respond(v.status, v.headers, v.body)
-      return v.status
-   end
-   host.respond(200, json_headers(), OK_BODY)
-   return 200
+   return require("bitrix24.ngx").handle(self, { max_body = self.max_body, max_running = self.max_running,
+                                                 log = self.log })
 end
 
 return _M
