@@ -75,6 +75,7 @@ describe("b24 call / b24 export", function()
       local wrong = srv.base .. "/rest/1/wrong0code0000000/"
       out, err, code = b24cmd("call crm.lead.get id=1", "B24_WEBHOOK_URL=" .. q(wrong))
       assert.equal(1, code)
+      assert.equal("", out)
       assert.matches("INVALID_CREDENTIALS", err)
       assert.is_nil(err:find("wrong0code0000000", 1, true))
    end)

@@ -5,7 +5,6 @@ local b24 = require "helpers.b24"
 local portal = require "helpers.portal"
 local bitrix24 = require "bitrix24"
 local core = require "bitrix24.core"
-local cjson = require "cjson"
 
 local CODE = portal.CODE
 local counting = portal.counting
@@ -247,14 +246,14 @@ describe("bitrix24.client", function()
          local session = core.http{}
          local seen = { request = 0, many = 0, sleep = 0 }
          local plain = { now = core.now, sleep = function(s) seen.sleep = seen.sleep + 1; core.sleep(s) end }
-         function plain:request(req) seen.request = seen.request + 1; return session:request(req) end
+         function plain.request(_, req) seen.request = seen.request + 1; return session:request(req) end
          local c1 = bitrix24.client{ url = portal.url(srv), transport = plain, limit = false }
          local rows = assert(c1:all("crm.lead.list", { select = { "ID" } }))
          assert.is_true(#rows >= 300)
          assert.is_true(seen.request >= 2)
          local many = { now = core.now, sleep = core.sleep }
-         function many:request(req) seen.request = seen.request + 1; return session:request(req) end
-         function many:request_many(reqs)
+         function many.request(_, req) seen.request = seen.request + 1; return session:request(req) end
+         function many.request_many(_, reqs)
             seen.many = seen.many + 1
             local out = {}
             for i, r in ipairs(reqs) do
@@ -337,12 +336,17 @@ describe("bitrix24.client retries (scripted portal)", function()
          ["crm.slow.add"] = { { "sleep", 1, 200, '{"result":8}' } },
          ["crm.slow.get"] = { { "sleep", 1, 200, '{"result":"late"}' }, { 200, '{"result":"ok"}' } },
          ["access.get"] = { { 403, '{"error":"ACCESS_DENIED","error_description":"Access denied!"}' } },
-         ["scope.get"] = { { 401, '{"error":"insufficient_scope","error_description":"The request requires higher privileges than provided by the webhook token"}' } },
-         ["overload.get"] = { { 401, '{"error":"OVERLOAD_LIMIT","error_description":"REST API is blocked due to overload."}' } },
+         ["scope.get"] = { { 401, '{"error":"insufficient_scope","error_description":'
+            .. '"The request requires higher privileges than provided by the webhook token"}' } },
+         ["overload.get"] = { { 401, '{"error":"OVERLOAD_LIMIT",'
+            .. '"error_description":"REST API is blocked due to overload."}' } },
          ["noauth.get"] = { { 401, '{"error":"NO_AUTH_FOUND","error_description":"Wrong authorization data"}' } },
-         ["token.get"] = { { 401, '{"error":"expired_token","error_description":"The access token provided has expired."}' } },
-         ["event.bind"] = { { 403, '{"error":"WRONG_AUTH_TYPE","error_description":"Current authorization type is denied for this method"}' } },
-         ["crm.arg.get"] = { { 400, '{"error":"ERROR_ARGUMENT","error_description":"Argument \'id\' is null or empty","argument":"id"}' } },
+         ["token.get"] = { { 401, '{"error":"expired_token",'
+            .. '"error_description":"The access token provided has expired."}' } },
+         ["event.bind"] = { { 403, '{"error":"WRONG_AUTH_TYPE",'
+            .. '"error_description":"Current authorization type is denied for this method"}' } },
+         ["crm.arg.get"] = { { 400, '{"error":"ERROR_ARGUMENT",'
+            .. '"error_description":"Argument \'id\' is null or empty","argument":"id"}' } },
          ["crm.core.get"] = { { 400, '{"error":"ERROR_CORE","error_description":"Not found"}' } },
       }
    end)
@@ -520,7 +524,9 @@ describe("bitrix24.client under faults", function()
       local srv = emulate{ "--seed-leads", "10000" }
       local ok, err = pcall(function()
          local c = portal.client(srv)
-         local count, rows = counting(srv, function() return assert(c:all("crm.lead.list", { select = { "ID", "TITLE" } })) end)
+         local count, rows = counting(srv, function()
+            return assert(c:all("crm.lead.list", { select = { "ID", "TITLE" } }))
+         end)
          local seen, dups = ids_once(rows)
          assert.equal(10000, #rows)
          assert.equal(0, dups)

@@ -183,7 +183,7 @@ describe("outside nginx", function()
       assert.is_false(ok)
       assert.matches("only inside nginx", err, 1, true)
       assert.is_false(require("bitrix24.transport.ngx").available())
-      assert.is_false(require("bitrix24.client").in_nginx())
+      assert.is_false(require("bitrix24").in_nginx())
       local c = bitrix24.client{ url = "http://127.0.0.1:1/rest/1/code/" }
       assert.is_nil(c.transport.backend)
       assert.equal(core.now, c.now)

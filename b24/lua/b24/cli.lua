@@ -3,19 +3,24 @@
 --   b24 export METHOD [JSON]                every row of a list method, one JSON line each
 -- The webhook comes from --webhook URL or B24_WEBHOOK_URL. main(argv) returns the exit status:
 -- 0 done, 1 a REST or runtime error (on stderr), 2 a usage error.
-local core = require "bitrix24.core"
-local client_mod = require "bitrix24.client"
+local bitrix24 = require "bitrix24"
+local host = require "b24.host" -- b24's own: its log and isatty
 local cjson = require("cjson.safe").new()
 
 local type = type
+local pcall = pcall
 local tostring = tostring
+local tonumber = tonumber
 local string_format = string.format
 local string_sub = string.sub
 local string_find = string.find
 local string_gsub = string.gsub
 local string_byte = string.byte
+local string_rep = string.rep
 local table_concat = table.concat
 local math_floor = math.floor
+local math_ceil = math.ceil
+local math_min = math.min
 
 cjson.encode_number_precision(14)
 
@@ -31,20 +36,7 @@ usage: b24 call [--webhook URL] METHOD [JSON | key=value…]
         progress line on stderr when it is a terminal.
 ]]
 
-local function host()
-   local ok, h = pcall(require, "b24.host") -- only inside b24
-   if ok and type(h) == "table" then return h end
-   return nil
-end
-
-local function isatty(fd)
-   local h = host()
-   if h and type(h.isatty) == "function" then
-      local ok, yes = pcall(h.isatty, fd)
-      return ok and yes == true
-   end
-   return false
-end
+local core = bitrix24.core
 
 -- Percent-encodes s for a form body; brackets stay as they are when keep_brackets.
 local function form_escape(s, keep_brackets)
@@ -59,14 +51,14 @@ local function pairs_to_params(args, from)
       local a = args[i]
       local eq = string_find(a, "=", 1, true)
       if not eq or eq == 1 then return nil, "expected key=value, got '" .. a .. "'" end
-      parts[#parts + 1] = form_escape(string_sub(a, 1, eq - 1), true) .. "=" .. form_escape(string_sub(a, eq + 1), false)
+      parts[#parts + 1] = form_escape(string_sub(a, 1, eq - 1), true) .. "="
+         .. form_escape(string_sub(a, eq + 1), false)
    end
    if #parts == 0 then return {} end
    local params, err = core.form_decode(table_concat(parts, "&"))
    if not params then return nil, "bad parameters: " .. tostring(err) end
    return params
 end
-_M.pairs_to_params = pairs_to_params
 
 local function json_object(text)
    local v = cjson.decode(text)
@@ -111,7 +103,7 @@ local function parse(argv, from, env)
 end
 
 local function make_client(opts)
-   local ok, client = pcall(client_mod.new, { url = opts.webhook, parallel = opts.parallel })
+   local ok, client = pcall(bitrix24.client, { url = opts.webhook, parallel = opts.parallel, log = host.log })
    if not ok then return nil, "the webhook URL is not an http(s) URL (https://PORTAL/rest/USER/CODE/)" end
    return client
 end
@@ -127,15 +119,15 @@ local function progress_printer(out)
       local rate = dt > 0 and rows / dt or 0
       local line = string_format("\r%d rows", rows)
       if estimate and estimate > 0 then
-         local pct = math.min(100, rows * 100 / estimate)
+         local pct = math_min(100, rows * 100 / estimate)
          local width = 24
          local fill = math_floor(pct * width / 100)
-         line = string_format("\r[%s%s] %3d%% %d rows", string.rep("#", fill), string.rep(".", width - fill),
+         line = string_format("\r[%s%s] %3d%% %d rows", string_rep("#", fill), string_rep(".", width - fill),
                               math_floor(pct), rows)
       end
       line = line .. string_format("  %.0f rows/s", rate)
       if not final and estimate and rate > 0 and estimate > rows then
-         line = line .. string_format("  ETA %ds", math.ceil((estimate - rows) / rate))
+         line = line .. string_format("  ETA %ds", math_ceil((estimate - rows) / rate))
       elseif final then
          line = line .. string_format("  %.1fs", dt)
       end
@@ -178,15 +170,16 @@ local function cmd_export(opts, pos, stdout, stderr)
    local method = pos[1]
    if not method then return nil, "export needs a METHOD" end
    if pos[3] then return nil, "export takes one JSON object of parameters" end
-   local params, err = {}, nil
+   local params = {}
    if pos[2] then
+      local err
       params, err = json_object(pos[2])
       if not params then return nil, err end
    end
    if not opts.webhook then return nil, "no webhook: pass --webhook URL or set B24_WEBHOOK_URL" end
    local client, cerr = make_client(opts)
    if not client then return nil, cerr end
-   local show = isatty(2) and progress_printer(stderr) or nil
+   local show = host.isatty(2) and progress_printer(stderr) or nil
    local count, estimate = 0, nil
    local ok, perr = pcall(function()
       for row, rerr in client:list(method, params, { on_progress = function(n, est)

@@ -8,9 +8,13 @@
 --   * otherwise a clear error saying what to configure.
 -- The shape the client uses: transport:request(req) -> res { status, headers (lower-case names),
 -- body } | nil, msg, kind, sent; transport:request_many(reqs) -> { res | { error, kind, sent } … }
--- run concurrently on light threads; transport.now() / transport.sleep(s) from ngx.
+-- run concurrently on light threads; transport.now() (core.now, the library's one monotonic
+-- clock) / transport.sleep(s) (ngx.sleep). bitrix24 picks this transport inside nginx.
 -- This module is also what the worker threads load (thread_request): its top level touches no
 -- ngx API, since a worker thread's Lua state has almost none.
+local core = require "bitrix24.core"
+local ngx_adapter = require "bitrix24.ngx"
+
 local type = type
 local error = error
 local pairs = pairs
@@ -51,7 +55,7 @@ function _M.thread_request(req, session_opts, session_key)
    local ok, res, msg, kind, sent = pcall(function()
       local session = thread_sessions[session_key]
       if session == nil then
-         session = require("bitrix24.core").http(session_opts)
+         session = core.http(session_opts)
          thread_sessions[session_key] = session
       end
       return session:request(req)
@@ -66,18 +70,8 @@ end
 
 -- ---- the nginx side ----------------------------------------------------------------------------
 
-local function ngx_api()
-   local ngx = _G.ngx
-   if type(ngx) ~= "table" or type(ngx.config) ~= "table" or ngx.config.subsystem ~= "http" then
-      return nil
-   end
-   return ngx
-end
-
--- Whether this Lua state runs inside nginx's http subsystem (ngx_lua).
-function _M.available()
-   return ngx_api() ~= nil
-end
+-- Whether this Lua state runs inside nginx's http subsystem (ngx_lua): bitrix24.ngx.available.
+_M.available = ngx_adapter.available
 
 local function check_seconds(opts, name, default)
    local v = opts[name]
@@ -108,10 +102,10 @@ local HOW_TO_CONFIGURE = "install lua-resty-http (so that require \"resty.http\"
 function _M.new(opts)
    if opts == nil then opts = {} end
    if type(opts) ~= "table" then error("bad argument #1 to 'new' (table of options expected)", 2) end
-   local ngx = ngx_api()
-   if not ngx then
+   if not ngx_adapter.available() then
       error("bitrix24.transport.ngx works only inside nginx (ngx_lua, http subsystem)", 2)
    end
+   local ngx = _G.ngx
    local pool = opts.thread_pool or DEFAULT_POOL
    if type(pool) ~= "string" or pool == "" then
       error("bad option 'thread_pool' (a thread pool name expected)", 2)
@@ -169,13 +163,9 @@ function _M.new(opts)
    return setmetatable(self, mt)
 end
 
--- Monotonic enough seconds (ngx.now after ngx.update_time). Works as transport.now() and
--- transport:now().
-function _M.now()
-   local ngx = _G.ngx
-   ngx.update_time()
-   return ngx.now()
-end
+-- Monotonic seconds: core.now, the clock of the whole library (ngx.now is the wall clock of the
+-- event loop's last update). Called as transport.now().
+_M.now = core.now
 
 -- Sleeps without blocking the worker (ngx.sleep). transport.sleep(s) and transport:sleep(s).
 function _M.sleep(a, b)
