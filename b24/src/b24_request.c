@@ -174,7 +174,7 @@ static void stored(b24_put *put)
 }
 
 /* Keeps what the inbox needs in the request, suspends the connection, queues the delivery;
- * the answer goes out from on_access when stored() resumes the connection. */
+ * the answer goes out from b24_request_access when stored() resumes the connection. */
 static enum MHD_Result store(struct MHD_Connection *c, request *r, lua_State *L, const char *body,
                              size_t blen)
 {
