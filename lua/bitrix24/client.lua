@@ -2,6 +2,8 @@
 -- the limits around them (a leaky bucket mirroring the portal's, retries that never repeat a
 -- write after an ambiguous failure, the operating limit). list/all are bitrix24.export's engine,
 -- reached through client:_runner(); the transport is given (bitrix24.client picks the default).
+-- One piece of some 650 lines: calls and batches share the run loop (run), the classifier of
+-- outcomes (settle) and the limiter, none of which should be visible outside this file.
 --   local b24 = require("bitrix24").client("https://portal.bitrix24.ru/rest/1/CODE/")
 --   local id, err = b24:call("crm.lead.add", { fields = { NAME = "Ivan" } })
 local core = require "bitrix24.core"

@@ -69,7 +69,4 @@ function _M.masker(secrets)
    end
 end
 
--- The core's rule alone: webhook codes in /rest/USER/CODE/, tokens, secrets and signatures.
-_M.mask = core_mask
-
 return _M
