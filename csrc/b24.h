@@ -88,8 +88,8 @@ typedef enum {
     B24_JSON_NO_MEMORY
 } b24_json_status;
 
-/* One container, in the order containers open (in form mode: only those holding a value
- * that is not null somewhere below; the others are skipped as text). Offsets into the body. */
+/* One container of a form-mode scan, in the order containers open: only those holding a value
+ * that is not null somewhere below (the others are skipped as text). Offsets into the body. */
 typedef struct b24_json_container {
     uint32_t start; /* its '{' or '[' */
     uint32_t end;   /* just past its '}' or ']' */
@@ -100,9 +100,10 @@ typedef struct b24_json_container {
 typedef struct b24_json_doc {
     const char *text; /* the body, followed by a NUL (a Lua string's) */
     size_t len;
-    b24_json_container *containers;
-    size_t ncontainers;
-    size_t depth;           /* the deepest nesting of containers */
+    uint32_t *counts;               /* plain mode: members or elements of each container */
+    b24_json_container *containers; /* form mode */
+    size_t ncontainers;             /* counts or containers, in the order containers open */
+    size_t depth;                   /* the deepest nesting of containers */
     size_t pairs;           /* members and elements; in form mode the values that are not null */
     size_t longest_escaped; /* bytes of the longest string holding an escape: a decode buffer */
     int form;

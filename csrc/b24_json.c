@@ -141,7 +141,7 @@ static const char *build_value(builder *b, const char *p)
     switch (*p) {
     case '{':
         luaL_checkstack(L, 3, "JSON nested too deep");
-        lua_createtable(L, 0, table_size(b->doc->containers[b->record++].count));
+        lua_createtable(L, 0, table_size(b->doc->counts[b->record++]));
         p = ws(p + 1);
         if (*p == '}')
             return p + 1;
@@ -156,7 +156,7 @@ static const char *build_value(builder *b, const char *p)
         }
     case '[':
         luaL_checkstack(L, 3, "JSON nested too deep");
-        lua_createtable(L, table_size(b->doc->containers[b->record++].count), 0);
+        lua_createtable(L, table_size(b->doc->counts[b->record++]), 0);
         p = ws(p + 1);
         if (*p == ']')
             return p + 1;
@@ -491,29 +491,40 @@ typedef struct encoder {
     const void **open; /* the tables on the path: a cycle comes back to one of them */
 } encoder;
 
-static char *reserve(encoder *e, size_t n)
+static char *grow(encoder *e, size_t n)
 {
     scratch *s = e->s;
-    if (n > s->out_cap - s->out_len) {
-        size_t c = s->out_cap ? s->out_cap : 256;
-        while (c - s->out_len < n) {
-            if (c > SIZE_MAX / 2)
-                luaL_error(e->L, "not enough memory to encode JSON");
-            c *= 2;
-        }
-        char *p = realloc(s->out, c);
-        if (p == NULL)
+    size_t c = s->out_cap ? s->out_cap : 256;
+    while (c - s->out_len < n) {
+        if (c > SIZE_MAX / 2)
             luaL_error(e->L, "not enough memory to encode JSON");
-        s->out = p;
-        s->out_cap = c;
+        c *= 2;
     }
+    char *p = realloc(s->out, c);
+    if (p == NULL)
+        luaL_error(e->L, "not enough memory to encode JSON");
+    s->out = p;
+    s->out_cap = c;
     return s->out + s->out_len;
 }
 
-static void put(encoder *e, const char *text, size_t n)
+/* Room for n more bytes of output; where they go */
+static inline char *reserve(encoder *e, size_t n)
+{
+    scratch *s = e->s;
+    return n <= s->out_cap - s->out_len ? s->out + s->out_len : grow(e, n);
+}
+
+static inline void put(encoder *e, const char *text, size_t n)
 {
     memcpy(reserve(e, n), text, n);
     e->s->out_len += n;
+}
+
+static inline void put_char(encoder *e, char c)
+{
+    *reserve(e, 1) = c;
+    e->s->out_len++;
 }
 
 static size_t append(char *buf, size_t n, size_t size, const char *text, size_t len)
@@ -606,7 +617,9 @@ static void write_string(encoder *e, const char *str, size_t len, int depth, int
         if (p == end)
             break;
         if (*p >= 0x80) {
-            size_t n = b24_json_utf8_length(p, end);
+            size_t n = *p >= 0xC2 && *p < 0xE0 && p + 1 < end && (p[1] & 0xC0) == 0x80
+                           ? 2 /* most non-ASCII text: Cyrillic, Latin accents */
+                           : b24_json_utf8_length(p, end);
             if (n == 0) {
                 char what[64];
                 snprintf(what, sizeof what, "a %s that is not UTF-8 (byte %zu)",
@@ -646,47 +659,74 @@ static void write_string(encoder *e, const char *str, size_t len, int depth, int
 
 static void encode_value(encoder *e, int idx, int depth);
 
-static int compare_entries(const entry *a, const entry *b)
+static int entry_after(const entry *a, const entry *b)
 {
     if (a->head != b->head)
-        return a->head < b->head ? -1 : 1;
+        return a->head > b->head;
     size_t n = a->len < b->len ? a->len : b->len;
     int c = memcmp(a->str, b->str, n);
-    return c ? c : (a->len > b->len) - (a->len < b->len);
+    return c ? c > 0 : a->len > b->len;
 }
 
-static int compare_qsort(const void *a, const void *b)
+/* Sorts v[0..n) by key bytewise, tmp holding n more: insertion sort in runs of eight, then
+ * merges (a table's keys come in hash order; most part at their first eight bytes) */
+static void sort_entries(entry *v, entry *tmp, size_t n)
 {
-    return compare_entries(a, b);
+    const size_t run = 8;
+    for (size_t lo = 0; lo < n; lo += run) {
+        size_t hi = lo + run < n ? lo + run : n;
+        for (size_t i = lo + 1; i < hi; i++) {
+            entry x = v[i];
+            size_t j = i;
+            for (; j > lo && entry_after(&v[j - 1], &x); j--)
+                v[j] = v[j - 1];
+            v[j] = x;
+        }
+    }
+    entry *from = v, *to = tmp;
+    for (size_t width = run; width < n; width *= 2) {
+        for (size_t lo = 0; lo < n; lo += 2 * width) {
+            size_t mid = lo + width < n ? lo + width : n,
+                   hi = lo + 2 * width < n ? lo + 2 * width : n;
+            size_t i = lo, j = mid, k = lo;
+            while (i < mid && j < hi)
+                to[k++] = entry_after(&from[i], &from[j]) ? from[j++] : from[i++];
+            while (i < mid)
+                to[k++] = from[i++];
+            while (j < hi)
+                to[k++] = from[j++];
+        }
+        entry *t = from;
+        from = to;
+        to = t;
+    }
+    if (from != v)
+        memcpy(v, from, n * sizeof *v);
 }
 
-static void sort_entries(entry *v, size_t n)
-{
-    if (n > 48) {
-        qsort(v, n, sizeof *v, compare_qsort);
-        return;
-    }
-    for (size_t i = 1; i < n; i++) { /* small tables, the common case */
-        entry x = v[i];
-        size_t j = i;
-        for (; j > 0 && compare_entries(&v[j - 1], &x) > 0; j--)
-            v[j] = v[j - 1];
-        v[j] = x;
-    }
-}
-
-static entry *new_entry(encoder *e)
+/* Room for n more entries */
+static void reserve_entries(encoder *e, size_t n)
 {
     scratch *s = e->s;
-    if (s->entries_len == s->entries_cap) {
-        size_t cap = s->entries_cap ? s->entries_cap * 2 : 64;
+    if (n > s->entries_cap - s->entries_len) {
+        size_t cap = s->entries_cap ? s->entries_cap : 64;
+        while (cap - s->entries_len < n) {
+            if (cap > SIZE_MAX / 2 / sizeof(entry))
+                luaL_error(e->L, "not enough memory to encode JSON");
+            cap *= 2;
+        }
         entry *v = realloc(s->entries, cap * sizeof *v);
         if (v == NULL)
             luaL_error(e->L, "not enough memory to encode JSON");
         s->entries = v;
         s->entries_cap = cap;
     }
-    return &s->entries[s->entries_len++];
+}
+
+static entry *new_entry(encoder *e)
+{
+    reserve_entries(e, 1);
+    return &e->s->entries[e->s->entries_len++];
 }
 
 /* Writes the table at idx: keys exactly 1..n as an array, string keys as an object in
@@ -728,9 +768,11 @@ static void encode_table(encoder *e, int idx, int depth)
         }
         entry *en = new_entry(e);
         en->str = lua_tolstring(L, -2, &en->len);
-        en->head = 0;
-        for (size_t i = 0; i < 8; i++)
-            en->head = en->head << 8 | (i < en->len ? (unsigned char)en->str[i] : 0);
+        unsigned char first[8] = {0};
+        memcpy(first, en->str, en->len < 8 ? en->len : 8);
+        en->head = (uint64_t)first[0] << 56 | (uint64_t)first[1] << 48 | (uint64_t)first[2] << 40 |
+                   (uint64_t)first[3] << 32 | (uint64_t)first[4] << 24 | (uint64_t)first[5] << 16 |
+                   (uint64_t)first[6] << 8 | first[7];
         strings++;
         if (room < 3 && lua_checkstack(L, 64)) /* reserve in steps: one call per 21 entries */
             room = 64;
@@ -752,28 +794,31 @@ static void encode_table(encoder *e, int idx, int depth)
     if (!strings && n == 0) {
         put(e, e->empty_object ? "{}" : "[]", 2);
     } else if (!strings) {
-        put(e, "[", 1);
+        put_char(e, '[');
         for (size_t i = 1; i <= n; i++) {
             if (i > 1)
-                put(e, ",", 1);
+                put_char(e, ',');
             e->path[depth].key = NULL;
             e->path[depth].index = (lua_Integer)i;
             lua_rawgeti(L, idx, SEQ_INDEX(i));
             encode_value(e, lua_gettop(L), depth + 1);
             lua_pop(L, 1);
         }
-        put(e, "]", 1);
+        put_char(e, ']');
     } else {
-        sort_entries(s->entries + base, strings);
-        put(e, "{", 1);
+        if (strings > 1) {
+            reserve_entries(e, strings);
+            sort_entries(s->entries + base, s->entries + base + strings, strings);
+        }
+        put_char(e, '{');
         for (size_t k = 0; k < strings; k++) {
             entry en = s->entries[base + k]; /* a copy: deeper tables may move the array */
             if (k)
-                put(e, ",", 1);
+                put_char(e, ',');
             e->path[depth].key = en.str;
             e->path[depth].len = en.len;
             write_string(e, en.str, en.len, depth + 1, 1);
-            put(e, ":", 1);
+            put_char(e, ':');
             if (en.value_slot) {
                 encode_value(e, en.value_slot, depth + 1);
             } else {
@@ -783,7 +828,7 @@ static void encode_table(encoder *e, int idx, int depth)
                 lua_pop(L, 1);
             }
         }
-        put(e, "}", 1);
+        put_char(e, '}');
     }
     s->entries_len = base;
     lua_settop(L, top);

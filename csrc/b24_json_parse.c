@@ -71,31 +71,26 @@ size_t b24_json_utf8_length(const uchar *p, const uchar *end)
     return 0;
 }
 
-static int hex_value(uchar c)
-{
-    if (is_digit(c))
-        return c - '0';
-    c |= 0x20;
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
-/* The four hex digits at p (p + 4 <= end), or -1 */
-static long hex4(const uchar *p, const uchar *end)
+/* The four hex digits at p (before end), or -1 */
+static inline long hex4(const uchar *p, const uchar *end)
 {
     if (end - p < 4)
         return -1;
     long v = 0;
     for (int i = 0; i < 4; i++) {
-        int h = hex_value(p[i]);
-        if (h < 0)
+        unsigned digit = p[i] - (unsigned)'0', letter = (p[i] | 0x20u) - (unsigned)'a';
+        if (digit < 10)
+            v = v << 4 | (long)digit;
+        else if (letter < 6)
+            v = v << 4 | (long)(letter + 10);
+        else
             return -1;
-        v = v * 16 + h;
     }
     return v;
 }
 
 /* UTF-8 of cp into out; returns the length */
-static size_t put_utf8(unsigned long cp, char *out)
+static inline size_t put_utf8(unsigned long cp, char *out)
 {
     if (cp < 0x80) {
         out[0] = (char)cp;
@@ -120,9 +115,19 @@ static size_t put_utf8(unsigned long cp, char *out)
 }
 
 /* The escape at p (a backslash, already checked): its code point, and *p moved past it */
-static unsigned long read_escape(const uchar **p)
+static inline unsigned long read_escape(const uchar **p)
 {
     const uchar *q = *p;
+    if (q[1] == 'u') {
+        unsigned long cp = (unsigned long)hex4(q + 2, q + 6);
+        if (cp >= 0xD800 && cp <= 0xDBFF) { /* the scan checked that a low surrogate follows */
+            unsigned long lo = (unsigned long)hex4(q + 8, q + 12);
+            *p = q + 12;
+            return 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+        }
+        *p = q + 6;
+        return cp;
+    }
     switch (q[1]) {
     case 'b':
         *p = q + 2;
@@ -139,16 +144,6 @@ static unsigned long read_escape(const uchar **p)
     case 't':
         *p = q + 2;
         return '\t';
-    case 'u': {
-        unsigned long cp = (unsigned long)hex4(q + 2, q + 6);
-        if (cp >= 0xD800 && cp <= 0xDBFF) { /* the scan checked that a low surrogate follows */
-            unsigned long lo = (unsigned long)hex4(q + 8, q + 12);
-            *p = q + 12;
-            return 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-        }
-        *p = q + 6;
-        return cp;
-    }
     default: /* '"', '\\', '/' */
         *p = q + 2;
         return q[1];
@@ -320,7 +315,10 @@ size_t b24_json_format_double(double d, char *out)
     size_t n = 0;
     for (int prec = 15; prec <= 17; prec++) {
         n = c_decimal_point(out, (size_t)snprintf(out, 32, "%.*g", prec, d));
-        if (parse_double(out) == d)
+        int64_t i;
+        double back;
+        const char *next;
+        if (!b24_json_number(out, &next, &i, &back) && back == d) /* has '.' or 'e': a double */
             break;
     }
     return n;
@@ -417,7 +415,9 @@ static b24_json_status scan_string(scanner *sc, const uchar **pp, int key)
         }
         if (c < 0x20)
             return malformed(sc, p, "control character in a string");
-        size_t n = b24_json_utf8_length(p, end);
+        size_t n = c >= 0xC2 && c < 0xE0 && end - p >= 2 && (p[1] & 0xC0) == 0x80
+                       ? 2 /* most non-ASCII text: Cyrillic, Latin accents */
+                       : b24_json_utf8_length(p, end);
         if (n == 0)
             return malformed(sc, p, "invalid UTF-8 in a string");
         p += n;
@@ -476,21 +476,27 @@ static b24_json_status scan_number(scanner *sc, const uchar **pp)
 static b24_json_status open_container(scanner *sc, frame *f, const uchar *p)
 {
     b24_json_doc *doc = sc->doc;
+    size_t size = doc->form ? sizeof *doc->containers : sizeof *doc->counts;
     if (doc->ncontainers == sc->cap) {
         size_t cap = sc->cap ? sc->cap * 2 : 64;
-        b24_json_container *r = b24_arena_alloc(sc->arena, cap * sizeof *r);
+        void *r = b24_arena_alloc(sc->arena, cap * size);
         if (r == NULL)
             return B24_JSON_NO_MEMORY;
+        void *old = doc->form ? (void *)doc->containers : (void *)doc->counts;
         if (doc->ncontainers)
-            memcpy(r, doc->containers, doc->ncontainers * sizeof *r);
-        doc->containers = r;
+            memcpy(r, old, doc->ncontainers * size);
+        if (doc->form)
+            doc->containers = r;
+        else
+            doc->counts = r;
         sc->cap = cap;
     }
     f->record = (uint32_t)doc->ncontainers++;
     f->count = 0;
     f->object = *p == '{';
     f->live = 0;
-    doc->containers[f->record].start = (uint32_t)(p - sc->text);
+    if (doc->form)
+        doc->containers[f->record].start = (uint32_t)(p - sc->text);
     return B24_JSON_OK;
 }
 
@@ -600,14 +606,18 @@ b24_json_status b24_json_scan(const char *text, size_t len, const b24_json_limit
         for (;;) {
             if (closing) {
                 frame *f = &stack[--depth];
-                b24_json_container *r = &doc->containers[f->record];
-                r->end = (uint32_t)(p + 1 - sc.text);
-                r->count = f->count;
-                r->after = (uint32_t)doc->ncontainers;
-                if (form && !f->live) /* nothing below it becomes a form field: no records */
+                if (!form) {
+                    doc->counts[f->record] = f->count;
+                } else if (!f->live) { /* nothing below it becomes a form field: no records */
                     doc->ncontainers = f->record;
-                else if (form && depth > 0)
-                    stack[depth - 1].live = 1;
+                } else {
+                    b24_json_container *r = &doc->containers[f->record];
+                    r->end = (uint32_t)(p + 1 - sc.text);
+                    r->count = f->count;
+                    r->after = (uint32_t)doc->ncontainers;
+                    if (depth > 0)
+                        stack[depth - 1].live = 1;
+                }
                 p++;
                 closing = 0;
             }
