@@ -4,6 +4,7 @@
 -- time and faults, persistence after a change. Simulated time (latency, row and count costs, slow
 -- faults) is returned as a 4th result { delay = seconds }, a reset fault as { close = true }.
 local core = require "bitrix24.core"
+local bitrix24_log = require "bitrix24.log"
 local crm = require "b24.emulator.crm"
 local tasks = require "b24.emulator.tasks"
 local batch = require "b24.emulator.batch"
@@ -25,10 +26,8 @@ local string_sub = string.sub
 local math_floor = math.floor
 local os_date = os.date
 local os_time = os.time
-local io_stderr = io.stderr
 local equal = core.equal
 local now = core.now
-local log_line = core.log_line
 local respond = json.respond
 local respond_error = json.respond_error
 
@@ -43,11 +42,6 @@ local BLOCKED = { status = 429, error = "OPERATION_TIME_LIMIT",
                   error_description = "Method is blocked due to operation time limit." }
 local INTERNAL = { status = 500, error = "INTERNAL_SERVER_ERROR", error_description = "Internal server error" }
 local TOO_MANY = { status = 503, error = "QUERY_LIMIT_EXCEEDED", error_description = "Too many requests" }
-
--- The log without a host's: one line on stderr.
-local function stderr_log(level, msg, fields)
-   io_stderr:write(log_line("logfmt", level, msg, fields))
-end
 
 local function user_current(p)
    return { ID = tostring(p.user_id), ACTIVE = true, NAME = "Emulator", LAST_NAME = "User",
@@ -68,7 +62,7 @@ function _M.new(opts)
    local scale = tonumber(opts.time_scale) or 1
    local clock = opts.clock or function() return (now() - mono0) * scale end
    local wall = function() return wall0 + (now() - mono0) end
-   local log = opts.log or stderr_log
+   local log = opts.log or bitrix24_log.stderr
    local self = setmetatable({
       user_id = tonumber(opts.user_id) or 1,
       code = opts.code or _M.DEFAULT_CODE,
