@@ -5,8 +5,6 @@
 local emulator = require "b24.emulator"
 local options = require "b24.emulator.options"
 
-local require = require
-
 local _M = {}
 
 _M.USAGE = options.USAGE

@@ -9,6 +9,7 @@ local string_find = string.find
 local string_match = string.match
 local string_gsub = string.gsub
 local string_char = string.char
+local string_gmatch = string.gmatch
 local tonumber = tonumber
 local tostring = tostring
 
@@ -23,7 +24,7 @@ end
 -- there are none or one is PHP's auto-index `cmd[]`.
 function _M.form(s)
    local labels, seen = {}, {}
-   for pair in string.gmatch(s, "[^&]+") do
+   for pair in string_gmatch(s, "[^&]+") do
       local key = unescape(string_match(pair, "^[^=]*"))
       local label = string_match(key, "^%s*cmd%[([^%]]*)%]")
       if label == "" then return nil end

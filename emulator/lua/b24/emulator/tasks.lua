@@ -16,6 +16,7 @@ local string_upper = string.upper
 local string_sub = string.sub
 local string_format = string.format
 local string_gsub = string.gsub
+local table_sort = table.sort
 local math_floor = math.floor
 local math_random = math.random
 local null = cjson.null
@@ -84,7 +85,7 @@ local function list_of(v)
          local s = to_text(item)
          if s then out[#out + 1] = s end
       end
-      table.sort(out, function(a, b) return (tonumber(a) or 0) < (tonumber(b) or 0) end)
+      table_sort(out, function(a, b) return (tonumber(a) or 0) < (tonumber(b) or 0) end)
    elseif to_text(v) and to_text(v) ~= "" then
       out[1] = to_text(v)
    end
