@@ -103,8 +103,11 @@ typedef struct b24_json_doc {
     uint32_t *counts;               /* plain mode: members or elements of each container */
     b24_json_container *containers; /* form mode */
     size_t ncontainers;             /* counts or containers, in the order containers open */
-    size_t depth;                   /* the deepest nesting of containers */
-    size_t pairs;           /* members and elements; in form mode the values that are not null */
+    void *records;       /* where counts or containers live: the caller's buffer of records_size */
+    size_t records_size; /* bytes (or NULL, 0), grown with realloc; the caller frees it */
+    size_t members;      /* form mode: the most object members open at once (the walk's stack) */
+    size_t depth;        /* the deepest nesting of containers */
+    size_t pairs;        /* members and elements; in form mode the values that are not null */
     size_t longest_escaped; /* bytes of the longest string holding an escape: a decode buffer */
     int form;
     int unclean_keys; /* form mode: a key parse_str would read as brackets, a cut or an append */
@@ -113,8 +116,10 @@ typedef struct b24_json_doc {
 } b24_json_doc;
 
 /* Scans text[0..len) (text[len] must be readable and not part of a number: a Lua string's NUL)
- * into doc, records in arena. In form mode the pairs are the values that are not null, depth
- * counts as form_decode counts brackets, and the top level must be an object or an array. */
+ * into doc: its records in doc->records (set it and records_size before the call; the buffer
+ * may move, and is the caller's to free on every outcome), the rest in arena. In form mode the
+ * pairs are the values that are not null, depth counts as form_decode counts brackets, and the
+ * top level must be an object or an array. */
 b24_json_status b24_json_scan(const char *text, size_t len, const b24_json_limits *limits, int form,
                               b24_arena *arena, b24_json_doc *doc);
 
@@ -178,12 +183,18 @@ void b24_logline_begin(b24_logline *l, int json, const char *level, const char *
 void b24_logline_field(b24_logline *l, const char *key, const char *value, size_t len);
 void b24_logline_end(b24_logline *l); /* closes the line with "\n" */
 
+/* ---- time (b24_time.c) ------------------------------------------------------------------ */
+double b24_time_now(void); /* monotonic seconds: the one clock of the library and of b24 */
+
 /* ---- registration of each area into the module table on the top of the stack ----------- */
 void b24_form_open(lua_State *L);
 void b24_crypto_open(lua_State *L);
 void b24_http_open(lua_State *L);
 void b24_time_open(lua_State *L);
 void b24_logline_open(lua_State *L);
+
+/* The module's entry (b24_core.c); b24 links the core in and preloads it. */
+int luaopen_bitrix24_core(lua_State *L);
 void b24_json_open(lua_State *L);
 
 #endif /* B24_H */

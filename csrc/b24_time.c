@@ -5,12 +5,19 @@
 
 #include "b24.h"
 
-/* now() -> monotonic seconds as a float; only differences between calls mean anything */
-static int l_now(lua_State *L)
+/* The one monotonic clock of the project (core.now, b24's b24_now): seconds as a double; only
+ * differences between calls mean anything. */
+double b24_time_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* now() -> monotonic seconds as a float */
+static int l_now(lua_State *L)
+{
+    lua_pushnumber(L, (lua_Number)b24_time_now());
     return 1;
 }
 

@@ -15,8 +15,6 @@
 #include "b24_serve.h"
 #include "b24_state.h"
 
-int luaopen_bitrix24_core(lua_State *L); /* csrc/b24_core.c, linked in */
-
 /* The C modules of every Lua state; the Lua modules are embedded (b24_embedded.h). */
 static const luaL_Reg preloads[] = {
     {"bitrix24.core", luaopen_bitrix24_core},
