@@ -2,7 +2,7 @@
 -- a handler for `b24 serve` / `b24 emulate`. State lives in the Lua state of one server thread:
 -- run it with one worker (b24 emulate does). The host's services are injected, never looked up:
 --   return require("b24.emulator").main({ "--seed-leads", "100" }, { log = …, post = …, delay = true })
--- The parts: portal (requests, methods, simulated time), options (argv), crm, tasks, batch,
+-- The parts: portal (requests, methods, simulated time), options (argv), crm, tasks, store, batch,
 -- labels, limits, faults, events, persist, request, json, xml; command is b24 emulate's entry.
 local core = require "bitrix24.core"
 local portal = require "b24.emulator.portal"
