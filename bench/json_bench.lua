@@ -174,63 +174,74 @@ local SHAPES = {
       return '{"event":"X","' .. ("k"):rep(30000) .. '":[' .. rep(function() return "1" end, n - 2) .. "]}" end },
 }
 
-local function vm_hwm()
+local function status(field)
    local f = io.open("/proc/self/status")
    if not f then return nil end
    local s = f:read("*a")
    f:close()
-   return tonumber(s:match("VmHWM:%s*(%d+)")) * 1024
+   return tonumber(s:match(field .. ":%s*(%d+)")) * 1024
 end
 
--- memory one SHAPE N FORM: run in a fresh process by `memory`
-local function memory_one(index, n, form, max_pairs)
-   local body = SHAPES[index][2](n)
+-- memory-one FILE FORM MAX_PAIRS: run in a fresh process by `memory`. The peak is reset
+-- (/proc/self/clear_refs) once the body is read, so VmHWM afterwards is the decode's own peak.
+local function memory_one(path, form, max_pairs)
+   local body = read(path)
    collectgarbage()
    collectgarbage()
-   local hwm, heap = vm_hwm(), collectgarbage("count") * 1024
-   local v, err, kind = core.json_decode(body, { form = form, max_pairs = max_pairs })
-   local hwm2 = vm_hwm()
+   local reset = io.open("/proc/self/clear_refs", "w")
+   if reset then
+      reset:write("5")
+      reset:close()
+   end
+   local rss, heap = status("VmHWM"), collectgarbage("count") * 1024
+   local v, err, kind = core.json_decode(body, { form = form, max_pairs = max_pairs, max_size = #body })
+   local hwm = status("VmHWM")
    collectgarbage()
    collectgarbage()
    local heap2 = collectgarbage("count") * 1024
-   print(#body, hwm2 - hwm, heap2 - heap, kind or (v and "ok") or err)
+   print(#body, hwm - rss, heap2 - heap, kind or (v and "ok") or err)
 end
 
 local function memory()
    local interpreter = arg[-1] or "lua5.4"
-   print(string.format("%s: extra memory of one json_decode (VmHWM: the whole process; Lua heap: the value kept)",
+   local path = os.tmpname()
+   print(string.format("%s: extra memory of one json_decode (VmHWM: the process's peak; Lua heap: the value)",
       jit and jit.version or _VERSION))
    print(string.format("%-38s %-5s %9s %8s %10s %6s %10s %6s  %s", "shape", "mode", "values", "bytes",
       "VmHWM +", "x", "Lua heap +", "x", "result"))
-   for _, limits in ipairs({ { 10000 }, { 1000000, true } }) do
-      for i, shape in ipairs(SHAPES) do
+   for _, pairs_limit in ipairs({ 10000, 1000000 }) do
+      for _, shape in ipairs(SHAPES) do
+         local n = pairs_limit
+         if pairs_limit > 10000 then -- as many as fit in 1 MiB
+            n = math.floor(n * 1024 * 1024 / #shape[2](n))
+         end
+         local body = shape[2](n)
+         local f = assert(io.open(path, "wb"))
+         f:write(body)
+         f:close()
          for _, form in ipairs({ false, true }) do
-            local n = limits[1]
-            if limits[2] then -- as many as fit in about 1 MiB
-               n = math.floor(1024 * 1024 / math.max(2, #shape[2](100) / 100))
-            end
-            local cmd = string.format("%s %q memory-one %d %d %s %d", interpreter, arg[0], i, n, tostring(form),
-               limits[1])
-            local p = assert(io.popen(cmd))
+            local p = assert(io.popen(string.format("%s %q memory-one %q %s %d", interpreter, arg[0], path,
+               tostring(form), pairs_limit)))
             local out = p:read("*a")
             p:close()
             local bytes, hwm, heap, result = out:match("^(%d+)%s+(%-?%d+)%s+(%-?[%d.e+]+)%s+(.-)%s*$")
             bytes, hwm, heap = tonumber(bytes), tonumber(hwm), tonumber(heap)
             if bytes then
                print(string.format("%-38s %-5s %9d %8d %10d %6.1f %10d %6.1f  %s", shape[1],
-                  form and "form" or "plain", limits[1], bytes, hwm, hwm / bytes, heap, heap / bytes, result))
+                  form and "form" or "plain", pairs_limit, bytes, hwm, hwm / bytes, heap, heap / bytes, result))
             else
                print(shape[1], out)
             end
          end
       end
    end
+   os.remove(path)
 end
 
 if arg[1] == "memory" then
    memory()
 elseif arg[1] == "memory-one" then
-   memory_one(tonumber(arg[2]), tonumber(arg[3]), arg[4] == "true", tonumber(arg[5]))
+   memory_one(arg[2], arg[3] == "true", tonumber(arg[4]))
 else
    speed(tonumber(arg[1]) or 7)
 end

@@ -14,6 +14,10 @@
 #define ENCODE_MAX_DEPTH 64
 #define KEEP_BYTES (64 * 1024) /* buffers above this are freed after a call */
 
+#ifndef LUA_GCISRUNNING
+#define LUA_GCISRUNNING 9 /* LuaJIT 2.1 answers it; Lua 5.1 answers -1 (unknown) */
+#endif
+
 #if LUA_VERSION_NUM >= 503
 #define SEQ_INDEX(i) ((lua_Integer)(i))
 #else
@@ -29,6 +33,8 @@ typedef struct scratch {
     size_t out_len, out_cap;
     entry *entries; /* the encoder's object keys: one segment per table being written */
     size_t entries_len, entries_cap;
+    void *records; /* the decoder's scan records (b24_json_doc) */
+    size_t records_size;
     int busy; /* a finalizer may call us while a call is under way */
 } scratch;
 
@@ -38,9 +44,11 @@ static int scratch_gc(lua_State *L)
     b24_arena_free(&s->arena);
     free(s->out);
     free(s->entries);
+    free(s->records);
     s->out = NULL;
     s->entries = NULL;
-    s->out_cap = s->entries_cap = 0;
+    s->records = NULL;
+    s->out_cap = s->entries_cap = s->records_size = 0;
     return 0;
 }
 
@@ -77,6 +85,11 @@ static void scratch_release(scratch *s)
         free(s->entries);
         s->entries = NULL;
         s->entries_cap = 0;
+    }
+    if (s->records_size > KEEP_BYTES) {
+        free(s->records);
+        s->records = NULL;
+        s->records_size = 0;
     }
 }
 
@@ -116,6 +129,9 @@ typedef struct builder {
     level *levels;
     size_t depth;
     b24_form_array *tree; /* form mode through the form parser */
+    size_t budget, heap;  /* the Lua memory the value may take; the heap when it began */
+    unsigned values;      /* values built: the heap is looked at every 64 */
+    int over_budget;
 } builder;
 
 #define NULL_INDEX 2 /* where decode_protected finds the null value */
@@ -132,12 +148,32 @@ static int table_size(uint32_t n)
     return n > INT_MAX ? INT_MAX : (int)n;
 }
 
+static size_t heap_bytes(lua_State *L)
+{
+    return (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+}
+
+/* One more value built: every 64, what the Lua heap has grown by (the collector is paused, so
+ * that is what the build allocated) is held to the budget, so no shape of body, however small
+ * its values, costs more than max_memory. */
+static void count_value(builder *b)
+{
+    if ((++b->values & 63) == 0) {
+        size_t heap = heap_bytes(b->L);
+        if (heap > b->heap && heap - b->heap > b->budget) {
+            b->over_budget = 1;
+            luaL_error(b->L, "JSON value over its memory budget");
+        }
+    }
+}
+
 /* [-0, +1, m] the value at p (scanned text); returns the end of its text */
 static const char *build_value(builder *b, const char *p)
 {
     lua_State *L = b->L;
     size_t len;
     const char *s;
+    count_value(b);
     switch (*p) {
     case '{':
         luaL_checkstack(L, 3, "JSON nested too deep");
@@ -262,6 +298,7 @@ static void attach(builder *b, level *l)
 static int form_open(void *ctx, int is_array, size_t count)
 {
     builder *b = ctx;
+    count_value(b);
     luaL_checkstack(b->L, 6, "JSON nested too deep");
     int n = count > INT_MAX ? INT_MAX : (int)count;
     lua_createtable(b->L, is_array ? n : 0, is_array ? 0 : n);
@@ -285,6 +322,7 @@ static int form_key(void *ctx, const char *key, size_t len, int64_t index)
 static int form_scalar(void *ctx, const char *text, size_t len)
 {
     builder *b = ctx;
+    count_value(b);
     lua_pushlstring(b->L, text, len);
     attach(b, &b->levels[b->depth - 1]);
     return 0;
@@ -306,8 +344,10 @@ static int form_close(void *ctx)
 }
 
 /* [-0, +1, m] a form parse tree as form_decode pushes it */
-static void push_form_tree(lua_State *L, const b24_form_array *arr)
+static void push_form_tree(builder *b, const b24_form_array *arr)
 {
+    lua_State *L = b->L;
+    count_value(b);
     luaL_checkstack(L, 4, "form nested too deep");
     lua_createtable(L, arr->is_list ? (int)arr->count : 0, arr->is_list ? 0 : (int)arr->count);
     for (uint32_t i = 0; i < arr->count; i++) {
@@ -318,10 +358,12 @@ static void push_form_tree(lua_State *L, const b24_form_array *arr)
             else
                 push_index_key(L, e->ikey);
         }
-        if (e->value.arr)
-            push_form_tree(L, e->value.arr);
-        else
+        if (e->value.arr) {
+            push_form_tree(b, e->value.arr);
+        } else {
+            count_value(b);
             lua_pushlstring(L, e->value.str, e->value.len);
+        }
         if (arr->is_list)
             lua_rawseti(L, -2, SEQ_INDEX(i + 1));
         else
@@ -335,8 +377,9 @@ static int decode_protected(lua_State *L)
     static const b24_json_form_sink sink = {form_open, form_key, form_scalar, form_close};
     builder *b = lua_touserdata(L, 1);
     b->L = L;
+    b->heap = heap_bytes(L);
     if (b->tree)
-        push_form_tree(L, b->tree);
+        push_form_tree(b, b->tree);
     else if (!b->doc->form)
         build_value(b, ws(b->doc->text));
     else if (b24_json_form_walk(b->doc, b->arena, &sink, b) != B24_JSON_OK)
@@ -346,7 +389,8 @@ static int decode_protected(lua_State *L)
 
 /* nil, message, kind for a refused body */
 static int push_refusal(lua_State *L, b24_json_status st, const b24_json_doc *doc,
-                        const b24_json_limits *lim, size_t len, size_t form_budget)
+                        const b24_json_limits *lim, size_t len, size_t form_budget,
+                        size_t memory_budget)
 {
     char msg[200];
     const char *kind;
@@ -356,7 +400,11 @@ static int push_refusal(lua_State *L, b24_json_status st, const b24_json_doc *do
         kind = "malformed";
         break;
     case B24_JSON_TOO_LARGE:
-        if (form_budget)
+        if (memory_budget)
+            snprintf(msg, sizeof msg,
+                     "JSON body would take more than %zu bytes as Lua values (max_memory)",
+                     memory_budget);
+        else if (form_budget)
             snprintf(msg, sizeof msg,
                      "JSON body with '[', ']' or NUL in its keys is over %zu bytes as a form",
                      form_budget);
@@ -408,12 +456,16 @@ static int json_decode(lua_State *L)
     const char *s = luaL_checklstring(L, 1, &len);
     b24_json_limits lim = {B24_FORM_MAX_DEPTH, B24_FORM_MAX_PAIRS, B24_FORM_MAX_SIZE};
     int form = 0;
+    builder b;
+    memset(&b, 0, sizeof b);
+    b.budget = len <= (SIZE_MAX - 65536) / 16 ? 16 * len + 65536 : SIZE_MAX;
     lua_settop(L, 2);
     if (!lua_isnil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
         lim.max_depth = limit_field(L, 2, "max_depth", lim.max_depth, B24_FORM_DEPTH_CAP);
         lim.max_pairs = limit_field(L, 2, "max_pairs", lim.max_pairs, 0);
         lim.max_size = limit_field(L, 2, "max_size", lim.max_size, 0);
+        b.budget = limit_field(L, 2, "max_memory", b.budget, 0);
         lua_getfield(L, 2, "form");
         form = lua_toboolean(L, -1);
         lua_pop(L, 1);
@@ -428,9 +480,12 @@ static int json_decode(lua_State *L)
     scratch *sc = scratch_acquire(L);
     b24_arena_reset(&sc->arena);
     b24_json_doc doc;
-    builder b;
-    memset(&b, 0, sizeof b);
+    memset(&doc, 0, sizeof doc);
+    doc.records = sc->records;
+    doc.records_size = sc->records_size;
     b24_json_status st = b24_json_scan(s, len, &lim, form, &sc->arena, &doc);
+    sc->records = doc.records; /* the scratch owns it from here on, whatever happens */
+    sc->records_size = doc.records_size;
     if (st == B24_JSON_OK) {
         b.doc = &doc;
         b.arena = &sc->arena;
@@ -457,12 +512,22 @@ static int json_decode(lua_State *L)
         lua_pushcfunction(L, decode_protected);
         lua_pushlightuserdata(L, &b);
         lua_pushvalue(L, 3);
+        int collecting = lua_gc(L, LUA_GCISRUNNING, 0) == 1;
+        if (collecting)
+            lua_gc(L, LUA_GCSTOP, 0);
         int status = lua_pcall(L, 2, 1, 0);
+        if (collecting)
+            lua_gc(L, LUA_GCRESTART, 0);
         scratch_release(sc);
-        return status == LUA_OK ? 1 : lua_error(L);
+        if (status == LUA_OK)
+            return 1;
+        if (!b.over_budget)
+            return lua_error(L);
+        lua_pop(L, 1);
+        return push_refusal(L, B24_JSON_TOO_LARGE, &doc, &lim, len, 0, b.budget);
     }
     scratch_release(sc);
-    return push_refusal(L, st, &doc, &lim, len, form_budget);
+    return push_refusal(L, st, &doc, &lim, len, form_budget, 0);
 }
 
 /* ---- encode ------------------------------------------------------------------------------ */

@@ -328,6 +328,7 @@ size_t b24_json_format_double(double d, char *out)
 
 typedef struct frame {
     uint32_t record, count;
+    size_t members; /* form mode: the most members open at once below it */
     uchar object, live;
 } frame;
 
@@ -335,8 +336,6 @@ typedef struct scanner {
     const uchar *text, *end;
     const b24_json_limits *limits;
     b24_json_doc *doc;
-    b24_arena *arena;
-    size_t cap; /* records allocated */
 } scanner;
 
 static b24_json_status malformed(scanner *sc, const uchar *at, const char *why)
@@ -477,22 +476,19 @@ static b24_json_status open_container(scanner *sc, frame *f, const uchar *p)
 {
     b24_json_doc *doc = sc->doc;
     size_t size = doc->form ? sizeof *doc->containers : sizeof *doc->counts;
-    if (doc->ncontainers == sc->cap) {
-        size_t cap = sc->cap ? sc->cap * 2 : 64;
-        void *r = b24_arena_alloc(sc->arena, cap * size);
+    if (doc->records_size / size <= doc->ncontainers) { /* realloc: no dead copies behind */
+        size_t bytes = doc->records_size > 64 * size ? doc->records_size * 2 : 128 * size;
+        void *r = realloc(doc->records, bytes);
         if (r == NULL)
             return B24_JSON_NO_MEMORY;
-        void *old = doc->form ? (void *)doc->containers : (void *)doc->counts;
-        if (doc->ncontainers)
-            memcpy(r, old, doc->ncontainers * size);
-        if (doc->form)
-            doc->containers = r;
-        else
-            doc->counts = r;
-        sc->cap = cap;
+        doc->records = r;
+        doc->records_size = bytes;
     }
+    doc->counts = doc->records;
+    doc->containers = doc->records;
     f->record = (uint32_t)doc->ncontainers++;
     f->count = 0;
+    f->members = 0;
     f->object = *p == '{';
     f->live = 0;
     if (doc->form)
@@ -535,7 +531,11 @@ static b24_json_status scan_key(scanner *sc, frame *f, const uchar **pp, int top
 b24_json_status b24_json_scan(const char *text, size_t len, const b24_json_limits *limits, int form,
                               b24_arena *arena, b24_json_doc *doc)
 {
+    void *records = doc->records;
+    size_t records_size = doc->records_size;
     memset(doc, 0, sizeof *doc);
+    doc->records = records;
+    doc->records_size = records_size;
     doc->text = text;
     doc->len = len;
     doc->form = form;
@@ -546,7 +546,7 @@ b24_json_status b24_json_scan(const char *text, size_t len, const b24_json_limit
     frame *stack = b24_arena_alloc(arena, sizeof *stack * (max_depth + 1));
     if (stack == NULL)
         return B24_JSON_NO_MEMORY;
-    scanner sc = {(const uchar *)text, (const uchar *)text + len, limits, doc, arena, 0};
+    scanner sc = {(const uchar *)text, (const uchar *)text + len, limits, doc};
     const uchar *p = skip_ws(sc.text, sc.end), *end = sc.end;
     if (form && (p == end || (*p != '{' && *p != '[')))
         return malformed(&sc, p, "a form body must be a JSON object or array");
@@ -615,6 +615,11 @@ b24_json_status b24_json_scan(const char *text, size_t len, const b24_json_limit
                     r->end = (uint32_t)(p + 1 - sc.text);
                     r->count = f->count;
                     r->after = (uint32_t)doc->ncontainers;
+                    size_t members = f->members + (f->object ? f->count : 0);
+                    if (depth == 0)
+                        doc->members = members;
+                    else if (members > stack[depth - 1].members)
+                        stack[depth - 1].members = members;
                     if (depth > 0)
                         stack[depth - 1].live = 1;
                 }
@@ -658,7 +663,9 @@ typedef struct walker {
     b24_arena *arena;
     const b24_json_form_sink *sink;
     void *ctx;
-    char *buf; /* strings with escapes decode here */
+    char *buf;      /* strings with escapes decode here */
+    member *stack;  /* the members of the open objects (doc->members at most) */
+    size_t members; /* in use */
 } walker;
 
 static const char *ws(const char *p)
@@ -796,10 +803,9 @@ static int walk_container(walker *w, uint32_t record)
     }
     /* an object: its members sorted by key as form_encode sorts them, the last of equal keys
      * winning as in any Lua table */
-    member *m = b24_arena_alloc(w->arena, sizeof *m * (c->count ? c->count : 1));
-    if (m == NULL)
-        return B24_JSON_NO_MEMORY;
+    member *m = w->stack + w->members;
     size_t n = 0;
+    w->members += c->count;
     while (*p != '}') {
         size_t len;
         const char *k = b24_json_string(p, &p, w->buf, &len);
@@ -829,14 +835,21 @@ static int walk_container(walker *w, uint32_t record)
         if (st)
             return st;
     }
+    w->members -= c->count;
     return w->sink->close(w->ctx);
 }
 
 b24_json_status b24_json_form_walk(const b24_json_doc *doc, b24_arena *arena,
                                    const b24_json_form_sink *sink, void *ctx)
 {
-    walker w = {doc, arena, sink, ctx, b24_arena_alloc(arena, doc->longest_escaped + 1)};
-    if (w.buf == NULL)
+    walker w = {doc,
+                arena,
+                sink,
+                ctx,
+                b24_arena_alloc(arena, doc->longest_escaped + 1),
+                b24_arena_alloc(arena, sizeof(member) * (doc->members ? doc->members : 1)),
+                0};
+    if (w.buf == NULL || w.stack == NULL)
         return B24_JSON_NO_MEMORY;
     const char *top = ws(doc->text);
     if (doc->ncontainers == 0 || doc->containers[0].start != (uint32_t)(top - doc->text)) {
