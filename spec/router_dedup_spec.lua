@@ -59,12 +59,12 @@ describe("bitrix24.router handle", function()
          assert.equal(client, ctx.client)
       end)
 
-      it("logs on stderr (bitrix24.log) when no log is configured", function()
+      it("logs through bitrix24.log.default (the host's writer, else stderr) when no log is configured", function()
          local r = bitrix24.router{ token = DEAL_TOKEN }
          local rec = recorder()
          r:on("*", rec.fn)
          r:handle(post(DEAL_FORM))
-         assert.equal(require("bitrix24.log").stderr, rec.calls[1].ctx.log)
+         assert.equal(require("bitrix24.log").default, rec.calls[1].ctx.log)
       end)
 
       it("runs an UPDATE again for a new ts, not for the same ts", function()

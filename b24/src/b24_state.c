@@ -68,6 +68,19 @@ static int open_state(lua_State *L)
         lua_setfield(L, -2, b24_embedded_modules[i].name);
     }
     lua_pop(L, 1);
+    /* the library logs through b24's logger (its format, level and masking): injected with
+     * bitrix24.log.use, so the library itself never looks for the program */
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "bitrix24.log");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "use");
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "b24.host");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "log");
+    lua_remove(L, -2);
+    lua_call(L, 1, 0);
+    lua_pop(L, 1);
     return 0;
 }
 

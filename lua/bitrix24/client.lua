@@ -130,7 +130,8 @@ end
 -- per request, 8), connect_retries (attempts while the portal cannot be reached, 3), backoff
 -- ({base, cap} seconds), max_wait (the longest OPERATION_TIME_LIMIT wait, 600 s), operating_wait
 -- (the wait when the reset time is unknown, 10 s), parallel (requests at once in exports and
--- call_many, 8), log (function(level, msg, fields), bitrix24.log.stderr by default), auth (an
+-- call_many, 8), log (function(level, msg, fields); by default the writer a host installed with
+-- bitrix24.log.use, else none), auth (an
 -- OAuth access token, masked too), clock (a function giving unix seconds, os.time by default),
 -- random. Raises on misuse.
 function _M.new(opts)
@@ -169,7 +170,7 @@ function _M.new(opts)
       max_wait = opts.max_wait or 600,
       operating_wait = opts.operating_wait or 10,
       parallel = opts.parallel or 8,
-      log = opts.log or log_module.stderr,
+      log = opts.log or log_module.quiet,
       auth = opts.auth,
       random = opts.random or math_random,
       operating_reset = {},

@@ -14,9 +14,33 @@ local _M = {}
 -- line(format, level, msg [, fields]) → one line ending in "\n": format "logfmt" or "json".
 _M.line = log_line
 
--- The default log: one logfmt line on stderr.
+-- One logfmt line on stderr.
 function _M.stderr(level, msg, fields)
    io_stderr:write(log_line("logfmt", tostring(level), msg, fields))
+end
+
+-- The writer a host installs for every log of this Lua state: b24 installs its own logger (its
+-- --log-format, --log-level and masking) when it builds a state. The library never looks for a
+-- host; a host that wants the library's lines hands its writer here.
+local installed = nil
+
+-- use(fn): installs fn as the state's writer (nil removes it).
+function _M.use(fn)
+   if fn ~= nil and type(fn) ~= "function" then
+      error("bad argument #1 to 'use' (a function(level, msg, fields) expected)", 2)
+   end
+   installed = fn
+end
+
+-- The default of bitrix24.router and of handlers' ctx.log: the installed writer, else stderr.
+function _M.default(level, msg, fields)
+   (installed or _M.stderr)(level, msg, fields)
+end
+
+-- The default of bitrix24.client: the installed writer, else nothing (a library used from a
+-- plain script stays quiet unless it is given a log).
+function _M.quiet(level, msg, fields)
+   if installed then installed(level, msg, fields) end
 end
 
 return _M

@@ -130,9 +130,10 @@ end
 -- Creates a router. Options: token | tokens ({ [member_id or domain] = token }), secret +
 -- signature_header, standard_webhooks_secret, max_age, insecure, dedup_ttl, dedup_max, key,
 -- max_body, limits ({ max_depth, max_pairs }), now, client (ctx.client), log (a
--- function(level, msg, fields): ctx.log and the router's own lines; bitrix24.log.stderr, or
--- bitrix24.ngx.log in handle_ngx, when nil), max_running (handle_ngx: at most this many nginx
--- timers running or pending in the worker when an event comes, else 503; 200).
+-- function(level, msg, fields): ctx.log and the router's own lines; bitrix24.log.default (the
+-- host's writer, else stderr), or bitrix24.ngx.log in handle_ngx, when nil), max_running
+-- (handle_ngx: at most this many nginx timers running or pending in the worker when an event
+-- comes, else 503; 200).
 -- Raises on misuse, including no verification unless insecure = true.
 function _M.new(opts)
    if opts == nil then opts = {} end
@@ -401,7 +402,7 @@ local function error_with_traceback(e)
 end
 
 local function default_ctx(self)
-   return { attempt = 1, log = self.log or log_module.stderr, client = self.client }
+   return { attempt = 1, log = self.log or log_module.default, client = self.client }
 end
 
 -- Runs every handler matching the stored delivery's event, in registration order, each under
@@ -416,7 +417,7 @@ function _M.dispatch(self, stored, ctx)
       ctx = default_ctx(self)
    else -- a host passes attempt and log; the REST client is the script's
       if ctx.client == nil then ctx.client = self.client end
-      if ctx.log == nil then ctx.log = self.log or log_module.stderr end
+      if ctx.log == nil then ctx.log = self.log or log_module.default end
    end
    local raw = stored.body
    if type(raw) ~= "string" then
