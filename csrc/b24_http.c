@@ -666,4 +666,6 @@ void b24_http_open(lua_State *L)
     }
     lua_pop(L, 1);
     luaL_setfuncs(L, http_funcs, 0);
+    lua_pushinteger(L, MANY_MAX); /* core.http_many_max: what one request_many takes */
+    lua_setfield(L, -2, "http_many_max");
 }

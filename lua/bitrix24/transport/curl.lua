@@ -15,8 +15,8 @@ local math_min = math.min
 local _M = {}
 local mt = { __index = _M }
 
--- What one session:request_many takes (MANY_MAX of csrc/b24_http.c, which raises beyond it).
-local MANY = 64
+-- What one session:request_many takes (the core raises beyond it).
+local MANY = core.http_many_max
 
 -- new(opts) → transport. opts: timeout (65), connect_timeout (5), verify, ca_file, proxy,
 -- user_agent ("bitrix24-lua/VERSION"); the session raises on bad values.
