@@ -3,7 +3,10 @@
  * session keeps, with its own connection cache and a pool of easy handles. No Lua code runs
  * inside curl_easy_perform or curl_multi_perform: the callbacks only append to buffers owned by
  * the userdata, so no Lua error can longjmp across libcurl, and a raise anywhere else leaves
- * nothing behind that __gc cannot free. */
+ * nothing behind that __gc cannot free.
+ * One piece of some 670 lines: the session's options, the request and request_many share the
+ * transfer struct, its callbacks and the session's lifetime (close, __gc), none of which should
+ * be visible outside this file. */
 #include <ctype.h>
 #include <pthread.h>
 #include <stdlib.h>
