@@ -80,7 +80,7 @@ check: $(ASAN) $(ASAN_B24)
 	scripts/test.sh sanitizers
 
 # libFuzzer targets (clang): the form parser, the hex/base64 decoders and the log masker.
-FUZZ_TARGETS := form_decode base64_decode hex_decode mask
+FUZZ_TARGETS := form_decode base64_decode hex_decode mask json_decode
 FUZZ_BIN := $(FUZZ_TARGETS:%=$(BUILD)/fuzz/%)
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS := -std=c11 -D_DEFAULT_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined $(LUA54_INC)

@@ -1,6 +1,36 @@
-/* json_decode / json_encode: RFC 8259 for Lua values with every digit of a number kept, under
- * the form codec's limits, and form mode: a JSON body read as PHP reads the same data posted as
- * a form, i.e. exactly form_decode(form_encode(json_decode(s))). */
+/* json_decode / json_encode: RFC 8259 for Lua values with every digit of a number kept.
+ *
+ * json_decode(s [, opts]) -> value | nil, message, kind
+ *   Strict: UTF-8 checked, \u escapes with surrogate pairs (a lone surrogate is refused), no
+ *   trailing data, no BOM; kind "malformed" with "malformed JSON at byte N: why" (N 1-based). The
+ *   form codec's limits, checked by a scan before anything is built: opts.max_depth (64; 1..1000),
+ *   opts.max_pairs (10,000 members and elements), opts.max_size (1 MiB) -> "too_deep",
+ *   "too_many", "too_large". opts.max_memory (16 * #s + 64 KiB): the Lua memory the value may
+ *   take, held while it is built -> "too_large"; "memory" when malloc fails. Integers that fit
+ *   in int64 are Lua 5.4 integers ("-0" too: 0), other numbers doubles (correctly rounded); on
+ *   LuaJIT every number is a double. A number beyond the doubles is "malformed". null is
+ *   opts.null (default json_null, the light userdata NULL: cjson.null); arrays are sequences,
+ *   objects tables of string keys (the last of repeated keys wins; {} and [] both {}).
+ *   opts.form: the table form_decode(form_encode(value)) gives for the decoded value (PHP reading
+ *   the same data posted as a form): scalars as strings (true "1", false "0", numbers as
+ *   form_encode writes them, except that integers keep every digit on LuaJIT too), null and
+ *   empty containers omitted, keys 0..n-1 (in form_encode's sorted order) making sequences, and
+ *   keys holding '[', ']' or NUL read as parse_str reads them (through the form parser itself,
+ *   "too_large" past 2 * #s + 4 KiB of form body). The pairs are then the values that are not
+ *   null (a repeated key counted each time), the depth is counted in brackets, so 65
+ *   containers (holding values or not), and the top level must be an object or an array.
+ *
+ * json_encode(value [, opts]) -> string; raises "cannot JSON-encode <what> at a[b][1]" (Lua
+ *   indexes) for NaN and infinities, functions, userdata, threads, keys other than strings or
+ *   1..n, tables mixing both, sparse arrays, cycles, nesting past opts.max_depth (64) and
+ *   strings or keys that are not UTF-8. Keys exactly 1..n: an array; string keys: an object,
+ *   keys in bytewise order (one table, one text); an empty table [] ({} with opts.empty =
+ *   "object"). Lua 5.4 integers exactly; floats integral and below 2^63 as integers (13430.0 ->
+ *   13430, as form_encode and the REST API take them), -0.0 as -0.0 (it reads back), others as
+ *   the shortest of 15, 16 or 17 significant digits that reads back the same (0.1,
+ *   123456789012345.67, 1e+300). LuaJIT int64_t and uint64_t cdata by their own digits.
+ *   json_null, cjson.null and opts.null as null. Only '"', '\\' and control characters are
+ *   escaped (no "\/"). */
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -131,6 +161,7 @@ typedef struct builder {
     b24_form_array *tree; /* form mode through the form parser */
     size_t budget, heap;  /* the Lua memory the value may take; the heap when it began */
     unsigned values;      /* values built: the heap is looked at every 64 */
+    int watch;            /* whether the budget could be reached at all */
     int over_budget;
 } builder;
 
@@ -158,7 +189,7 @@ static size_t heap_bytes(lua_State *L)
  * its values, costs more than max_memory. */
 static void count_value(builder *b)
 {
-    if ((++b->values & 63) == 0) {
+    if (b->watch && (++b->values & 63) == 0) {
         size_t heap = heap_bytes(b->L);
         if (heap > b->heap && heap - b->heap > b->budget) {
             b->over_budget = 1;
@@ -512,7 +543,10 @@ static int json_decode(lua_State *L)
         lua_pushcfunction(L, decode_protected);
         lua_pushlightuserdata(L, &b);
         lua_pushvalue(L, 3);
-        int collecting = lua_gc(L, LUA_GCISRUNNING, 0) == 1;
+        /* no body takes more than about 25 bytes of Lua memory per byte of JSON ("[[],[],…]"):
+         * below that the budget cannot be reached, and the collector's pacing is left alone */
+        b.watch = b.budget / 32 < len;
+        int collecting = b.watch && lua_gc(L, LUA_GCISRUNNING, 0) == 1;
         if (collecting)
             lua_gc(L, LUA_GCSTOP, 0);
         int status = lua_pcall(L, 2, 1, 0);

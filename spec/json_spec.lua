@@ -290,6 +290,29 @@ describe("bitrix24.core json_decode", function()
          assert.equal(1000, #decode("[" .. rep(function() return "[]" end, 1000) .. "]"))
       end)
 
+      -- small bodies skip the budget's bookkeeping on the strength of this bound
+      it("takes at most 32 bytes of Lua memory per byte of body, whatever the shape", function()
+         local function distinct(i) return string.format("%x", i) end
+         local worst = {
+            "[" .. rep(function() return "[]" end, 20000) .. "]",
+            "[" .. rep(function() return "{}" end, 20000) .. "]",
+            "[" .. rep(function() return "[1]" end, 20000) .. "]",
+            "[" .. rep(function() return '{"":0}' end, 20000) .. "]",
+            "{" .. rep(function(i) return '"' .. distinct(i) .. '":[]' end, 20000) .. "}",
+            "[" .. rep(function(i) return i .. "e14" end, 20000) .. "]",
+            "[" .. rep(function(i) return '"\\u' .. string.format("%04x", 0x400 + i % 0x400) .. '"' end, 20000) .. "]",
+         }
+         for _, body in ipairs(worst) do
+            for _, form in ipairs({ false, true }) do
+               local grown, v = heap_growth(function()
+                  return decode(body, { form = form, max_pairs = 100000, max_memory = 1073741824 })
+               end)
+               assert.is_table(v, body:sub(1, 20))
+               assert.is_true(grown < 32 * #body, string.format("%.1fx for %s", grown / #body, body:sub(1, 20)))
+            end
+         end
+      end)
+
       it("holds the value to max_memory while it is built, whatever the shape", function()
          -- strings LuaJIT already holds cost nothing more: this body is decoded for the first time
          local body = "[" .. rep(function(i) return '"' .. i .. ("y"):rep(40) .. '"' end, 5000) .. "]"
