@@ -38,7 +38,9 @@ build = {
       ["bitrix24.core"] = {
          sources = {
             "csrc/b24_arena.c", "csrc/b24_core.c", "csrc/b24_crypto.c", "csrc/b24_form.c",
-            "csrc/b24_form_parse.c", "csrc/b24_http.c", "csrc/b24_json.c", "csrc/b24_json_parse.c",
+            "csrc/b24_form_parse.c", "csrc/b24_http.c", "csrc/b24_json.c", "csrc/b24_json_decode.c",
+            "csrc/b24_json_encode.c", "csrc/b24_json_form.c", "csrc/b24_json_number.c",
+            "csrc/b24_json_scan.c", "csrc/b24_json_string.c", "csrc/b24_json_walk.c",
             "csrc/b24_logline.c", "csrc/b24_time.c",
          },
          defines = { "_DEFAULT_SOURCE" },

@@ -70,11 +70,14 @@ typedef enum {
 b24_form_status b24_form_parse(const char *s, size_t len, const b24_form_limits *limits,
                                b24_arena *arena, b24_form_array **root);
 
-/* ---- JSON (RFC 8259, b24_json_parse.c) -----------------------------------------------------
- * b24_json_scan validates a whole body and applies the limits before anything is built; what it
- * learns (one record per container) lets b24_json.c build Lua tables of the right size in one
- * more pass over text it no longer needs to check. Form mode (a JSON body re-read as PHP would
- * read it as a form, see b24_json.c) walks the same text through b24_json_form_walk. */
+/* ---- JSON (RFC 8259) -----------------------------------------------------------------------
+ * In plain C (usable without a Lua state): b24_json_scan (b24_json_scan.c) validates a whole body
+ * and applies the limits before anything is built; what it learns (one record per container)
+ * lets b24_json_decode.c build Lua tables of the right size in one more pass over text it no
+ * longer needs to check, with the readers of b24_json_string.c and b24_json_number.c. Form mode
+ * (a JSON body re-read as PHP would read it as a form, see b24_json.c) walks the same text in
+ * form_encode's order through b24_json_form_walk (b24_json_walk.c), and b24_json_form.c builds
+ * its tables. The Lua side (the contract, the scratch, registration: b24_json.c) comes last. */
 typedef struct b24_json_limits {
     size_t max_depth, max_pairs, max_size; /* the form codec's defaults, B24_FORM_MAX_* */
 } b24_json_limits;
@@ -123,14 +126,74 @@ typedef struct b24_json_doc {
 b24_json_status b24_json_scan(const char *text, size_t len, const b24_json_limits *limits, int form,
                               b24_arena *arena, b24_json_doc *doc);
 
+/* Past the JSON whitespace at p, in NUL-terminated text (the scanned body) */
+static inline const char *b24_json_skip_ws(const char *p)
+{
+    while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')
+        p++;
+    return p;
+}
+
+/* strings (b24_json_string.c) */
 /* The string whose opening quote is at p, in a scanned body: its bytes in place when it holds
  * no escape, else decoded into buf (room for its raw length); *next is past the closing quote. */
 const char *b24_json_string(const char *p, const char **next, char *buf, size_t *len);
+/* Length of the well-formed UTF-8 sequence at p (before end), 0 when there is none. */
+size_t b24_json_utf8_length(const unsigned char *p, const unsigned char *end);
+/* The four hex digits at p (before end) as a number, or -1 when they are not four hex digits.
+ * Inline, as b24_json_escape: the scan and the string reader run them for every escape. */
+static inline long b24_json_hex4(const unsigned char *p, const unsigned char *end)
+{
+    if (end - p < 4)
+        return -1;
+    long v = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned digit = p[i] - (unsigned)'0', letter = (p[i] | 0x20u) - (unsigned)'a';
+        if (digit < 10)
+            v = v << 4 | (long)digit;
+        else if (letter < 6)
+            v = v << 4 | (long)(letter + 10);
+        else
+            return -1;
+    }
+    return v;
+}
+/* The code point of the escape whose backslash is at *p (already checked: the scan's), a \u
+ * surrogate pair as one; *p is moved past it. */
+static inline unsigned long b24_json_escape(const unsigned char **p)
+{
+    const unsigned char *q = *p;
+    if (q[1] == 'u') {
+        unsigned long cp = (unsigned long)b24_json_hex4(q + 2, q + 6);
+        if (cp >= 0xD800 && cp <= 0xDBFF) { /* the scan checked that a low surrogate follows */
+            unsigned long lo = (unsigned long)b24_json_hex4(q + 8, q + 12);
+            *p = q + 12;
+            return 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+        }
+        *p = q + 6;
+        return cp;
+    }
+    *p = q + 2;
+    switch (q[1]) {
+    case 'b':
+        return '\b';
+    case 'f':
+        return '\f';
+    case 'n':
+        return '\n';
+    case 'r':
+        return '\r';
+    case 't':
+        return '\t';
+    default: /* '"', '\\', '/' */
+        return q[1];
+    }
+}
+
+/* numbers (b24_json_number.c): how JSON and forms read and write them */
 /* The number at p, in a scanned body: 1 and *i when it is written as an integer that fits in
  * int64, else 0 and *d (correctly rounded); *next is past it. */
 int b24_json_number(const char *p, const char **next, int64_t *i, double *d);
-/* Length of the well-formed UTF-8 sequence at p (before end), 0 when there is none. */
-size_t b24_json_utf8_length(const unsigned char *p, const unsigned char *end);
 /* Decimal text of v (out: 21 bytes or more); returns the length. */
 size_t b24_json_format_integer(int64_t v, char *out);
 /* A finite double as form_encode writes it (out: 32 bytes or more): integral values below 2^63
@@ -138,6 +201,7 @@ size_t b24_json_format_integer(int64_t v, char *out);
  * same, always with '.' as the decimal point. */
 size_t b24_json_format_double(double d, char *out);
 
+/* form mode (b24_json_walk.c) */
 /* What a JSON body becomes as a form, in http_build_query order: key then scalar, or key then
  * open .. close; null and containers without values produce nothing. Scalars arrive as the text
  * form_encode writes (true "1", false "0"). A nonzero return (a b24_json_status) stops the walk. */
@@ -155,6 +219,71 @@ b24_json_status b24_json_form_walk(const b24_json_doc *doc, b24_arena *arena,
  * brackets or NULs. */
 b24_json_status b24_json_form_body(const b24_json_doc *doc, b24_arena *arena, size_t budget,
                                    char **body, size_t *len);
+
+/* The Lua side: json_decode and json_encode (their contract above b24_json.c) */
+#if LUA_VERSION_NUM >= 503
+#define B24_JSON_INDEX(i) ((lua_Integer)(i)) /* a sequence index for lua_rawseti/lua_rawgeti */
+#else
+#define B24_JSON_INDEX(i) ((int)(i))
+#endif
+
+/* Per-state working memory of both (b24_json.c), reused between calls so a small body costs no
+ * malloc; json_decode and json_encode hold it in upvalue 1. */
+typedef struct b24_json_scratch {
+    b24_arena arena;
+    char *out; /* the encoder's output */
+    size_t out_len, out_cap;
+    struct b24_json_entry *entries; /* the encoder's object keys: a segment per table written */
+    size_t entries_len, entries_cap;
+    void *records; /* the decoder's scan records (b24_json_doc) */
+    size_t records_size;
+    int busy; /* a finalizer may call us while a call is under way */
+} b24_json_scratch;
+
+/* The shared scratch from upvalue 1, or a fresh one pushed on the stack when it is busy. */
+b24_json_scratch *b24_json_scratch_acquire(lua_State *L);
+/* Ends a call: the arena back to one small chunk, no huge buffer kept. */
+void b24_json_scratch_release(b24_json_scratch *s);
+/* The limit opts[name] at t: def when absent, else a whole number from 1 (to cap when cap is
+ * not 0); raises otherwise. */
+size_t b24_json_limit(lua_State *L, int t, const char *name, size_t def, size_t cap);
+
+/* A table being filled in form mode (b24_json_form.c) */
+typedef struct b24_json_level {
+    int is_array, list; /* list: a sequence so far (arrays) or keys "0", "1", … so far (objects) */
+    lua_Integer values;
+    const char *key; /* the key of the value under way */
+    size_t key_len;
+    int64_t index;
+} b24_json_level;
+
+/* One json_decode building its value (b24_json_decode.c; form mode in b24_json_form.c) */
+typedef struct b24_json_builder {
+    lua_State *L;
+    const b24_json_doc *doc;
+    b24_arena *arena;
+    uint32_t record; /* the next container record */
+    char *buf;       /* strings with escapes decode here */
+    b24_json_level *levels;
+    size_t depth;
+    b24_form_array *tree; /* form mode through the form parser */
+    size_t budget, heap;  /* the Lua memory the value may take; the heap when it began */
+    unsigned values;      /* values built: the heap is looked at every 64 */
+    int watch;            /* whether the budget could be reached at all */
+    int over_budget;
+} b24_json_builder;
+
+/* One more value built: raises when the value has grown past its memory budget. */
+void b24_json_count_value(b24_json_builder *b);
+/* [-0, +1, m] form mode's value for b->doc: b->tree as form_decode pushes it when set, else the
+ * walk of the body into tables of form_decode's shape. */
+void b24_json_form_push(b24_json_builder *b);
+/* The form parse tree of doc's form body (what form mode reads when keys hold brackets or NULs),
+ * at most budget bytes of body, under lim, in arena. */
+b24_json_status b24_json_form_tree(const b24_json_doc *doc, const b24_json_limits *lim,
+                                   b24_arena *arena, size_t budget, b24_form_array **tree);
+int b24_json_decode(lua_State *L); /* json_decode(s [, opts]) -> value | nil, message, kind */
+int b24_json_encode(lua_State *L); /* json_encode(value [, opts]) -> string */
 
 /* ---- codecs --------------------------------------------------------------------------------- */
 size_t b24_hex_encode(const unsigned char *in, size_t len, char *out); /* out: 2*len bytes */
