@@ -79,7 +79,8 @@ $(ASAN_B24): $(SRC) $(HDR) $(HOST_SRC) $(HOST_HDR) $(BUILD)/b24_embedded.c
 check: $(ASAN) $(ASAN_B24)
 	scripts/test.sh sanitizers
 
-# libFuzzer targets (clang): the form parser, the hex/base64 decoders and the log masker.
+# libFuzzer targets (clang): the form parser, the hex/base64 decoders, the log masker and the JSON
+# decoder (json_decode: the scan against a reference validator, and the Lua round trips).
 FUZZ_TARGETS := form_decode base64_decode hex_decode mask json_decode
 FUZZ_BIN := $(FUZZ_TARGETS:%=$(BUILD)/fuzz/%)
 FUZZ_SECONDS ?= 60
