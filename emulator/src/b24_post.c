@@ -33,8 +33,12 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t more = PTHREAD_COND_INITIALIZER, idle = PTHREAD_COND_INITIALIZER;
 static post *head, *tail;
 static size_t queued;
-static int started, stopping, busy;
+static int stopping, busy;
 static pthread_t thread;
+/* The post thread's life, under lock. Only the first stop drains and joins: a second one (or a
+ * stop before any post) must not join a thread that is gone or never was, which is undefined
+ * (glibc dereferences a null thread). */
+static enum { THREAD_NONE, THREAD_RUNNING, THREAD_STOPPING, THREAD_STOPPED } state = THREAD_NONE;
 
 static void post_free(post *p)
 {
@@ -150,7 +154,7 @@ static int enqueue(const char *url, const char *body, size_t body_len, struct cu
         *why = stopping ? "stopping" : "queue full";
         return -1;
     }
-    if (!started) {
+    if (state == THREAD_NONE) {
         curl_global_init(CURL_GLOBAL_DEFAULT); /* reference counted; the core did it already */
         if (pthread_create(&thread, NULL, run, NULL) != 0) {
             pthread_mutex_unlock(&lock);
@@ -158,7 +162,7 @@ static int enqueue(const char *url, const char *body, size_t body_len, struct cu
             *why = "cannot start the post thread";
             return -1;
         }
-        started = 1;
+        state = THREAD_RUNNING;
         atexit(stop_at_exit);
     }
     if (tail)
@@ -173,10 +177,21 @@ static int enqueue(const char *url, const char *body, size_t body_len, struct cu
 }
 
 /* At exit: waits up to EXIT_SECONDS for the queue to empty, then ends the thread; what is
- * left is dropped (and logged). Later posts are refused ("stopping"). */
+ * left is dropped (and logged). Later posts are refused ("stopping"). Idempotent: only the call
+ * that finds the thread running drains and joins it; a second call, or one before any post,
+ * returns at once. atexit runs it once per process today; the guard is what keeps any other
+ * caller (a second exit path, a test) from joining a thread that is gone or never was. */
 static void stop_at_exit(void)
 {
     pthread_mutex_lock(&lock);
+    if (state != THREAD_RUNNING) {
+        stopping = 1; /* no thread will start after a stop */
+        if (state == THREAD_NONE)
+            state = THREAD_STOPPED;
+        pthread_mutex_unlock(&lock);
+        return;
+    }
+    state = THREAD_STOPPING;
     double deadline = b24_now() + EXIT_SECONDS;
     while ((head || busy) && b24_now() < deadline) {
         struct timespec ts = b24_clock_after(CLOCK_REALTIME, 0.05);
@@ -194,6 +209,9 @@ static void stop_at_exit(void)
     pthread_cond_signal(&more);
     pthread_mutex_unlock(&lock);
     pthread_join(thread, NULL);
+    pthread_mutex_lock(&lock);
+    state = THREAD_STOPPED;
+    pthread_mutex_unlock(&lock);
     if (dropped) {
         char n[24];
         snprintf(n, sizeof n, "%zu", dropped);
