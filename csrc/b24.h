@@ -227,6 +227,11 @@ b24_json_status b24_json_form_body(const b24_json_doc *doc, b24_arena *arena, si
 #define B24_JSON_INDEX(i) ((int)(i))
 #endif
 
+/* The Lua number at idx as form_encode and json_encode write it (out: 32 bytes or more; in
+ * b24_json_number.c): Lua 5.4 integers exactly, floats by b24_json_format_double, whatever
+ * LC_NUMERIC says; 0 for NaN and infinities, which both refuse. */
+size_t b24_json_format_number(lua_State *L, int idx, char *out);
+
 /* Per-state working memory of both (b24_json.c), reused between calls so a small body costs no
  * malloc; json_decode and json_encode hold it in upvalue 1. */
 typedef struct b24_json_scratch {

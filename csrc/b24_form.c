@@ -1,5 +1,4 @@
 /* form_decode / form_encode: PHP parse_str and http_build_query for Lua values. */
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -231,59 +230,6 @@ static void url_encode(lua_State *L, char **buf, size_t *len, size_t *cap, const
     *len = (size_t)(o - *buf);
 }
 
-/* Decimal digits of v into out (at least 21 bytes); returns the length. */
-static size_t format_integer(long long v, char *out)
-{
-    static const char pairs[] =
-        "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
-        "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
-        "8081828384858687888990919293949596979899";
-    char tmp[24];
-    size_t n = 0;
-    unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
-    while (u >= 100) { /* two digits a division: list indices and IDs are short */
-        unsigned d = (unsigned)(u % 100) * 2;
-        u /= 100;
-        tmp[n++] = pairs[d + 1];
-        tmp[n++] = pairs[d];
-    }
-    if (u >= 10) {
-        tmp[n++] = pairs[u * 2 + 1];
-        tmp[n++] = pairs[u * 2];
-    } else {
-        tmp[n++] = (char)('0' + u);
-    }
-    size_t len = 0;
-    if (v < 0)
-        out[len++] = '-';
-    while (n)
-        out[len++] = tmp[--n];
-    return len;
-}
-
-/* Writes the number at idx as PHP would print it (integral floats without ".0") and
- * without losing precision (the shortest of %.15g..%.17g that reads back the same).
- * Returns 0 for NaN and infinities, which the caller refuses. */
-static size_t format_number(lua_State *L, int idx, char *out, size_t size)
-{
-#if LUA_VERSION_NUM >= 503
-    if (lua_isinteger(L, idx))
-        return format_integer((long long)lua_tointeger(L, idx), out);
-#endif
-    double d = (double)lua_tonumber(L, idx);
-    if (!isfinite(d))
-        return 0;
-    if (d == floor(d) && d >= -9223372036854775808.0 && d < 9223372036854775808.0)
-        return format_integer((long long)d, out);
-    int n = 0;
-    for (int prec = 15; prec <= 17; prec++) {
-        n = snprintf(out, size, "%.*g", prec, d);
-        if (strtod(out, NULL) == d)
-            break;
-    }
-    return (size_t)n;
-}
-
 typedef struct encoder {
     lua_State *L;
     scratch *s;
@@ -459,12 +405,12 @@ static void encode_table(encoder *e, int idx, int depth)
         const char *key = num;
         size_t klen;
         if (seq) {
-            klen = format_integer((long long)k, num);
+            klen = b24_json_format_integer((int64_t)k, num);
         } else if (en->kind == 0) {
-            klen = format_integer((long long)en->i, num);
+            klen = b24_json_format_integer((int64_t)en->i, num);
         } else if (en->kind == 1) {
             lua_pushnumber(L, en->num);
-            klen = format_number(L, -1, num, sizeof num);
+            klen = b24_json_format_number(L, -1, num);
             lua_pop(L, 1);
             if (klen == 0)
                 fail(e, "cannot form-encode a NaN or infinite key in %s%s", prefix_text(e), "");
@@ -506,7 +452,7 @@ static void encode_value(encoder *e, int idx, int depth)
         str = lua_tolstring(L, idx, &len);
         break;
     case LUA_TNUMBER:
-        len = format_number(L, idx, num, sizeof num);
+        len = b24_json_format_number(L, idx, num); /* as json_encode, '.' in any locale */
         if (len == 0)
             fail(e, "cannot form-encode a NaN or infinite number at %s%s", prefix_text(e), "");
         str = num;

@@ -1,7 +1,7 @@
 /* json_encode: Lua values as JSON text in the scratch's buffer. Tables are arrays (keys exactly
- * 1..n) or objects (string keys, written in bytewise order), numbers by the writers of
- * b24_json_number.c, strings checked as UTF-8 with only '"', '\\' and
- * control characters escaped; what JSON cannot hold raises with the path to it (a[b][1]). */
+ * 1..n) or objects (string keys, written in bytewise order), numbers by the formatter form_encode
+ * shares (b24_json_number.c), strings checked as UTF-8 with only '"', '\\' and control characters
+ * escaped; what JSON cannot hold raises with the path to it (a[b][1]). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -424,19 +424,15 @@ static void encode_value(encoder *e, int idx, int depth)
             put(e, "false", 5);
         return;
     case LUA_TNUMBER: {
-#if LUA_VERSION_NUM >= 503
-        if (lua_isinteger(L, idx)) {
-            put(e, num, b24_json_format_integer((int64_t)lua_tointeger(L, idx), num));
+        double d = (double)lua_tonumber(L, idx);
+        if (d == 0 && signbit(d)) { /* -0.0: form_encode's "0" would read back as the integer 0 */
+            put(e, "-0.0", 4);
             return;
         }
-#endif
-        double d = (double)lua_tonumber(L, idx);
-        if (!isfinite(d))
+        len = b24_json_format_number(L, idx, num);
+        if (len == 0)
             fail(e, depth, "a NaN or infinite number");
-        if (d == 0 && signbit(d))
-            put(e, "-0.0", 4); /* "-0" would read back as the integer 0 */
-        else
-            put(e, num, b24_json_format_double(d, num));
+        put(e, num, len);
         return;
     }
     case LUA_TSTRING: {

@@ -1,6 +1,7 @@
-/* JSON numbers in plain C: the reader of a number in a scanned body (exact int64 or a correctly
- * rounded double, whatever LC_NUMERIC says), and the writers of integers and doubles that
- * json_encode and form mode share, with '.' as the decimal point in any locale. */
+/* Numbers as JSON and forms read and write them, in one place: the reader of a number in a
+ * scanned body (exact int64 or a correctly rounded double, whatever LC_NUMERIC says), and the
+ * writers of integers, doubles and Lua numbers that json_encode, form_encode and form mode share,
+ * so a number has one text in every codec, with '.' as its decimal point in any locale. */
 #include <locale.h>
 #include <math.h>
 #include <stdio.h>
@@ -157,4 +158,14 @@ size_t b24_json_format_double(double d, char *out)
             break;
     }
     return n;
+}
+
+size_t b24_json_format_number(lua_State *L, int idx, char *out)
+{
+#if LUA_VERSION_NUM >= 503
+    if (lua_isinteger(L, idx))
+        return b24_json_format_integer((int64_t)lua_tointeger(L, idx), out);
+#endif
+    double d = (double)lua_tonumber(L, idx);
+    return isfinite(d) ? b24_json_format_double(d, out) : 0;
 }

@@ -280,6 +280,51 @@ describe("bitrix24.core form_encode", function()
       end
    end)
 
+   -- A locale whose decimal point is ',' (de_DE). None is installed here (`locale -a`: C, C.utf8,
+   -- POSIX), so localedef compiles one into a temporary LOCPATH, read by a child interpreter of our
+   -- kind (Lua cannot set its own environment); the child keeps LD_PRELOAD, so the sanitizer run
+   -- covers it too. Without localedef and the de_DE source the example is pending.
+   local function sh(command)
+      local p = assert(io.popen(command .. ' 2>&1; echo "rc=$?"'))
+      local out = p:read("*a")
+      p:close()
+      return (out:gsub("rc=%d+\n$", "")), tonumber(out:match("rc=(%d+)\n$"))
+   end
+   local function quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+   local comma = "writes '.' as the decimal point under a locale whose point is ',', as json_encode does"
+   local de_source = io.open("/usr/share/i18n/locales/de_DE")
+   if de_source then de_source:close() end
+   if not de_source or select(2, sh("command -v localedef")) ~= 0 then
+      pending(comma .. " (no localedef or /usr/share/i18n/locales/de_DE to build a de_DE locale)")
+   else
+      it(comma, function()
+         local dir = os.tmpname()
+         os.remove(dir)
+         finally(function() os.execute("rm -rf " .. quote(dir)) end)
+         -- localedef is not under test: without the sanitizer run's preloaded runtime
+         local out, rc = sh(("unset LD_PRELOAD; mkdir %s && localedef -i de_DE -f UTF-8 %s/de_DE.UTF-8")
+            :format(quote(dir), quote(dir)))
+         assert.equal(0, rc, out)
+         local script = ("package.cpath = %q .. ';' .. package.cpath\n"):format(package.cpath) .. [[
+local core = require "bitrix24.core"
+assert(os.setlocale("de_DE.UTF-8", "numeric") == "de_DE.UTF-8", "no de_DE.UTF-8 in LOCPATH")
+io.write(core.form_encode({ a = 0.1, b = -1.5, c = 1e300, d = 13430.0, e = 1 / 3, [2.5] = "k" }), "\n",
+   core.json_encode({ 0.1, -1.5, 1e300, 13430.0, 1 / 3, 2.5 }))]]
+         -- LOCPATH makes glibc keep a list it builds when libcurl's libp11-kit calls newlocale:
+         -- the sanitizer run's leak check lets that one pass (it has no effect outside that run)
+         local f = assert(io.open(dir .. "/lsan.supp", "w"))
+         f:write("leak:__argz_add_sep\n")
+         f:close()
+         local lsan = (os.getenv("LSAN_OPTIONS") or "") .. ":suppressions=" .. dir .. "/lsan.supp"
+            .. ":print_suppressions=0"
+         out, rc = sh(("LOCPATH=%s LSAN_OPTIONS=%s %s -e %s"):format(quote(dir), quote(lsan),
+            jit and "luajit" or "lua5.4", quote(script)))
+         assert.equal(0, rc, out)
+         assert.equal("2.5=k&a=0.1&b=-1.5&c=1e%2B300&d=13430&e=0.3333333333333333\n"
+            .. "[0.1,-1.5,1e+300,13430,0.3333333333333333,2.5]", out)
+      end)
+   end
+
    it("omits cjson.null and empty tables", function()
       assert.equal("e=1", encode({ a = cjson.null, b = {}, c = { d = {} }, e = "1" }))
       assert.equal("a%5B0%5D=x&a%5B2%5D=z", encode({ a = { "x", cjson.null, "z" } }))
