@@ -63,15 +63,31 @@ describe("bitrix24.event", function()
          end)
       end
 
+      it("takes a task comment's ID from FIELDS_AFTER.ID when the portal sends no MESSAGE_ID", function()
+         local e = assert(event.parse("event=ONTASKCOMMENTUPDATE&data[FIELDS_AFTER][ID]=77"
+                                      .. "&data[FIELDS_AFTER][TASK_ID]=5", FORM))
+         assert.equal("77", e.id)
+         assert.equal("5", e.task_id)
+      end)
+
+      it("takes a smart-process item's ENTITY_TYPE_ID beside its ID", function()
+         local e = assert(event.parse("event=ONCRMDYNAMICITEMUPDATE&data[FIELDS][ID]=22"
+                                      .. "&data[FIELDS][ENTITY_TYPE_ID]=1224", FORM))
+         assert.equal("22", e.id)
+         assert.equal("1224", e.entity_type_id)
+         assert.is_nil(e.task_id)
+      end)
+
       it("takes the contact ID of the app vector from FIELDS", function()
          local e = assert(event.parse(read(EVENTS .. "app-oncrmcontactadd.form"), FORM))
          assert.equal("ONCRMCONTACTADD", e.name)
          assert.equal("134806", e.id)
       end)
 
-      it("takes the ONTASKCOMMENTADD ID from FIELDS_AFTER and keeps 'undefined' as sent", function()
+      it("takes the ONTASKCOMMENTADD comment from MESSAGE_ID (its ID is 0) with TASK_ID, and keeps 'undefined' as sent", function()
          local e = assert(event.parse(read(EVENTS .. "webhook-ontaskcommentadd.form"), FORM))
-         assert.equal("0", e.id)
+         assert.equal("48760", e.id)
+         assert.equal("2536", e.task_id)
          assert.equal("undefined", e.data.FIELDS_BEFORE)
          assert.equal("undefined", e.data.IS_ACCESSIBLE_AFTER)
          assert.equal("N", e.data.IS_ACCESSIBLE_BEFORE)

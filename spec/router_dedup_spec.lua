@@ -67,32 +67,92 @@ describe("bitrix24.router handle", function()
          assert.equal(require("bitrix24.log").default, rec.calls[1].ctx.log)
       end)
 
-      it("runs an UPDATE again for a new ts, not for the same ts", function()
+      it("runs two same-second UPDATEs of one object twice (issue 12: the WON transition was lost)", function()
          local r = new_router()
          local rec = recorder()
          r:on("ONCRMDEALUPDATE", rec.fn)
-         local first = body_of("ONCRMDEALUPDATE", "7405", "1766047124")
-         local again = body_of("ONCRMDEALUPDATE", "7405", "1766047125")
-         assert.same({ success = true }, cjson.decode(select(3, r:handle(post(first)))))
-         assert.same({ success = true }, cjson.decode(select(3, r:handle(post(again)))))
-         assert.same({ success = true, duplicate = true }, cjson.decode(select(3, r:handle(post(first)))))
+         local update = body_of("ONCRMDEALUPDATE", "7405", "1766047124")
+         assert.same({ success = true }, cjson.decode(select(3, r:handle(post(update)))))
+         assert.same({ success = true }, cjson.decode(select(3, r:handle(post(update)))))
          assert.equal(2, #rec.calls)
-         assert.equal("1766047124", rec.calls[1].event.ts)
-         assert.equal("1766047125", rec.calls[2].event.ts)
       end)
 
-      it("keys deliveries by portal, name and ID (and ts for updates), else by the body's digest", function()
+      it("runs once more after the run going on an UPDATE that arrives while its handler runs", function()
+         local r, lines = new_router()
+         local update = body_of("ONCRMDEALUPDATE", "7405", "1766047124")
+         local runs, answers = 0, {}
+         r:on("ONCRMDEALUPDATE", function()
+            runs = runs + 1
+            if runs == 1 then -- two more deliveries while the first run goes on
+               answers[1] = cjson.decode(select(3, r:handle(post(update))))
+               answers[2] = cjson.decode(select(3, r:handle(post(update))))
+            end
+         end)
+         local status, _, body = r:handle(post(update))
+         assert.equal(200, status)
+         assert.same({ success = true }, cjson.decode(body))
+         assert.equal(2, runs) -- the first, and exactly one more after it
+         assert.same({ success = true }, answers[1])
+         assert.same({ success = true, merged = true }, answers[2])
+         local merged
+         for _, l in ipairs(lines) do
+            if l.msg:find("merged", 1, true) then merged = l end
+         end
+         assert.equal("info", merged.level)
+         assert.equal("ONCRMDEALUPDATE", merged.fields.event)
+         assert.equal("7405", merged.fields.id)
+      end)
+
+      it("answers an ADD repeated while its handler runs as a duplicate, and logs it", function()
+         local r, lines = new_router()
+         local add = body_of("ONCRMDEALADD", "9")
+         local inner
+         r:on("ONCRMDEALADD", function()
+            if inner == nil then inner = cjson.decode(select(3, r:handle(post(add)))) end
+         end)
+         r:handle(post(add))
+         assert.same({ success = true, duplicate = true }, inner)
+         local line = lines[#lines]
+         assert.equal("info", line.level)
+         assert.equal("duplicate delivery", line.msg)
+         assert.equal("9", line.fields.id)
+         assert.is_nil(cjson.encode(line.fields):find(DEAL_TOKEN, 1, true))
+      end)
+
+      it("gives the verdict what a host needs: dedup = duplicate for adds and deletes, merge otherwise", function()
+         local r = new_router()
+         assert.equal("duplicate", r:accept(post(body_of("ONCRMDEALADD", "1"))).dedup)
+         assert.equal("duplicate", r:accept(post(body_of("ONCRMDEALDELETE", "1"))).dedup)
+         assert.equal("merge", r:accept(post(body_of("ONCRMDEALUPDATE", "1"))).dedup)
+         assert.equal("merge", r:accept(post(body_of("ONAPPTEST", "1"))).dedup)
+      end)
+
+      it("keys smart-process items by ENTITY_TYPE_ID too: item 22 of type 1224 is not that of type 128", function()
+         local r = new_router()
+         local rec = recorder()
+         r:on("*", rec.fn)
+         local function item(type_id)
+            return body_of("ONCRMDYNAMICITEMADD", "22", nil, { data = { FIELDS = { ID = "22", ENTITY_TYPE_ID = type_id } } })
+         end
+         assert.equal(DEAL_MEMBER .. "|ONCRMDYNAMICITEMADD|1224|22", r:accept(post(item("1224"))).key)
+         r:handle(post(item("128")))
+         assert.same({ success = true }, cjson.decode(select(3, r:handle(post(item("1224"))))))
+         assert.same({ success = true, duplicate = true }, cjson.decode(select(3, r:handle(post(item("1224"))))))
+         assert.equal(2, #rec.calls)
+      end)
+
+      it("keys deliveries by portal, name and object (no ts), else by the body's digest", function()
          local r = new_router()
          local function key(body) return r:accept(post(body)).key end
          assert.equal(DEAL_MEMBER .. "|ONCRMLEADDELETE|3", key(body_of("ONCRMLEADDELETE", "3")))
-         assert.equal(DEAL_MEMBER .. "|ONCRMLEADUPDATE|3|99", key(body_of("ONCRMLEADUPDATE", "3", "99")))
+         assert.equal(DEAL_MEMBER .. "|ONCRMLEADUPDATE|3", key(body_of("ONCRMLEADUPDATE", "3", "99")))
          local other = body_of("ONAPPTEST", "3")
          assert.equal("sha256:" .. core.sha256(other), key(other))
          local task_comment = read(VECTORS .. "events/webhook-ontaskcommentadd.form")
          local ins = bitrix24.router{ insecure = true }
          local v = ins:accept(post(task_comment))
-         -- its FIELDS_AFTER.ID is "0", shared by unrelated comments: the digest keeps them apart
-         assert.equal("sha256:" .. core.sha256(task_comment), v.key)
+         -- its FIELDS_AFTER.ID is "0", shared by unrelated comments: the comment is its MESSAGE_ID
+         assert.equal("c7848c26da9f20fa0d54043bf464b60c|ONTASKCOMMENTADD|2536|48760", v.key)
          assert.equal("add", v.kind)
          local by_domain = "event=ONCRMLEADADD&data[FIELDS][ID]=3&auth[domain]=d.example"
          assert.equal("d.example|ONCRMLEADADD|3", ins:accept(post(by_domain)).key)
@@ -111,14 +171,14 @@ describe("bitrix24.router handle", function()
          assert.equal(2, #rec.calls)
       end)
 
-      it("drops an identical other event, runs a different one", function()
+      it("runs an identical other event again once the first run ended (merge semantics)", function()
          local r = new_router()
          local rec = recorder()
          r:on("*", rec.fn)
          r:handle(post("event=ONAPPTEST&x=1&auth[application_token]=" .. DEAL_TOKEN))
          r:handle(post("event=ONAPPTEST&x=1&auth[application_token]=" .. DEAL_TOKEN))
          r:handle(post("event=ONAPPTEST&x=2&auth[application_token]=" .. DEAL_TOKEN))
-         assert.equal(2, #rec.calls)
+         assert.equal(3, #rec.calls)
       end)
 
       it("forgets a key dedup_ttl after processing", function()

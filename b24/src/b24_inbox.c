@@ -10,7 +10,10 @@
 
 #include <sqlite3.h>
 
+#include <sys/stat.h>
+
 #include "b24_clock.h"
+#include "b24_dedup.h"
 #include "b24_inbox.h"
 #include "b24_log.h"
 #include "b24_metrics.h"
@@ -27,7 +30,7 @@ static const char SCHEMA[] =
     "  content_type TEXT NOT NULL,"
     "  body BLOB NOT NULL,"
     "  received_at REAL NOT NULL,"
-    "  state TEXT NOT NULL DEFAULT 'pending'," /* pending | running */
+    "  state TEXT NOT NULL DEFAULT 'pending'," /* pending | running | waiting */
     "  attempts INTEGER NOT NULL DEFAULT 0,"
     "  next_at REAL NOT NULL,"
     "  last_error TEXT);"
@@ -50,8 +53,10 @@ enum {
     S_COMMIT,
     S_ROLLBACK,
     S_SEEN,
-    S_PENDING_KEY,
+    S_KEY_STATES,
     S_INSERT,
+    S_PROMOTE,
+    S_DROP_WAITING,
     S_DELETE,
     S_REMEMBER,
     S_RETRY,
@@ -69,9 +74,14 @@ static const char *const SQL[S_COUNT] = {
     [S_COMMIT] = "COMMIT",
     [S_ROLLBACK] = "ROLLBACK",
     [S_SEEN] = "SELECT 1 FROM seen WHERE key = ?1 AND until > ?2",
-    [S_PENDING_KEY] = "SELECT 1 FROM deliveries WHERE key = ?1 LIMIT 1",
-    [S_INSERT] = "INSERT INTO deliveries (key, event, content_type, body, received_at, next_at)"
-                 " VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+    [S_KEY_STATES] = "SELECT state FROM deliveries WHERE key = ?1",
+    [S_INSERT] =
+        "INSERT INTO deliveries (key, event, content_type, body, received_at, next_at, state)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
+    /* in its arrival order among the ready deliveries */
+    [S_PROMOTE] = "UPDATE deliveries SET state = 'pending', next_at = min(received_at, ?2)"
+                  " WHERE key = ?1 AND state = 'waiting'",
+    [S_DROP_WAITING] = "DELETE FROM deliveries WHERE key = ?1 AND state = 'waiting'",
     [S_DELETE] = "DELETE FROM deliveries WHERE id = ?1",
     [S_REMEMBER] = "INSERT OR REPLACE INTO seen (key, until) VALUES (?1, ?2)",
     [S_RETRY] =
@@ -80,8 +90,10 @@ static const char *const SQL[S_COUNT] = {
                " (key, event, content_type, body, received_at, attempts, last_error, died_at)"
                " SELECT key, event, content_type, body, received_at, attempts, ?2, ?3"
                " FROM deliveries WHERE id = ?1",
-    [S_READY] = "SELECT id, attempts, key, event, content_type, body FROM deliveries"
-                " WHERE state = 'pending' AND next_at <= ?1 ORDER BY next_at, id LIMIT ?2",
+    [S_READY] = "SELECT id, attempts, key, event, content_type, body FROM deliveries d"
+                " WHERE state = 'pending' AND next_at <= ?1 AND NOT EXISTS (SELECT 1 FROM"
+                " deliveries r WHERE r.key = d.key AND r.state = 'running')"
+                " ORDER BY next_at, id LIMIT ?2",
     [S_CLAIM] = "UPDATE deliveries SET state = 'running', attempts = attempts + 1 WHERE id = ?1",
     [S_RELEASE] = "UPDATE deliveries SET state = 'pending', attempts = attempts - 1 WHERE id = ?1",
     [S_NEXT] = "SELECT min(next_at) FROM deliveries WHERE state = 'pending'",
@@ -162,7 +174,14 @@ b24_inbox *b24_inbox_open(const char *path, const b24_inbox_options *o, char *er
     pthread_mutex_init(&in->lock, NULL);
     pthread_cond_init(&in->wake, NULL);
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
-    if (sqlite3_open_v2(path, &in->db, flags, NULL) != SQLITE_OK) {
+    /* the file, its -wal and -shm hold raw bodies with the application token: 0600. SQLite
+     * creates the -wal and -shm with the main file's mode, so the file is made 0600 first */
+    mode_t old_mask = umask(077);
+    int rc = sqlite3_open_v2(path, &in->db, flags, NULL);
+    if (rc == SQLITE_OK && strcmp(path, ":memory:") != 0)
+        chmod(path, 0600);
+    umask(old_mask);
+    if (rc != SQLITE_OK) {
         snprintf(err, errlen, "cannot open the inbox %s: %s", path,
                  in->db ? sqlite3_errmsg(in->db) : "out of memory");
         b24_inbox_close(in);
@@ -186,7 +205,7 @@ b24_inbox *b24_inbox_open(const char *path, const b24_inbox_options *o, char *er
     /* Runs a crash interrupted go again (their attempt was counted when they started),
      * except those out of attempts: a delivery whose run keeps killing the host must end in
      * the dead letters, not in a crash loop. */
-    char sql[512];
+    char sql[1024];
     snprintf(sql, sizeof sql,
              "BEGIN IMMEDIATE;"
              "INSERT INTO dead"
@@ -196,6 +215,8 @@ b24_inbox *b24_inbox_open(const char *path, const b24_inbox_options *o, char *er
              " WHERE state = 'running' AND attempts >= %d;"
              "DELETE FROM deliveries WHERE state = 'running' AND attempts >= %d;"
              "UPDATE deliveries SET state = 'pending' WHERE state = 'running';"
+             "UPDATE deliveries SET state = 'pending' WHERE state = 'waiting' AND key NOT IN"
+             " (SELECT key FROM deliveries WHERE state = 'pending');"
              "COMMIT;",
              b24_wall_now(), o->max_attempts, o->max_attempts);
     if (sqlite3_exec(in->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
@@ -263,6 +284,23 @@ static double backoff(b24_inbox *in, int attempts)
     return d / 2 + r * d / 2;
 }
 
+/* The waiting delivery of a finished one's key becomes claimable now. */
+static int promote(b24_inbox *in, const b24_job *j, double now)
+{
+    sqlite3_bind_text(in->st[S_PROMOTE], 1, j->key, (int)j->key_len, SQLITE_STATIC);
+    sqlite3_bind_double(in->st[S_PROMOTE], 2, now);
+    return step_done(in->st[S_PROMOTE]);
+}
+
+/* Whether a row of claimed[0..n) has key: one run of a key at a time. */
+static int claimed_key(const b24_job *claimed, int n, const char *key, size_t len)
+{
+    for (int i = 0; i < n; i++)
+        if (claimed[i].key_len == len && memcmp(claimed[i].key, key, len) == 0)
+            return 1;
+    return 0;
+}
+
 /* One batch: every queued store and outcome, then claims for the idle handler threads, in
  * one transaction. Returns when the next pending delivery becomes ready (0: unknown). */
 static double run_batch(b24_inbox *in, b24_put *puts, finish *fins, int nidle, b24_job *claimed,
@@ -274,21 +312,40 @@ static double run_batch(b24_inbox *in, b24_put *puts, finish *fins, int nidle, b
     int ok = step_done(st[S_BEGIN]) == 0;
     long delta = 0;
     for (b24_put *p = puts; p && ok; p = p->next) {
-        sqlite3_bind_text(st[S_SEEN], 1, p->key, -1, SQLITE_STATIC);
-        sqlite3_bind_double(st[S_SEEN], 2, now);
-        sqlite3_bind_text(st[S_PENDING_KEY], 1, p->key, -1, SQLITE_STATIC);
-        if (exists(st[S_SEEN]) || exists(st[S_PENDING_KEY])) {
-            p->result = B24_PUT_DUPLICATE;
+        int key_len = (int)p->key_len;
+        int duplicate_kind = b24_dedup_is_duplicate_kind(p->event);
+        int pending = 0, running = 0, waiting = 0;
+        sqlite3_bind_text(st[S_KEY_STATES], 1, p->key, key_len, SQLITE_STATIC);
+        while (sqlite3_step(st[S_KEY_STATES]) == SQLITE_ROW) {
+            const char *state = (const char *)sqlite3_column_text(st[S_KEY_STATES], 0);
+            pending |= state && strcmp(state, "pending") == 0;
+            running |= state && strcmp(state, "running") == 0;
+            waiting |= state && strcmp(state, "waiting") == 0;
+        }
+        sqlite3_reset(st[S_KEY_STATES]);
+        const char *state = "pending";
+        if (duplicate_kind) {
+            sqlite3_bind_text(st[S_SEEN], 1, p->key, key_len, SQLITE_STATIC);
+            sqlite3_bind_double(st[S_SEEN], 2, now);
+            if (pending || running || waiting || exists(st[S_SEEN])) {
+                p->result = B24_PUT_DUPLICATE;
+                continue;
+            }
+        } else if (pending || waiting) {
+            p->result = B24_PUT_MERGED;
             continue;
+        } else if (running) {
+            state = "waiting";
         }
         sqlite3_stmt *s = st[S_INSERT];
-        sqlite3_bind_text(s, 1, p->key, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 1, p->key, key_len, SQLITE_STATIC);
         sqlite3_bind_text(s, 2, p->event, -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 3, p->content_type, -1, SQLITE_STATIC);
         sqlite3_bind_blob(s, 4, p->body, (int)p->body_len, SQLITE_STATIC);
         sqlite3_bind_double(s, 5, now);
+        sqlite3_bind_text(s, 6, state, -1, SQLITE_STATIC);
         ok = step_done(s) == 0;
-        p->result = B24_PUT_STORED;
+        p->result = running ? B24_PUT_RERUN : B24_PUT_STORED;
         delta++;
     }
     for (finish *f = fins; f && ok; f = f->next) {
@@ -297,10 +354,13 @@ static double run_batch(b24_inbox *in, b24_put *puts, finish *fins, int nidle, b
             sqlite3_bind_int64(st[S_RELEASE], 1, j->id);
             ok = step_done(st[S_RELEASE]) == 0;
         } else if (f->error == NULL) {
-            sqlite3_bind_text(st[S_REMEMBER], 1, j->key, -1, SQLITE_STATIC);
-            sqlite3_bind_double(st[S_REMEMBER], 2, now + in->opt.dedup_ttl);
+            if (b24_dedup_is_duplicate_kind(j->event)) {
+                sqlite3_bind_text(st[S_REMEMBER], 1, j->key, (int)j->key_len, SQLITE_STATIC);
+                sqlite3_bind_double(st[S_REMEMBER], 2, now + in->opt.dedup_ttl);
+                ok = step_done(st[S_REMEMBER]) == 0;
+            }
             sqlite3_bind_int64(st[S_DELETE], 1, j->id);
-            ok = step_done(st[S_REMEMBER]) == 0 && step_done(st[S_DELETE]) == 0;
+            ok = ok && step_done(st[S_DELETE]) == 0 && promote(in, j, now) == 0;
             delta--;
         } else if (j->attempt >= in->opt.max_attempts) {
             f->buried = 1; /* logged once committed */
@@ -308,13 +368,21 @@ static double run_batch(b24_inbox *in, b24_put *puts, finish *fins, int nidle, b
             sqlite3_bind_text(st[S_BURY], 2, f->error, -1, SQLITE_STATIC);
             sqlite3_bind_double(st[S_BURY], 3, now);
             sqlite3_bind_int64(st[S_DELETE], 1, j->id);
-            ok = step_done(st[S_BURY]) == 0 && step_done(st[S_DELETE]) == 0;
+            ok = step_done(st[S_BURY]) == 0 && step_done(st[S_DELETE]) == 0 &&
+                 promote(in, j, now) == 0;
             delta--;
         } else {
             sqlite3_bind_int64(st[S_RETRY], 1, j->id);
             sqlite3_bind_double(st[S_RETRY], 2, now + backoff(in, j->attempt));
             sqlite3_bind_text(st[S_RETRY], 3, f->error, -1, SQLITE_STATIC);
-            ok = step_done(st[S_RETRY]) == 0;
+            /* the retry starts after the waiting delivery of its key arrived: it is that
+             * delivery's one more run */
+            sqlite3_bind_text(st[S_DROP_WAITING], 1, j->key, (int)j->key_len, SQLITE_STATIC);
+            int dropped = 0;
+            ok = step_done(st[S_RETRY]) == 0 && step_done(st[S_DROP_WAITING]) == 0;
+            if (ok)
+                dropped = sqlite3_changes(in->db);
+            delta -= dropped;
         }
     }
     *nclaimed = 0;
@@ -327,13 +395,17 @@ static double run_batch(b24_inbox *in, b24_put *puts, finish *fins, int nidle, b
             b24_job *j = &claimed[*nclaimed];
             j->id = sqlite3_column_int64(s, 0);
             j->attempt = sqlite3_column_int(s, 1) + 1;
-            j->key = dup_column(s, 2, NULL);
+            j->key = dup_column(s, 2, &j->key_len);
             j->event = dup_column(s, 3, NULL);
             j->content_type = dup_column(s, 4, NULL);
             j->body = dup_column(s, 5, &j->body_len);
             if (!j->key || !j->event || !j->content_type || !j->body) {
                 job_free(j);
                 break;
+            }
+            if (claimed_key(claimed, *nclaimed, j->key, j->key_len)) {
+                job_free(j); /* two pending rows of one key (a dead letter retried): later */
+                continue;
             }
             (*nclaimed)++;
         }
@@ -472,8 +544,11 @@ static void *inbox_main(void *arg)
                 pthread_cond_signal(&w->cond);
             }
         }
-        while (next < nclaimed) /* stopping meanwhile: these run after the next start */
-            job_free(&claimed[next++]);
+        while (next < nclaimed) { /* stopping meanwhile: back to pending, no attempt spent */
+            pthread_mutex_unlock(&in->lock);
+            b24_inbox_release(in, &claimed[next++]);
+            pthread_mutex_lock(&in->lock);
+        }
     }
     pthread_mutex_unlock(&in->lock);
     return NULL;

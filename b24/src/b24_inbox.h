@@ -1,7 +1,10 @@
 /* The durable inbox of b24 serve: deliveries stored in SQLite before the 200, handed to
  * handler threads, retried with backoff, and moved to a dead-letter table in the end. One
  * thread owns the database and batches every write that is waiting into one transaction
- * (group commit), so concurrent requests share an fsync. */
+ * (group commit), so concurrent requests share an fsync. Keys follow work-queue rules: an
+ * add's or delete's key seen (stored, or handled within dedup_ttl) is a duplicate; any other
+ * key pending is merged into that row; running, it gets one 'waiting' row (at most one), not
+ * claimable until the running one ends. No two rows of a key run at once. */
 #ifndef B24_INBOX_H
 #define B24_INBOX_H
 
@@ -22,20 +25,28 @@ typedef struct b24_inbox_options {
 typedef struct b24_put {
     struct b24_put *next;
     const char *key, *event, *content_type, *body;
-    size_t body_len;
-    int result; /* B24_PUT_STORED, B24_PUT_DUPLICATE or B24_PUT_FAILED */
+    size_t key_len, body_len; /* a key may hold NUL bytes */
+    int result;               /* B24_PUT_* */
     void (*done)(struct b24_put *put);
     void *arg;
 } b24_put;
 
-enum { B24_PUT_STORED = 0, B24_PUT_DUPLICATE = 1, B24_PUT_FAILED = -1 };
+/* Stored; a duplicate (an add or delete whose key is known); merged into a pending delivery of
+ * its key; stored as the one more run after the running delivery of its key; not stored. */
+enum {
+    B24_PUT_STORED = 0,
+    B24_PUT_DUPLICATE = 1,
+    B24_PUT_MERGED = 2,
+    B24_PUT_RERUN = 3,
+    B24_PUT_FAILED = -1
+};
 
 /* A delivery claimed by a handler thread. */
 typedef struct b24_job {
     int64_t id;
     int attempt;
     char *key, *event, *content_type, *body;
-    size_t body_len;
+    size_t key_len, body_len;
 } b24_job;
 
 /* Opens (creating) the inbox at path, or an in-memory one for ":memory:"; NULL and a message. */

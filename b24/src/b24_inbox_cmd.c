@@ -7,6 +7,7 @@
 #include <sqlite3.h>
 
 #include "b24_clock.h"
+#include "b24_dedup.h"
 #include "b24_inbox_cmd.h"
 
 static void inbox_usage(FILE *f)
@@ -52,10 +53,11 @@ static void json_string(const char *s)
 
 static int inbox_list(sqlite3 *db, int dead, long limit)
 {
-    const char *sql = dead ? "SELECT id, event, 'dead', attempts, received_at, died_at, last_error"
-                             " FROM dead ORDER BY id LIMIT ?1"
-                           : "SELECT id, event, state, attempts, received_at, next_at, last_error"
-                             " FROM deliveries ORDER BY id LIMIT ?1";
+    const char *sql =
+        dead ? "SELECT id, event, 'dead', attempts, received_at, died_at, last_error, key"
+               " FROM dead ORDER BY id LIMIT ?1"
+             : "SELECT id, event, state, attempts, received_at, next_at, last_error, key"
+               " FROM deliveries ORDER BY id LIMIT ?1";
     sqlite3_stmt *s;
     if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK)
         return -1;
@@ -63,6 +65,19 @@ static int inbox_list(sqlite3 *db, int dead, long limit)
     while (sqlite3_step(s) == SQLITE_ROW) {
         printf("{\"id\":%lld,\"event\":", (long long)sqlite3_column_int64(s, 0));
         json_string((const char *)sqlite3_column_text(s, 1));
+        /* the object the key names (event and ID), never the body with its token */
+        size_t len = 0;
+        const char *key = (const char *)sqlite3_column_blob(s, 7);
+        const char *object =
+            key ? b24_dedup_object(key, (size_t)sqlite3_column_bytes(s, 7), &len) : NULL;
+        fputs(",\"id_of_object\":", stdout);
+        if (object) {
+            char id[128];
+            snprintf(id, sizeof id, "%.*s", (int)(len < 120 ? len : 120), object);
+            json_string(id);
+        } else {
+            fputs("null", stdout);
+        }
         printf(",\"state\":\"%s\",\"attempts\":%d,\"received_at\":%.3f,\"%s\":%.3f,\"last_error\":",
                (const char *)sqlite3_column_text(s, 2), sqlite3_column_int(s, 3),
                sqlite3_column_double(s, 4), dead ? "died_at" : "next_at",

@@ -8,6 +8,7 @@
 #include <lauxlib.h>
 
 #include "b24.h" /* B24_VERSION, b24_mask */
+#include "b24_dedup.h"
 #include "b24_emulate.h"
 #include "b24_hostlib.h"
 #include "b24_inbox_cmd.h"
@@ -19,6 +20,7 @@
 static const luaL_Reg preloads[] = {
     {"bitrix24.core", luaopen_bitrix24_core},
     {"b24.host", luaopen_b24_host},
+    {"b24.dedup", luaopen_b24_dedup},
     {"b24.emulator.post", luaopen_b24_emulator_post},
     {NULL, NULL},
 };

@@ -17,14 +17,18 @@ static atomic_ulong duration_us_sum;
 static atomic_ulong handler_errors;
 static atomic_ulong reloads_ok, reloads_failed;
 static atomic_long in_flight;
-static atomic_ulong stored_total, duplicates_total, runs_ok, runs_failed, dead_total;
+static atomic_ulong stored_total, duplicates_total, merged_total, rerun_total;
+static atomic_ulong runs_ok, runs_failed, dead_total;
 static long (*depth_fn)(void);
 
-/* A delivery accepted: stored, or a duplicate. */
-void b24_metrics_delivery(int duplicate)
+/* A delivery accepted: stored (or run), a duplicate, merged, or one more run asked for. */
+void b24_metrics_delivery(int result)
 {
-    atomic_fetch_add_explicit(duplicate ? &duplicates_total : &stored_total, 1,
-                              memory_order_relaxed);
+    atomic_ulong *c = result == B24_DELIVERY_DUPLICATE ? &duplicates_total
+                      : result == B24_DELIVERY_MERGED  ? &merged_total
+                      : result == B24_DELIVERY_RERUN   ? &rerun_total
+                                                       : &stored_total;
+    atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
 }
 
 /* A handler run on a stored delivery. */
@@ -136,15 +140,19 @@ char *b24_metrics_render(size_t *len)
         "b24_reloads_total{result=\"failed\"} %lu\n",
         atomic_load_explicit(&reloads_ok, memory_order_relaxed),
         atomic_load_explicit(&reloads_failed, memory_order_relaxed));
+    put(&o,
+        "# HELP b24_deliveries_total Accepted deliveries: stored (or run at once), duplicates"
+        " and merged ones answered at once, and those that asked for one more run.\n"
+        "# TYPE b24_deliveries_total counter\n"
+        "b24_deliveries_total{result=\"stored\"} %lu\n"
+        "b24_deliveries_total{result=\"duplicate\"} %lu\n"
+        "b24_deliveries_total{result=\"merged\"} %lu\n"
+        "b24_deliveries_total{result=\"rerun\"} %lu\n",
+        atomic_load_explicit(&stored_total, memory_order_relaxed),
+        atomic_load_explicit(&duplicates_total, memory_order_relaxed),
+        atomic_load_explicit(&merged_total, memory_order_relaxed),
+        atomic_load_explicit(&rerun_total, memory_order_relaxed));
     if (depth_fn) {
-        put(&o,
-            "# HELP b24_deliveries_total "
-            "Accepted deliveries: stored, or duplicates answered at once.\n"
-            "# TYPE b24_deliveries_total counter\n"
-            "b24_deliveries_total{result=\"stored\"} %lu\n"
-            "b24_deliveries_total{result=\"duplicate\"} %lu\n",
-            atomic_load_explicit(&stored_total, memory_order_relaxed),
-            atomic_load_explicit(&duplicates_total, memory_order_relaxed));
         put(&o,
             "# HELP b24_handler_runs_total Runs of the handlers on stored deliveries.\n"
             "# TYPE b24_handler_runs_total counter\n"

@@ -14,8 +14,10 @@ void b24_metrics_reload(int ok);
 void b24_metrics_in_flight(int delta);
 /* Requests being received or handled now. */
 long b24_metrics_in_flight_now(void);
-/* A delivery accepted into the inbox: stored, or a duplicate answered at once. */
-void b24_metrics_delivery(int duplicate);
+enum { B24_DELIVERY_STORED, B24_DELIVERY_DUPLICATE, B24_DELIVERY_MERGED, B24_DELIVERY_RERUN };
+/* A delivery accepted (one of B24_DELIVERY_*): stored or run, a duplicate or merged answered at
+ * once, or one that asked for one more run of its key. */
+void b24_metrics_delivery(int result);
 /* A handler run on a stored delivery, ok or failed. */
 void b24_metrics_handler_run(int ok);
 /* A delivery moved to the dead letters. */

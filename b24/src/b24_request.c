@@ -17,6 +17,7 @@
 #include "b24.h" /* B24_VERSION */
 #include "b24_bridge.h"
 #include "b24_clock.h"
+#include "b24_dedup.h"
 #include "b24_inbox.h"
 #include "b24_log.h"
 #include "b24_metrics.h"
@@ -194,6 +195,7 @@ static enum MHD_Result store(struct MHD_Connection *c, request *r, lua_State *L,
     }
     char *p = r->put_mem;
     r->put.key = memcpy(p, key, klen + 1), p += klen + 1;
+    r->put.key_len = klen;
     r->put.event = memcpy(p, event, elen + 1), p += elen + 1;
     r->put.content_type = memcpy(p, ctype, clen + 1), p += clen + 1;
     r->accept_body = memcpy(p, body, blen), r->accept_body_len = blen;
@@ -209,15 +211,38 @@ static enum MHD_Result store(struct MHD_Connection *c, request *r, lua_State *L,
     return MHD_YES;
 }
 
+/* Logs, at info, a delivery that was not stored as a run of its own, with the object its key
+ * names (never the body, so never the token). */
+static void log_not_run(const request *r, const char *msg)
+{
+    if (!b24_log_enabled(B24_INFO))
+        return;
+    size_t len = 0;
+    const char *object = b24_dedup_object(r->put.key, r->put.key_len, &len);
+    char id[128];
+    snprintf(id, sizeof id, "%.*s", object ? (int)(len < 120 ? len : 120) : 1,
+             object ? object : "-");
+    b24_log(B24_INFO, msg, "event", r->put.event, "id", id, NULL);
+}
+
 static enum MHD_Result answer_stored(struct MHD_Connection *c, request *r)
 {
     r->awaiting = 0;
     switch (r->put.result) {
     case B24_PUT_STORED:
-        b24_metrics_delivery(0);
+        b24_metrics_delivery(B24_DELIVERY_STORED);
         return respond(c, r, 200, JSON, r->accept_body, r->accept_body_len);
+    case B24_PUT_RERUN:
+        b24_metrics_delivery(B24_DELIVERY_RERUN);
+        log_not_run(r, "delivery arrived while its object's handlers ran: one more run after them");
+        return respond(c, r, 200, JSON, r->accept_body, r->accept_body_len);
+    case B24_PUT_MERGED:
+        b24_metrics_delivery(B24_DELIVERY_MERGED);
+        log_not_run(r, "delivery merged into a pending run");
+        return respond(c, r, 200, JSON, "{\"success\":true,\"merged\":true}", 30);
     case B24_PUT_DUPLICATE:
-        b24_metrics_delivery(1);
+        b24_metrics_delivery(B24_DELIVERY_DUPLICATE);
+        log_not_run(r, "duplicate delivery");
         return respond(c, r, 200, JSON, "{\"success\":true,\"duplicate\":true}", 33);
     default:
         return respond_error(c, r, 503, "inbox unavailable");
@@ -265,7 +290,9 @@ static enum MHD_Result run_handler(struct MHD_Connection *c, request *r)
     b24_bridge_request req = {r->method,   r->uri,     r->remote,  r->body,
                               r->body_len, r->headers, r->nheaders};
     b24_inbox *inbox = r->ctx->inbox;
-    if (b24_bridge_call(L, &req, inbox != NULL, &r->options) != LUA_OK) {
+    int called = b24_bridge_call(L, &req, inbox != NULL, &r->options);
+    b24_dedup_release_thread(); /* a handler that unwound past router:handle's finish */
+    if (called != LUA_OK) {
         b24_metrics_handler_error();
         const char *m = lua_tostring(L, -1);
         b24_log(B24_ERROR, "handler failed", "method", r->method, "path", r->uri, "error",

@@ -81,6 +81,17 @@ static int open_state(lua_State *L)
     lua_remove(L, -2);
     lua_call(L, 1, 0);
     lua_pop(L, 1);
+    /* routers deduplicate in one process-wide store (b24.dedup), whichever thread's state
+     * runs them: injected with bitrix24.router.use_store, as the logger is */
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "bitrix24.router");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "use_store");
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "b24.dedup");
+    lua_call(L, 1, 1);
+    lua_call(L, 1, 0);
+    lua_pop(L, 1);
     return 0;
 }
 

@@ -3,11 +3,9 @@
 -- are `nil, bitrix24.Error` (code: what went wrong, description: the reason in words).
 local core = require "bitrix24.core"
 local Error = require "bitrix24.error"
-local cjson = require("cjson.safe").new()
 
 local type = type
 local error = error
-local pcall = pcall
 local tostring = tostring
 local setmetatable = setmetatable
 local string_lower = string.lower
@@ -16,9 +14,7 @@ local string_match = string.match
 local string_sub = string.sub
 local string_find = string.find
 local form_decode = core.form_decode
-local form_encode = core.form_encode
-
-cjson.decode_invalid_numbers(false)
+local json_decode = core.json_decode
 
 local _M = {}
 local mt = { __index = _M } -- an event's own fields (name, id, data, …) never clash with these
@@ -66,16 +62,40 @@ function _M.kind(name)
    return "other"
 end
 
--- The ID of the object an event is about: FIELDS.ID for CRM, FIELDS_AFTER.ID (tasks), then
--- FIELDS_BEFORE.ID (task deletes). Kept as sent, "undefined" included; nil when absent.
-local function object_id(data)
+-- The section naming the object an event is about: FIELDS for CRM, FIELDS_AFTER (tasks),
+-- then FIELDS_BEFORE (task deletes); nil when none has an ID.
+local function object_fields(data)
    if type(data) ~= "table" then return nil end
    local sections = { "FIELDS", "FIELDS_AFTER", "FIELDS_BEFORE" }
    for i = 1, #sections do
       local section = data[sections[i]]
-      if type(section) == "table" and type(section.ID) == "string" then return section.ID end
+      if type(section) == "table" and type(section.ID) == "string" then return section end
    end
    return nil
+end
+
+local function string_or_nil(v)
+   if type(v) == "string" then return v end
+   return nil
+end
+
+-- id, task_id, entity_type_id of an event's object, kept as sent ("undefined" included).
+-- A task comment (ONTASKCOMMENT*) is the comment: MESSAGE_ID where the portal sends it (its
+-- ID is then "0"), else ID, with TASK_ID beside it; a smart-process item
+-- (ONCRMDYNAMICITEM*) has the ENTITY_TYPE_ID its ID sequence belongs to.
+local function object_of(name, data)
+   local fields = object_fields(data)
+   if fields == nil then return nil end
+   if string_sub(name, 1, 13) == "ONTASKCOMMENT" then
+      local message = string_or_nil(fields.MESSAGE_ID)
+      local id = fields.ID
+      if message and message ~= "" and message ~= "0" then id = message end
+      return id, string_or_nil(fields.TASK_ID), nil
+   end
+   if string_sub(name, 1, 16) == "ONCRMDYNAMICITEM" then
+      return fields.ID, nil, string_or_nil(fields.ENTITY_TYPE_ID)
+   end
+   return fields.ID, nil, nil
 end
 
 local function failure(code, description)
@@ -93,9 +113,13 @@ function _M.new(fields, raw)
    if type(auth) ~= "table" then auth = {} end
    local domain, member_id = auth.domain, auth.member_id
    local ts = fields.ts
+   name = string_upper(name)
+   local id, task_id, entity_type_id = object_of(name, fields.data)
    local event = {
-      name = string_upper(name),
-      id = object_id(fields.data),
+      name = name,
+      id = id,
+      task_id = task_id,
+      entity_type_id = entity_type_id,
       data = fields.data,
       auth = auth,
       ts = type(ts) == "string" and ts or nil,
@@ -106,23 +130,34 @@ function _M.new(fields, raw)
    return setmetatable(event, mt)
 end
 
--- Decodes a JSON body into the table its form body would give: the JSON is form-encoded and the
--- form decoded again, so both kinds of body give equal events under the same limits.
+-- Whether raw is valid JSON that is no container (a number, string, true, false or null).
+local function cjson_scalar(raw)
+   return json_decode(raw, { max_size = #raw + 1 }) ~= nil
+end
+
+-- Decodes a JSON body into the table its form body would give (form_decode of its
+-- form_encode), with the limits applied while parsing, so both kinds of body give equal events
+-- under the same limits and a JSON body never builds what it would then refuse.
 local function decode_json(raw, limits)
-   cjson.decode_max_depth((limits.max_depth or DEFAULT_LIMITS.max_depth) + 1)
-   local value = cjson.decode(raw)
-   if value == nil then return nil, "body is not valid JSON", "malformed" end
+   local value, msg, kind = json_decode(raw, {
+      form = true,
+      max_depth = limits.max_depth or DEFAULT_LIMITS.max_depth,
+      max_pairs = limits.max_pairs or DEFAULT_LIMITS.max_pairs,
+      max_size = limits.max_size or DEFAULT_LIMITS.max_size,
+   })
+   if value == nil then
+      if kind == "malformed" then
+         -- the form of a JSON scalar is refused as malformed too: say which it is
+         local first = string_match(raw, "^[ \t\r\n]*(.)")
+         if first and first ~= "{" and first ~= "[" and cjson_scalar(raw) then
+            return nil, "body is not a JSON object", kind
+         end
+         return nil, "body is not valid JSON", kind
+      end
+      return nil, msg, kind
+   end
    if type(value) ~= "table" then return nil, "body is not a JSON object", "malformed" end
-   local form_limits = {
-      max_depth = limits.max_depth, max_pairs = limits.max_pairs,
-      -- the form of a JSON body can be longer than the body itself: a form length limit
-      -- would only reject what the raw size check already let through
-      max_size = 2147483647,
-   }
-   -- form_encode raises only on values JSON cannot carry but cjson can give (1e999 is infinite)
-   local ok, form = pcall(form_encode, value)
-   if not ok then return nil, "body holds a number out of range", "malformed" end
-   return form_decode(form, form_limits)
+   return value
 end
 
 -- Decodes a raw body of the given Content-Type into an event.

@@ -11,6 +11,7 @@ local error = error
 local pairs = pairs
 local pcall = pcall
 local rawget = rawget
+local setmetatable = setmetatable
 local tostring = tostring
 local tonumber = tonumber
 local io_open = io.open
@@ -136,15 +137,70 @@ local function answer(verdict)
    return verdict.status
 end
 
+-- The store of a lua_shared_dict, shared by every nginx worker. "duplicate" keys hold
+-- "running" while they run and "done" dedup_ttl after; "merge" keys count the deliveries
+-- since their run started (1 running, 2 one more run asked for, more merged into it) with
+-- atomic incr, so workers never race. A worker that dies mid-run leaves its count until the
+-- entry expires (dedup_ttl).
+local SharedStore = {}
+SharedStore.__index = SharedStore
+
+-- A store on ngx.shared[name]; raises when nginx has no such lua_shared_dict.
+function _M.shared_store(name)
+   local ngx = _M.api()
+   local dict = ngx.shared[name]
+   if dict == nil then
+      error("no lua_shared_dict " .. tostring(name) .. " in nginx.conf (router option shared_dict)", 2)
+   end
+   return setmetatable({ dict = dict }, SharedStore)
+end
+
+local function merge_key(key) return "m:" .. key end
+local function duplicate_key(key) return "d:" .. key end
+
+function SharedStore:begin(key, dedup, _, ttl)
+   local dict = self.dict
+   if dedup == "duplicate" then
+      local added, err = dict:add(duplicate_key(key), "running", ttl)
+      if added then return "run" end
+      if err == "exists" then return "duplicate" end
+      return "run" -- the dict is full: running twice beats dropping a delivery
+   end
+   local n = dict:incr(merge_key(key), 1, 0, ttl)
+   if n == nil or n == 1 then return "run" end
+   if n == 2 then return "rerun" end
+   return "merged"
+end
+
+function SharedStore:finish(key, dedup, ok, _, ttl)
+   local dict = self.dict
+   if dedup == "duplicate" then
+      if ok then dict:set(duplicate_key(key), "done", ttl) else dict:delete(duplicate_key(key)) end
+      return false
+   end
+   local n = dict:incr(merge_key(key), -1)
+   if n == nil or n <= 0 then return false end
+   -- deliveries came while it ran: back to 1 (running) keeping any that come meanwhile, and
+   -- run once more
+   dict:incr(merge_key(key), 1 - n)
+   return true
+end
+
 -- router:handle_ngx: reads the request, checks it with router:accept, answers at once, and runs
 -- the handlers of an accepted, new event after the response in ngx.timer.at(0, …), deduplicated
--- by router:claim / router:settle. A failing handler is logged, never raised, and its key
--- forgotten so a redelivery runs it again. opts: max_body, max_running (nginx timers running or
--- pending at most when an event comes, else 503), log (bitrix24.ngx.log when nil). Returns the
--- status answered.
+-- by router:begin / router:finish (the router's store, or that of opts.shared_dict): a repeat
+-- of an add or delete is a duplicate, any other repeat is merged or runs the handlers once more
+-- after the run going on. A failing handler is logged, never raised, and its key forgotten so a
+-- redelivery runs it again. opts: max_body, max_running (nginx timers running or pending at
+-- most when an event comes, else 503), log (bitrix24.ngx.log when nil), shared_dict. Returns
+-- the status answered.
 function _M.handle(router, opts)
    local ngx = _M.api()
    local log = opts.log or _M.log
+   if opts.shared_dict and not router.shared_store then
+      router.shared_store = _M.shared_store(opts.shared_dict)
+      router.store = router.shared_store
+   end
    local request, err = _M.read_request(opts.max_body)
    if not request then return answer(router.refusal(err)) end
    local ok, verdict = pcall(router.accept, router, request) -- a bad key function raises
@@ -154,7 +210,7 @@ function _M.handle(router, opts)
                                               description = "delivery could not be accepted" }))
    end
    if verdict.status ~= 200 then return answer(verdict) end
-   local key, event = verdict.key, verdict.event
+   local event = verdict.event
    -- nginx's own counts, so a timer it dropped leaves no count behind
    local timer = ngx.timer
    if timer.running_count() + timer.pending_count() >= opts.max_running then
@@ -163,21 +219,21 @@ function _M.handle(router, opts)
       return answer(router.refusal(Error.new{ code = "busy", status = 503,
                                               description = "too many handlers running" }))
    end
-   if not router:claim(key) then return answer(router.duplicate()) end
+   local outcome = router:begin(verdict)
+   if outcome ~= "run" then
+      router.log_not_run(log, outcome, event)
+      _M.respond(200, { ["Content-Type"] = "application/json" }, router.NOT_RUN[outcome][1])
+      return 200
+   end
    -- a timer runs in the worker's Lua state once this request handler yields or ends, as a
    -- light thread of its own: cosockets, ngx.sleep and ngx.run_worker_thread work there. It also
    -- runs when nginx is shutting down (premature), since Bitrix24 does not send an event twice.
    local function run()
-      local ctx = { attempt = 1, log = log }
-      local done, res, derr = pcall(router.dispatch, router, { body = event.raw, event = event }, ctx)
-      router:settle(key, done and res)
-      if done and res then return end
-      pcall(log, "error", "handler failed",
-            { event = event.name, id = event.id, error = done and derr.description or res })
+      router:run_verdict(verdict, { attempt = 1, log = log })
    end
    local scheduled, why = timer.at(0, run)
    if not scheduled then
-      router:settle(key, false)
+      router:finish(verdict, false)
       pcall(log, "error", "handlers could not be scheduled", { event = event.name, error = why })
       return answer(router.refusal(Error.new{ code = "not_scheduled", status = 503,
                                               description = "handlers could not be scheduled" }))

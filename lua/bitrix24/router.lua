@@ -127,9 +127,24 @@ local function standard_webhooks_key(secret)
    return key
 end
 
+local memory_store -- defined with the stores below
+local default_store -- installed by a host (use_store)
+
+-- use_store(factory): routers this Lua state creates from now on without a store option take
+-- factory(dedup_max) as theirs (b24 serve installs its process-wide store); nil removes it.
+function _M.use_store(factory)
+   if factory ~= nil and type(factory) ~= "function" then
+      error("bad argument #1 to 'use_store' (a function(dedup_max) expected)", 2)
+   end
+   default_store = factory
+end
+
 -- Creates a router. Options: token | tokens ({ [member_id or domain] = token }), secret +
 -- signature_header, standard_webhooks_secret, max_age, insecure, dedup_ttl, dedup_max, key,
--- max_body, limits ({ max_depth, max_pairs }), now, client (ctx.client), log (a
+-- max_body, limits ({ max_depth, max_pairs }), store (where dedup keys live: an object with
+-- begin and finish as the in-memory one has; by default that of use_store, else one per router),
+-- shared_dict (handle_ngx: the lua_shared_dict whose store every nginx worker shares, instead
+-- of one store per worker), now, client (ctx.client), log (a
 -- function(level, msg, fields): ctx.log and the router's own lines; bitrix24.log.default (the
 -- host's writer, else stderr), or bitrix24.ngx.log in handle_ngx, when nil), max_running
 -- (handle_ngx: at most this many nginx timers running or pending in the worker when an event
@@ -169,6 +184,9 @@ function _M.new(opts)
    if opts.key ~= nil and type(opts.key) ~= "function" then
       error("bad option 'key' (a function expected)", 2)
    end
+   if opts.store ~= nil and type(opts.store) ~= "table" and type(opts.store) ~= "userdata" then
+      error("bad option 'store' (an object with begin and finish expected)", 2)
+   end
    if opts.now ~= nil and type(opts.now) ~= "function" then
       error("bad option 'now' (a function expected)", 2)
    end
@@ -189,6 +207,7 @@ function _M.new(opts)
    local ok, err = pcall(core.form_decode, "", limits)
    if not ok then error("bad option 'limits' (" .. tostring(err) .. ")", 2) end
    local dedup_max = check_number(opts, "dedup_max", DEDUP_MAX)
+   local shared_dict = check_string(opts, "shared_dict")
    local max_running = check_number(opts, "max_running", MAX_RUNNING)
    if max_running < 1 or max_running ~= math_floor(max_running) then
       error("bad option 'max_running' (a whole number from 1 expected)", 2)
@@ -205,17 +224,14 @@ function _M.new(opts)
       dedup_max = dedup_max,
       max_running = max_running,
       key_function = opts.key,
+      shared_dict = shared_dict,
       max_body = max_body,
       limits = limits,
       now = opts.now or os_time,
       client = opts.client,
       log = opts.log,
       handlers = {},
-      seen = {},        -- dedup key -> expiry (unix seconds); true while pending
-      seen_order = {},  -- { key, expiry } in expiry order, for pruning
-      seen_head = 1,
-      seen_tail = 0,
-      seen_count = 0,
+      store = opts.store or (default_store and default_store(dedup_max)) or memory_store(dedup_max),
    }
    return setmetatable(self, mt)
 end
@@ -315,16 +331,24 @@ local function usable_id(id)
    return type(id) == "string" and string_match(id, "^[1-9]%d*$") ~= nil
 end
 
--- The default dedup key: portal|NAME|id for adds and deletes, plus |ts for updates, and the
--- body's digest for everything else (and for events without a usable ID or ts).
+-- The default dedup key: portal|NAME|object, the object being the event's ID (with the smart
+-- process's ENTITY_TYPE_ID before it for dynamic items, the task's ID for task comments), and
+-- the body's digest for events without a usable ID. No ts: two updates of one object in one
+-- second are byte-identical, so what a repeat means is the store's business (work-queue
+-- semantics), not the key's.
 function _M.default_key(event)
-   local kind = event_module.kind(event.name)
    local portal = event.member_id or event.domain or "-"
-   if (kind == "add" or kind == "delete") and usable_id(event.id) then
-      return portal .. "|" .. event.name .. "|" .. event.id
-   end
-   if kind == "update" and usable_id(event.id) and event.ts and event.ts ~= "" then
-      return portal .. "|" .. event.name .. "|" .. event.id .. "|" .. event.ts
+   if event_module.kind(event.name) ~= "other" and usable_id(event.id) then
+      local object = event.id
+      if event.entity_type_id ~= nil then
+         if not usable_id(event.entity_type_id) then return "sha256:" .. sha256(event.raw) end
+         object = event.entity_type_id .. "|" .. object
+      end
+      if event.task_id ~= nil then
+         if not usable_id(event.task_id) then return "sha256:" .. sha256(event.raw) end
+         object = event.task_id .. "|" .. object
+      end
+      return portal .. "|" .. event.name .. "|" .. object
    end
    return "sha256:" .. sha256(event.raw)
 end
@@ -339,7 +363,9 @@ local function key_of(self, event)
 end
 
 -- Verifies and parses one request. Returns a verdict table: status, headers, body, and for a
--- status 200 also event, key (the dedup key) and kind ("add", "update", "delete", "other"), else
+-- status 200 also event, key (the dedup key), kind ("add", "update", "delete", "other") and
+-- dedup (what a repeat of the key means: "duplicate" for adds and deletes, "merge" otherwise:
+-- merged into a pending delivery of the key, or one more run after a started one), else
 -- err (a bitrix24.Error: code, status, and the body's reason as description). Never runs a handler.
 function _M.accept(self, request)
    if type(request) ~= "table" then error("bad argument #1 to 'accept' (request table expected)", 2) end
@@ -381,9 +407,10 @@ function _M.accept(self, request)
       local why = check_age(self, event)
       if why then return refuse(401, "unverified", why) end
    end
+   local kind = event_module.kind(event.name)
    return {
       status = 200, headers = json_headers(), body = OK_BODY,
-      event = event, key = key_of(self, event), kind = event_module.kind(event.name),
+      event = event, key = key_of(self, event), kind = kind, dedup = _M.dedup_of(kind),
    }
 end
 
@@ -450,9 +477,9 @@ function _M.dispatch(self, stored, ctx)
 end
 
 -- Drops expired keys from the front of the expiry-ordered list, and the oldest while over size.
-local function prune(self, now)
-   local order, seen = self.seen_order, self.seen
-   local head = self.seen_head
+local function prune(store, now)
+   local order, seen = store.seen_order, store.seen
+   local head = store.seen_head
    while order[head] do
       local entry = order[head]
       local expiry = seen[entry[1]]
@@ -460,60 +487,159 @@ local function prune(self, now)
          -- superseded (processed again later) or already removed: only the list entry goes
          order[head] = nil
          head = head + 1
-      elseif expiry <= now or self.seen_count > self.dedup_max then
+      elseif expiry <= now or store.seen_count > store.max then
          seen[entry[1]] = nil
-         self.seen_count = self.seen_count - 1
+         store.seen_count = store.seen_count - 1
          order[head] = nil
          head = head + 1
       else
          break
       end
    end
-   self.seen_head = head
+   store.seen_head = head
 end
 
--- In-memory deduplication, for hosts that run the handlers themselves (handle, bitrix24.ngx):
--- claims a dedup key for a run of the handlers. false for a duplicate (seen within dedup_ttl,
--- or pending), else true with the key marked pending while the handlers run, so a delivery
--- arriving meanwhile (a host whose handlers yield) is coalesced with this one.
-function _M.claim(self, key)
-   local now = self.now()
-   prune(self, now)
-   local state = self.seen[key]
-   if state == true or (state and state > now) then return false end
-   if state == nil then self.seen_count = self.seen_count + 1 end
-   self.seen[key] = true
-   return true
+-- The in-memory store of one Lua state (handle; bitrix24.ngx per worker). "duplicate" keys
+-- (adds, deletes) are remembered while they run and dedup_ttl after; "merge" keys count the
+-- deliveries since their run started: 1 running, 2 running with one more run asked for,
+-- more merged into that one.
+local MemoryStore = {}
+MemoryStore.__index = MemoryStore
+
+function memory_store(max)
+   return setmetatable({ seen = {}, seen_order = {}, seen_head = 1, seen_tail = 0, seen_count = 0,
+                         running = {}, latest = {}, max = max }, MemoryStore)
 end
 
--- Settles a claimed key once its handlers ran: remembered for dedup_ttl when ok, else
--- forgotten, so a redelivery runs them again.
-function _M.settle(self, key, ok)
-   if ok then
-      local expiry = self.now() + self.dedup_ttl
-      if self.seen[key] == nil then self.seen_count = self.seen_count + 1 end
-      self.seen[key] = expiry
-      self.seen_tail = self.seen_tail + 1
-      self.seen_order[self.seen_tail] = { key, expiry }
-   elseif self.seen[key] ~= nil then
-      self.seen[key] = nil
-      self.seen_count = self.seen_count - 1
+-- begin(key, dedup, now, ttl, event): "run" (the caller runs the handlers, then calls finish),
+-- "duplicate", "merged" (into a run asked for already) or "rerun" (the run going on will run
+-- once more after it ends, on this event).
+function MemoryStore:begin(key, dedup, now, _, event)
+   if dedup == "duplicate" then
+      prune(self, now)
+      local state = self.seen[key]
+      if state == true or (state and state > now) then return "duplicate" end
+      if state == nil then self.seen_count = self.seen_count + 1 end
+      self.seen[key] = true
+      return "run"
    end
+   local n = (self.running[key] or 0) + 1
+   self.running[key] = n
+   if n == 1 then return "run" end
+   self.latest[key] = event
+   if n == 2 then return "rerun" end
+   return "merged"
 end
 
--- accept, in-memory deduplication and dispatch in one call, for hosts without an inbox.
+-- finish(key, dedup, ok, now, ttl): a run ended; true when the caller must run once more (a
+-- delivery came while it ran), with the latest such delivery's event when the store has it.
+function MemoryStore:finish(key, dedup, ok, now, ttl)
+   if dedup == "duplicate" then
+      if ok then
+         local expiry = now + ttl
+         if self.seen[key] == nil then self.seen_count = self.seen_count + 1 end
+         self.seen[key] = expiry
+         self.seen_tail = self.seen_tail + 1
+         self.seen_order[self.seen_tail] = { key, expiry }
+      elseif self.seen[key] ~= nil then
+         self.seen[key] = nil
+         self.seen_count = self.seen_count - 1
+      end
+      return false
+   end
+   local n = self.running[key]
+   local latest = self.latest[key]
+   self.latest[key] = nil
+   if n == nil or n <= 1 then
+      self.running[key] = nil
+      return false
+   end
+   self.running[key] = 1
+   return true, latest
+end
+
+_M.memory_store = memory_store
+
+-- What deduplication does with a repeat of a key: "duplicate" for adds and deletes (an object
+-- is created and deleted once), "merge" for everything else (merged into a pending run, or one
+-- more run after the one going on).
+function _M.dedup_of(kind)
+   if kind == "add" or kind == "delete" then return "duplicate" end
+   return "merge"
+end
+
+-- Claims verdict's key (router:accept's) for a run of the handlers, in the router's store.
+-- Returns "run" (run them, then router:finish), "duplicate", "merged" or "rerun" (answer at
+-- once: the run going on runs once more). A store may block here (b24 serve --sync waits for
+-- the run going on, then returns "run").
+function _M.begin(self, verdict)
+   return self.store:begin(verdict.key, verdict.dedup, self.now(), self.dedup_ttl, verdict.event)
+end
+
+-- Ends a run begun with router:begin; true when the handlers must run once more (and the
+-- event to run them on, when the store knows a later one).
+function _M.finish(self, verdict, ok)
+   return self.store:finish(verdict.key, verdict.dedup, ok and true or false, self.now(), self.dedup_ttl)
+end
+
+-- The claim of a key with duplicate semantics (the form of begin before merges): true to run.
+function _M.claim(self, key)
+   return self.store:begin(key, "duplicate", self.now(), self.dedup_ttl) == "run"
+end
+
+-- Settles a key claimed with claim: remembered for dedup_ttl when ok, else forgotten.
+function _M.settle(self, key, ok)
+   self.store:finish(key, "duplicate", ok, self.now(), self.dedup_ttl)
+end
+
+local MERGED_BODY = '{"success":true,"merged":true}'
+
+-- The answer body and log message of a delivery not run by itself.
+local NOT_RUN = {
+   duplicate = { DUPLICATE_BODY, "duplicate delivery" },
+   merged = { MERGED_BODY, "delivery merged into a pending run" },
+   rerun = { OK_BODY, "delivery arrived while its object's handlers ran: one more run after them" },
+}
+_M.NOT_RUN = NOT_RUN
+
+-- Logs a delivery that was not run by itself, with its object (never the token).
+function _M.log_not_run(log, outcome, event)
+   pcall(log, "info", NOT_RUN[outcome][2], { event = event.name, id = event.id, task_id = event.task_id,
+                                             entity_type_id = event.entity_type_id })
+end
+
+-- Runs the handlers of an accepted verdict whose key router:begin gave "run", as many times as
+-- router:finish asks. Returns true, or nil and the last failure (each failure is logged).
+function _M.run_verdict(self, verdict, ctx)
+   local event = verdict.event
+   local all_ok, last_err = true, nil
+   local again, later
+   repeat
+      local ok, res, err = pcall(self.dispatch, self, { body = event.raw, event = event }, ctx)
+      if not (ok and res) then
+         all_ok, last_err = false, ok and err or Error.new{ code = "handler_failed", description = tostring(res) }
+         pcall(ctx.log, "error", "handler failed", { event = event.name, id = event.id,
+                                                     error = last_err.description })
+      end
+      again, later = self:finish(verdict, ok and res)
+      if later then event = later end
+   until not again
+   if all_ok then return true end
+   return nil, last_err
+end
+
+-- accept, deduplication and dispatch in one call, for hosts without an inbox.
 -- Returns status, headers, body.
 function _M.handle(self, request)
    local verdict = self:accept(request)
    if verdict.status ~= 200 then return verdict.status, verdict.headers, verdict.body end
-   if not self:claim(verdict.key) then return 200, json_headers(), DUPLICATE_BODY end
-   local event, ctx = verdict.event, default_ctx(self)
-   local ok, err = self:dispatch({ body = event.raw, event = event }, ctx)
-   self:settle(verdict.key, ok)
-   if not ok then
-      pcall(ctx.log, "error", "handler failed", { event = event.name, id = event.id, error = err.description })
-      return 500, json_headers(), HANDLER_FAILED_BODY
+   local ctx = default_ctx(self)
+   local outcome = self:begin(verdict)
+   if outcome ~= "run" then
+      _M.log_not_run(ctx.log, outcome, verdict.event)
+      return 200, json_headers(), NOT_RUN[outcome][1]
    end
+   if not self:run_verdict(verdict, ctx) then return 500, json_headers(), HANDLER_FAILED_BODY end
    return 200, json_headers(), OK_BODY
 end
 
@@ -523,7 +649,7 @@ end
 -- bitrix24.ngx.log. Returns the status answered.
 function _M.handle_ngx(self)
    return require("bitrix24.ngx").handle(self, { max_body = self.max_body, max_running = self.max_running,
-                                                 log = self.log })
+                                                 log = self.log, shared_dict = self.shared_dict })
 end
 
 return _M

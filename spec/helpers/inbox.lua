@@ -31,8 +31,9 @@ do
       vector("ONCRMDEALADD", "7405", core.form_encode(cjson.decode(deal_json)), deal_json),
       vector("ONCRMCONTACTADD", "134806", vector_file("app-oncrmcontactadd.form"),
                 vector_file("app-oncrmcontactadd.expected.json")),
-      -- a task event carries its ID in FIELDS_AFTER (here "0"), FIELDS_BEFORE is "undefined"
-      vector("ONTASKCOMMENTADD", "0", vector_file("webhook-ontaskcommentadd.form"),
+      -- a task comment event carries its comment in FIELDS_AFTER (ID "0", MESSAGE_ID the
+      -- comment), FIELDS_BEFORE is "undefined"
+      vector("ONTASKCOMMENTADD", "48760", vector_file("webhook-ontaskcommentadd.form"),
                 vector_file("webhook-ontaskcommentadd.expected.json")),
    }
 end
