@@ -3,6 +3,7 @@
  * delivery being committed) is a suspended connection, so the thread serves others. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -39,8 +40,9 @@ typedef struct request {
     b24_bridge_options options; /* what the handler's 4th result asked for */
     size_t discarded;
     /* the durable path */
-    int awaiting;
-    atomic_int put_done;
+    int awaiting, put_armed, linked;
+    atomic_int put_done;         /* PUT_WAITING, PUT_DONE, PUT_ANSWERED, PUT_ORPHAN */
+    struct request *prev, *next; /* in the list of requests awaiting their commit */
     b24_put put;
     char *put_mem; /* key, event, content type and the accepted answer's body */
     const char *accept_body;
@@ -166,12 +168,53 @@ static enum MHD_Result respond_error(struct MHD_Connection *c, request *r, int s
 
 /* ---- the durable path: accept, store, answer once committed ------------------------------ */
 
+/* A stored delivery's request: waiting for the commit; the commit came (the inbox let go of
+ * the put); answered 503 before it (the stop); or ended before it (the inbox frees it). */
+enum { PUT_WAITING, PUT_DONE, PUT_ANSWERED, PUT_ORPHAN };
+
+/* The requests awaiting their commit, so the stop can answer them before the daemon ends. */
+static pthread_mutex_t awaiting_lock = PTHREAD_MUTEX_INITIALIZER;
+static request *awaiting_head;
+static int awaiting_refused; /* the stop answered them: new deliveries get 503 at once */
+
+static void awaiting_unlink(request *r)
+{
+    pthread_mutex_lock(&awaiting_lock);
+    if (r->linked) {
+        if (r->prev)
+            r->prev->next = r->next;
+        else
+            awaiting_head = r->next;
+        if (r->next)
+            r->next->prev = r->prev;
+        r->linked = 0;
+    }
+    pthread_mutex_unlock(&awaiting_lock);
+}
+
+/* Answers 503 now every request still waiting for its commit (which may yet happen: the
+ * sender retries and the key deduplicates), and every later one at once. */
+void b24_request_answer_awaiting(void)
+{
+    pthread_mutex_lock(&awaiting_lock);
+    awaiting_refused = 1;
+    for (request *r = awaiting_head; r; r = r->next) {
+        int expected = PUT_WAITING;
+        if (atomic_compare_exchange_strong(&r->put_done, &expected, PUT_ANSWERED))
+            MHD_resume_connection(r->conn);
+    }
+    pthread_mutex_unlock(&awaiting_lock);
+}
+
 /* Runs on the inbox thread once the delivery is committed (or refused): wakes the request. */
 static void stored(b24_put *put)
 {
     request *r = put->arg;
-    atomic_store(&r->put_done, 1);
-    MHD_resume_connection(r->conn);
+    int was = atomic_exchange(&r->put_done, PUT_DONE);
+    if (was == PUT_WAITING)
+        MHD_resume_connection(r->conn);
+    else if (was == PUT_ORPHAN) /* the request ended before the commit */
+        request_free(r);
 }
 
 /* Keeps what the inbox needs in the request, suspends the connection, queues the delivery;
@@ -205,8 +248,18 @@ static enum MHD_Result store(struct MHD_Connection *c, request *r, lua_State *L,
     r->put.done = stored;
     r->put.arg = r;
     r->conn = c;
-    r->awaiting = 1;
+    pthread_mutex_lock(&awaiting_lock);
+    if (awaiting_refused) { /* the stop is past its drain */
+        pthread_mutex_unlock(&awaiting_lock);
+        return respond_error(c, r, 503, "stopping");
+    }
+    r->awaiting = r->put_armed = r->linked = 1;
+    r->next = awaiting_head;
+    if (awaiting_head)
+        awaiting_head->prev = r;
+    awaiting_head = r;
     MHD_suspend_connection(c); /* before the put: stored() may run at once */
+    pthread_mutex_unlock(&awaiting_lock);
     b24_inbox_put(r->ctx->inbox, &r->put);
     return MHD_YES;
 }
@@ -228,6 +281,9 @@ static void log_not_run(const request *r, const char *msg)
 static enum MHD_Result answer_stored(struct MHD_Connection *c, request *r)
 {
     r->awaiting = 0;
+    awaiting_unlink(r);
+    if (atomic_load(&r->put_done) != PUT_DONE) /* answered by the stop: the outcome is unknown */
+        return respond_error(c, r, 503, "stopping");
     switch (r->put.result) {
     case B24_PUT_STORED:
         b24_metrics_delivery(B24_DELIVERY_STORED);
@@ -371,7 +427,7 @@ enum MHD_Result b24_request_access(void *cls, struct MHD_Connection *c, const ch
     if (r == NULL || r->uri == NULL)
         return MHD_NO; /* out of memory in b24_request_begin: drop the connection */
     if (r->awaiting)
-        return atomic_load(&r->put_done) ? answer_stored(c, r) : MHD_YES;
+        return atomic_load(&r->put_done) != PUT_WAITING ? answer_stored(c, r) : MHD_YES;
     if (r->delaying)
         return atomic_load(&r->delay_done) ? answer_delayed(c, r) : MHD_YES;
     if (!r->started) {
@@ -459,6 +515,14 @@ void b24_request_end(void *cls, struct MHD_Connection *c, void **con_cls,
                     "method", r->method, "path", r->uri, "status", status, "duration_ms", ms,
                     "bytes_in", bytes, "remote", r->remote, NULL);
         }
+    }
+    if (r->put_armed) {
+        awaiting_unlink(r);
+        int s = atomic_load(&r->put_done);
+        while (s != PUT_DONE && !atomic_compare_exchange_weak(&r->put_done, &s, PUT_ORPHAN))
+            ;
+        if (s != PUT_DONE)
+            return; /* the inbox still holds the put: stored() frees the request */
     }
     request_free(r);
 }

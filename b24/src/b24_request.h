@@ -29,4 +29,8 @@ enum MHD_Result b24_request_access(void *cls, struct MHD_Connection *c, const ch
 void b24_request_end(void *cls, struct MHD_Connection *c, void **con_cls,
                      enum MHD_RequestTerminationCode toe);
 
+/* The stop, past its drain: answers 503 every request still waiting for the inbox's commit,
+ * and every later one at once, so no connection is left suspended when the daemon stops. */
+void b24_request_answer_awaiting(void);
+
 #endif
