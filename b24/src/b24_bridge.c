@@ -4,6 +4,7 @@
 #include <lauxlib.h>
 
 #include "b24_bridge.h"
+#include "b24_deadline.h"
 #include "b24_state.h"
 
 typedef struct call {
@@ -155,7 +156,8 @@ static int dispatch(lua_State *L)
     return 5;
 }
 
-/* The handler called with the request, its results checked, under b24_state_call. */
+/* The handler called with the request, its results checked, under b24_state_call and the
+ * request's deadline. */
 int b24_bridge_call(lua_State *L, const b24_bridge_request *req, int accept,
                     b24_bridge_options *options)
 {
@@ -164,5 +166,13 @@ int b24_bridge_call(lua_State *L, const b24_bridge_request *req, int accept,
     lua_pushcfunction(L, dispatch);
     lua_pushvalue(L, 1);
     lua_pushlightuserdata(L, &k);
-    return b24_state_call(L, 2, 5);
+    b24_deadline_begin(B24_DEADLINE_REQUEST);
+    int status = b24_state_call(L, 2, 5);
+    if (b24_deadline_end() != B24_DEADLINE_MET && status == LUA_OK) {
+        /* it caught the deadline's error and still returned in time: a failure all the same */
+        lua_settop(L, 1);
+        lua_pushliteral(L, "b24: the Lua call ran past its deadline");
+        status = LUA_ERRRUN;
+    }
+    return status;
 }

@@ -9,7 +9,7 @@
 #include <lauxlib.h>
 
 #include "b24.h" /* b24_mask */
-#include "b24_clock.h"
+#include "b24_deadline.h"
 #include "b24_handlers.h"
 #include "b24_inbox.h"
 #include "b24_log.h"
@@ -21,17 +21,6 @@ static b24_inbox *handlers_inbox;
 static pthread_t *threads;
 static int nthreads;
 static double handler_timeout;
-static __thread double deadline;
-
-/* A count hook: a handler stuck in Lua code past its time raises, and the run counts as
- * failed (blocking C calls such as HTTP keep their own timeouts). */
-static void timeout_hook(lua_State *L, lua_Debug *ar)
-{
-    (void)ar;
-    if (b24_now() > deadline)
-        luaL_error(L, "handler timed out after %f s", handler_timeout);
-}
-
 /* [router, job] -> ok, err: router:dispatch({body, headers}, ctx) inside lua_pcall, err as
  * a string */
 static int call_dispatch(lua_State *L)
@@ -101,11 +90,22 @@ static void run_one(b24_job *jobp)
             lua_pushcfunction(L, call_dispatch);
             lua_pushvalue(L, 1);
             lua_pushlightuserdata(L, &job);
-            deadline = b24_now() + handler_timeout;
-            lua_sethook(L, timeout_hook, LUA_MASKCOUNT, 10000);
+            b24_deadline_begin(B24_DEADLINE_HANDLER);
             int status = b24_state_call(L, 2, 2);
-            lua_sethook(L, NULL, 0, 0);
-            if (status != LUA_OK || !lua_toboolean(L, -2)) {
+            int deadline = b24_deadline_end();
+            if (deadline == B24_DEADLINE_STOPPED) { /* cut short by the stop: not an attempt */
+                lua_settop(L, 1);
+                b24_log(B24_WARN, "delivery released: the server stopped during its run", "event",
+                        job.event, NULL);
+                b24_inbox_release(handlers_inbox, &job);
+                return;
+            }
+            if (deadline == B24_DEADLINE_EXPIRED) {
+                lua_settop(L, 1);
+                snprintf(err, sizeof err, "handler timed out after %g s (--handler-timeout)",
+                         handler_timeout);
+                error = err;
+            } else if (status != LUA_OK || !lua_toboolean(L, -2)) {
                 const char *m = lua_tostring(L, -1);
                 b24_mask(m ? m : "handler failed without a message", m ? strlen(m) : 32, err,
                          sizeof err);
@@ -129,6 +129,7 @@ int b24_handlers_start(b24_inbox *in, int n, double timeout)
 {
     handlers_inbox = in;
     handler_timeout = timeout;
+    b24_deadline_set(B24_DEADLINE_HANDLER, timeout);
     threads = calloc((size_t)n, sizeof *threads);
     if (threads == NULL)
         return -1;
@@ -138,7 +139,7 @@ int b24_handlers_start(b24_inbox *in, int n, double timeout)
     return 0;
 }
 
-/* Ends the handler threads once their runs finish. */
+/* Ends the handler threads once their runs finish (the stop caps their deadline). */
 void b24_handlers_stop(void)
 {
     if (handlers_inbox)

@@ -11,6 +11,7 @@
 
 #include <lauxlib.h>
 
+#include "b24_deadline.h"
 #include "b24_log.h"
 #include "b24_metrics.h"
 #include "b24_script.h"
@@ -114,19 +115,29 @@ static lua_State *load_state(const script *s, char *err, size_t errlen, int *kin
         snprintf(err, errlen, "cannot create a Lua state (out of memory)");
         return NULL;
     }
+    b24_deadline_install(L); /* the load, like every call, ends in time */
+    b24_deadline_begin(B24_DEADLINE_REQUEST);
     int status =
         s->src ? b24_state_run_script(L, from->path, s->src, s->len, 0)
                : b24_state_call_entry(L, from->module, from->function, from->argc, from->argv, 1);
+    if (status == LUA_OK) {
+        lua_pushcfunction(L, is_handler);
+        lua_pushvalue(L, -2);
+        *kind = b24_state_call(L, 1, 1) == LUA_OK ? (int)lua_tointeger(L, -1) : 0;
+        lua_pop(L, 1);
+    }
+    if (b24_deadline_end() != B24_DEADLINE_MET) {
+        snprintf(err, errlen, "%s: the script's load ran past its deadline (--request-timeout)",
+                 s->label);
+        lua_close(L);
+        return NULL;
+    }
     if (status != LUA_OK) {
         const char *m = lua_tostring(L, -1);
         snprintf(err, errlen, "%s", m ? m : "(error object is not a string)");
         lua_close(L);
         return NULL;
     }
-    lua_pushcfunction(L, is_handler);
-    lua_pushvalue(L, -2);
-    *kind = b24_state_call(L, 1, 1) == LUA_OK ? (int)lua_tointeger(L, -1) : 0;
-    lua_pop(L, 1);
     if (*kind == 0) {
         snprintf(err, errlen,
                  "%s: the script must return a function handler(request) or a table with a "
@@ -235,9 +246,9 @@ int b24_script_load(const b24_script_source *from, int required)
     if (L == NULL) {
         free(s->src);
         free(s);
-        b24_log(B24_ERROR, failed, "error", err, NULL);
-        if (current)
+        if (current) /* counted before the line a reader may wait for */
             b24_metrics_reload(0);
+        b24_log(B24_ERROR, failed, "error", err, NULL);
         return -1;
     }
     lua_close(L);

@@ -1,7 +1,8 @@
 /* b24 serve: GNU libmicrohttpd with an internal epoll thread pool; one lua_State per thread,
  * created on the thread's first request, so no Lua value ever crosses threads (b24_script.c).
  * SIGHUP publishes a new generation of the handler that every thread picks up before its next
- * request; SIGTERM/SIGINT stop accepting, let the requests in flight finish, and exit 0.
+ * request; SIGTERM/SIGINT stop accepting, let the requests in flight finish within
+ * --drain-timeout (any Lua still running then is cut short), and exit 0.
  * This file is the sequence of steps; a request's life is b24_request.c. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -19,6 +20,7 @@
 
 #include "b24.h" /* B24_VERSION */
 #include "b24_clock.h"
+#include "b24_deadline.h"
 #include "b24_handlers.h"
 #include "b24_inbox.h"
 #include "b24_log.h"
@@ -148,10 +150,24 @@ static void wait_for_stop(const sigset_t *set, const b24_serve_options *o, int k
     }
 }
 
-/* Drain: refuse new connections, answer what waits, finish what is in flight, then stop. */
+static void wait_in_flight(double until)
+{
+    while (b24_metrics_in_flight_now() > 0 && b24_now() < until) {
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Drain: refuse new connections, answer what waits, finish what is in flight within
+ * --drain-timeout, then stop. Lua still running then (a handler in a request, an inbox run)
+ * is cut short by its deadline's hook; an inbox run so cut goes back to pending without
+ * spending an attempt; requests still waiting for the inbox's commit are answered 503, so no
+ * connection is left suspended (libmicrohttpd aborts on that) and no 200 is lost. */
 static void stop(struct MHD_Daemon *d, const b24_serve_options *o)
 {
     atomic_store(&ctx.stopping, 1);
+    double drained = b24_now() + o->drain_timeout;
+    b24_deadline_cap(drained);
     if (ctx.inbox) /* a handler thread finishing a run takes no new one; what is pending stays */
         b24_inbox_stop_claims(ctx.inbox);
     MHD_socket lsock = MHD_quiesce_daemon(d);
@@ -161,14 +177,14 @@ static void stop(struct MHD_Daemon *d, const b24_serve_options *o)
     char in_flight_s[24];
     snprintf(in_flight_s, sizeof in_flight_s, "%ld", b24_metrics_in_flight_now());
     b24_log(B24_INFO, "stopping", "in_flight", in_flight_s, NULL);
-    double deadline = b24_now() + o->drain_timeout;
-    while (b24_metrics_in_flight_now() > 0 && b24_now() < deadline) {
-        struct timespec ts = {0, 5 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
+    wait_in_flight(drained);
     long left = b24_metrics_in_flight_now();
+    /* what still waits for a commit is answered 503; the Lua cut short at the drain's end
+     * unwinds within a hook tick; both answers go out before the daemon stops */
+    b24_request_answer_awaiting();
+    wait_in_flight(b24_now() + 5);
     MHD_stop_daemon(d);
-    if (ctx.inbox) { /* handler runs under way finish; what is pending stays for the next start */
+    if (ctx.inbox) { /* runs under way end by the cap; claimed ones go back to pending */
         b24_handlers_stop();
         b24_inbox_stop(ctx.inbox);
         b24_inbox_close(ctx.inbox);
@@ -183,7 +199,10 @@ static void stop(struct MHD_Daemon *d, const b24_serve_options *o)
 /* Serves until SIGTERM or SIGINT, in seven steps. */
 int b24_serve(const b24_serve_options *o)
 {
-    /* 1. The handler loads before anything listens: a broken deploy fails fast and loudly. */
+    /* 1. The handler loads before anything listens: a broken deploy fails fast and loudly.
+     * Every Lua call from here on has a deadline (b24_deadline.h). */
+    b24_deadline_set(B24_DEADLINE_REQUEST, o->request_timeout);
+    b24_deadline_set(B24_DEADLINE_HANDLER, o->handler_timeout);
     int kind = b24_script_load(&o->handler, 0);
     if (kind < 0) {
         fprintf(stderr, "b24 serve: %s failed to load (see the log line above)\n", handler_name(o));

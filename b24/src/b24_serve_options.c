@@ -18,7 +18,8 @@ static void usage(FILE *f)
           "                 [--log-format logfmt|json] [--log-level debug|info|warn|error]\n"
           "                 [--inbox PATH|memory] [--sync] [--handler-threads N]\n"
           "                 [--max-attempts N] [--retry-base SECONDS] [--retry-max SECONDS]\n"
-          "                 [--dedup-ttl SECONDS] [--handler-timeout SECONDS] SCRIPT.lua\n"
+          "                 [--dedup-ttl SECONDS] [--handler-timeout SECONDS]\n"
+          "                 [--request-timeout SECONDS] SCRIPT.lua\n"
           "environment: B24_LISTEN, B24_WORKERS, B24_MAX_BODY, B24_LOG_FORMAT, B24_LOG_LEVEL,\n"
           "             B24_INBOX\n",
           f);
@@ -113,6 +114,7 @@ int b24_serve_options_init(b24_serve_options *o, const char *who)
     o->inbox = (env = getenv("B24_INBOX")) && *env ? env : "b24-inbox.sqlite";
     o->handler_threads = nproc > 0 ? nproc : 2;
     o->handler_timeout = 60;
+    o->request_timeout = 30;
     o->inbox_opt.max_attempts = 10;
     o->inbox_opt.retry_base = 1;
     o->inbox_opt.retry_max = 3600;
@@ -174,6 +176,8 @@ int b24_serve_options_set(b24_serve_options *o, const char *name, const char *va
         return parse_seconds(value, 0, 365 * 86400, &o->inbox_opt.dedup_ttl);
     else if (strcmp(name, "handler-timeout") == 0)
         return parse_seconds(value, 0.01, 86400, &o->handler_timeout);
+    else if (strcmp(name, "request-timeout") == 0)
+        return parse_seconds(value, 0.01, 86400, &o->request_timeout);
     else
         return -1;
     return 0;
@@ -209,6 +213,7 @@ int b24_serve_options_parse(b24_serve_options *o, int argc, char **argv)
         {"retry-max", required_argument, NULL, 0},
         {"dedup-ttl", required_argument, NULL, 0},
         {"handler-timeout", required_argument, NULL, 0},
+        {"request-timeout", required_argument, NULL, 0},
         {NULL, 0, NULL, 0},
     };
     int rc = b24_serve_options_init(o, "b24 serve");

@@ -21,7 +21,8 @@ typedef struct b24_serve_options {
     const char *inbox;         /* a file, or "memory" */
     int sync;                  /* handlers inside the request, no inbox */
     long handler_threads;
-    double handler_timeout;
+    double handler_timeout; /* of an inbox handler run's Lua */
+    double request_timeout; /* of the Lua inside a request, and of a script's load */
     b24_inbox_options inbox_opt;
 } b24_serve_options;
 

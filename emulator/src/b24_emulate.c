@@ -11,6 +11,7 @@
 #include <lauxlib.h>
 
 #include "b24.h" /* b24_mask */
+#include "b24_deadline.h"
 #include "b24_emulate.h"
 #include "b24_serve.h"
 #include "b24_state.h"
@@ -19,15 +20,15 @@
 #define USAGE_PREFIX "b24 emulate: "
 
 /* The server's options b24 emulate takes, by long name. */
-static const char *const serve_options[] = {"listen",         "log-format", "log-level",
-                                            "client-timeout", "max-body",   NULL};
+static const char *const serve_options[] = {
+    "listen", "log-format", "log-level", "client-timeout", "max-body", "request-timeout", NULL};
 
 static void usage(FILE *f)
 {
     fputs(
         "usage: b24 emulate [--listen HOST:PORT] [--log-format logfmt|json]\n"
         "                   [--log-level debug|info|warn|error] [--client-timeout SECONDS]\n"
-        "                   [--max-body BYTES] [EMULATOR OPTIONS]\n"
+        "                   [--max-body BYTES] [--request-timeout SECONDS] [EMULATOR OPTIONS]\n"
         "A Bitrix24 portal in memory behind incoming-webhook URLs:\n"
         "  http://HOST:PORT/rest/USER_ID/CODE/METHOD.json (listens on 127.0.0.1:8090 by default)\n",
         f);
@@ -113,7 +114,12 @@ static int check(int nrest, char **rest)
     if (L == NULL)
         return refused("b24 emulate: cannot create a Lua state");
     int rc = -1;
-    if (b24_state_call_entry(L, MODULE, "handler", nrest, rest, 1) != LUA_OK)
+    b24_deadline_install(L);
+    b24_deadline_begin(B24_DEADLINE_REQUEST);
+    int status = b24_state_call_entry(L, MODULE, "handler", nrest, rest, 1);
+    if (b24_deadline_end() != B24_DEADLINE_MET)
+        rc = refused("b24 emulate: the emulator's entry ran past its deadline (--request-timeout)");
+    else if (status != LUA_OK)
         rc = refused(lua_tostring(L, -1));
     lua_close(L);
     return rc;
@@ -138,6 +144,7 @@ int b24_cmd_emulate(int argc, char **argv)
     }
     int nrest = 0;
     rc = take_options(argc, argv, &o, rest, &nrest);
+    b24_deadline_set(B24_DEADLINE_REQUEST, o.request_timeout);
     if (rc < 0)
         rc = b24_serve_options_listen(&o, "b24 emulate") ? 2 : check(nrest, rest);
     if (rc < 0) {
