@@ -63,6 +63,23 @@ describe("bitrix24.event", function()
          end)
       end
 
+      it("refuses the issue's hostile JSON body (a 30,000-byte key over 20,000 ones) quickly, in bounded memory", function()
+         local body = '{"event":"X","' .. ("k"):rep(30000) .. '":[' .. ("1,"):rep(19999) .. '1]}'
+         collectgarbage("collect")
+         collectgarbage("stop")
+         local before = collectgarbage("count")
+         local e, err = event.parse(body, "application/json")
+         local grew = collectgarbage("count") - before
+         collectgarbage("restart")
+         assert.is_nil(e)
+         assert.equal("too_many", err.code)
+         assert.is_true(grew < 16 * #body / 1024, grew .. " KiB") -- 16 times the body at most
+         local router = require("bitrix24").router{ insecure = true }
+         local v = router:accept{ method = "POST", headers = { ["content-type"] = "application/json" },
+                                  body = body }
+         assert.equal(400, v.status)
+      end)
+
       it("takes a task comment's ID from FIELDS_AFTER.ID when the portal sends no MESSAGE_ID", function()
          local e = assert(event.parse("event=ONTASKCOMMENTUPDATE&data[FIELDS_AFTER][ID]=77"
                                       .. "&data[FIELDS_AFTER][TASK_ID]=5", FORM))
@@ -84,7 +101,7 @@ describe("bitrix24.event", function()
          assert.equal("134806", e.id)
       end)
 
-      it("takes the ONTASKCOMMENTADD comment from MESSAGE_ID (its ID is 0) with TASK_ID, and keeps 'undefined' as sent", function()
+      it("takes the ONTASKCOMMENTADD comment from MESSAGE_ID (ID is 0) with TASK_ID, keeps 'undefined'", function()
          local e = assert(event.parse(read(EVENTS .. "webhook-ontaskcommentadd.form"), FORM))
          assert.equal("48760", e.id)
          assert.equal("2536", e.task_id)

@@ -132,7 +132,8 @@ describe("bitrix24.router handle", function()
          local rec = recorder()
          r:on("*", rec.fn)
          local function item(type_id)
-            return body_of("ONCRMDYNAMICITEMADD", "22", nil, { data = { FIELDS = { ID = "22", ENTITY_TYPE_ID = type_id } } })
+            return body_of("ONCRMDYNAMICITEMADD", "22", nil,
+                           { data = { FIELDS = { ID = "22", ENTITY_TYPE_ID = type_id } } })
          end
          assert.equal(DEAL_MEMBER .. "|ONCRMDYNAMICITEMADD|1224|22", r:accept(post(item("1224"))).key)
          r:handle(post(item("128")))

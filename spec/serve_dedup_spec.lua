@@ -64,7 +64,7 @@ for _, mode in ipairs(MODES) do
          assert.equal(2, #runs("7001"))
       end)
 
-      it("runs an UPDATE that arrives while its handler runs exactly once more, after it, and merges a third", function()
+      it("runs an UPDATE arriving while its handler runs exactly once more, after it; merges a third", function()
          local first = send(srv, update("7002", { BLOCK = "1" }))
          local first_status
          if not mode.sync then first_status = first() end -- stored and answered; the run blocks
@@ -123,7 +123,8 @@ for _, mode in ipairs(MODES) do
 
       it("keys smart-process items by ENTITY_TYPE_ID: item 22 of type 1224 runs after item 22 of type 128", function()
          local function item(type_id)
-            return inbox.form{ name = "ONCRMDYNAMICITEMADD", id = "22", data = { FIELDS = { ID = "22", ENTITY_TYPE_ID = type_id } } }
+            return inbox.form{ name = "ONCRMDYNAMICITEMADD", id = "22",
+                               data = { FIELDS = { ID = "22", ENTITY_TYPE_ID = type_id } } }
          end
          assert.same(OK_BODY, decoded(post(srv, item("128"))))
          settle()

@@ -70,7 +70,7 @@ static int inbox_list(sqlite3 *db, int dead, long limit)
         const char *key = (const char *)sqlite3_column_blob(s, 7);
         const char *object =
             key ? b24_dedup_object(key, (size_t)sqlite3_column_bytes(s, 7), &len) : NULL;
-        fputs(",\"id_of_object\":", stdout);
+        fputs(",\"object\":", stdout);
         if (object) {
             char id[128];
             snprintf(id, sizeof id, "%.*s", (int)(len < 120 ? len : 120), object);
