@@ -8,6 +8,13 @@
 
 #include "b24_compat.h"
 
+/* Everything declared here is internal to the core: hidden from the dynamic symbol table also
+ * when a builder (luarocks' builtin type) cannot pass -fvisibility=hidden. The module's entry,
+ * declared after the pop, is the one symbol a Lua loader sees. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(hidden)
+#endif
+
 #define B24_VERSION "0.1.0"
 
 /* ---- arena: bump allocator in malloc'd chunks, freed all at once -------------------------- */
@@ -326,9 +333,13 @@ void b24_crypto_open(lua_State *L);
 void b24_http_open(lua_State *L);
 void b24_time_open(lua_State *L);
 void b24_logline_open(lua_State *L);
+void b24_json_open(lua_State *L);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 /* The module's entry (b24_core.c); b24 links the core in and preloads it. */
 int luaopen_bitrix24_core(lua_State *L);
-void b24_json_open(lua_State *L);
 
 #endif /* B24_H */

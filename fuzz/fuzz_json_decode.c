@@ -1,4 +1,4 @@
-/* libFuzzer target for the JSON codec (csrc/b24_json_parse.c, csrc/b24_json.c).
+/* libFuzzer target for the JSON codec (csrc/b24_json_scan.c and the other csrc/b24_json_*.c).
  *
  * (a) b24_json_scan straight on the input, plain and form mode, under small and default limits,
  *     against a reference validator written here from RFC 8259 (recursive, separate UTF-8 and

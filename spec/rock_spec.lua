@@ -94,6 +94,10 @@ describe("bitrix24-scm-1.rockspec", function()
             assert.not_matches("microhttpd", deps)
             assert.not_matches("sqlite", deps)
             assert.not_matches("liblua", deps)
+            -- luarocks cannot pass -fvisibility=hidden: csrc/b24.h hides the internals itself
+            local exported = b24.exec("nm -D --defined-only "
+               .. q(tree .. "/lib/lua/" .. v .. "/bitrix24/core.so") .. " | awk '$2 == \"T\" { print $3 }'")
+            assert.equal("luaopen_bitrix24_core\n", exported)
          end)
 
          it("installs the library's modules and bitrix24.core, and no program, b24 or emulator module", function()
