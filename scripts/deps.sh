@@ -10,7 +10,7 @@ build=(build-essential pkg-config ca-certificates
 # nginx + libnginx-mod-http-lua (which pulls lua-resty-core, lua-resty-lrucache and OpenResty's
 # libluajit2) for spec/openresty_spec.lua; lua-check (luacheck), cppcheck and clang-format for
 # `make lint`, which scripts/test.sh runs first
-test=("${build[@]}" lua-busted lua-socket lua-sec openssl curl php-cli clang libclang-rt-14-dev
+test=("${build[@]}" lua-busted lua-socket lua-sec openssl curl sqlite3 php-cli clang libclang-rt-14-dev
       nginx libnginx-mod-http-lua lua-check cppcheck clang-format)
 bench=("${test[@]}" wrk nodejs linux-perf)
 

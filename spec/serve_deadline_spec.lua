@@ -145,7 +145,10 @@ describe("b24 serve: a clean stop leaves nothing behind", function()
       local srv = start(router_script(), { "--inbox", db, "--drain-timeout", "2" })
       assert.equal(200, inbox.post(srv, inbox.form{ name = "ONCRMDEALADD", id = "1" }).status)
       local held = dir .. "/held"
-      local hold = "(printf 'BEGIN IMMEDIATE;\\n.shell touch %s\\n'; sleep 60) | sqlite3 %s >/dev/null 2>&1"
+      -- the CLI waits for the lock (the server may be writing the first delivery's outcome) and,
+      -- with -bail, touches `held` only once BEGIN IMMEDIATE succeeded
+      local hold = "(printf '.timeout 20000\\nBEGIN IMMEDIATE;\\n.shell touch %s\\n'; sleep 60)"
+         .. " | sqlite3 -bail %s >/dev/null 2>&1"
          .. " & echo $! > %s"
       os.execute(hold:format(held, b24.quote(db), b24.quote(dir .. "/holder")))
       for _ = 1, 2000 do
