@@ -54,6 +54,7 @@ build = {
       ["bitrix24.export"] = "lua/bitrix24/export.lua",
       ["bitrix24.log"] = "lua/bitrix24/log.lua",
       ["bitrix24.router"] = "lua/bitrix24/router.lua",
+      ["bitrix24.dedup"] = "lua/bitrix24/dedup.lua",
       ["bitrix24.event"] = "lua/bitrix24/event.lua",
       ["bitrix24.ngx"] = "lua/bitrix24/ngx.lua",
       ["bitrix24.transport.curl"] = "lua/bitrix24/transport/curl.lua",

@@ -127,7 +127,7 @@ local function standard_webhooks_key(secret)
    return key
 end
 
-local memory_store -- defined with the stores below
+local memory_store = require("bitrix24.dedup").new
 local default_store -- installed by a host (use_store)
 
 -- use_store(factory): routers this Lua state creates from now on without a store option take
@@ -474,88 +474,6 @@ function _M.dispatch(self, stored, ctx)
    end
    if failures then return nil, Error.new{ code = "handler_failed", description = table_concat(failures, "\n") } end
    return true
-end
-
--- Drops expired keys from the front of the expiry-ordered list, and the oldest while over size.
-local function prune(store, now)
-   local order, seen = store.seen_order, store.seen
-   local head = store.seen_head
-   while order[head] do
-      local entry = order[head]
-      local expiry = seen[entry[1]]
-      if expiry ~= entry[2] then
-         -- superseded (processed again later) or already removed: only the list entry goes
-         order[head] = nil
-         head = head + 1
-      elseif expiry <= now or store.seen_count > store.max then
-         seen[entry[1]] = nil
-         store.seen_count = store.seen_count - 1
-         order[head] = nil
-         head = head + 1
-      else
-         break
-      end
-   end
-   store.seen_head = head
-end
-
--- The in-memory store of one Lua state (handle; bitrix24.ngx per worker). "duplicate" keys
--- (adds, deletes) are remembered while they run and dedup_ttl after; "merge" keys count the
--- deliveries since their run started: 1 running, 2 running with one more run asked for,
--- more merged into that one.
-local MemoryStore = {}
-MemoryStore.__index = MemoryStore
-
-function memory_store(max)
-   return setmetatable({ seen = {}, seen_order = {}, seen_head = 1, seen_tail = 0, seen_count = 0,
-                         running = {}, latest = {}, max = max }, MemoryStore)
-end
-
--- begin(key, dedup, now, ttl, event): "run" (the caller runs the handlers, then calls finish),
--- "duplicate", "merged" (into a run asked for already) or "rerun" (the run going on will run
--- once more after it ends, on this event).
-function MemoryStore:begin(key, dedup, now, _, event)
-   if dedup == "duplicate" then
-      prune(self, now)
-      local state = self.seen[key]
-      if state == true or (state and state > now) then return "duplicate" end
-      if state == nil then self.seen_count = self.seen_count + 1 end
-      self.seen[key] = true
-      return "run"
-   end
-   local n = (self.running[key] or 0) + 1
-   self.running[key] = n
-   if n == 1 then return "run" end
-   self.latest[key] = event
-   if n == 2 then return "rerun" end
-   return "merged"
-end
-
--- finish(key, dedup, ok, now, ttl): a run ended; true when the caller must run once more (a
--- delivery came while it ran), with the latest such delivery's event when the store has it.
-function MemoryStore:finish(key, dedup, ok, now, ttl)
-   if dedup == "duplicate" then
-      if ok then
-         local expiry = now + ttl
-         if self.seen[key] == nil then self.seen_count = self.seen_count + 1 end
-         self.seen[key] = expiry
-         self.seen_tail = self.seen_tail + 1
-         self.seen_order[self.seen_tail] = { key, expiry }
-      elseif self.seen[key] ~= nil then
-         self.seen[key] = nil
-         self.seen_count = self.seen_count - 1
-      end
-      return false
-   end
-   local n = self.running[key]
-   local latest = self.latest[key]
-   self.latest[key] = nil
-   if n == nil or n <= 1 then
-      self.running[key] = nil
-      return false
-   end
-   self.running[key] = 1
-   return true, latest
 end
 
 _M.memory_store = memory_store
