@@ -1,5 +1,6 @@
 /* The durable inbox: see b24_inbox.h. Everything that touches SQLite runs on the inbox
- * thread; other threads hand it work through three queues under one mutex. */
+ * thread; other threads hand it work through three queues under one mutex. The schema and
+ * the statements are in b24_inbox_sql.c. */
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -15,90 +16,11 @@
 #include "b24_clock.h"
 #include "b24_dedup.h"
 #include "b24_inbox.h"
+#include "b24_inbox_sql.h"
 #include "b24_log.h"
 #include "b24_metrics.h"
 
 #define MAX_CLAIM 256 /* deliveries handed out in one batch */
-
-static const char SCHEMA[] =
-    "PRAGMA journal_mode=WAL;"
-    "PRAGMA synchronous=FULL;"
-    "CREATE TABLE IF NOT EXISTS deliveries ("
-    "  id INTEGER PRIMARY KEY,"
-    "  key TEXT NOT NULL,"
-    "  event TEXT NOT NULL,"
-    "  content_type TEXT NOT NULL,"
-    "  body BLOB NOT NULL,"
-    "  received_at REAL NOT NULL,"
-    "  state TEXT NOT NULL DEFAULT 'pending'," /* pending | running | waiting */
-    "  attempts INTEGER NOT NULL DEFAULT 0,"
-    "  next_at REAL NOT NULL,"
-    "  last_error TEXT);"
-    "CREATE INDEX IF NOT EXISTS deliveries_key ON deliveries(key);"
-    "CREATE INDEX IF NOT EXISTS deliveries_ready ON deliveries(state, next_at);"
-    "CREATE TABLE IF NOT EXISTS dead ("
-    "  id INTEGER PRIMARY KEY,"
-    "  key TEXT NOT NULL,"
-    "  event TEXT NOT NULL,"
-    "  content_type TEXT NOT NULL,"
-    "  body BLOB NOT NULL,"
-    "  received_at REAL NOT NULL,"
-    "  attempts INTEGER NOT NULL,"
-    "  last_error TEXT,"
-    "  died_at REAL NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, until REAL NOT NULL);";
-
-enum {
-    S_BEGIN,
-    S_COMMIT,
-    S_ROLLBACK,
-    S_SEEN,
-    S_KEY_STATES,
-    S_INSERT,
-    S_PROMOTE,
-    S_DROP_WAITING,
-    S_DELETE,
-    S_REMEMBER,
-    S_RETRY,
-    S_BURY,
-    S_READY,
-    S_CLAIM,
-    S_RELEASE,
-    S_NEXT,
-    S_PRUNE,
-    S_COUNT
-};
-
-static const char *const SQL[S_COUNT] = {
-    [S_BEGIN] = "BEGIN IMMEDIATE",
-    [S_COMMIT] = "COMMIT",
-    [S_ROLLBACK] = "ROLLBACK",
-    [S_SEEN] = "SELECT 1 FROM seen WHERE key = ?1 AND until > ?2",
-    [S_KEY_STATES] = "SELECT state FROM deliveries WHERE key = ?1",
-    [S_INSERT] =
-        "INSERT INTO deliveries (key, event, content_type, body, received_at, next_at, state)"
-        " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
-    /* in its arrival order among the ready deliveries */
-    [S_PROMOTE] = "UPDATE deliveries SET state = 'pending', next_at = min(received_at, ?2)"
-                  " WHERE key = ?1 AND state = 'waiting'",
-    [S_DROP_WAITING] = "DELETE FROM deliveries WHERE key = ?1 AND state = 'waiting'",
-    [S_DELETE] = "DELETE FROM deliveries WHERE id = ?1",
-    [S_REMEMBER] = "INSERT OR REPLACE INTO seen (key, until) VALUES (?1, ?2)",
-    [S_RETRY] =
-        "UPDATE deliveries SET state = 'pending', next_at = ?2, last_error = ?3 WHERE id = ?1",
-    [S_BURY] = "INSERT INTO dead"
-               " (key, event, content_type, body, received_at, attempts, last_error, died_at)"
-               " SELECT key, event, content_type, body, received_at, attempts, ?2, ?3"
-               " FROM deliveries WHERE id = ?1",
-    [S_READY] = "SELECT id, attempts, key, event, content_type, body FROM deliveries d"
-                " WHERE state = 'pending' AND next_at <= ?1 AND NOT EXISTS (SELECT 1 FROM"
-                " deliveries r WHERE r.key = d.key AND r.state = 'running')"
-                " ORDER BY next_at, id LIMIT ?2",
-    [S_CLAIM] = "UPDATE deliveries SET state = 'running', attempts = attempts + 1 WHERE id = ?1",
-    [S_RELEASE] = "UPDATE deliveries SET state = 'pending', attempts = attempts - 1 WHERE id = ?1",
-    [S_NEXT] = "SELECT min(next_at) FROM deliveries WHERE state = 'pending'",
-    [S_PRUNE] = "DELETE FROM seen WHERE until <= ?1",
-};
 
 /* A handler thread waiting for deliveries. */
 typedef struct waiter {
@@ -189,14 +111,14 @@ b24_inbox *b24_inbox_open(const char *path, const b24_inbox_options *o, char *er
     }
     sqlite3_busy_timeout(in->db, 10000); /* `b24 inbox` may write to the file meanwhile */
     char *msg = NULL;
-    if (sqlite3_exec(in->db, SCHEMA, NULL, NULL, &msg) != SQLITE_OK) {
+    if (sqlite3_exec(in->db, b24_inbox_schema, NULL, NULL, &msg) != SQLITE_OK) {
         snprintf(err, errlen, "cannot prepare the inbox %s: %s", path, msg ? msg : "?");
         sqlite3_free(msg);
         b24_inbox_close(in);
         return NULL;
     }
     for (int i = 0; i < S_COUNT; i++) {
-        if (sqlite3_prepare_v2(in->db, SQL[i], -1, &in->st[i], NULL) != SQLITE_OK) {
+        if (sqlite3_prepare_v2(in->db, b24_inbox_sql[i], -1, &in->st[i], NULL) != SQLITE_OK) {
             snprintf(err, errlen, "inbox statement failed: %s", sqlite3_errmsg(in->db));
             b24_inbox_close(in);
             return NULL;
