@@ -43,11 +43,18 @@ static long inbox_depth(void)
 }
 
 /* A router (accept + dispatch) gets the durable inbox unless --sync; anything else runs
- * inside the request. */
+ * inside the request. 0, -1 when the inbox does not open, 2 when --max-body does not fit it. */
 static int open_inbox(const b24_serve_options *o, int kind)
 {
     if (kind != B24_HANDLER_ROUTER || o->sync)
         return 0;
+    if (o->max_body > B24_MAX_BODY_INBOX) { /* refused up front, not at the first big body */
+        fprintf(stderr,
+                "b24 serve: --max-body %zu is over what the SQLite inbox stores in one row "
+                "(%llu bytes); lower it, or use --sync\n",
+                o->max_body, B24_MAX_BODY_INBOX);
+        return 2;
+    }
     char err[512];
     const char *path = strcmp(o->inbox, "memory") == 0 ? ":memory:" : o->inbox;
     ctx.inbox = b24_inbox_open(path, &o->inbox_opt, err, sizeof err);
@@ -209,9 +216,10 @@ int b24_serve(const b24_serve_options *o)
         return 1;
     }
     /* 2. The durable inbox, for a router. */
-    if (open_inbox(o, kind) != 0) {
+    int rc = open_inbox(o, kind);
+    if (rc != 0) {
         b24_script_close_all();
-        return 1;
+        return rc < 0 ? 1 : rc;
     }
     /* 3. Signals, before any thread starts. */
     sigset_t set;

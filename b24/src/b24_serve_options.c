@@ -40,15 +40,19 @@ static int parse_size(const char *s, size_t *out)
 {
     char *end;
     errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
+    if (*s == '-' || *s == '+') /* strtoull takes a sign and negates in unsigned */
+        return -1;
+    unsigned long long v = strtoull(s, &end, 10), unit = 1;
     if (errno || end == s || v == 0)
         return -1;
     if (*end == 'k' || *end == 'K')
-        v *= 1024, end++;
+        unit = 1024, end++;
     else if (*end == 'm' || *end == 'M')
-        v *= 1024 * 1024, end++;
-    if (*end || v > (1ull << 40))
+        unit = 1024 * 1024, end++;
+    /* checked before the multiplication, which would wrap (17592186044417M is 2^64 + 1 MiB) */
+    if (*end || v > B24_MAX_BODY_LIMIT / unit)
         return -1;
+    v *= unit;
     *out = (size_t)v;
     return 0;
 }
@@ -124,7 +128,8 @@ int b24_serve_options_init(b24_serve_options *o, const char *who)
         return 2;
     }
     if ((env = getenv("B24_MAX_BODY")) && *env && parse_size(env, &o->max_body)) {
-        fprintf(stderr, "%s: bad B24_MAX_BODY '%s' (bytes, with optional K or M)\n", who, env);
+        fprintf(stderr, "%s: bad B24_MAX_BODY '%s' (1 to %llu bytes, with optional K or M)\n", who,
+                env, B24_MAX_BODY_LIMIT);
         return 2;
     }
     const char *log_format = getenv("B24_LOG_FORMAT"), *log_level = getenv("B24_LOG_LEVEL");
@@ -232,7 +237,13 @@ int b24_serve_options_parse(b24_serve_options *o, int argc, char **argv)
         }
         const char *name = c == 'l' ? "listen" : c == 'w' ? "workers" : longopts[i].name;
         if (b24_serve_options_set(o, name, optarg)) {
-            fprintf(stderr, "b24 serve: bad value '%s' for %s\n", optarg, argv[optind - 1]);
+            if (strcmp(name, "max-body") == 0)
+                fprintf(stderr,
+                        "b24 serve: bad value '%s' for --max-body (1 to %llu bytes, with "
+                        "optional K or M)\n",
+                        optarg, B24_MAX_BODY_LIMIT);
+            else
+                fprintf(stderr, "b24 serve: bad value '%s' for %s\n", optarg, argv[optind - 1]);
             usage(stderr);
             return 2;
         }

@@ -9,6 +9,12 @@
 #include "b24_inbox.h"
 #include "b24_script.h"
 
+/* --max-body's ceiling (1 TiB); a delivery kept in the SQLite inbox is held in one row, which
+ * SQLite caps at SQLITE_MAX_LENGTH (1,000,000,000 bytes by default) for all its fields: the
+ * body gets that less 1 MiB for the key, event and content type. */
+#define B24_MAX_BODY_LIMIT (1ull << 40)
+#define B24_MAX_BODY_INBOX (1000000000ull - 1024 * 1024)
+
 typedef struct b24_serve_options {
     const char *listen;           /* HOST:PORT, [V6]:PORT or :PORT */
     struct sockaddr_storage addr; /* listen, resolved by b24_serve_options_listen */
