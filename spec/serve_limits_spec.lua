@@ -1,5 +1,6 @@
--- b24 serve's limits (issue 12 item 5): --max-body sizes that overflow or that the SQLite inbox
--- cannot hold are refused at start-up.
+-- b24 serve's limits and start-up messages (issue 12 item 5): --max-body sizes that overflow or
+-- that the SQLite inbox cannot hold are refused at start-up; a script that returns nothing is
+-- told what to return.
 local b24 = require "helpers.b24"
 
 describe("b24 serve limits", function()
@@ -37,6 +38,24 @@ describe("b24 serve limits", function()
          assert.equal(0, srv:stop())
          srv = b24.start{ script_path = path, args = { "--inbox", "memory", "--max-body", "900M" } }
          assert.equal(0, srv:stop())
+      end)
+   end)
+
+   describe("a script that returns no handler", function()
+      it("is told, when it returns nothing, to return a router or a function (exit 1)", function()
+         local path = b24.write(dir .. "/nothing.lua",
+            'local router = require("bitrix24").router{ insecure = true }\n')
+         local out, code = serve(b24.quote(path))
+         assert.equal(1, code)
+         assert.matches("nothing.lua returned nothing: return a bitrix24.router{...} or a function(request)", out, 1, true)
+      end)
+
+      it("is told the type it returned otherwise", function()
+         local path = b24.write(dir .. "/string.lua", 'return "handler"\n')
+         local out, code = serve(b24.quote(path))
+         assert.equal(1, code)
+         assert.matches("string.lua returned a string value", out, 1, true)
+         assert.matches("bitrix24.router{...}", out, 1, true)
       end)
    end)
 end)

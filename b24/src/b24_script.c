@@ -139,10 +139,17 @@ static lua_State *load_state(const script *s, char *err, size_t errlen, int *kin
         return NULL;
     }
     if (*kind == 0) {
-        snprintf(err, errlen,
-                 "%s: the script must return a function handler(request) or a table with a "
-                 "handle method, not a %s value",
-                 s->label, luaL_typename(L, -1));
+        if (lua_isnoneornil(L, -1)) /* the usual slip: a router built but not returned */
+            snprintf(err, errlen,
+                     "%s returned nothing: return a bitrix24.router{...} or a "
+                     "function(request)",
+                     s->label);
+        else
+            snprintf(err, errlen,
+                     "%s returned a %s value: the script must return a function "
+                     "handler(request) or a table with a handle method, such as a "
+                     "bitrix24.router{...}",
+                     s->label, luaL_typename(L, -1));
         lua_close(L);
         return NULL;
     }
