@@ -47,7 +47,8 @@ describe("b24 serve limits", function()
             'local router = require("bitrix24").router{ insecure = true }\n')
          local out, code = serve(b24.quote(path))
          assert.equal(1, code)
-         assert.matches("nothing.lua returned nothing: return a bitrix24.router{...} or a function(request)", out, 1, true)
+         assert.matches("nothing.lua returned nothing: return a bitrix24.router{...} or a function(request)",
+            out, 1, true)
       end)
 
       it("is told the type it returned otherwise", function()
