@@ -1,6 +1,7 @@
 -- b24 serve's limits and start-up messages (issue 12 item 5): --max-body sizes that overflow or
 -- that the SQLite inbox cannot hold are refused at start-up; a script that returns nothing is
--- told what to return.
+-- told what to return; slow clients by the thousand do not take the server (--max-connections,
+-- --max-per-ip).
 local b24 = require "helpers.b24"
 
 describe("b24 serve limits", function()
@@ -57,6 +58,84 @@ describe("b24 serve limits", function()
          assert.equal(1, code)
          assert.matches("string.lua returned a string value", out, 1, true)
          assert.matches("bitrix24.router{...}", out, 1, true)
+      end)
+   end)
+
+   describe("slow clients", function()
+      local socket = require "socket"
+
+      -- n loopback connections to port that each send a request line and one header, then stall
+      local function slow_clients(port, n)
+         local socks = {}
+         for i = 1, n do
+            local c = assert(socket.tcp())
+            c:settimeout(10)
+            local ok, err = c:connect("127.0.0.1", port)
+            assert(ok, ("slow client %d: %s"):format(i, tostring(err)))
+            assert(c:send("GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n"))
+            socks[#socks + 1] = c
+         end
+         return socks
+      end
+
+      local function close_all(socks)
+         for _, c in ipairs(socks) do c:close() end
+      end
+
+      it("/healthz answers while 1,100 slow connections are open, with the default limits", function()
+         local srv = b24.start{ script = "return function() return 200, {}, 'ok' end\n" }
+         local socks = {}
+         finally(function() close_all(socks); srv:stop() end)
+         socks = slow_clients(srv.port, 1100)
+         local res = assert(srv:request{ path = "/healthz" })
+         assert.equal(200, res.status)
+         -- and a burst of 256 requests from this one address is served alongside them
+         local burst = {}
+         for i = 1, 256 do
+            local c = assert(socket.tcp())
+            c:settimeout(30)
+            assert(c:connect("127.0.0.1", srv.port))
+            assert(c:send("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"))
+            burst[i] = c
+         end
+         for i = 1, 256 do
+            local line = burst[i]:receive("*l")
+            burst[i]:close()
+            assert.equal("HTTP/1.1 200 OK", line, "burst request " .. i)
+         end
+      end)
+
+      it("--max-per-ip refuses connections from an address over its limit, until one closes", function()
+         local srv = b24.start{ script = "return function() return 200, {}, 'ok' end\n",
+                                args = { "--workers", "1", "--max-per-ip", "5" } }
+         local socks = {}
+         finally(function() close_all(socks); srv:stop() end)
+         socks = slow_clients(srv.port, 5)
+         -- the sixth connection from 127.0.0.1 is accepted and closed without an answer
+         local c = assert(socket.tcp())
+         c:settimeout(30)
+         assert(c:connect("127.0.0.1", srv.port))
+         c:send("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+         local line, err = c:receive("*l")
+         c:close()
+         assert.is_nil(line)
+         assert.is_truthy(err == "closed" or err:match("reset"), err)
+         socks[1]:close()
+         table.remove(socks, 1)
+         local res
+         for _ = 1, 200 do -- bounded: the server sees the close and frees the slot
+            res = srv:request{ path = "/healthz" }
+            if res and res.status == 200 then break end
+         end
+         assert.equal(200, res and res.status)
+      end)
+
+      it("refuses a bad --max-connections or --max-per-ip with exit 2", function()
+         for _, args in ipairs{ "--max-connections 0", "--max-connections lots", "--max-per-ip -1" } do
+            local out, code = serve(args .. " x.lua")
+            assert.equal(2, code, args)
+            assert.matches(args:match("^%S+"), out, 1, true)
+         end
       end)
    end)
 end)

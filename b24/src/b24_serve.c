@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -107,6 +108,31 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap)
     b24_log(B24_DEBUG, "libmicrohttpd", "detail", msg, NULL);
 }
 
+/* The open-file limit raised to its hard limit, so --max-connections can be met; the
+ * connection limit that fits it, 64 descriptors kept for the inbox, logs and the like. */
+static unsigned connection_limit(const b24_serve_options *o)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return (unsigned)o->max_connections;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t want = rl.rlim_max;
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= (rlim_t)o->max_connections + 64)
+        return (unsigned)o->max_connections;
+    unsigned fit =
+        rl.rlim_cur > 64 + (rlim_t)o->workers ? (unsigned)(rl.rlim_cur - 64) : (unsigned)o->workers;
+    char want_s[24], fit_s[24];
+    snprintf(want_s, sizeof want_s, "%ld", o->max_connections);
+    snprintf(fit_s, sizeof fit_s, "%u", fit);
+    b24_log(B24_WARN, "--max-connections lowered to fit the open-file limit (ulimit -n)",
+            "max_connections", want_s, "lowered_to", fit_s, NULL);
+    return fit;
+}
+
 /* The daemon listening on o->addr, and the "listening" line with the port it got. */
 static struct MHD_Daemon *start_daemon(const b24_serve_options *o)
 {
@@ -114,12 +140,16 @@ static struct MHD_Daemon *start_daemon(const b24_serve_options *o)
                      MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
     if (o->addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
+    unsigned limit = connection_limit(o);
+    if (limit < (unsigned)o->workers) /* each worker of the pool takes its share */
+        limit = (unsigned)o->workers;
     struct MHD_Daemon *d = MHD_start_daemon(
         flags, 0, NULL, NULL, b24_request_access, &ctx, MHD_OPTION_SOCK_ADDR,
         (const struct sockaddr *)&o->addr, MHD_OPTION_CONNECTION_TIMEOUT, o->client_timeout,
         MHD_OPTION_URI_LOG_CALLBACK, b24_request_begin, &ctx, MHD_OPTION_NOTIFY_COMPLETED,
         b24_request_end, &ctx, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16 * 1024,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16 * 1024, MHD_OPTION_CONNECTION_LIMIT, limit,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)o->max_per_ip,
         /* one worker is the polling thread itself: no pool (MHD warns about a pool of 1) */
         o->workers > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, (unsigned)o->workers,
         MHD_OPTION_END);

@@ -15,6 +15,7 @@ static void usage(FILE *f)
 {
     fputs("usage: b24 serve [--listen HOST:PORT] [--workers N] [--max-body BYTES]\n"
           "                 [--client-timeout SECONDS] [--drain-timeout SECONDS]\n"
+          "                 [--max-connections N] [--max-per-ip N]\n"
           "                 [--log-format logfmt|json] [--log-level debug|info|warn|error]\n"
           "                 [--inbox PATH|memory] [--sync] [--handler-threads N]\n"
           "                 [--max-attempts N] [--retry-base SECONDS] [--retry-max SECONDS]\n"
@@ -114,6 +115,8 @@ int b24_serve_options_init(b24_serve_options *o, const char *who)
     o->workers = nproc > 0 ? nproc : 2;
     o->max_body = 1024 * 1024;
     o->client_timeout = 30;
+    o->max_connections = 4096; /* far above a burst, and above slow clients by the thousand */
+    o->max_per_ip = 0;         /* a load balancer makes every client one address */
     o->drain_timeout = 30;
     o->inbox = (env = getenv("B24_INBOX")) && *env ? env : "b24-inbox.sqlite";
     o->handler_threads = nproc > 0 ? nproc : 2;
@@ -155,7 +158,11 @@ int b24_serve_options_set(b24_serve_options *o, const char *name, const char *va
         if (parse_long(value, 1, 3600, &v))
             return -1;
         o->client_timeout = (unsigned)v;
-    } else if (strcmp(name, "drain-timeout") == 0) {
+    } else if (strcmp(name, "max-connections") == 0)
+        return parse_long(value, 1, 1000000, &o->max_connections);
+    else if (strcmp(name, "max-per-ip") == 0)
+        return parse_long(value, 0, 1000000, &o->max_per_ip);
+    else if (strcmp(name, "drain-timeout") == 0) {
         if (parse_long(value, 0, 3600, &v))
             return -1;
         o->drain_timeout = (double)v;
@@ -208,6 +215,8 @@ int b24_serve_options_parse(b24_serve_options *o, int argc, char **argv)
         {"max-body", required_argument, NULL, 0},
         {"client-timeout", required_argument, NULL, 0},
         {"drain-timeout", required_argument, NULL, 0},
+        {"max-connections", required_argument, NULL, 0},
+        {"max-per-ip", required_argument, NULL, 0},
         {"log-format", required_argument, NULL, 0},
         {"log-level", required_argument, NULL, 0},
         {"inbox", required_argument, NULL, 0},

@@ -21,7 +21,9 @@ typedef struct b24_serve_options {
     socklen_t addrlen;
     long workers;
     size_t max_body;
-    unsigned client_timeout;
+    unsigned client_timeout; /* of an idle connection (libmicrohttpd's connection timeout) */
+    long max_connections;    /* open at once, all clients together */
+    long max_per_ip;         /* open at once from one address; 0 = no limit */
     double drain_timeout;
     b24_script_source handler; /* a script file, or an entry (module, function, argv) */
     const char *inbox;         /* a file, or "memory" */
