@@ -105,6 +105,28 @@ describe("b24 serve limits", function()
          end
       end)
 
+      it("a client that trickles its headers is cut after --client-timeout, though never idle", function()
+         local srv = b24.start{ script = "return function() return 200, {}, 'ok' end\n",
+                                args = { "--workers", "1", "--client-timeout", "1" } }
+         local c = assert(socket.tcp())
+         finally(function() c:close(); srv:stop() end)
+         c:settimeout(10)
+         assert(c:connect("127.0.0.1", srv.port))
+         assert(c:send("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"))
+         local cut
+         for i = 1, 480 do -- bounded watchdog: 480 header lines, one each time the socket stays quiet 0.25 s
+            local readable = socket.select({ c }, nil, 0.25)
+            if #readable > 0 then
+               local data, err = c:receive(1)
+               if not data then cut = err break end
+            end
+            local ok, err = c:send(("X-Trickle-%d: x\r\n"):format(i))
+            if not ok then cut = err break end
+         end
+         assert.is_truthy(cut, "the trickling connection was never cut")
+         assert.equal(200, assert(srv:request{ path = "/healthz" }).status)
+      end)
+
       it("--max-per-ip refuses connections from an address over its limit, until one closes", function()
          local srv = b24.start{ script = "return function() return 200, {}, 'ok' end\n",
                                 args = { "--workers", "1", "--max-per-ip", "5" } }

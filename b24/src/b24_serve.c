@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -108,6 +109,145 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap)
     b24_log(B24_DEBUG, "libmicrohttpd", "detail", msg, NULL);
 }
 
+/* ---- the header deadline ------------------------------------------------------------------
+ * libmicrohttpd's connection timeout is an idle one: a client sending a byte a second is never
+ * idle and holds its connection forever. So each connection is tracked from its accept, and
+ * again from the end of each request, until its request's headers are in (the first call of
+ * the access handler); a watchdog thread shuts down the socket of one still sending headers
+ * after --client-timeout, and libmicrohttpd then closes it as a client gone. The socket is
+ * closed by libmicrohttpd only after the "closed" notification, which takes the lock the
+ * watchdog holds, so a descriptor shut down is never one reused. */
+typedef struct tracked {
+    struct tracked *prev, *next;
+    int fd;
+    int reading;  /* headers not all in yet */
+    double since; /* the accept, or the end of the last request */
+} tracked;
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    tracked head; /* a ring */
+    double timeout;
+    int stop;
+    pthread_t thread;
+    int started;
+} hd = {PTHREAD_MUTEX_INITIALIZER,
+        PTHREAD_COND_INITIALIZER,
+        {&hd.head, &hd.head, -1, 0, 0},
+        30,
+        0,
+        0,
+        0};
+
+static void header_notify(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    (void)cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        tracked *t = calloc(1, sizeof *t);
+        if (t == NULL || ci == NULL) {
+            free(t);
+            return;
+        }
+        t->fd = (int)ci->connect_fd;
+        t->reading = 1;
+        t->since = b24_now();
+        pthread_mutex_lock(&hd.lock);
+        t->prev = &hd.head;
+        t->next = hd.head.next;
+        hd.head.next->prev = t;
+        hd.head.next = t;
+        pthread_mutex_unlock(&hd.lock);
+        *socket_context = t;
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED && *socket_context) {
+        tracked *t = *socket_context;
+        pthread_mutex_lock(&hd.lock);
+        t->prev->next = t->next;
+        t->next->prev = t->prev;
+        pthread_mutex_unlock(&hd.lock);
+        free(t);
+        *socket_context = NULL;
+    }
+}
+
+static void header_state(struct MHD_Connection *c, int reading)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    tracked *t = ci ? (tracked *)ci->socket_context : NULL;
+    if (t == NULL)
+        return;
+    pthread_mutex_lock(&hd.lock);
+    t->reading = reading;
+    t->since = b24_now();
+    pthread_mutex_unlock(&hd.lock);
+}
+
+/* The access handler's first call for a request: its headers are in. */
+static enum MHD_Result access_headers_in(void *cls, struct MHD_Connection *c, const char *url,
+                                         const char *method, const char *version,
+                                         const char *upload_data, size_t *upload_data_size,
+                                         void **con_cls)
+{
+    if (*con_cls == NULL)
+        header_state(c, 0);
+    return b24_request_access(cls, c, url, method, version, upload_data, upload_data_size, con_cls);
+}
+
+/* A request done: the connection's next request has its headers' deadline from now. */
+static void request_done(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    b24_request_end(cls, c, con_cls, toe);
+    header_state(c, 1);
+}
+
+static void *header_watchdog(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&hd.lock);
+    while (!hd.stop) {
+        double now = b24_now();
+        for (tracked *t = hd.head.next; t != &hd.head; t = t->next)
+            if (t->reading && now - t->since > hd.timeout) {
+                t->reading = 0; /* once */
+                shutdown(t->fd, SHUT_RDWR);
+                b24_log(B24_DEBUG, "connection cut: its headers took too long (--client-timeout)",
+                        NULL);
+            }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 250 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000L)
+            ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&hd.wake, &hd.lock, &ts);
+    }
+    pthread_mutex_unlock(&hd.lock);
+    return NULL;
+}
+
+static int header_watchdog_start(double timeout)
+{
+    hd.timeout = timeout;
+    hd.started = pthread_create(&hd.thread, NULL, header_watchdog, NULL) == 0;
+    return hd.started ? 0 : -1;
+}
+
+static void header_watchdog_stop(void)
+{
+    if (!hd.started)
+        return;
+    pthread_mutex_lock(&hd.lock);
+    hd.stop = 1;
+    pthread_cond_signal(&hd.wake);
+    pthread_mutex_unlock(&hd.lock);
+    pthread_join(hd.thread, NULL);
+    hd.started = 0;
+}
+
 /* The open-file limit raised to its hard limit, so --max-connections can be met; the
  * connection limit that fits it, 64 descriptors kept for the inbox, logs and the like. */
 static unsigned connection_limit(const b24_serve_options *o)
@@ -140,16 +280,21 @@ static struct MHD_Daemon *start_daemon(const b24_serve_options *o)
                      MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
     if (o->addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
+    if (header_watchdog_start((double)o->client_timeout) != 0) {
+        fprintf(stderr, "b24 serve: cannot start the header watchdog thread\n");
+        return NULL;
+    }
     unsigned limit = connection_limit(o);
     if (limit < (unsigned)o->workers) /* each worker of the pool takes its share */
         limit = (unsigned)o->workers;
     struct MHD_Daemon *d = MHD_start_daemon(
-        flags, 0, NULL, NULL, b24_request_access, &ctx, MHD_OPTION_SOCK_ADDR,
+        flags, 0, NULL, NULL, access_headers_in, &ctx, MHD_OPTION_SOCK_ADDR,
         (const struct sockaddr *)&o->addr, MHD_OPTION_CONNECTION_TIMEOUT, o->client_timeout,
         MHD_OPTION_URI_LOG_CALLBACK, b24_request_begin, &ctx, MHD_OPTION_NOTIFY_COMPLETED,
-        b24_request_end, &ctx, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16 * 1024, MHD_OPTION_CONNECTION_LIMIT, limit,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)o->max_per_ip,
+        request_done, &ctx, MHD_OPTION_NOTIFY_CONNECTION, header_notify, NULL,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)16 * 1024, MHD_OPTION_CONNECTION_LIMIT, limit, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        (unsigned)o->max_per_ip,
         /* one worker is the polling thread itself: no pool (MHD warns about a pool of 1) */
         o->workers > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, (unsigned)o->workers,
         MHD_OPTION_END);
@@ -221,6 +366,7 @@ static void stop(struct MHD_Daemon *d, const b24_serve_options *o)
     b24_request_answer_awaiting();
     wait_in_flight(b24_now() + 5);
     MHD_stop_daemon(d);
+    header_watchdog_stop();
     if (ctx.inbox) { /* runs under way end by the cap; claimed ones go back to pending */
         b24_handlers_stop();
         b24_inbox_stop(ctx.inbox);
