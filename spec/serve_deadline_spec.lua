@@ -168,8 +168,9 @@ describe("b24 serve: a clean stop leaves nothing behind", function()
          os.execute("sleep 0.01")
       end
       local code = stop(srv)
-      os.execute("pkill -P $(cat " .. b24.quote(dir .. "/holder") .. ") 2>/dev/null; kill $(cat " ..
-         b24.quote(dir .. "/holder") .. ") 2>/dev/null")
+      -- the holder is sqlite3 (the pipeline's last command); its feeder's sleep ends by itself.
+      -- No pkill: under the sanitizer run every child inherits LD_PRELOAD, and pkill hung there.
+      os.execute("kill $(cat " .. b24.quote(dir .. "/holder") .. ") 2>/dev/null")
       assert.equal(0, code)
       assert.not_matches("Fatal error", srv:log(), 1, true)
       local status
