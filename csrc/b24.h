@@ -257,7 +257,7 @@ b24_json_scratch *b24_json_scratch_acquire(lua_State *L);
 /* Ends a call: the arena back to one small chunk, no huge buffer kept. */
 void b24_json_scratch_release(b24_json_scratch *s);
 /* The limit opts[name] at t: def when absent, else a whole number from 1 (to cap when cap is
- * not 0); raises otherwise. */
+ * not 0); raises otherwise. The one reader of limits for form_decode, json_decode, json_encode. */
 size_t b24_json_limit(lua_State *L, int t, const char *name, size_t def, size_t cap);
 
 /* A table being filled in form mode (b24_json_form.c) */

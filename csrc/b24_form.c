@@ -83,22 +83,6 @@ static void push_array(lua_State *L, const b24_form_array *arr)
     }
 }
 
-static size_t limit_field(lua_State *L, int t, const char *name, size_t def, size_t cap)
-{
-    lua_getfield(L, t, name);
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        return def;
-    }
-    if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 ||
-        (cap && (size_t)lua_tointeger(L, -1) > cap))
-        luaL_error(L, "bad limit '%s' (a whole number from 1%s expected)", name,
-                   cap ? " to 1000" : "");
-    size_t v = (size_t)lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    return v;
-}
-
 /* [-1, +1] the parse tree (light userdata at 1) as a table */
 static int push_root(lua_State *L)
 {
@@ -114,9 +98,9 @@ static int form_decode(lua_State *L)
     b24_form_limits lim = {B24_FORM_MAX_DEPTH, B24_FORM_MAX_PAIRS, B24_FORM_MAX_SIZE};
     if (!lua_isnoneornil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
-        lim.max_depth = limit_field(L, 2, "max_depth", lim.max_depth, B24_FORM_DEPTH_CAP);
-        lim.max_pairs = limit_field(L, 2, "max_pairs", lim.max_pairs, 0);
-        lim.max_size = limit_field(L, 2, "max_size", lim.max_size, 0);
+        lim.max_depth = b24_json_limit(L, 2, "max_depth", lim.max_depth, B24_FORM_DEPTH_CAP);
+        lim.max_pairs = b24_json_limit(L, 2, "max_pairs", lim.max_pairs, 0);
+        lim.max_size = b24_json_limit(L, 2, "max_size", lim.max_size, 0);
     }
     scratch *sc = scratch_acquire(L);
     b24_arena_reset(&sc->arena);
