@@ -91,7 +91,7 @@ $(BUILD)/fuzz/mask: fuzz/fuzz_mask.c fuzz/fuzz.h csrc/b24_logline.c csrc/b24.h
 	@mkdir -p $(@D)
 	clang $(FUZZ_FLAGS) -Icsrc -Ifuzz -o $@ $< csrc/b24_logline.c -llua5.4
 
-$(BUILD)/fuzz/%: fuzz/fuzz_%.c fuzz/fuzz.h $(SRC) $(HDR)
+$(BUILD)/fuzz/%: fuzz/fuzz_%.c fuzz/fuzz.h fuzz/fuzz_lua.h $(SRC) $(HDR)
 	@mkdir -p $(@D)
 	clang $(FUZZ_FLAGS) -Icsrc -Ifuzz -o $@ $< $(SRC) $(LIBS) -llua5.4
 

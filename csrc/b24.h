@@ -58,6 +58,11 @@ struct b24_form_array {
 
 typedef struct b24_form_limits {
     size_t max_depth, max_pairs, max_size;
+    /* only: when set, the pairs whose top-level name (as parse_str reads it) is not these
+     * only_len bytes are counted and then skipped, so the tree holds root[only] exactly as the
+     * whole parse gives it, at the cost of that subtree alone (a token check's pre-scan) */
+    const char *only;
+    size_t only_len;
 } b24_form_limits;
 
 #define B24_FORM_MAX_DEPTH 64
@@ -87,6 +92,8 @@ b24_form_status b24_form_parse(const char *s, size_t len, const b24_form_limits 
  * its tables. The Lua side (the contract, the scratch, registration: b24_json.c) comes last. */
 typedef struct b24_json_limits {
     size_t max_depth, max_pairs, max_size; /* the form codec's defaults, B24_FORM_MAX_* */
+    const char *only; /* form mode: b24_form_limits' only, for the top-level keys */
+    size_t only_len;
 } b24_json_limits;
 
 typedef enum {
@@ -279,9 +286,12 @@ typedef struct b24_json_builder {
     b24_json_level *levels;
     size_t depth;
     b24_form_array *tree; /* form mode through the form parser */
-    size_t budget, heap;  /* the Lua memory the value may take; the heap when it began */
-    unsigned values;      /* values built: the heap is looked at every 64 */
-    int watch;            /* whether the budget could be reached at all */
+    const char *only;     /* form mode: build root[only] alone (b24_form_limits' only) */
+    size_t only_len;
+    size_t skip;         /* form mode under only: 1 a value to skip, more inside it */
+    size_t budget, heap; /* the Lua memory the value may take; the heap when it began */
+    unsigned values;     /* values built: the heap is looked at every 64 */
+    int watch;           /* whether the budget could be reached at all */
     int over_budget;
 } b24_json_builder;
 
@@ -294,6 +304,10 @@ void b24_json_form_push(b24_json_builder *b);
  * at most budget bytes of body, under lim, in arena. */
 b24_json_status b24_json_form_tree(const b24_json_doc *doc, const b24_json_limits *lim,
                                    b24_arena *arena, size_t budget, b24_form_array **tree);
+/* [-0, +1] builds b's value (b->doc's, or b->tree when set) under lua_pcall with the collector
+ * paused while the budget is watched, the null value at null_index; returns lua_pcall's status
+ * (the error on the stack when not LUA_OK: b->over_budget tells a refusal from a failure). */
+int b24_json_build(lua_State *L, b24_json_builder *b, size_t len, int null_index);
 int b24_json_decode(lua_State *L); /* json_decode(s [, opts]) -> value | nil, message, kind */
 int b24_json_encode(lua_State *L); /* json_encode(value [, opts]) -> string */
 

@@ -1,4 +1,5 @@
 /* form_decode / form_encode: PHP parse_str and http_build_query for Lua values. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,58 +50,29 @@ static scratch *scratch_acquire(lua_State *L)
 
 /* ---- decode ------------------------------------------------------------------------------ */
 
-/* [-0, +1, m] pushes arr as a Lua table: a sequence when PHP would write a JSON list. */
-static void push_array(lua_State *L, const b24_form_array *arr)
-{
-    luaL_checkstack(L, 4, "form nested too deep");
-    if (arr->is_list) {
-        lua_createtable(L, (int)arr->count, 0);
-        for (uint32_t i = 0; i < arr->count; i++) {
-            const b24_form_value *v = &arr->entries[i].value;
-            if (v->arr)
-                push_array(L, v->arr);
-            else
-                lua_pushlstring(L, v->str, v->len);
-            lua_rawseti(L, -2, (int)i + 1);
-        }
-        return;
-    }
-    lua_createtable(L, 0, (int)arr->count);
-    for (uint32_t i = 0; i < arr->count; i++) {
-        const b24_form_entry *e = &arr->entries[i];
-        if (e->key) {
-            lua_pushlstring(L, e->key, e->key_len);
-        } else {
-            char num[24];
-            int n = snprintf(num, sizeof num, "%lld", (long long)e->ikey);
-            lua_pushlstring(L, num, (size_t)n);
-        }
-        if (e->value.arr)
-            push_array(L, e->value.arr);
-        else
-            lua_pushlstring(L, e->value.str, e->value.len);
-        lua_rawset(L, -3);
-    }
-}
-
-/* [-1, +1] the parse tree (light userdata at 1) as a table */
-static int push_root(lua_State *L)
-{
-    push_array(L, lua_touserdata(L, 1));
-    return 1;
-}
-
 /* form_decode(s [, limits]) -> table | nil, message, kind */
 static int form_decode(lua_State *L)
 {
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
-    b24_form_limits lim = {B24_FORM_MAX_DEPTH, B24_FORM_MAX_PAIRS, B24_FORM_MAX_SIZE};
-    if (!lua_isnoneornil(L, 2)) {
+    b24_form_limits lim = {B24_FORM_MAX_DEPTH, B24_FORM_MAX_PAIRS, B24_FORM_MAX_SIZE, NULL, 0};
+    b24_json_builder b;
+    memset(&b, 0, sizeof b);
+    b.budget = len <= (SIZE_MAX - 65536) / 16 ? 16 * len + 65536 : SIZE_MAX;
+    lua_settop(L, 2);
+    if (!lua_isnil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
         lim.max_depth = b24_json_limit(L, 2, "max_depth", lim.max_depth, B24_FORM_DEPTH_CAP);
         lim.max_pairs = b24_json_limit(L, 2, "max_pairs", lim.max_pairs, 0);
         lim.max_size = b24_json_limit(L, 2, "max_size", lim.max_size, 0);
+        b.budget = b24_json_limit(L, 2, "max_memory", b.budget, 0);
+        lua_getfield(L, 2, "only"); /* the table holds the string while the call lasts */
+        if (!lua_isnil(L, -1)) {
+            if (lua_type(L, -1) != LUA_TSTRING)
+                return luaL_error(L, "bad option 'only' (string expected)");
+            lim.only = lua_tolstring(L, -1, &lim.only_len);
+        }
+        lua_pop(L, 1);
     }
     scratch *sc = scratch_acquire(L);
     b24_arena_reset(&sc->arena);
@@ -108,13 +80,22 @@ static int form_decode(lua_State *L)
     b24_form_status st = b24_form_parse(s, len, &lim, &sc->arena, &root);
     if (st == B24_FORM_OK) {
         /* building the table may raise (memory, stack): under pcall, so the scratch is
-         * released on every path and the next call reuses it */
-        lua_pushcfunction(L, push_root);
-        lua_pushlightuserdata(L, root);
-        int status = lua_pcall(L, 1, 1, 0);
+         * released on every path and the next call reuses it; held to max_memory as
+         * json_decode's tables are */
+        b.tree = root;
+        lua_pushnil(L); /* no null in a form */
+        int status = b24_json_build(L, &b, len, -1);
         sc->busy = 0;
         b24_arena_reset(&sc->arena);
-        return status == LUA_OK ? 1 : lua_error(L);
+        if (status == LUA_OK)
+            return 1;
+        if (!b.over_budget)
+            return lua_error(L);
+        lua_pushnil(L);
+        lua_pushfstring(L, "form body would take more than %d bytes as Lua values (max_memory)",
+                        (int)(b.budget > INT_MAX ? INT_MAX : b.budget));
+        lua_pushliteral(L, "too_large");
+        return 3;
     }
     sc->busy = 0;
     b24_arena_reset(&sc->arena);

@@ -214,9 +214,15 @@ static b24_form_entry *lookup(b24_arena *a, b24_form_array *arr, const char *s, 
     return e ? e : insert(a, arr, &k);
 }
 
+/* Whether a pair whose top-level name is s[0..len) is skipped under limits->only */
+static int skipped(const b24_form_limits *limits, const char *s, size_t len)
+{
+    return limits->only && !(len == limits->only_len && memcmp(s, limits->only, len) == 0);
+}
+
 /* Registers one decoded pair. name is NUL-terminated and holds no NUL before it. */
 static b24_form_status register_pair(b24_arena *a, b24_form_array *root, char *name,
-                                     const char *val, size_t val_len, size_t max_depth)
+                                     const char *val, size_t val_len, const b24_form_limits *limits)
 {
     while (*name == ' ')
         name++;
@@ -231,7 +237,7 @@ static b24_form_status register_pair(b24_arena *a, b24_form_array *root, char *n
     if (ip) {
         size_t nest = 0;
         for (;;) {
-            if (++nest > max_depth)
+            if (++nest > limits->max_depth)
                 return B24_FORM_TOO_DEEP;
             ip++;
             /* PHP reads "[ ]" (one whitespace byte alone in the brackets) as "[]" */
@@ -259,6 +265,8 @@ static b24_form_status register_pair(b24_arena *a, b24_form_array *root, char *n
                 ip = close;
             }
             b24_form_entry *e;
+            if (cur == root && skipped(limits, index, index_len))
+                return B24_FORM_OK;
             if (index == NULL) {
                 e = append(a, cur, &dropped);
                 if (e == NULL)
@@ -283,6 +291,8 @@ static b24_form_status register_pair(b24_arena *a, b24_form_array *root, char *n
     }
 
     b24_form_entry *e;
+    if (cur == root && skipped(limits, index, index_len))
+        return B24_FORM_OK;
     if (index == NULL) {
         e = append(a, cur, &dropped);
         if (e == NULL)
@@ -307,20 +317,26 @@ b24_form_status b24_form_parse(const char *s, size_t len, const b24_form_limits 
     const char *nul = memchr(s, '\0', len);
     if (nul)
         len = (size_t)(nul - s);
+    /* the pairs are counted before anything is built: a body of too many costs nothing */
+    size_t pairs = 0;
+    for (size_t pos = 0; pos < len;) {
+        const char *amp = memchr(s + pos, '&', len - pos);
+        size_t end = amp ? (size_t)(amp - s) : len;
+        if (end > pos && ++pairs > limits->max_pairs)
+            return B24_FORM_TOO_MANY;
+        pos = end + 1;
+    }
     b24_form_array *top = new_array(arena);
     /* every pair decodes in place into a copy: output never outruns its input, and the '='
      * or '&' after a segment leaves room for its terminating NUL */
     char *buf = b24_arena_alloc(arena, len + 1);
     if (top == NULL || buf == NULL)
         return B24_FORM_NO_MEMORY;
-    size_t pairs = 0;
     size_t pos = 0;
     while (pos < len) {
         const char *amp = memchr(s + pos, '&', len - pos);
         size_t end = amp ? (size_t)(amp - s) : len;
         if (end > pos) { /* php_strtok_r skips empty segments */
-            if (++pairs > limits->max_pairs)
-                return B24_FORM_TOO_MANY;
             const char *eq = memchr(s + pos, '=', end - pos);
             size_t name_end = eq ? (size_t)(eq - s) : end;
             char *name = buf + pos;
@@ -334,7 +350,7 @@ b24_form_status b24_form_parse(const char *s, size_t len, const b24_form_limits 
                 v[val_len] = '\0';
                 val = v;
             }
-            b24_form_status st = register_pair(arena, top, name, val, val_len, limits->max_depth);
+            b24_form_status st = register_pair(arena, top, name, val, val_len, limits);
             if (st != B24_FORM_OK)
                 return st;
         }

@@ -25,6 +25,8 @@
  *   "too_large" past 2 * #s + 4 KiB of form body). The pairs are then the values that are not
  *   null (a repeated key counted each time), the depth is counted in brackets, so 65
  *   containers (holding values or not), and the top level must be an object or an array.
+ *   opts.only (form mode): build the top-level key only alone (the table holds it or nothing),
+ *   exactly as the whole value has it; the rest is scanned and counted but never built.
  *
  * json_encode(value [, opts]) -> string; raises "cannot JSON-encode <what> at a[b][1]" (Lua
  *   indexes) for NaN and infinities, functions, userdata, threads, keys other than strings or

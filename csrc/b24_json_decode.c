@@ -110,7 +110,7 @@ static int decode_protected(lua_State *L)
     b24_json_builder *b = lua_touserdata(L, 1);
     b->L = L;
     b->heap = heap_bytes(L);
-    if (b->doc->form)
+    if (b->tree || b->doc->form)
         b24_json_form_push(b);
     else
         build_value(b, b24_json_skip_ws(b->doc->text));
@@ -163,11 +163,30 @@ static int push_refusal(lua_State *L, b24_json_status st, const b24_json_doc *do
     return 3;
 }
 
+int b24_json_build(lua_State *L, b24_json_builder *b, size_t len, int null_index)
+{
+    null_index = lua_absindex(L, null_index);
+    lua_pushcfunction(L, decode_protected);
+    lua_pushlightuserdata(L, b);
+    lua_pushvalue(L, null_index);
+    /* no body takes more than about 25 bytes of Lua memory per byte of JSON ("[[],[],…]") or of
+     * form ("a[]&a[]…"): below that the budget cannot be reached, and the collector's pacing is
+     * left alone */
+    b->watch = b->budget / 32 < len;
+    int collecting = b->watch && lua_gc(L, LUA_GCISRUNNING, 0) == 1;
+    if (collecting)
+        lua_gc(L, LUA_GCSTOP, 0);
+    int status = lua_pcall(L, 2, 1, 0);
+    if (collecting)
+        lua_gc(L, LUA_GCRESTART, 0);
+    return status;
+}
+
 int b24_json_decode(lua_State *L)
 {
     size_t len, form_budget = 0;
     const char *s = luaL_checklstring(L, 1, &len);
-    b24_json_limits lim = {B24_FORM_MAX_DEPTH, B24_FORM_MAX_PAIRS, B24_FORM_MAX_SIZE};
+    b24_json_limits lim = {B24_FORM_MAX_DEPTH, B24_FORM_MAX_PAIRS, B24_FORM_MAX_SIZE, NULL, 0};
     int form = 0;
     b24_json_builder b;
     memset(&b, 0, sizeof b);
@@ -181,6 +200,13 @@ int b24_json_decode(lua_State *L)
         b.budget = b24_json_limit(L, 2, "max_memory", b.budget, 0);
         lua_getfield(L, 2, "form");
         form = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        lua_getfield(L, 2, "only"); /* the table holds the string while the call lasts */
+        if (!lua_isnil(L, -1)) {
+            if (!form || lua_type(L, -1) != LUA_TSTRING)
+                return luaL_error(L, "bad option 'only' (a string, with form = true, expected)");
+            lim.only = lua_tolstring(L, -1, &lim.only_len);
+        }
         lua_pop(L, 1);
         lua_getfield(L, 2, "null"); /* 3 */
     } else {
@@ -216,18 +242,9 @@ int b24_json_decode(lua_State *L)
     if (st == B24_JSON_OK) {
         /* building the value may raise (memory, stack): under pcall, so the scratch is released
          * on every path */
-        lua_pushcfunction(L, decode_protected);
-        lua_pushlightuserdata(L, &b);
-        lua_pushvalue(L, 3);
-        /* no body takes more than about 25 bytes of Lua memory per byte of JSON ("[[],[],…]"):
-         * below that the budget cannot be reached, and the collector's pacing is left alone */
-        b.watch = b.budget / 32 < len;
-        int collecting = b.watch && lua_gc(L, LUA_GCISRUNNING, 0) == 1;
-        if (collecting)
-            lua_gc(L, LUA_GCSTOP, 0);
-        int status = lua_pcall(L, 2, 1, 0);
-        if (collecting)
-            lua_gc(L, LUA_GCRESTART, 0);
+        b.only = lim.only;
+        b.only_len = lim.only_len;
+        int status = b24_json_build(L, &b, len, 3);
         b24_json_scratch_release(sc);
         if (status == LUA_OK)
             return 1;

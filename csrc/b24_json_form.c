@@ -69,9 +69,25 @@ static void attach(b24_json_builder *b, b24_json_level *l)
     l->values++;
 }
 
+/* Under only: whether the top-level key just given names another subtree than root[only]. An
+ * index is its decimal text, as parse_str reads the name form_encode writes for it. */
+static int other_top_key(const b24_json_builder *b, const char *key, size_t len, int64_t index)
+{
+    char num[24];
+    if (index >= 0) {
+        len = b24_json_format_integer(index, num);
+        key = num;
+    }
+    return !(len == b->only_len && memcmp(key, b->only, len) == 0);
+}
+
 static int form_open(void *ctx, int is_array, size_t count)
 {
     b24_json_builder *b = ctx;
+    if (b->skip) { /* inside a skipped value: only its nesting is followed */
+        b->skip++;
+        return 0;
+    }
     b24_json_count_value(b);
     luaL_checkstack(b->L, 6, "JSON nested too deep");
     int n = count > INT_MAX ? INT_MAX : (int)count;
@@ -86,6 +102,12 @@ static int form_open(void *ctx, int is_array, size_t count)
 static int form_key(void *ctx, const char *key, size_t len, int64_t index)
 {
     b24_json_builder *b = ctx;
+    if (b->skip)
+        return 0;
+    if (b->only && b->depth == 1 && other_top_key(b, key, len, index)) {
+        b->skip = 1; /* the value that follows */
+        return 0;
+    }
     b24_json_level *l = &b->levels[b->depth - 1];
     l->key = key;
     l->key_len = len;
@@ -96,6 +118,11 @@ static int form_key(void *ctx, const char *key, size_t len, int64_t index)
 static int form_scalar(void *ctx, const char *text, size_t len)
 {
     b24_json_builder *b = ctx;
+    if (b->skip) {
+        if (b->skip == 1) /* the skipped value was this scalar */
+            b->skip = 0;
+        return 0;
+    }
     b24_json_count_value(b);
     lua_pushlstring(b->L, text, len);
     attach(b, &b->levels[b->depth - 1]);
@@ -105,6 +132,11 @@ static int form_scalar(void *ctx, const char *text, size_t len)
 static int form_close(void *ctx)
 {
     b24_json_builder *b = ctx;
+    if (b->skip) {
+        if (--b->skip == 1) /* the skipped container ended */
+            b->skip = 0;
+        return 0;
+    }
     b24_json_level *l = &b->levels[--b->depth];
     if (l->values == 0 && b->depth > 0) { /* became empty (a duplicate key): PHP omits it */
         lua_pop(b->L, 1);
@@ -169,7 +201,7 @@ b24_json_status b24_json_form_tree(const b24_json_doc *doc, const b24_json_limit
     b24_json_status st = b24_json_form_body(doc, arena, budget, &body, &body_len);
     if (st != B24_JSON_OK)
         return st;
-    b24_form_limits fl = {lim->max_depth, lim->max_pairs, budget};
+    b24_form_limits fl = {lim->max_depth, lim->max_pairs, budget, lim->only, lim->only_len};
     return from_form_status(b24_form_parse(body, body_len, &fl, arena, tree));
 }
 

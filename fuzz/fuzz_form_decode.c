@@ -17,6 +17,7 @@
 
 #include "b24.h"
 #include "fuzz.h"
+#include "fuzz_lua.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int luaopen_bitrix24_core(lua_State *L);
@@ -29,8 +30,9 @@ struct b24_arena_chunk {
     max_align_t data[];
 };
 
-static const b24_form_limits SMALL = {3, 8, 512};
-static const b24_form_limits DEFAULTS = {B24_FORM_MAX_DEPTH, B24_FORM_MAX_PAIRS, B24_FORM_MAX_SIZE};
+static const b24_form_limits SMALL = {3, 8, 512, NULL, 0};
+static const b24_form_limits DEFAULTS = {B24_FORM_MAX_DEPTH, B24_FORM_MAX_PAIRS, B24_FORM_MAX_SIZE,
+                                         NULL, 0};
 
 #define GC_EVERY 256
 #define LUA_HEAP_SLACK_KB (16 * 1024)
@@ -426,11 +428,32 @@ static void lua_decode_matches(const char *s, size_t len, const b24_form_limits 
     }
 }
 
+/* only builds each top-level field as the whole decode has it, and nothing for a name the body
+ * lacks */
+static void only_matches(const char *s, size_t len, int t1)
+{
+    fuzz_only_matches(L, "form_decode", 0, s, len, t1);
+    get_php_key(t1, "\001absent", 7);
+    int absent = lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (!absent)
+        return;
+    lua_pushlstring(L, s, len);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "\001absent");
+    lua_setfield(L, -2, "only");
+    call_module("form_decode", 2, 1);
+    CHECK(lua_istable(L, -1));
+    lua_pushnil(L);
+    CHECK(lua_next(L, -2) == 0);
+    lua_settop(L, t1);
+}
+
 static void lua_round_trip(const char *s, size_t len, b24_form_status st_small,
                            const b24_form_array *small, b24_form_status st_default,
                            const b24_form_array *deflt)
 {
-    static const b24_form_limits roomy = {B24_FORM_MAX_DEPTH, 10000000, 1u << 30};
+    static const b24_form_limits roomy = {B24_FORM_MAX_DEPTH, 10000000, 1u << 30, NULL, 0};
 
     lua_decode_matches(s, len, &SMALL, st_small, small);
     lua_pop(L, 3);
@@ -442,6 +465,7 @@ static void lua_round_trip(const char *s, size_t len, b24_form_status st_small,
         return;
     }
     int t1 = lua_gettop(L);
+    only_matches(s, len, t1);
 
     lua_pushvalue(L, t1);
     call_module("form_encode", 1, 1);

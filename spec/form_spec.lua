@@ -127,6 +127,62 @@ describe("bitrix24.core form_decode", function()
       assert.equal("2999", t.l[3000])
    end)
 
+   describe("only: one top-level field, as the whole decode gives it", function()
+      local bodies = {
+         "event=X&auth[application_token]=a&auth[member_id]=m&auth[application_token]=b",
+         "auth[application_token]=a&auth=flat",
+         "auth=flat&auth[application_token]=a&data[x]=1",
+         "%20auth[application_token]=a&auth[domain]=d",
+         "auth[application_token=a&auth[x]=1",
+         "auth[]=1&auth[]=2&auth[5]=3&auth[]=4",
+         "0=a&1=b&auth=c",
+         "data" .. ("[x]"):rep(60) .. "=1&auth[t]=1",
+      }
+      for _, body in ipairs(bodies) do
+         it(body:sub(1, 60), function()
+            local whole = assert(core.form_decode(body))
+            for _, name in ipairs{ "auth", "event", "data", "0", "missing" } do
+               local only = assert(core.form_decode(body, { only = name }))
+               -- PHP's key "0" is [1] in a sequence, "0" in a map
+               local function at(t)
+                  if t[name] ~= nil or not tonumber(name) then return t[name] end
+                  return t[tonumber(name) + 1]
+               end
+               assert.same(at(whole), at(only), name)
+               local n = 0
+               for _ in pairs(only) do n = n + 1 end
+               assert.equal(at(whole) == nil and 0 or 1, n, name)
+            end
+         end)
+      end
+
+      it("counts every pair but builds no other field", function()
+         assert.equal("too_many", select(3, core.form_decode(("a=1&"):rep(11) .. "auth[t]=1",
+            { only = "auth", max_pairs = 10 })))
+         -- the other fields' depth is not looked at: the pre-scan builds nothing of them
+         assert.same({ auth = { t = "1" } },
+            core.form_decode("a" .. ("[x]"):rep(100) .. "=1&auth[t]=1", { only = "auth" }))
+      end)
+
+      it("raises on an only that is not a string", function()
+         assert.has_error(function() core.form_decode("a=1", { only = 1 }) end, "bad option 'only' (string expected)")
+      end)
+   end)
+
+   describe("max_memory", function()
+      it("holds the table to its budget while it is built", function()
+         local body = {}
+         for i = 1, 5000 do body[i] = "k" .. i .. "=" .. i end
+         body = table.concat(body, "&")
+         local t, msg, kind = core.form_decode(body, { max_memory = 50000 })
+         assert.is_nil(t)
+         assert.equal("too_large", kind)
+         assert.matches("would take more than 50000 bytes as Lua values (max_memory)", msg, 1, true)
+         t = assert(core.form_decode(body))
+         assert.equal("5000", t.k5000)
+      end)
+   end)
+
    describe("limits", function()
       local function nest(n, leaf)
          return "a" .. ("[x]"):rep(n) .. "=" .. (leaf or "1")

@@ -49,8 +49,11 @@ describe("examples/handlers.lua", function()
       assert.equal(405, assert(srv:request{ path = "/" }).status)
       assert.equal(415, assert(srv:request{ method = "POST", path = "/",
          headers = { ["Content-Type"] = "text/plain" }, body = "hello" }).status)
-      local deep = "a" .. string.rep("[x]", 100) .. "=1"
+      local deep = "a" .. string.rep("[x]", 100) .. "=1&auth[application_token]=" .. deal.auth.application_token
       assert.equal(400, assert(srv:request{ method = "POST", path = "/", headers = FORM, body = deep }).status)
+      -- without the token it is refused before its depth is looked at
+      deep = "a" .. string.rep("[x]", 100) .. "=1"
+      assert.equal(401, assert(srv:request{ method = "POST", path = "/", headers = FORM, body = deep }).status)
    end)
 
    it("never writes the token to its log", function()

@@ -214,20 +214,43 @@ describe("b24 serve --inbox: bodies it must refuse", function()
       assert_nothing_stored(env2, srv2)
    end)
 
+   -- a body that carries the deal portal's token (the token is checked first)
+   local function signed_form(body)
+      return body .. "&auth[member_id]=" .. deal.member_id .. "&auth[application_token]=" .. deal.token
+   end
+   local function signed_json(body)
+      return '{"auth":{"member_id":"' .. deal.member_id .. '","application_token":"' .. deal.token
+         .. '"},' .. body:sub(2)
+   end
+
    it("answers 400 to malformed bodies", function()
-      local cases = {
-         { "", inbox.FORM }, { "", inbox.JSON },
-         { "garbage", inbox.FORM }, { "%%%&&&===", inbox.FORM },
-         { "event[]=ONCRMDEALADD&auth[application_token]=x", inbox.FORM },
-         { "{", inbox.JSON }, { "[1,2,3]", inbox.JSON }, { '"ONCRMDEALADD"', inbox.JSON },
-         { "null", inbox.JSON }, { '{"event":""}', inbox.JSON }, { '{"event":{"a":1}}', inbox.JSON },
+      local cases = { -- none can be read far enough to find a token
+         { "{", inbox.JSON }, { '"ONCRMDEALADD"', inbox.JSON }, { "null", inbox.JSON },
          { '{"event":"X",}', inbox.JSON }, { '{"event":"X"} trailing', inbox.JSON },
          { deal.form, inbox.JSON }, { "\0\1\2\255\254", inbox.JSON }, { '{"a":1e999}', inbox.JSON },
+         -- and these carry the right token, but are no event
+         { signed_form("garbage"), inbox.FORM }, { signed_form("%%%&&&==="), inbox.FORM },
+         { signed_form("event[]=ONCRMDEALADD"), inbox.FORM }, { signed_form(""), inbox.FORM },
+         { signed_json('{"event":""}'), inbox.JSON }, { signed_json('{"event":{"a":1}}'), inbox.JSON },
+         { signed_json('{"x":1}'), inbox.JSON },
       }
       for _, c in ipairs(cases) do
          local res = post(srv, c[1], c[2])
          assert.equal(400, res.status, c[1])
          assert.is_string(decoded(res).error)
+      end
+   end)
+
+   it("answers 401 to a readable body without the token before looking at the rest", function()
+      local cases = { -- each would be a 400 with the token
+         { "", inbox.FORM }, { "garbage", inbox.FORM }, { "[1,2,3]", inbox.JSON },
+         { "event[]=ONCRMDEALADD&auth[application_token]=x", inbox.FORM },
+         { '{"event":""}', inbox.JSON },
+         { "event=ONCRMDEALADD&data" .. string.rep("[x]", 100) .. "=1", inbox.FORM },
+      }
+      for _, c in ipairs(cases) do
+         local res = post(srv, c[1], c[2])
+         assert.equal(401, res.status, c[1])
       end
    end)
 
@@ -248,11 +271,11 @@ describe("b24 serve --inbox: bodies it must refuse", function()
    end)
 
    it("answers 400 to nesting 10,000 deep, as a form and as JSON", function()
-      local form = "event=ONCRMDEALADD&data" .. string.rep("[x]", 10000) .. "=1"
+      local form = signed_form("event=ONCRMDEALADD&data" .. string.rep("[x]", 10000) .. "=1")
       assert.equal(400, post(srv, form, inbox.FORM).status)
       local json = '{"event":"ONCRMDEALADD","data":' .. string.rep('{"x":', 10000) .. "1"
          .. string.rep("}", 10000) .. "}"
-      assert.equal(400, post(srv, json, inbox.JSON).status)
+      assert.equal(400, post(srv, json, inbox.JSON).status) -- the scan of JSON counts the depth
       assert.equal(400, post(srv, string.rep("[", 10000) .. string.rep("]", 10000), inbox.JSON).status)
    end)
 

@@ -479,6 +479,30 @@ describe("bitrix24.core json_decode", function()
          assert.is_true(checked > 1000)
       end)
 
+      it("builds one top-level field with only, as the whole value has it", function()
+         local bodies = {
+            '{"event":"X","auth":{"application_token":"a"},"auth":{"member_id":"m"}}',
+            '{"auth":{"application_token":"a"},"auth":"flat"}',
+            '{"auth[application_token]":"a","auth":{"domain":"d"}}',
+            '{" auth":{"application_token":"a"},"data":{"auth":1}}',
+            '{"data":[[[[[1]]]]],"auth":{"t":[1,2,{"x":null}]}}',
+            '[{"a":1},"b",{"auth":1}]',
+         }
+         for _, body in ipairs(bodies) do
+            local whole = assert(decode(body, { form = true }))
+            for _, name in ipairs{ "auth", "event", "data", "0", "1", "missing" } do
+               local only = assert(decode(body, { form = true, only = name }))
+               local key = name
+               if tonumber(name) and only[key] == nil then key = tonumber(name) + 1 end
+               local want = whole[name]
+               if want == nil and tonumber(name) then want = whole[tonumber(name) + 1] end
+               assert.same(want, only[key], body .. " " .. name)
+            end
+         end
+         assert.has_error(function() decode("{}", { only = "auth" }) end,
+            "bad option 'only' (a string, with form = true, expected)")
+      end)
+
       it("reads the issue 12 body as its one long key, and builds nothing for empty containers", function()
          local body = '{"event":"X","' .. ("k"):rep(30000) .. '":[' .. rep(function() return "1" end, 9998) .. "]}"
          local t = decode(body, { form = true })

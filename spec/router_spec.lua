@@ -129,11 +129,10 @@ describe("bitrix24.router", function()
       it("answers 400 to malformed bodies, with the reason in words", function()
          local cases = {
             { "{not json", JSON, "JSON" },
-            { "[1,2,3]", JSON, "" },
             { "42", JSON, "JSON object" },
-            { "data[FIELDS][ID]=1&ts=1", FORM, "event" },
-            { '{"ts":"1"}', JSON, "event" },
-            { "", FORM, "event" },
+            { "data[FIELDS][ID]=1&ts=1&auth[application_token]=" .. DEAL_TOKEN, FORM, "event" },
+            { '{"ts":"1","auth":{"application_token":"' .. DEAL_TOKEN .. '"}}', JSON, "event" },
+            { "auth[application_token]=" .. DEAL_TOKEN, FORM, "event" },
          }
          for _, c in ipairs(cases) do
             local v = r:accept(post(c[1], c[2]))
@@ -151,20 +150,69 @@ describe("bitrix24.router", function()
          assert.equal(400, v.status)
          assert.matches("more than 5 fields", error_of(v))
          assert.equal("too_many", v.err.code)
-         v = limited:accept(post("event=X&a[b][c][d][e]=1"))
+         v = limited:accept(post("event=X&a[b][c][d][e]=1&auth[application_token]=" .. DEAL_TOKEN))
          assert.equal(400, v.status)
          assert.matches("deeper", error_of(v))
          assert.equal("too_deep", v.err.code)
       end)
 
-      it("keeps the default limits: 10,001 pairs and nesting 65 deep are 400", function()
+      it("keeps the default limits: 1,001 pairs (PHP's max_input_vars) and nesting 65 deep are 400", function()
          local insecure = bitrix24.router{ insecure = true }
          local many = { "event=X" }
-         for i = 1, 10001 do many[#many + 1] = "p" .. i .. "=1" end
-         assert.equal(400, insecure:accept(post(table.concat(many, "&"))).status)
+         for i = 1, 999 do many[#many + 1] = "p" .. i .. "=1" end
+         assert.equal(200, insecure:accept(post(table.concat(many, "&"))).status)
+         many[#many + 1] = "p1000=1"
+         local v = insecure:accept(post(table.concat(many, "&")))
+         assert.equal(400, v.status)
+         assert.equal("too_many", v.err.code)
+         assert.matches("more than 1000 fields", v.err.description, 1, true)
+         local wider = bitrix24.router{ insecure = true, limits = { max_pairs = 10000 } }
+         assert.equal(200, wider:accept(post(table.concat(many, "&"))).status)
          local deep = "event=X&a" .. string.rep("[a]", 65) .. "=1"
          assert.equal(400, insecure:accept(post(deep)).status)
          assert.equal(200, insecure:accept(post("event=X&a" .. string.rep("[a]", 63) .. "=1")).status)
+      end)
+
+      it("checks the token before the body, finding the one the whole parse finds", function()
+         local function form(body) return post(body) end
+         local function json(body) return post(body, JSON) end
+         local T, other = DEAL_TOKEN, "not-the-token"
+         local cases = { -- body, status: the last of repeated keys wins, as PHP reads them
+            { form("event=X&auth[application_token]=" .. other .. "&auth[application_token]=" .. T), 200 },
+            { form("event=X&auth[application_token]=" .. T .. "&auth[application_token]=" .. other), 401 },
+            { form("event=X&auth[application_token]=" .. T .. "&auth=flat"), 401 }, -- auth replaced
+            { form("event=X&auth=flat&auth[application_token]=" .. T), 200 }, -- a scalar becomes an array
+            { form("event=X&auth[application_token]=" .. T .. "&auth[application_token][]=1"), 401 },
+            { form("event=X&auth[application_token]=" .. T .. "&auth[member_id]=m"), 200 }, -- merged
+            { form("event=X&%20auth[application_token]=" .. T), 200 }, -- parse_str drops leading spaces
+            { form("event=X&auth_application_token=" .. T), 401 },
+            { form("event=X&auth[application_token=" .. T), 401 }, -- no ']': auth_application_token
+            { json('{"event":"X","auth":{"application_token":"' .. T .. '"}}'), 200 },
+            { json('{"event":"X","auth":{"application_token":"' .. T .. '"},"auth":"flat"}'), 401 },
+            { json('{"event":"X","auth":{"application_token":"' .. other .. '"},"auth":{"application_token":"'
+               .. T .. '"}}'), 200 },
+            { json('{"event":"X","auth[application_token]":"' .. T .. '"}'), 200 }, -- brackets in a key
+            { json('{"event":"X"," auth":{"application_token":"' .. T .. '"}}'), 200 },
+            { json('{"event":"X","data":{"auth":{"application_token":"' .. T .. '"}}}'), 401 },
+         }
+         for i, c in ipairs(cases) do
+            local v = r:accept(c[1])
+            assert.equal(c[2], v.status, "case " .. i)
+            -- the pre-scan agrees with the event the whole parse builds
+            local whole = require("bitrix24.event").parse(c[1].body, c[1].headers["content-type"])
+            assert.equal(c[2] == 200, whole.auth.application_token == T, "case " .. i)
+         end
+      end)
+
+      it("refuses a stranger's body of many pairs without building it", function()
+         -- over the pair limit: 400 from the count alone; a deep body with no token: 401
+         local body = "event=X&" .. string.rep("a[]=1&", 1000) .. "data" .. string.rep("[x]", 500) .. "=1"
+         local v = r:accept(post(body))
+         assert.equal(400, v.status)
+         assert.equal("too_many", v.err.code)
+         v = r:accept(post("event=X&data" .. string.rep("[x]", 500) .. "=1"))
+         assert.equal(401, v.status)
+         assert.matches("missing application token", v.body, 1, true)
       end)
 
       it("raises when the request is not a table", function()

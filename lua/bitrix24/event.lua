@@ -22,7 +22,9 @@ local mt = { __index = _M } -- an event's own fields (name, id, data, …) never
 local FORM = "application/x-www-form-urlencoded"
 local JSON = "application/json"
 
-local DEFAULT_LIMITS = { max_depth = 64, max_pairs = 10000, max_size = 1048576 }
+-- max_pairs: PHP's own default max_input_vars (php.ini), the most any PHP handler of these
+-- events reads; a delivery has tens. It keeps a body of short keys from costing its table.
+local DEFAULT_LIMITS = { max_depth = 64, max_pairs = 1000, max_size = 1048576 }
 
 -- CRM entity of ONCRM<ENTITY>ADD|UPDATE|DELETE -> its get method; anything else is unknown,
 -- so ONCRMDEALUSERFIELDADD and the like are never mistaken for a deal.
@@ -135,16 +137,23 @@ local function cjson_scalar(raw)
    return json_decode(raw, { max_size = #raw + 1 }) ~= nil
 end
 
--- Decodes a JSON body into the table its form body would give (form_decode of its
--- form_encode), with the limits applied while parsing, so both kinds of body give equal events
--- under the same limits and a JSON body never builds what it would then refuse.
-local function decode_json(raw, limits)
-   local value, msg, kind = json_decode(raw, {
-      form = true,
+-- The decoders' options for limits (and only: the one top-level name to build).
+local function options(limits, only, form)
+   return {
+      form = form,
+      only = only,
       max_depth = limits.max_depth or DEFAULT_LIMITS.max_depth,
       max_pairs = limits.max_pairs or DEFAULT_LIMITS.max_pairs,
       max_size = limits.max_size or DEFAULT_LIMITS.max_size,
-   })
+      max_memory = limits.max_memory,
+   }
+end
+
+-- Decodes a JSON body into the table its form body would give (form_decode of its
+-- form_encode), with the limits applied while parsing, so both kinds of body give equal events
+-- under the same limits and a JSON body never builds what it would then refuse.
+local function decode_json(raw, limits, only)
+   local value, msg, kind = json_decode(raw, options(limits, only, true))
    if value == nil then
       if kind == "malformed" then
          -- the form of a JSON scalar is refused as malformed too: say which it is
@@ -160,25 +169,46 @@ local function decode_json(raw, limits)
    return value
 end
 
+-- The table of fields of a raw body of the given Content-Type (only: that top-level name
+-- alone), or nil, err.
+local function decode(raw, content_type, limits, only)
+   local content = _M.content_kind(content_type)
+   if content == nil then return failure("unsupported", "content type is not form or JSON") end
+   local fields, msg, kind
+   if content == "form" then
+      fields, msg, kind = form_decode(raw, options(limits, only))
+   else
+      if limits.max_size and #raw > limits.max_size then
+         return failure("too_large", "body is over the size limit")
+      end
+      fields, msg, kind = decode_json(raw, limits, only)
+   end
+   if fields == nil then return failure(kind or "malformed", msg) end
+   return fields
+end
+
+-- The auth fields of a raw body (a table, empty when it has none), exactly as parse would
+-- find them (the decoders' `only`: the pairs or members of other top-level names are counted,
+-- and checked as far as the limits go, but never built), so a token is checked before a
+-- stranger's body costs more than its scan. nil, err as parse fails; where the whole body
+-- breaks a limit this call does not see (the depth outside auth), parse refuses it later.
+function _M.auth(raw, content_type, limits)
+   if type(raw) ~= "string" then error("bad argument #1 to 'auth' (string expected)", 2) end
+   local fields, err = decode(raw, content_type, limits or DEFAULT_LIMITS, "auth")
+   if fields == nil then return nil, err end
+   local auth = fields.auth
+   if type(auth) ~= "table" then auth = {} end
+   return auth
+end
+
 -- Decodes a raw body of the given Content-Type into an event.
 -- limits: { max_depth, max_pairs, max_size } as form_decode takes them.
 -- Returns event, or nil, err with err.code one of "unsupported" (content type), "too_large",
 -- "too_many", "too_deep", "malformed".
 function _M.parse(raw, content_type, limits)
    if type(raw) ~= "string" then error("bad argument #1 to 'parse' (string expected)", 2) end
-   limits = limits or DEFAULT_LIMITS
-   local content = _M.content_kind(content_type)
-   if content == nil then return failure("unsupported", "content type is not form or JSON") end
-   local fields, msg, kind
-   if content == "form" then
-      fields, msg, kind = form_decode(raw, limits)
-   else
-      if limits.max_size and #raw > limits.max_size then
-         return failure("too_large", "body is over the size limit")
-      end
-      fields, msg, kind = decode_json(raw, limits)
-   end
-   if fields == nil then return failure(kind or "malformed", msg) end
+   local fields, err = decode(raw, content_type, limits or DEFAULT_LIMITS)
+   if fields == nil then return nil, err end
    return _M.new(fields, raw)
 end
 

@@ -302,16 +302,22 @@ local function check_standard_webhooks(self, headers, raw)
    return nil
 end
 
--- The application token check against token or tokens; nil when it passes, else the reason.
-local function check_token(self, event)
+local function string_or_nil(v)
+   if type(v) == "string" then return v end
+   return nil
+end
+
+-- The application token check of a body's auth fields against token or tokens; nil when it
+-- passes, else the reason.
+local function check_token(self, auth)
    local expected = self.token_digest
    if self.tokens then
-      local member_id, domain = event.member_id, event.domain
+      local member_id, domain = string_or_nil(auth.member_id), string_or_nil(auth.domain)
       expected = (member_id and self.tokens[string_lower(member_id)])
          or (domain and self.tokens[string_lower(domain)])
       if not expected then return "unknown portal" end
    end
-   local got = event.auth.application_token
+   local got = auth.application_token
    if type(got) ~= "string" or got == "" then return "missing application token" end
    if not same_secret(expected, got) then return "wrong application token" end
    return nil
@@ -362,6 +368,12 @@ local function key_of(self, event)
    return key
 end
 
+-- The refusal of a body that does not parse (err: event.parse's).
+local function unparsable(err)
+   if err.code == "too_large" then return refuse(413, "too_large", "request body too large") end
+   return refuse(400, err.code, err.description)
+end
+
 -- Verifies and parses one request. Returns a verdict table: status, headers, body, and for a
 -- status 200 also event, key (the dedup key), kind ("add", "update", "delete", "other") and
 -- dedup (what a repeat of the key means: "duplicate" for adds and deletes, "merge" otherwise:
@@ -394,15 +406,16 @@ function _M.accept(self, request)
       local why = check_standard_webhooks(self, headers, raw)
       if why then return refuse(401, "unverified", why) end
    end
-   local event, err = event_module.parse(raw, content_type, self.limits)
-   if not event then
-      if err.code == "too_large" then return refuse(413, "too_large", "request body too large") end
-      return refuse(400, err.code, err.description)
-   end
    if self.token_digest or self.tokens then
-      local why = check_token(self, event)
+      -- the token before the body: its auth fields alone are built, as the whole parse would
+      -- build them, so a stranger's body costs no more than its scan
+      local auth, err = event_module.auth(raw, content_type, self.limits)
+      if not auth then return unparsable(err) end
+      local why = check_token(self, auth)
       if why then return refuse(401, "unverified", why) end
    end
+   local event, err = event_module.parse(raw, content_type, self.limits)
+   if not event then return unparsable(err) end
    if self.max_age then
       local why = check_age(self, event)
       if why then return refuse(401, "unverified", why) end
