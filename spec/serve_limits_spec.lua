@@ -127,6 +127,42 @@ describe("b24 serve limits", function()
          assert.equal(200, assert(srv:request{ path = "/healthz" }).status)
       end)
 
+      it("a client that trickles its body is cut too: --client-timeout plus a second a KiB", function()
+         local srv = b24.start{ script = "return function() return 200, {}, 'ok' end\n",
+                                args = { "--workers", "1", "--client-timeout", "1", "--log-level", "debug" } }
+         local c = assert(socket.tcp())
+         finally(function() c:close(); srv:stop() end)
+         c:settimeout(10)
+         assert(c:connect("127.0.0.1", srv.port))
+         assert(c:send("POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
+            .. "Content-Length: 100000\r\n\r\n"))
+         local cut
+         for _ = 1, 480 do -- bounded watchdog: 480 bytes, one each time the socket stays quiet 0.25 s
+            local readable = socket.select({ c }, nil, 0.25)
+            if #readable > 0 then
+               local data, err = c:receive(1)
+               if not data then cut = err break end
+            end
+            local ok, err = c:send("x")
+            if not ok then cut = err break end
+         end
+         assert.is_truthy(cut, "the trickling body was never cut")
+         assert(srv:wait_log("connection cut: its body came too slowly"))
+         -- a body that keeps a fair pace is read whole, however long it takes past the timeout
+         local d = assert(socket.tcp())
+         finally(function() d:close() end)
+         d:settimeout(10)
+         assert(d:connect("127.0.0.1", srv.port))
+         local chunk = ("y"):rep(2048)
+         assert(d:send("POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
+            .. "Connection: close\r\nContent-Length: " .. 8 * #chunk .. "\r\n\r\n"))
+         for _ = 1, 8 do
+            socket.select(nil, nil, 0.3) -- 2 KiB every 0.3 s: 2.4 s in all, past --client-timeout 1
+            assert(d:send(chunk))
+         end
+         assert.equal("HTTP/1.1 200 OK", d:receive("*l"))
+      end)
+
       it("--max-per-ip refuses connections from an address over its limit, until one closes", function()
          local srv = b24.start{ script = "return function() return 200, {}, 'ok' end\n",
                                 args = { "--workers", "1", "--max-per-ip", "5" } }

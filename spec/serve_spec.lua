@@ -270,6 +270,41 @@ return setmetatable({}, Router)
 end)
 
 describe("b24 serve signals", function()
+   it("blocks its signals in every thread, one the script starts while it loads included", function()
+      -- a post at load time starts the post thread before anything listens: were it to take
+      -- SIGHUP (unblocked), the process would end instead of reloading
+      local dir = b24.tmpdir()
+      local path = b24.write(dir .. "/p.lua", 'require("b24.emulator.post").post("http://127.0.0.1:9/x", "a=1", '
+         .. '{ ["Content-Type"] = "application/x-www-form-urlencoded" })\n'
+         .. "return function() return 200, {}, 'ok' end\n")
+      local srv = b24.start{ script_path = path }
+      finally(function() srv:stop(); os.execute("rm -rf " .. b24.quote(dir)) end)
+      assert(srv:wait_log("post failed; not retried"))
+      local masks, n = {}, 0
+      local tasks = assert(io.popen("ls /proc/" .. srv.pid .. "/task"))
+      for tid in tasks:lines() do
+         if tid ~= srv.pid then -- the main thread waits in sigwait, which unblocks what it waits for
+            local f = io.open("/proc/" .. srv.pid .. "/task/" .. tid .. "/status")
+            if f then
+               local blk = f:read("a"):match("SigBlk:%s*(%x+)")
+               f:close()
+               n = n + 1
+               -- SIGHUP (1), SIGINT (2), SIGTERM (15): bits 0, 1 and 14
+               local bits = tonumber(blk:sub(-4), 16)
+               for _, bit in ipairs{ 0, 1, 14 } do
+                  if math.floor(bits / 2 ^ bit) % 2 ~= 1 then masks[#masks + 1] = tid .. ":" .. blk end
+               end
+            end
+         end
+      end
+      tasks:close()
+      assert.is_true(n >= 2, "threads: " .. n)
+      assert.same({}, masks)
+      for _ = 1, 3 do srv:signal("HUP") end
+      assert(srv:wait_log("msg=\"script reloaded\""))
+      assert.equal("ok", assert(srv:request{ path = "/" }).body)
+   end)
+
    it("reloads the script on SIGHUP without dropping a request under traffic", function()
       local dir = b24.tmpdir()
       local path = b24.write(dir .. "/v.lua", "return function() return 200, {}, 'v1' end\n")

@@ -3,6 +3,7 @@
 
 #include <lauxlib.h>
 
+#include "b24.h" /* b24_mask */
 #include "b24_bridge.h"
 #include "b24_deadline.h"
 #include "b24_state.h"
@@ -74,6 +75,18 @@ static int dispatch(lua_State *L)
         if (!lua_istable(L, -1))
             return luaL_error(L, "router:accept returned a %s, not a verdict table",
                               luaL_typename(L, -1));
+        b24_bridge_options *o = in->options;
+        o->reason[0] = '\0';
+        lua_getfield(L, 2, "err"); /* a refusal's reason, for the log line */
+        if (lua_istable(L, -1)) {
+            lua_getfield(L, -1, "description");
+            size_t dlen;
+            const char *d = lua_tolstring(L, -1, &dlen);
+            if (d)
+                b24_mask(d, dlen, o->reason, sizeof o->reason);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
         lua_getfield(L, 2, "status");
         lua_getfield(L, 2, "headers");
         lua_getfield(L, 2, "body");
@@ -92,6 +105,7 @@ static int dispatch(lua_State *L)
         b24_bridge_options *o = in->options;
         o->delay = 0;
         o->close = 0;
+        o->reason[0] = '\0';
         if (!lua_isnil(L, 5)) {
             if (!lua_istable(L, 5))
                 return luaL_error(L, "handler returned bad options (a table expected, got %s)",

@@ -32,8 +32,9 @@ typedef struct b24_bridge_request {
 
 /* What the handler's options (its 4th result) asked for. */
 typedef struct b24_bridge_options {
-    double delay; /* seconds, 0 for none */
-    int close;    /* close the connection without an answer */
+    double delay;     /* seconds, 0 for none */
+    int close;        /* close the connection without an answer */
+    char reason[160]; /* a router's refusal: its reason (masked) for the request's log line */
 } b24_bridge_options;
 
 /* Calls the handler at index 1 of L with the request (a router's accept instead when accept)

@@ -21,8 +21,9 @@ static b24_inbox *handlers_inbox;
 static pthread_t *threads;
 static int nthreads;
 static double handler_timeout;
-/* [router, job] -> ok, err: router:dispatch({body, headers}, ctx) inside lua_pcall, err as
- * a string */
+/* [router, job] -> ok, err, traceback: router:dispatch({body, headers}, ctx) inside lua_pcall;
+ * on success err is the number of handlers the event matched, on failure a string, with the
+ * failures' tracebacks (or nil) after it */
 static int call_dispatch(lua_State *L)
 {
     const b24_job *job = lua_touserdata(L, 2);
@@ -45,11 +46,16 @@ static int call_dispatch(lua_State *L)
     lua_setfield(L, -3, "log");
     lua_pop(L, 1);
     lua_call(L, 3, 2);
-    if (!lua_isnoneornil(L, -1) && !lua_isstring(L, -1)) { /* an error object: its tostring */
-        luaL_tolstring(L, -1, NULL);
+    lua_pushnil(L);                                    /* the traceback */
+    if (!lua_toboolean(L, -3) && lua_istable(L, -2)) { /* a bitrix24.Error */
+        lua_getfield(L, -2, "traceback");
         lua_replace(L, -2);
     }
-    return 2;
+    if (!lua_toboolean(L, -3) && !lua_isnoneornil(L, -2) && !lua_isstring(L, -2)) {
+        luaL_tolstring(L, -2, NULL); /* an error object: its tostring */
+        lua_replace(L, -3);
+    }
+    return 3;
 }
 
 #define CLAIM 16 /* deliveries a thread takes at once */
@@ -79,9 +85,9 @@ static void *handler_main(void *arg)
 static void run_one(b24_job *jobp)
 {
     b24_job job = *jobp;
-    char err[4096], attempt_s[16];
+    char err[4096], trace[8192], attempt_s[16], handlers_s[24] = "";
     {
-        const char *error = NULL;
+        const char *error = NULL, *traceback = NULL;
         lua_State *L = b24_script_state();
         if (L == NULL) {
             error = "the script failed to load";
@@ -91,7 +97,7 @@ static void run_one(b24_job *jobp)
             lua_pushvalue(L, 1);
             lua_pushlightuserdata(L, &job);
             b24_deadline_begin(B24_DEADLINE_HANDLER);
-            int status = b24_state_call(L, 2, 2);
+            int status = b24_state_call(L, 2, 3);
             int deadline = b24_deadline_end();
             if (deadline == B24_DEADLINE_STOPPED) { /* cut short by the stop: not an attempt */
                 lua_settop(L, 1);
@@ -105,21 +111,37 @@ static void run_one(b24_job *jobp)
                 snprintf(err, sizeof err, "handler timed out after %g s (--handler-timeout)",
                          handler_timeout);
                 error = err;
-            } else if (status != LUA_OK || !lua_toboolean(L, -2)) {
-                const char *m = lua_tostring(L, -1);
+            } else if (status != LUA_OK || !lua_toboolean(L, -3)) {
+                const char *m = lua_tostring(L, status != LUA_OK ? -1 : -2);
                 b24_mask(m ? m : "handler failed without a message", m ? strlen(m) : 32, err,
                          sizeof err);
                 error = err;
+                const char *t = status == LUA_OK ? lua_tostring(L, -1) : NULL;
+                if (t) {
+                    b24_mask(t, strlen(t), trace, sizeof trace);
+                    traceback = trace;
+                }
+            } else {
+                snprintf(handlers_s, sizeof handlers_s, "%lld", (long long)lua_tointeger(L, -2));
             }
             lua_settop(L, 1);
         }
         snprintf(attempt_s, sizeof attempt_s, "%d", job.attempt);
         b24_metrics_handler_run(error == NULL);
-        if (error == NULL)
-            b24_log(B24_INFO, "delivery handled", "event", job.event, "attempt", attempt_s, NULL);
-        else
+        if (error != NULL) { /* one line an attempt; the tracebacks at debug */
+            b24_metrics_handler_error();
             b24_log(B24_WARN, "delivery failed", "event", job.event, "attempt", attempt_s, "error",
                     error, NULL);
+            if (traceback)
+                b24_log(B24_DEBUG, "delivery failure traceback", "event", job.event, "attempt",
+                        attempt_s, "traceback", traceback, NULL);
+        } else if (strcmp(handlers_s, "0") == 0) {
+            b24_log(B24_INFO, "delivery matched no handler", "event", job.event, "attempt",
+                    attempt_s, NULL);
+        } else {
+            b24_log(B24_INFO, "delivery handled", "event", job.event, "attempt", attempt_s,
+                    "handlers", handlers_s, NULL);
+        }
         b24_inbox_finish(handlers_inbox, &job, error);
     }
 }

@@ -1,4 +1,7 @@
-/* b24.host: the b24 program's services to Lua scripts: a line in its log, isatty. */
+/* b24.host: the b24 program's services to Lua scripts: a line in its log, once per process,
+ * isatty. */
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -57,6 +60,38 @@ static int host_log(lua_State *L)
     return 0;
 }
 
+/* The keys once has seen, process-wide: every thread's state loads the script, and a warning
+ * of the load is one line, not one per thread. At most ONCE_MAX keys (then none is new). */
+#define ONCE_MAX 1024
+static pthread_mutex_t once_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *once_keys[ONCE_MAX];
+static size_t once_lens[ONCE_MAX];
+static size_t once_count;
+
+/* b24.host.once(key) → true the first time this process is given key, false after */
+static int host_once(lua_State *L)
+{
+    size_t len;
+    const char *key = luaL_checklstring(L, 1, &len);
+    int first = 0;
+    pthread_mutex_lock(&once_lock);
+    size_t i = 0;
+    while (i < once_count && !(once_lens[i] == len && memcmp(once_keys[i], key, len) == 0))
+        i++;
+    if (i == once_count && once_count < ONCE_MAX) {
+        char *copy = malloc(len + 1);
+        if (copy) {
+            memcpy(copy, key, len + 1);
+            once_keys[once_count] = copy;
+            once_lens[once_count++] = len;
+            first = 1;
+        }
+    }
+    pthread_mutex_unlock(&once_lock);
+    lua_pushboolean(L, first);
+    return 1;
+}
+
 /* b24.host.isatty(fd) → boolean */
 static int host_isatty(lua_State *L)
 {
@@ -67,7 +102,8 @@ static int host_isatty(lua_State *L)
 /* require("b24.host") */
 int luaopen_b24_host(lua_State *L)
 {
-    static const luaL_Reg funcs[] = {{"log", host_log}, {"isatty", host_isatty}, {NULL, NULL}};
+    static const luaL_Reg funcs[] = {
+        {"log", host_log}, {"once", host_once}, {"isatty", host_isatty}, {NULL, NULL}};
     luaL_newlib(L, funcs);
     return 1;
 }

@@ -124,7 +124,8 @@ char *b24_metrics_render(size_t *len)
             put(&o, "b24_requests_total{code=\"%d\"} %lu\n", s, n);
     }
     put(&o,
-        "# HELP b24_handler_errors_total Handler calls that raised an error.\n"
+        "# HELP b24_handler_errors_total Handler calls that failed: a request's handler that "
+        "raised, and every inbox run counted as b24_handler_runs_total{outcome=\"error\"}.\n"
         "# TYPE b24_handler_errors_total counter\n"
         "b24_handler_errors_total %lu\n",
         atomic_load_explicit(&handler_errors, memory_order_relaxed));

@@ -163,6 +163,8 @@ static enum MHD_Result respond_error(struct MHD_Connection *c, request *r, int s
 {
     char body[512];
     int n = snprintf(body, sizeof body, "{\"error\":\"%s\"}", reason);
+    if (r->options.reason[0] == '\0') /* the log line says why (the host's own words) */
+        snprintf(r->options.reason, sizeof r->options.reason, "%s", reason);
     return respond(c, r, status, JSON, body, (size_t)n);
 }
 
@@ -513,7 +515,8 @@ void b24_request_end(void *cls, struct MHD_Connection *c, void **con_cls,
             b24_log(level,
                     toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "request" : "request aborted",
                     "method", r->method, "path", r->uri, "status", status, "duration_ms", ms,
-                    "bytes_in", bytes, "remote", r->remote, NULL);
+                    "bytes_in", bytes, "remote", r->remote, r->options.reason[0] ? "reason" : NULL,
+                    r->options.reason, NULL);
         }
     }
     if (r->put_armed) {

@@ -109,19 +109,24 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap)
     b24_log(B24_DEBUG, "libmicrohttpd", "detail", msg, NULL);
 }
 
-/* ---- the header deadline ------------------------------------------------------------------
+/* ---- the read deadlines -------------------------------------------------------------------
  * libmicrohttpd's connection timeout is an idle one: a client sending a byte a second is never
  * idle and holds its connection forever. So each connection is tracked from its accept, and
  * again from the end of each request, until its request's headers are in (the first call of
- * the access handler); a watchdog thread shuts down the socket of one still sending headers
- * after --client-timeout, and libmicrohttpd then closes it as a client gone. The socket is
- * closed by libmicrohttpd only after the "closed" notification, which takes the lock the
- * watchdog holds, so a descriptor shut down is never one reused. */
+ * the access handler), and then until its body is in (the access handler's last call): a
+ * watchdog thread shuts down the socket of one still sending headers after --client-timeout,
+ * or still sending its body after --client-timeout plus a second for each KiB received (a slow
+ * link keeps going, a trickle does not), and libmicrohttpd then closes it as a client gone.
+ * The socket is closed by libmicrohttpd only after the "closed" notification, which takes the
+ * lock the watchdog holds, so a descriptor shut down is never one reused. */
+enum { READ_NONE, READ_HEADERS, READ_BODY };
+
 typedef struct tracked {
     struct tracked *prev, *next;
     int fd;
-    int reading;  /* headers not all in yet */
-    double since; /* the accept, or the end of the last request */
+    int reading;    /* READ_*: what the connection is waiting for from its client */
+    double since;   /* the accept, the end of the last request, or the headers' arrival */
+    size_t body_in; /* bytes of the body received so far */
 } tracked;
 
 static struct {
@@ -134,7 +139,7 @@ static struct {
     int started;
 } hd = {PTHREAD_MUTEX_INITIALIZER,
         PTHREAD_COND_INITIALIZER,
-        {&hd.head, &hd.head, -1, 0, 0},
+        {&hd.head, &hd.head, -1, 0, 0, 0},
         30,
         0,
         0,
@@ -153,7 +158,7 @@ static void header_notify(void *cls, struct MHD_Connection *c, void **socket_con
             return;
         }
         t->fd = (int)ci->connect_fd;
-        t->reading = 1;
+        t->reading = READ_HEADERS;
         t->since = b24_now();
         pthread_mutex_lock(&hd.lock);
         t->prev = &hd.head;
@@ -173,7 +178,9 @@ static void header_notify(void *cls, struct MHD_Connection *c, void **socket_con
     }
 }
 
-static void header_state(struct MHD_Connection *c, int reading)
+/* What the connection now waits for (a new phase starts its clock), or, with READ_BODY while
+ * the body is read, more bytes of it (body_more). */
+static void read_state(struct MHD_Connection *c, int reading, size_t body_more)
 {
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
@@ -181,19 +188,29 @@ static void header_state(struct MHD_Connection *c, int reading)
     if (t == NULL)
         return;
     pthread_mutex_lock(&hd.lock);
-    t->reading = reading;
-    t->since = b24_now();
+    if (body_more && t->reading == READ_BODY) {
+        t->body_in += body_more;
+    } else {
+        t->reading = reading;
+        t->since = b24_now();
+        t->body_in = 0;
+    }
     pthread_mutex_unlock(&hd.lock);
 }
 
-/* The access handler's first call for a request: its headers are in. */
-static enum MHD_Result access_headers_in(void *cls, struct MHD_Connection *c, const char *url,
-                                         const char *method, const char *version,
-                                         const char *upload_data, size_t *upload_data_size,
-                                         void **con_cls)
+/* Every call of the access handler: the first says the headers are in, the next ones bring
+ * the body, and the one with no data after them says it is all in. */
+static enum MHD_Result access_tracked(void *cls, struct MHD_Connection *c, const char *url,
+                                      const char *method, const char *version,
+                                      const char *upload_data, size_t *upload_data_size,
+                                      void **con_cls)
 {
     if (*con_cls == NULL)
-        header_state(c, 0);
+        read_state(c, READ_BODY, 0);
+    else if (*upload_data_size > 0)
+        read_state(c, READ_BODY, *upload_data_size);
+    else
+        read_state(c, READ_NONE, 0);
     return b24_request_access(cls, c, url, method, version, upload_data, upload_data_size, con_cls);
 }
 
@@ -202,7 +219,7 @@ static void request_done(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
     b24_request_end(cls, c, con_cls, toe);
-    header_state(c, 1);
+    read_state(c, READ_HEADERS, 0);
 }
 
 static void *header_watchdog(void *arg)
@@ -211,13 +228,19 @@ static void *header_watchdog(void *arg)
     pthread_mutex_lock(&hd.lock);
     while (!hd.stop) {
         double now = b24_now();
-        for (tracked *t = hd.head.next; t != &hd.head; t = t->next)
-            if (t->reading && now - t->since > hd.timeout) {
-                t->reading = 0; /* once */
-                shutdown(t->fd, SHUT_RDWR);
-                b24_log(B24_DEBUG, "connection cut: its headers took too long (--client-timeout)",
+        for (tracked *t = hd.head.next; t != &hd.head; t = t->next) {
+            double allowed = hd.timeout + (t->reading == READ_BODY ? (double)t->body_in / 1024 : 0);
+            if (t->reading != READ_NONE && now - t->since > allowed) {
+                b24_log(B24_DEBUG,
+                        t->reading == READ_BODY
+                            ? "connection cut: its body came too slowly (--client-timeout "
+                              "plus a second a KiB)"
+                            : "connection cut: its headers took too long (--client-timeout)",
                         NULL);
+                t->reading = READ_NONE; /* once */
+                shutdown(t->fd, SHUT_RDWR);
             }
+        }
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 250 * 1000 * 1000;
@@ -288,7 +311,7 @@ static struct MHD_Daemon *start_daemon(const b24_serve_options *o)
     if (limit < (unsigned)o->workers) /* each worker of the pool takes its share */
         limit = (unsigned)o->workers;
     struct MHD_Daemon *d = MHD_start_daemon(
-        flags, 0, NULL, NULL, access_headers_in, &ctx, MHD_OPTION_SOCK_ADDR,
+        flags, 0, NULL, NULL, access_tracked, &ctx, MHD_OPTION_SOCK_ADDR,
         (const struct sockaddr *)&o->addr, MHD_OPTION_CONNECTION_TIMEOUT, o->client_timeout,
         MHD_OPTION_URI_LOG_CALLBACK, b24_request_begin, &ctx, MHD_OPTION_NOTIFY_COMPLETED,
         request_done, &ctx, MHD_OPTION_NOTIFY_CONNECTION, header_notify, NULL,
@@ -382,7 +405,11 @@ static void stop(struct MHD_Daemon *d, const b24_serve_options *o)
 /* Serves until SIGTERM or SIGINT, in seven steps. */
 int b24_serve(const b24_serve_options *o)
 {
-    /* 1. The handler loads before anything listens: a broken deploy fails fast and loudly.
+    /* 1. Signals are blocked first: a thread the script starts while it loads (a post at load
+     * time) inherits the mask, so a SIGHUP can never fall on it and end the process. */
+    sigset_t set;
+    take_signals(&set);
+    /* 2. The handler loads before anything listens: a broken deploy fails fast and loudly.
      * Every Lua call from here on has a deadline (b24_deadline.h). */
     b24_deadline_set(B24_DEADLINE_REQUEST, o->request_timeout);
     b24_deadline_set(B24_DEADLINE_HANDLER, o->handler_timeout);
@@ -391,15 +418,12 @@ int b24_serve(const b24_serve_options *o)
         fprintf(stderr, "b24 serve: %s failed to load (see the log line above)\n", handler_name(o));
         return 1;
     }
-    /* 2. The durable inbox, for a router. */
+    /* 3. The durable inbox, for a router. */
     int rc = open_inbox(o, kind);
     if (rc != 0) {
         b24_script_close_all();
         return rc < 0 ? 1 : rc;
     }
-    /* 3. Signals, before any thread starts. */
-    sigset_t set;
-    take_signals(&set);
     /* 4. The threads of the inbox and of delayed answers. */
     ctx.max_body = o->max_body;
     ctx.started_at = b24_now();

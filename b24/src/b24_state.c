@@ -78,8 +78,9 @@ static int open_state(lua_State *L)
     lua_pushliteral(L, "b24.host");
     lua_call(L, 1, 1);
     lua_getfield(L, -1, "log");
-    lua_remove(L, -2);
-    lua_call(L, 1, 0);
+    lua_getfield(L, -2, "once"); /* what is said once is said once per process, not per state */
+    lua_remove(L, -3);
+    lua_call(L, 2, 0);
     lua_pop(L, 1);
     /* routers deduplicate in one process-wide store (b24.dedup), whichever thread's state
      * runs them: injected with bitrix24.router.use_store, as the logger is */

@@ -4,6 +4,7 @@
  * post; one libcurl handle keeps its connections alive between posts. At the process's exit
  * (atexit) what is queued gets a few seconds to go out; the rest is dropped and logged. */
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,7 +157,14 @@ static int enqueue(const char *url, const char *body, size_t body_len, struct cu
     }
     if (state == THREAD_NONE) {
         curl_global_init(CURL_GLOBAL_DEFAULT); /* reference counted; the core did it already */
-        if (pthread_create(&thread, NULL, run, NULL) != 0) {
+        /* the thread takes no signal, whatever the caller's mask: a host's signals (SIGHUP's
+         * reload) go to the thread that waits for them, never here */
+        sigset_t all, caller;
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &caller);
+        int started = pthread_create(&thread, NULL, run, NULL);
+        pthread_sigmask(SIG_SETMASK, &caller, NULL);
+        if (started != 0) {
             pthread_mutex_unlock(&lock);
             post_free(p);
             *why = "cannot start the post thread";

@@ -23,13 +23,28 @@ end
 -- --log-format, --log-level and masking) when it builds a state. The library never looks for a
 -- host; a host that wants the library's lines hands its writer here.
 local installed = nil
+local installed_once = nil
+local said = {} -- once's keys, for this state, when no host gives its own
 
--- use(fn): installs fn as the state's writer (nil removes it).
-function _M.use(fn)
+-- use(fn [, once]): installs fn as the state's writer (nil removes it), and once (a
+-- function(key) → true the first time) when the host has one that spans its states.
+function _M.use(fn, once)
    if fn ~= nil and type(fn) ~= "function" then
       error("bad argument #1 to 'use' (a function(level, msg, fields) expected)", 2)
    end
-   installed = fn
+   if once ~= nil and type(once) ~= "function" then
+      error("bad argument #2 to 'use' (a function(key) expected)", 2)
+   end
+   installed, installed_once = fn, once
+end
+
+-- once(key) → true the first time key is given (in the host's process when it installed its
+-- own once, else in this Lua state): a warning said at load is said once.
+function _M.once(key)
+   if installed_once then return installed_once(key) == true end
+   if said[key] then return false end
+   said[key] = true
+   return true
 end
 
 -- The default of bitrix24.router and of handlers' ctx.log: the installed writer, else stderr.

@@ -209,7 +209,10 @@ function _M.handle(router, opts)
       return answer(router.refusal(Error.new{ code = "accept_failed", status = 500,
                                               description = "delivery could not be accepted" }))
    end
-   if verdict.status ~= 200 then return answer(verdict) end
+   if verdict.status ~= 200 then
+      router.log_refusal(log, verdict)
+      return answer(verdict)
+   end
    local event = verdict.event
    -- nginx's own counts, so a timer it dropped leaves no count behind
    local timer = ngx.timer

@@ -7,6 +7,7 @@ local core = require "bitrix24.core"
 local event_module = require "bitrix24.event"
 local Error = require "bitrix24.error"
 local log_module = require "bitrix24.log"
+local events_module = require "bitrix24.events"
 local cjson = require("cjson.safe").new()
 
 local type = type
@@ -252,6 +253,12 @@ function _M.on(self, pattern, fn)
       entry.prefix = string_sub(pattern, 1, -2)
    else
       entry.name = pattern
+      if not events_module.known(pattern) and log_module.once("router:on " .. pattern) then
+         local near = events_module.nearest(pattern)
+         pcall(self.log or log_module.default, "warn",
+               "router:on: no Bitrix24 event has this name; its handler runs only for deliveries of it",
+               { event = pattern, did_you_mean = near })
+      end
    end
    self.handlers[#self.handlers + 1] = entry
    return self
@@ -427,7 +434,7 @@ function _M.accept(self, request)
    }
 end
 
--- The message of an error value with the traceback of where it was raised.
+-- The message of an error value, and the traceback of where it was raised.
 local function error_with_traceback(e)
    local msg = e
    if type(e) ~= "string" then
@@ -438,7 +445,7 @@ local function error_with_traceback(e)
          msg = "(error object is a " .. type(e) .. " value)"
       end
    end
-   return traceback(msg, 2)
+   return { message = msg, traceback = traceback(msg, 2) }
 end
 
 local function default_ctx(self)
@@ -450,7 +457,9 @@ end
 -- parsed again but not verified again. ctx (made when nil) gets the router's client and log when
 -- it has none. Returns true, or nil and a bitrix24.Error: code "handler_failed" with every
 -- failure and its traceback in the description (the handlers after a failing one still run), or
--- the reason a stored delivery cannot be run.
+-- the reason a stored delivery cannot be run. The error's description has each failure's
+-- message; its traceback field has them with their tracebacks (a host logs those at debug).
+-- On success the second result is the number of handlers the event matched (0: none ran).
 function _M.dispatch(self, stored, ctx)
    if type(stored) ~= "table" then error("bad argument #1 to 'dispatch' (stored request expected)", 2) end
    if ctx == nil then
@@ -471,22 +480,31 @@ function _M.dispatch(self, stored, ctx)
          return nil, Error.new{ code = err.code, description = "stored delivery does not parse: " .. err.description }
       end
    end
-   local failures
+   local failures, tracebacks
+   local matched = 0
    local handlers = self.handlers
    for i = 1, #handlers do
       local entry = handlers[i]
       if matches(entry, event.name) then
+         matched = matched + 1
          local fn = entry.fn
          local ok, err = xpcall(function() return fn(event, ctx) end, error_with_traceback)
          if not ok then
-            failures = failures or {}
-            failures[#failures + 1] = "handler " .. i .. " (" .. entry.pattern .. ") for "
-               .. event.name .. " failed: " .. tostring(err)
+            local what = "handler " .. i .. " (" .. entry.pattern .. ") for " .. event.name .. " failed: "
+            if type(err) ~= "table" then -- a memory error skips the message handler
+               err = { message = tostring(err), traceback = tostring(err) }
+            end
+            failures, tracebacks = failures or {}, tracebacks or {}
+            failures[#failures + 1] = what .. err.message
+            tracebacks[#tracebacks + 1] = what .. err.traceback
          end
       end
    end
-   if failures then return nil, Error.new{ code = "handler_failed", description = table_concat(failures, "\n") } end
-   return true
+   if failures then
+      return nil, Error.new{ code = "handler_failed", description = table_concat(failures, "\n"),
+                             traceback = table_concat(tracebacks, "\n") }
+   end
+   return true, matched
 end
 
 _M.memory_store = memory_store
@@ -539,6 +557,12 @@ function _M.log_not_run(log, outcome, event)
                                              entity_type_id = event.entity_type_id })
 end
 
+-- Logs a refused request at info: its status and reason (the answer's, never a secret).
+function _M.log_refusal(log, verdict)
+   local err = verdict.err
+   pcall(log, "info", "delivery refused", { status = verdict.status, reason = err and err.description })
+end
+
 -- Runs the handlers of an accepted verdict whose key router:begin gave "run", as many times as
 -- router:finish asks. Returns true, or nil and the last failure (each failure is logged).
 function _M.run_verdict(self, verdict, ctx)
@@ -551,6 +575,12 @@ function _M.run_verdict(self, verdict, ctx)
          all_ok, last_err = false, ok and err or Error.new{ code = "handler_failed", description = tostring(res) }
          pcall(ctx.log, "error", "handler failed", { event = event.name, id = event.id,
                                                      error = last_err.description })
+         if last_err.traceback then
+            pcall(ctx.log, "debug", "handler failure traceback", { event = event.name, id = event.id,
+                                                                   traceback = last_err.traceback })
+         end
+      elseif err == 0 then
+         pcall(ctx.log, "info", "delivery matched no handler", { event = event.name, id = event.id })
       end
       again, later = self:finish(verdict, ok and res)
       if later then event = later end
@@ -563,8 +593,11 @@ end
 -- Returns status, headers, body.
 function _M.handle(self, request)
    local verdict = self:accept(request)
-   if verdict.status ~= 200 then return verdict.status, verdict.headers, verdict.body end
    local ctx = default_ctx(self)
+   if verdict.status ~= 200 then
+      _M.log_refusal(ctx.log, verdict)
+      return verdict.status, verdict.headers, verdict.body
+   end
    local outcome = self:begin(verdict)
    if outcome ~= "run" then
       _M.log_not_run(ctx.log, outcome, verdict.event)
