@@ -477,3 +477,73 @@ describe("OpenResty (examples/openresty/nginx.conf)", function()
       end)
    end)
 end)
+
+describe("OpenResty with lua_shared_dict: one dedup store for every worker", function()
+   local srv
+   setup(function()
+      srv = start_nginx{
+         env = "B24_APP_TOKEN=" .. TOKEN,
+         transform = function(conf)
+            conf = conf:gsub("worker_processes 1;", "worker_processes 4;", 1)
+            -- each worker its own socket: the kernel spreads connections by their ports
+            conf = conf:gsub("(listen 127%.0%.0%.1:%d+);", "%1 reuseport;", 1)
+            return (conf:gsub("\nhttp {\n", "\nhttp {\n  lua_shared_dict b24_dedup 1m;\n  lua_shared_dict spec 64k;\n", 1))
+         end,
+         extra = [[
+    location = /t/shared {
+      content_by_lua_block {
+        local router = package.loaded.spec_shared_router
+        if not router then
+          router = require("bitrix24").router{ token = os.getenv("B24_APP_TOKEN"), shared_dict = "b24_dedup" }
+          router:on("*", function() ngx.shared.spec:incr("runs", 1, 0) end)
+          package.loaded.spec_shared_router = router
+        end
+        ngx.header["X-Worker"] = ngx.worker.pid()
+        router:handle_ngx()
+      }
+    }
+    location = /t/runs {
+      content_by_lua_block { ngx.say(ngx.shared.spec:get("runs") or 0) }
+    }
+]],
+      }
+   end)
+   teardown(function() srv:stop() end)
+
+   it("answers a repeat of an add as a duplicate whichever worker takes it", function()
+      -- one ADD delivered again and again, each on a new connection, until two workers at
+      -- least have answered it (bounded): only the first runs its handler
+      local function post_closing() -- a connection of its own each time (the session keeps one)
+         local c = assert(socket.connect("127.0.0.1", srv.port))
+         c:settimeout(30)
+         assert(c:send("POST /t/shared HTTP/1.0\r\nHost: 127.0.0.1\r\n" -- 1.0: no chunks, then closed
+            .. "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: " .. #CONTACT
+            .. "\r\n\r\n" .. CONTACT))
+         local text = assert(c:receive("*a"))
+         c:close()
+         return { status = tonumber(text:match("^HTTP/1%.%d (%d+)")), pid = text:match("\r\n[Xx]%-[Ww]orker: (%d+)"),
+                  body = text:match("\r\n\r\n(.*)$") }
+      end
+      local workers, n, answers = {}, 0, {}
+      for i = 1, 200 do
+         local res = post_closing()
+         assert.equal(200, res.status)
+         answers[#answers + 1] = res.body
+         local pid = res.pid
+         if pid and not workers[pid] then workers[pid], n = true, n + 1 end
+         if n >= 2 and i >= 4 then break end
+      end
+      assert.is_true(n >= 2, "one worker took every request")
+      assert.equal('{"success":true}', answers[1])
+      for i = 2, #answers do
+         assert.equal('{"success":true,"duplicate":true}', answers[i], "answer " .. i)
+      end
+      local runs
+      for _ = 1, 200 do -- the first delivery's timer runs after its answer
+         runs = assert(srv:request{ path = "/t/runs" }).body
+         if runs == "1\n" then break end
+         socket.select(nil, nil, 0.05)
+      end
+      assert.equal("1\n", runs)
+   end)
+end)
