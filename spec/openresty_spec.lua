@@ -487,7 +487,8 @@ describe("OpenResty with lua_shared_dict: one dedup store for every worker", fun
             conf = conf:gsub("worker_processes 1;", "worker_processes 4;", 1)
             -- each worker its own socket: the kernel spreads connections by their ports
             conf = conf:gsub("(listen 127%.0%.0%.1:%d+);", "%1 reuseport;", 1)
-            return (conf:gsub("\nhttp {\n", "\nhttp {\n  lua_shared_dict b24_dedup 1m;\n  lua_shared_dict spec 64k;\n", 1))
+            local dicts = "  lua_shared_dict b24_dedup 1m;\n  lua_shared_dict spec 64k;\n"
+            return (conf:gsub("\nhttp {\n", "\nhttp {\n" .. dicts, 1))
          end,
          extra = [[
     location = /t/shared {
