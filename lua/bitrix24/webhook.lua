@@ -1,0 +1,66 @@
+-- bitrix24.webhook: what a user pastes as an incoming-webhook URL, read the way the portal shows
+-- it, reduced to the base the client calls, or refused in one line that says what is wrong.
+--
+-- The portal's form for a webhook (Developer resources → Other → Incoming webhook) shows
+-- https://PORTAL/rest/USER/CODE/ and, as an example call, https://PORTAL/rest/USER/CODE/profile.json
+-- or …/CODE/crm.lead.add: all of them, with or without the trailing slash, name the same webhook.
+-- The code is the secret: it never appears in an error of this module (the masked form,
+-- …/rest/USER/***/, does).
+local string_match = string.match
+local string_find = string.find
+local string_lower = string.lower
+
+local _M = {}
+
+local EXAMPLE = "https://your-portal.bitrix24.com/rest/1/<code>/"
+
+-- The URL with a webhook code (and any user:password@) in it hidden.
+local function masked(url)
+   url = url:gsub("^(%a[%w+.-]*://)[^/?#]*@", "%1***@", 1)
+   return (url:gsub("(/rest/[^/]+/)[^/?#]+", "%1***", 1))
+end
+
+local function refuse(url, why)
+   return nil, ("%s is not an incoming-webhook URL: %s; a webhook URL looks like %s"):format(
+      masked(url), why, EXAMPLE)
+end
+
+-- parse(url [, endpoint_ok]) → { base, origin, user, code, masked } | nil, message
+-- base is origin .. "/rest/USER/CODE/". With endpoint_ok (a client given an OAuth access
+-- token), an application's REST endpoint https://PORTAL/rest/ is taken too (user, code nil).
+function _M.parse(url, endpoint_ok)
+   if type(url) ~= "string" or url == "" then return nil, "no webhook URL given; it looks like " .. EXAMPLE end
+   local scheme, host, path = string_match(url, "^(%a[%w+.-]*)://([^/?#]*)(.*)$")
+   if not scheme then return refuse(url, "it has no http:// or https:// and host") end
+   scheme = string_lower(scheme)
+   if scheme ~= "https" and scheme ~= "http" then return refuse(url, "its scheme is " .. scheme) end
+   if host == "" or string_find(host, "@", 1, true) then
+      return refuse(url, host == "" and "it has no host" or "it carries a user name or password")
+   end
+   if string_find(path, "[?#]") then return refuse(url, "it has a query or fragment") end
+   local origin = scheme .. "://" .. host
+   if endpoint_ok and (path == "/rest" or path == "/rest/") then
+      return { base = origin .. "/rest/", origin = origin, masked = origin .. "/rest/" }
+   end
+   if path == "" or path == "/" then return refuse(url, "it is the portal's address, without /rest/USER/CODE/") end
+   local user, code, rest = string_match(path, "^/rest/([^/]*)/?([^/]*)(.*)$")
+   if not user then return refuse(url, "its path does not start with /rest/") end
+   if user == "" or not string_match(user, "^%d+$") then
+      return refuse(url, "the part after /rest/ must be the user's number")
+   end
+   if code == "" then return refuse(url, "there is no webhook code after /rest/" .. user .. "/") end
+   if not string_match(code, "^[%w_-]+$") then return refuse(url, "the webhook code has characters no code has") end
+   -- what may follow the code: nothing, "/", or one method (profile.json, crm.lead.add, …)
+   if rest ~= "" and rest ~= "/" and not string_match(rest, "^/[%a][%w_.]*/?$") then
+      return refuse(url, "after the code comes at most one method name")
+   end
+   local base = origin .. "/rest/" .. user .. "/" .. code .. "/"
+   return {
+      base = base, origin = origin, user = user, code = code,
+      masked = origin .. "/rest/" .. user .. "/***/",
+   }
+end
+
+_M.masked = masked
+
+return _M
