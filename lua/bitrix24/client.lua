@@ -2,7 +2,7 @@
 -- the limits around them (a leaky bucket mirroring the portal's, retries that never repeat a
 -- write after an ambiguous failure, the operating limit). list/all are bitrix24.export's engine,
 -- reached through client:_runner(); the transport is given (bitrix24.client picks the default).
--- One piece of some 650 lines: calls and batches share the run loop (run), the classifier of
+-- One piece of some 680 lines: calls and batches share the run loop (run), the classifier of
 -- outcomes (settle) and the limiter, none of which should be visible outside this file.
 --   local b24 = require("bitrix24").client("https://portal.bitrix24.ru/rest/1/CODE/")
 --   local id, err = b24:call("crm.lead.add", { fields = { NAME = "Ivan" } })
@@ -10,7 +10,6 @@ local core = require "bitrix24.core"
 local Error = require "bitrix24.error"
 local export = require "bitrix24.export"
 local log_module = require "bitrix24.log"
-local cjson = require("cjson.safe").new()
 
 local type = type
 local pairs = pairs
@@ -39,16 +38,14 @@ local math_random = math.random
 local math_huge = math.huge
 local os_time = os.time
 
-cjson.encode_number_precision(14) -- the most lua-cjson 2.1.0 allows
-cjson.decode_invalid_numbers(false)
-
--- lua-cjson decodes every JSON number as a float on Lua 5.3+; an id a method returns (121, not
--- 121.0) and counts are given back as integers there. Rows keep what the portal sent (strings).
-local tointeger = math.tointeger
-local function integral(v)
-   if tointeger and type(v) == "number" then return tointeger(v) or v end
-   return v
-end
+-- JSON is the core's both ways: every digit of a number kept (Lua 5.4 integers and LuaJIT int64
+-- cdata exactly, other numbers as the shortest text that reads back the same), and integers of a
+-- response stay integers on Lua 5.4. null is json_null (the same value as cjson.null).
+local json_encode = core.json_encode
+local json_decode = core.json_decode
+local null = core.json_null
+-- Nested empty tables go out as {} (as lua-cjson wrote them; PHP reads {} and [] alike).
+local ENCODE = { empty = "object" }
 
 local BATCH_MAX = 50
 
@@ -202,9 +199,20 @@ end
 
 local function encode_params(params)
    if params == nil or next(params) == nil then return "{}" end
-   local body, err = cjson.encode(params)
-   if not body then error("bitrix24.client: parameters cannot be encoded as JSON: " .. tostring(err), 3) end
+   local ok, body = pcall(json_encode, params, ENCODE)
+   if not ok then error("bitrix24.client: parameters cannot be encoded as JSON: " .. tostring(body), 3) end
    return body
+end
+
+-- A response body as a Lua value, or nil. The transport has already bounded its size
+-- (max_response), so the codec's limits are set where no real answer reaches them: a list page or
+-- a batch of 50 × 50 rows is well over the codec's defaults of 1 MiB and 10,000 values. Every
+-- value takes a byte of text at least; 32 bytes of Lua memory per byte is more than any text
+-- takes, so the memory watch stays off.
+local function decode_body(text)
+   local n = #text
+   return json_decode(text, { max_size = n + 1, max_pairs = n + 1, max_depth = 1000,
+                              max_memory = 32 * n + 1048576 })
 end
 
 -- A job is one HTTP exchange: { method, body, idempotent } and, once run, env | err.
@@ -260,9 +268,9 @@ local function settle(self, job, res, msg, kind, sent)
          retry = ambiguous(err, job)                -- a timeout after sending, a reset, …
       end
    else
-      local body = cjson.decode(res.body or "")
+      local body = decode_body(res.body or "")
       local status = res.status
-      if type(body) == "table" and body.error ~= nil and body.error ~= cjson.null then
+      if type(body) == "table" and body.error ~= nil and body.error ~= null then
          local code = tostring(body.error)
          local upper = string_upper(code)
          err = Error.new{ code = code, description = self.mask(body.error_description), status = status,
@@ -280,7 +288,6 @@ local function settle(self, job, res, msg, kind, sent)
             retry = ambiguous(err, job)
          end
       elseif status >= 200 and status < 300 and type(body) == "table" then
-         body.result, body.total, body.next = integral(body.result), integral(body.total), integral(body.next)
          job.env = body
          note_time(self, job.method, body.time)
          return true
@@ -451,6 +458,28 @@ local function collect_refs(v, into)
    return into
 end
 
+-- LuaJIT's int64_t and uint64_t cdata (123LL) in a command's parameters as their digits, copying
+-- only the tables that hold one: form_encode writes every value as text but takes no cdata.
+local LUAJIT = type(rawget(_G, "jit")) == "table"
+local function cdata_digits(v, depth)
+   if type(v) == "cdata" then
+      return string_match(tostring(v), "^(%-?%d+)U?LL$") or v -- other cdata: form_encode refuses it
+   end
+   if type(v) ~= "table" or depth > 100 then return v end -- past 100 form_encode refuses the nesting
+   local copy
+   for k, item in pairs(v) do
+      local got = cdata_digits(item, depth + 1)
+      if got ~= item then
+         if not copy then
+            copy = {}
+            for k2, item2 in pairs(v) do copy[k2] = item2 end
+         end
+         copy[k] = got
+      end
+   end
+   return copy or v
+end
+
 local function command_of(spec, level)
    local method, params
    if type(spec) == "table" then
@@ -492,12 +521,13 @@ local function prepare_batch(self, cmds, opts, level)
    for i, label in ipairs(order) do
       local method, params = methods[label], queries[label]
       if not is_read(method) then idempotent = false end
+      if LUAJIT and params then params = cdata_digits(params, 0) end
       local q = (params and next(params) ~= nil) and core.form_encode(params) or ""
       local cmd = q ~= "" and (method .. "?" .. q) or method
-      parts[i] = cjson.encode(label) .. ":" .. cjson.encode(cmd)
+      parts[i] = json_encode(label) .. ":" .. json_encode(cmd)
    end
    local head = '{"halt":' .. ((opts and opts.halt) and "1" or "0")
-   if self.auth then head = head .. ',"auth":' .. cjson.encode(self.auth) end
+   if self.auth then head = head .. ',"auth":' .. json_encode(self.auth) end
    local body = head .. ',"cmd":{' .. table_concat(parts, ",") .. "}}"
    return { order = order, methods = methods, list = is_list, body = body,
             idempotent = (opts and opts.safe) or idempotent }
@@ -507,7 +537,7 @@ local function section_value(sec, label)
    if type(sec) ~= "table" then return nil end
    local v = sec[label]
    if v == nil and sec[1] ~= nil and string_match(label, "^%d+$") then v = sec[tonumber(label) + 1] end
-   if v == cjson.null then v = nil end
+   if v == null then v = nil end
    return v
 end
 
@@ -523,8 +553,8 @@ local function split_batch(self, prep, env)
       local method = prep.methods[label]
       local time = section_value(r.result_time, label)
       note_time(self, method, time)
-      meta[key] = { total = integral(section_value(r.result_total, label)),
-                    next = integral(section_value(r.result_next, label)),
+      meta[key] = { total = section_value(r.result_total, label),
+                    next = section_value(r.result_next, label),
                     time = time }
       local e = section_value(r.result_error, label)
       local has_result = type(r.result) == "table" and (r.result[label] ~= nil or
@@ -539,8 +569,8 @@ local function split_batch(self, prep, env)
          failed = true
          halted_at = halted_at or label
       elseif has_result then
-         local v = integral(section_value(r.result, label))
-         results[key] = v == nil and cjson.null or v
+         local v = section_value(r.result, label)
+         results[key] = v == nil and null or v
       else
          errors[key] = Error.new{ code = "NOT_RUN", method = method, label = label,
             description = halted_at and ("not run: the batch halted at " .. halted_at) or "no result" }
@@ -598,7 +628,7 @@ function _M.call_many(self, calls, opts)
       local first = (b - 1) * BATCH_MAX
       for i = 1, #chunks[b] do
          local v = got.results and got.results[i]
-         if v == cjson.null then v = nil end
+         if v == null then v = nil end
          results[first + i] = v
          local err = got.err or (got.errors and got.errors[i])
          if err then errors[first + i], failed = err, true end
