@@ -8,7 +8,6 @@ local event_module = require "bitrix24.event"
 local Error = require "bitrix24.error"
 local log_module = require "bitrix24.log"
 local events_module = require "bitrix24.events"
-local cjson = require("cjson.safe").new()
 
 local type = type
 local error = error
@@ -61,8 +60,9 @@ end
 -- The verdict refusing a request for err (a bitrix24.Error with status): that status, and
 -- {"error": err.description} as the body. Hosts answering for the router use it too.
 function _M.refusal(err)
-   return { status = err.status, headers = json_headers(), body = cjson.encode({ error = err.description }),
-            err = err }
+   local ok, body = pcall(core.json_encode, { error = err.description }, { empty = "object" })
+   if not ok then body = '{"error":"refused"}' end -- a description json_encode refuses (not UTF-8)
+   return { status = err.status, headers = json_headers(), body = body, err = err }
 end
 
 local function refuse(status, code, description)
