@@ -5,7 +5,6 @@
 -- 0 done, 1 a REST or runtime error (on stderr), 2 a usage error.
 local bitrix24 = require "bitrix24"
 local host = require "b24.host" -- b24's own: its log and isatty
-local cjson = require("cjson.safe").new()
 
 local type = type
 local pcall = pcall
@@ -21,8 +20,7 @@ local table_concat = table.concat
 local math_floor = math.floor
 local math_ceil = math.ceil
 local math_min = math.min
-
-cjson.encode_number_precision(14)
+local next = next
 
 local _M = {}
 
@@ -37,6 +35,8 @@ usage: b24 call [--webhook URL] METHOD [JSON | key=value…]
 ]]
 
 local core = bitrix24.core
+local json_encode = core.json_encode
+local json_decode = core.json_decode
 
 -- Percent-encodes s for a form body; brackets stay as they are when keep_brackets.
 local function form_escape(s, keep_brackets)
@@ -60,10 +60,21 @@ local function pairs_to_params(args, from)
    return params
 end
 
+-- A JSON object argument → a parameter table with every digit of its numbers (integers stay
+-- integers), or nil, err. An argument is far below the codec's limits but for its count of values.
 local function json_object(text)
-   local v = cjson.decode(text)
+   local v, err = json_decode(text, { max_pairs = #text + 1 })
+   if v == nil and err then return nil, "the parameters are not JSON: " .. tostring(err) end
    if type(v) ~= "table" or v[1] ~= nil then return nil, "the parameters must be a JSON object" end
    return v
+end
+
+-- A value as one line of JSON with every digit of its numbers: an empty table is [] (PHP's empty
+-- array, what the portal sends for an empty list) unless empty is "object"; nil when it cannot be.
+local function to_json(v, empty)
+   local ok, text = pcall(json_encode, v, { max_depth = 1000, empty = empty })
+   if ok then return text end
+   return nil
 end
 
 -- Splits options from positional arguments: opts, positional | nil, err.
@@ -157,7 +168,7 @@ local function cmd_call(opts, pos, stdout, stderr)
       stderr:write("b24 call: ", tostring(rerr), "\n")
       return 1
    end
-   local text = cjson.encode(result)
+   local text = to_json(result)
    if not text then
       stderr:write("b24 call: the result cannot be printed as JSON\n")
       return 1
@@ -191,7 +202,7 @@ local function cmd_export(opts, pos, stdout, stderr)
             stderr:write("b24 export: ", tostring(rerr), "\n")
             return 1
          end
-         stdout:write(cjson.encode(row) or "{}", "\n")
+         stdout:write(to_json(row, type(row) == "table" and next(row) == nil and "object" or nil) or "{}", "\n")
          count = count + 1
       end
    end)
