@@ -19,8 +19,7 @@ receiver, shell commands, portal emulator) is its own rock, b24-scm-1.rockspec.]
 }
 
 dependencies = {
-   "lua >= 5.1",
-   "lua-cjson",
+   "lua >= 5.1", -- JSON is the core's own (json_encode/json_decode): no lua-cjson
 }
 
 external_dependencies = {
