@@ -18,8 +18,8 @@ describe("emulator.main(argv)", function()
          "--events-to", "http://127.0.0.1:1/a", "--events-to=https://example.com/b", "--seed-leads", "3",
          "--seed-tasks=2", "--latency", "1.5", "--row-cost", "20", "--count-cost", "30",
          "--faults", "503=0.2,500=0.05,reset=0.02,slow=0.01", "--slow-delay", "4", "--enterprise",
-         "--operating-limit", "2", "--time-scale", "10", "--data", "/tmp/x.json", "--random-seed", "9",
-         "--domain", "d.example", "--member-id", "m1" }
+         "--operating-limit", "2", "--operating-window=30", "--time-scale", "10", "--data", "/tmp/x.json",
+         "--random-seed", "9", "--domain", "d.example", "--member-id", "m1" }
       assert.equal(7, opts.user_id)
       assert.equal("abc123", opts.code)
       assert.equal("tok_1", opts.token)
@@ -33,6 +33,7 @@ describe("emulator.main(argv)", function()
       assert.equal(4, opts.slow_delay)
       assert.is_true(opts.enterprise)
       assert.equal(2, opts.operating_limit)
+      assert.equal(30, opts.operating_window)
       assert.equal(10, opts.time_scale)
       assert.equal("/tmp/x.json", opts.data)
       assert.equal(9, opts.random_seed)
@@ -58,6 +59,7 @@ describe("emulator.main(argv)", function()
       assert.matches("%-%-seed%-leads needs an integer >= 0", fails{ "--seed-leads", "1.5" })
       assert.matches("%-%-user%-id needs a positive integer", fails{ "--user-id", "0" })
       assert.matches("%-%-time%-scale needs a number > 0", fails{ "--time-scale", "0" })
+      assert.matches("%-%-operating%-window needs a number > 0", fails{ "--operating-window", "-2" })
       assert.matches("%-%-events%-to needs an http", fails{ "--events-to", "ftp://x" })
       assert.matches("%-%-enterprise takes no value", fails{ "--enterprise=1" })
       assert.matches("%-%-faults: unknown fault", fails{ "--faults", "404=1" })

@@ -132,7 +132,11 @@ local NOT_ALLOWED = { error = "ERROR_BATCH_METHOD_NOT_ALLOWED",
 local NOT_FOUND = { error = "ERROR_METHOD_NOT_FOUND", error_description = "Method not found!" }
 
 -- The batch method of `portal` (its methods, call(name, params) and the request being answered):
--- params.cmd (label -> "method?query"), params.halt (stop at the first error).
+-- params.cmd (label -> "method?query"), params.halt (stop at the first error). As
+-- rest/classes/general/rest_provider.php (CRestProvider::batch) runs it: each command is a call of
+-- its own method (CRestServerBatchItem), blocked or billed as that method; an error, a blocked
+-- method's OPERATION_TIME_LIMIT included, goes to result_error and the next commands still run
+-- unless halt is set.
 function _M.run(portal, params)
    local cmd = params.cmd
    local commands = {}
@@ -160,13 +164,15 @@ function _M.run(portal, params)
          else
             local sub = substitute(form_decode(query) or {}, sections)
             local result, meta, time = portal:call(method, sub)
-            sections.result_time[label] = time
             if result == nil then
+               -- an error has no time, so no result_time (rest.php processException); a blocked
+               -- method's error is OPERATION_TIME_LIMIT here, in an HTTP 200 batch
                err = { error = meta.error, error_description = meta.error_description }
             else
                sections.result[label] = result
                sections.result_total[label] = meta.total
                sections.result_next[label] = meta.next
+               sections.result_time[label] = time
             end
          end
       end

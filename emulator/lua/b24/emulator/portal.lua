@@ -38,6 +38,8 @@ _M.DEFAULT_CODE = "emu0dev0code0000"
 
 local NOT_FOUND = { status = 404, error = "ERROR_METHOD_NOT_FOUND", error_description = "Method not found!" }
 local UNAUTHORIZED = { status = 401, error = "INVALID_CREDENTIALS", error_description = "Invalid request credentials" }
+-- rest/classes/general/rest.php CRestServer::processCall: LoadLimiter::is throws this RestException
+-- with STATUS_TO_MANY_REQUESTS ("429 Too Many Requests"); an error answer carries no time.
 local BLOCKED = { status = 429, error = "OPERATION_TIME_LIMIT",
                   error_description = "Method is blocked due to operation time limit." }
 local INTERNAL = { status = 500, error = "INTERNAL_SERVER_ERROR", error_description = "Internal server error" }
@@ -51,7 +53,8 @@ end
 -- Creates a portal. opts (the snake_case form of the emulator's options): user_id, code,
 -- seed_leads, seed_tasks, enterprise, latency_ms, row_cost_us, count_cost_us, faults (string or
 -- table), slow_delay (seconds a slow fault adds), time_scale (speeds up the clock of the leaky
--- bucket and of the operating window), operating_limit (seconds per method per 10 minutes),
+-- bucket and of the operating window), operating_limit (seconds per method per window),
+-- operating_window (the window's seconds on that clock, 600: ten baskets of a tenth),
 -- events_to (list of URLs), token, domain, member_id, data (a JSON file to persist to); and the
 -- host's services: log (fn(level, msg, fields); stderr by default), post (fn(url, body, headers)
 -- -> true | nil, reason; needed for events_to); for specs: clock (scaled seconds), random (a
@@ -72,6 +75,7 @@ function _M.new(opts)
       slow_delay = tonumber(opts.slow_delay) or 10,
       faults = faults.new(opts.faults, opts.random),
       limits = limits.new{ enterprise = opts.enterprise, operating_limit = tonumber(opts.operating_limit),
+                           operating_window = tonumber(opts.operating_window),
                            clock = clock, wall = wall, scale = scale },
       wall = wall,
       log = log,
@@ -127,9 +131,12 @@ function _M:timeline()
    return self.t_wall + (now() - self.t_mono) + self.sim
 end
 
--- Runs one method: result, meta ({total, next, rows, counted}), time | nil, err, time. Simulated
--- costs (row_cost per row returned, count_cost per row counted) add to processing and to the
--- request's delay; processing is billed to the method's operating budget.
+-- Runs one method: result, meta ({total, next, rows, counted}), time | nil, err [, time]. A
+-- blocked method answers BLOCKED without running and without time (rest.php
+-- CRestServer::processCall throws before the call). Simulated costs (row_cost per row returned,
+-- count_cost per row counted) add to processing and to the request's delay; the processing of a
+-- call that returned is billed to the method's operating budget (batch is not billed); a failed
+-- call is not (processCall's LoadLimiter::registerEnding follows the callback, which threw).
 function _M:call(name, params)
    local fn = self.methods[name]
    local budget = self.limits
@@ -142,8 +149,8 @@ function _M:call(name, params)
       self.sim = self.sim + (meta.rows or 0) * self.row_cost + (meta.counted or 0) * self.count_cost
    end
    local processing = real + (self.sim - sim0)
-   budget:bill(name, processing)
-   local operating, reset_at = budget:operating_of(name)
+   if ok and result ~= nil then budget:bill(name, processing) end
+   local operating, reset_at = budget:operating_of(name, self.hit_clock)
    local finish = start + processing
    local time = { start = start, finish = finish, duration = processing, processing = processing,
                   date_start = self:date(start), date_finish = self:date(finish),
@@ -188,8 +195,9 @@ function _M:answer(request)
    local arrival = self.wall()
    self.sim, self.t_wall, self.t_mono = 0, arrival + latency, now()
    self.request = request -- batch reads the order of its commands from the raw text
+   self.hit_clock = self.limits.clock()
    local result, meta, time = self:call(name, request_of.parameters(request))
-   self.request = nil
+   self.request, self.hit_clock = nil, nil
    local delay = latency + self.sim
    if self.dirty and self.data_path then
       local ok, err = self:save()
