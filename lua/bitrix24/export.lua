@@ -4,17 +4,34 @@
 -- only through a runner, the small interface the client offers (client:_runner()):
 --   runner.batches(list) → outcomes   list[i] = { {method, params}, … } (at most 50 reads), each
 --                                     sent as one batch, all at once within the client's limiter,
---                                     `parallel` and retries; outcomes[i] = { results, errors }
---                                     (as client:batch gives them) or { err = bitrix24.Error }
+--                                     `parallel` and retries; outcomes[i] = { results, errors, meta }
+--                                     (as client:batch gives them, meta[j] = { total, next } of
+--                                     sub-call j when the portal sent them) or { err = bitrix24.Error }
 --   runner.request(method, params) → envelope | nil, err      (client:request)
 --   runner.backoff(n) → seconds before retry n;  runner.sleep(s)
 --   runner.attempts (tries per request), runner.parallel (the default of opts.parallel)
+--
+-- Paging as the platform does it (yuliai/bitrix-modules, platform 26.250.100):
+--   rest/classes/general/rest.php    CRestServer::processCall: start = intval(query.start);
+--                                    IRestService::getNavData: start >= 0 → page intval(start/50)+1
+--                                    (CDBResult) or offset = start (ORM); start < 0 → the first 50
+--                                    rows, nothing counted (no total, no next)
+--   rest/lib/engine/restmanager.php  controller methods (crm.item.list, tasks.task.list): page
+--                                    intval(start/50)+1, start = -1 counts nothing
+--   main/classes/general/dbresult.php calculatePageNumber: a page past the last is page 1 again
+-- So the offset pager asks only for multiples of 50 (a start of 75 reads rows 50..99 on most
+-- methods, 75..124 on ORM ones), never follows `next` (offset + rows, not always a multiple of
+-- 50) and takes every row once by its ID whatever page it comes back on.
+local Error = require "bitrix24.error"
+
 local type = type
 local pairs = pairs
 local ipairs = ipairs
 local tonumber = tonumber
+local tostring = tostring
 local setmetatable = setmetatable
 local next = next
+local error = error
 local string_format = string.format
 local string_lower = string.lower
 local string_upper = string.upper
@@ -30,10 +47,25 @@ local BATCH_MAX = 50 -- sub-calls per batch
 
 local _M = {}
 
--- Rows of list methods: the wrapper key in result, the id field of a row, the filter/order key.
+-- How each list method pages: the wrapper key in result, the id field of a row, the filter/order
+-- key, sort = true when the order goes as two strings (SORT = field, ORDER = direction), and
+-- top_filter = true when filter conditions may also stand at the top level of the parameters.
+local USER_GET = { id = "ID", key = "ID", sort = true, top_filter = true }
 local LIST_SHAPES = {
+   -- crm/lib/controller/item.php listAction: Page('items'), rows camelCased (id, an integer);
+   -- filter and order keys go through the camelCase → UPPER_CASE converter (">id" → ">ID").
    ["crm.item.list"] = { wrapper = "items", id = "id", key = "id" },
+   -- tasks/lib/rest/controllers/task.php listAction: Page('tasks'), rows camelCased (id, a
+   -- string); the filter is CTasks' (tasks/classes/general/task.php GetSqlByFilter upper-cases
+   -- the field after the operation), order keys are checked upper-cased (checkOrderKeys).
    ["tasks.task.list"] = { wrapper = "tasks", id = "id", key = "ID" },
+   -- rest/lib/api/user.php userGet (user.search too): the query is upper-cased; SORT and ORDER
+   -- are strings, used only when both are set (an ORDER table is not an order: without SORT no
+   -- ORDER BY is sent at all); FILTER, when a table, replaces the whole query as the filter,
+   -- otherwise the top-level keys are the filter; keys may carry a 1-2 character operation
+   -- (">ID"); ORM paging: offset = start exactly, start = -1 counts nothing.
+   ["user.get"] = USER_GET,
+   ["user.search"] = USER_GET,
 }
 _M.LIST_SHAPES = LIST_SHAPES
 
@@ -43,9 +75,24 @@ local function copy(t)
    return out
 end
 
+-- The key of t that is name in any case (the exact spelling first), or nil.
+local function find_key(t, name)
+   if t[name] ~= nil then return name end
+   local up = string_upper(name)
+   for k in pairs(t) do
+      if type(k) == "string" and string_upper(k) == up then return k end
+   end
+   return nil
+end
+
 local function id_of(row, field)
    if type(row) ~= "table" then return nil end
    return tonumber(row[field])
+end
+
+local function fmt_id(n)
+   if n % 1 ~= 0 or n ~= n or n == math_huge or n == -math_huge then return tostring(n) end
+   return string_format("%d", n)
 end
 
 local function rows_of(result, wrapper)
@@ -54,22 +101,8 @@ local function rows_of(result, wrapper)
    return result
 end
 
--- How the caller's order and filter admit the keyset scan: "any" (no order: ranges may run in
--- parallel), "asc" (ID ascending: one chain, rows in order) or nil (offset paging).
-local function keyset_mode(params, shape)
-   local order = params.order
-   if order == nil or (type(order) == "table" and next(order) == nil) then return "any" end
-   if type(order) ~= "table" then return nil end
-   local only, dir
-   for k, v in pairs(order) do
-      if only then return nil end
-      only, dir = k, v
-   end
-   if type(only) == "string" and string_upper(only) == string_upper(shape.key) and
-      type(dir) == "string" and string_upper(dir) == "ASC" then
-      return "asc"
-   end
-   return nil
+local function export_error(code, method, description)
+   return Error.new{ code = code, method = method, description = description }
 end
 
 -- Takes the caller's ID bounds out of a filter: filter without them, lo (exclusive), hi (inclusive).
@@ -102,8 +135,148 @@ local function with_id_select(select, id)
    return out
 end
 
-local function fmt_id(n)
-   return string_format("%d", n)
+-- What the caller asked for, in the method's terms: how to build each request (Plan:query), the
+-- caller's order as one { field, direction } when it is one field (plan.order), and the mode.
+local Plan = {}
+local plan_mt = { __index = Plan }
+
+local function make_plan(method, params, opts)
+   local known = LIST_SHAPES[string_lower(method)] or {}
+   local shape = { wrapper = opts.wrapper or known.wrapper, id = opts.id or known.id or "ID",
+                   key = opts.key or opts.id or known.key or "ID" }
+   if opts.sort ~= nil then shape.sort = opts.sort else shape.sort = known.sort end
+   shape.top_filter = known.top_filter
+   local base = copy(params)
+   local names = {}
+   for _, name in ipairs({ "filter", "order", "sort", "select", "start" }) do
+      if name ~= "sort" or shape.sort then
+         names[name] = find_key(base, name)
+         if names[name] then base[names[name]] = nil end
+      end
+   end
+   local plan = setmetatable({ method = method, shape = shape, base = base, names = names }, plan_mt)
+   local order = names.order and params[names.order]
+   if shape.sort then
+      -- SORT/ORDER strings; a one-field ORDER table is read as the caller meant it
+      local sort = names.sort and params[names.sort]
+      if type(order) == "table" then
+         local field, dir = next(order)
+         if next(order, field) ~= nil then
+            error("bitrix24.export: " .. method .. " sorts by one field: pass sort = FIELD, order = ASC|DESC", 0)
+         end
+         if field ~= nil then plan.order = { field, dir } end
+      elseif type(sort) == "string" and type(order) == "string" and sort ~= "" and order ~= "" then
+         plan.order = { sort, order }
+      end
+   elseif type(order) == "table" and next(order) ~= nil then
+      plan.raw_order = order
+      local field, dir = next(order)
+      if next(order, field) == nil then plan.order = { field, dir } end
+   elseif order ~= nil and type(order) ~= "table" then
+      plan.raw_order = order -- passed on as given: the portal decides
+   end
+   local filter = names.filter and params[names.filter]
+   if type(filter) ~= "table" then
+      if names.filter then base[names.filter] = filter end
+      filter = nil
+   end
+   if not filter and shape.top_filter then
+      -- the top-level keys are the filter (user.get): bounds on the key are taken from there
+      plan.top = true
+      filter = base
+   end
+   plan.select = with_id_select(names.select and params[names.select], shape.id)
+   local mode
+   if opts.keyset ~= false then
+      if not plan.order and not plan.raw_order then
+         mode = "any"
+      elseif plan.order and type(plan.order[1]) == "string" and type(plan.order[2]) == "string"
+         and string_upper(plan.order[1]) == string_upper(shape.key) and string_upper(plan.order[2]) == "ASC" then
+         mode = "asc"
+      end
+   end
+   plan.mode = mode
+   if mode or opts.verify ~= false and opts.keyset ~= false then
+      local rest, lo, hi = split_bounds(filter or {}, shape.key)
+      plan.lo, plan.hi = lo, hi
+      if plan.top then base = rest; plan.base = base; plan.filter = {} else plan.filter = rest end
+      plan.bounded = true
+   else
+      plan.filter = (not plan.top) and filter or {}
+   end
+   return plan
+end
+
+-- The parameters of one request: the caller's, with filter (the caller's conditions and extra),
+-- order ({ field, dir }, or the caller's own when nil and keep_order), start and select.
+function Plan:query(extra, order, start, select, keep_order)
+   local p = copy(self.base)
+   local names, shape = self.names, self.shape
+   local f = copy(self.filter)
+   if self.bounded and not extra then
+      if self.lo then f[">" .. shape.key] = fmt_id(self.lo) end
+      if self.hi then f["<=" .. shape.key] = fmt_id(self.hi) end
+   end
+   for k, v in pairs(extra or {}) do f[k] = v end
+   if self.top then
+      for k, v in pairs(f) do p[k] = v end
+   elseif next(f) then
+      p[names.filter or "filter"] = f
+   end
+   if not order and keep_order then order = self.order end
+   if order and self.shape.sort then
+      p[names.sort or "sort"] = order[1]
+      p[names.order or "order"] = order[2]
+   elseif order and not (keep_order and self.raw_order) then
+      p[names.order or "order"] = { [order[1]] = order[2] }
+   elseif keep_order and self.raw_order ~= nil then
+      p[names.order or "order"] = self.raw_order
+   end
+   if start then p[names.start or "start"] = start end
+   if select ~= nil then p[names.select or "select"] = select end
+   return p
+end
+
+-- Runs reads (a list of {method, params}) in batches of 50, up to `parallel` batches at once,
+-- sending the sub-calls that failed with a retryable error again after a backoff:
+-- results[i], meta[i] | nil, err.
+local function run_reads(runner, cmds, parallel)
+   local results, metas = {}, {}
+   local todo, failures, last_err = {}, 0, nil
+   for i = 1, #cmds do todo[i] = i end
+   while #todo > 0 do
+      local again = {}
+      for from = 1, #todo, BATCH_MAX * parallel do
+         local batches, firsts = {}, {}
+         for first = from, math_min(#todo, from + BATCH_MAX * parallel - 1), BATCH_MAX do
+            local batch = {}
+            for i = first, math_min(#todo, first + BATCH_MAX - 1) do batch[#batch + 1] = cmds[todo[i]] end
+            batches[#batches + 1] = batch
+            firsts[#firsts + 1] = first
+         end
+         for b, got in ipairs(runner.batches(batches)) do
+            if got.err then return nil, got.err end
+            for i = 1, #batches[b] do
+               local at = todo[firsts[b] + i - 1]
+               local e = got.errors and got.errors[i]
+               if e then
+                  if not e.retryable then return nil, e end
+                  again[#again + 1], last_err = at, e
+               else
+                  results[at] = got.results[i]
+                  metas[at] = got.meta and got.meta[i] or nil
+               end
+            end
+         end
+      end
+      if #again > 0 then
+         failures = failures + 1
+         if failures >= runner.attempts then return nil, last_err end
+         runner.sleep(runner.backoff(failures))
+      end
+      todo = again
+   end
+   return results, metas
 end
 
 -- A keyset scan: chains over ID ranges (lo, hi], each advancing by batches of sub-calls that
@@ -112,16 +285,12 @@ local Keyset = {}
 local keyset_mt = { __index = Keyset }
 
 function Keyset:params(lo, hi, ref, desc)
-   local p = copy(self.base)
-   local f = copy(self.filter)
    local key = self.shape.key
+   local f = {}
    if ref then f[">" .. key] = ref elseif lo then f[">" .. key] = fmt_id(lo) end
    if hi then f["<=" .. key] = fmt_id(hi) end
-   p.filter = next(f) and f or nil
-   p.order = { [key] = desc and "DESC" or "ASC" }
-   p.start = -1
-   if desc then p.select = { self.shape.id } end
-   return p
+   local select = (desc or self.id_only) and { self.shape.id } or self.plan.select
+   return self.plan:query(f, { key, desc and "DESC" or "ASC" }, -1, select)
 end
 
 -- The batch commands advancing chain c by n sub-calls.
@@ -136,20 +305,32 @@ function Keyset:commands(c, n)
    return cmds
 end
 
--- Takes a chain's batch results: appends new rows to out, advances c.lo, marks c.done.
+-- Takes a chain's batch results: appends new rows to out, advances c.lo, marks c.done. A row
+-- without an ID, out of ID order or outside the range the sub-call asked for means the method
+-- does not page as its shape says: the scan stops with an error rather than skip or repeat rows.
 function Keyset:absorb(c, n, results, errors, out)
+   local shape = self.shape
    for i = 1, n do
       if errors and errors[i] then
          c.err = errors[i]
          return
       end
-      local rows = rows_of(results[i], self.shape.wrapper)
+      local rows = rows_of(results[i], shape.wrapper)
       for _, row in ipairs(rows) do
-         local id = id_of(row, self.shape.id)
-         if id and (not c.lo or id > c.lo) and (not c.hi or id <= c.hi) then
-            out[#out + 1] = row
-            c.lo = id
+         local id = id_of(row, shape.id)
+         if not id then
+            c.fatal = export_error("export_no_id", self.method, "a row has no " .. shape.id ..
+               " field: pass opts.id (and opts.key, opts.wrapper) for this method")
+            return
          end
+         if (c.lo and id <= c.lo) or (c.hi and id > c.hi) then
+            c.fatal = export_error("export_order", self.method, "rows did not come in ascending " .. shape.key ..
+               " order within the range asked for: the method ignored the filter or order of the keyset scan" ..
+               " (opts.keyset = false pages by offset)")
+            return
+         end
+         out[#out + 1] = row
+         c.lo = id
       end
       if #rows < PAGE then c.done = true; return end
    end
@@ -173,8 +354,8 @@ function Keyset:probe(out)
    if errors and errors[1] then return nil, errors[1] end
    local first = { lo = self.lo, hi = self.hi }
    self:absorb(first, 1, results, nil, out)
+   if first.fatal then return nil, first.fatal end
    if first.done or self.mode == "asc" then
-      first.done = first.done or false
       self.chains = first.done and {} or { { lo = first.lo, hi = self.hi } }
       return true
    end
@@ -223,6 +404,7 @@ function Keyset:round(out)
       if got.err then return nil, got.err end
       c.err = nil
       self:absorb(c, c.n, got.results, got.errors, out)
+      if c.fatal then return nil, c.fatal end
       if c.err then
          c.failures = (c.failures or 0) + 1
          if not c.err.retryable or c.failures >= runner.attempts then return nil, c.err end
@@ -235,102 +417,140 @@ function Keyset:round(out)
    return true
 end
 
--- Offset paging for orders the keyset scan cannot follow: the first page gives the total, the
--- rest go as batches of 50 offsets, several at once; rows come in the caller's order.
+local function keyset(runner, plan, mode, parallel, id_only)
+   return setmetatable({ runner = runner, method = plan.method, shape = plan.shape, plan = plan,
+                         lo = plan.lo, hi = plan.hi, mode = mode, parallel = parallel, id_only = id_only },
+                       keyset_mt)
+end
+
+-- Offset paging for orders the keyset scan cannot follow. Pages are read at multiples of 50,
+-- up to `parallel` batches of 50 pages at once, until the offset passes the total the latest
+-- pages reported (rows inserted meanwhile push rows past the first total). A row already taken
+-- (a shift brought it back) is dropped by its ID. Then, unless told not to, a keyset pass over
+-- the IDs alone finds rows the pages skipped (a row deleted or moved before the offset pulls the
+-- next ones back past it) and reads them by ID: they come last, after the rows in order.
 local Offset = {}
 local offset_mt = { __index = Offset }
 
+-- Appends the rows not taken yet; returns how many were new, or nil, err.
+function Offset:take(rows, out)
+   local fresh = 0
+   for _, row in ipairs(rows) do
+      local id = id_of(row, self.shape.id)
+      if id then
+         local k = fmt_id(id)
+         if not self.seen[k] then
+            self.seen[k] = true
+            out[#out + 1] = row
+            fresh = fresh + 1
+         end
+      elseif self.dedup then
+         return nil, export_error("export_no_id", self.method, "a row has no " .. self.shape.id ..
+            " field to tell rows apart: pass opts.id (or opts.keyset = false) for this method")
+      else
+         out[#out + 1] = row
+         fresh = fresh + 1
+      end
+   end
+   return fresh
+end
+
+function Offset:page(start)
+   return { self.method, self.plan:query(nil, nil, start, self.plan.select, true) }
+end
+
 function Offset:round(out)
    local runner = self.runner
-   if not self.total then
-      local p = copy(self.base)
-      p.start = 0
-      local env, err = runner.request(self.method, p)
+   if not self.pos then
+      local first = self:page(0)
+      local env, err = runner.request(first[1], first[2])
       if not env then return nil, err end
-      for _, row in ipairs(rows_of(env.result, self.shape.wrapper)) do out[#out + 1] = row end
-      self.total = tonumber(env.total) or #out
-      self.estimate = self.total
-      self.next = tonumber(env.next)
+      local rows = rows_of(env.result, self.shape.wrapper)
+      local ok, terr = self:take(rows, out)
+      if not ok then return nil, terr end
+      -- no total (a method that does not count): pages until a short one
+      self.total = tonumber(env.total) or (#rows >= PAGE and math_huge or #rows)
+      if self.total ~= math_huge then self.estimate = self.total end
+      self.pos = PAGE
       return true
    end
-   if not self.next or self.next >= self.total then return false end
-   local offsets = {}
-   local span = PAGE * BATCH_MAX * self.parallel
-   for o = self.next, math_min(self.total, self.next + span) - 1, PAGE do offsets[#offsets + 1] = o end
-   local pages, failures = {}, 0
-   local todo = offsets
-   while #todo > 0 do
-      local batches, firsts = {}, {}
-      for first = 1, #todo, BATCH_MAX do
-         local cmds = {}
-         for i = first, math_min(#todo, first + BATCH_MAX - 1) do
-            local p = copy(self.base)
-            p.start = todo[i]
-            cmds[#cmds + 1] = { self.method, p }
-         end
-         batches[#batches + 1] = cmds
-         firsts[#firsts + 1] = first
-      end
-      local outcomes = runner.batches(batches)
-      local again = {}
-      for b, got in ipairs(outcomes) do
-         if got.err then return nil, got.err end
-         local results, errors = got.results, got.errors
-         for i = 1, #batches[b] do
-            local o = todo[firsts[b] + i - 1]
-            if errors and errors[i] then
-               if not errors[i].retryable then return nil, errors[i] end
-               again[#again + 1] = o
-               self.last_err = errors[i]
-            else
-               pages[o] = rows_of(results[i], self.shape.wrapper)
-            end
-         end
-      end
-      if #again > 0 then
-         failures = failures + 1
-         if failures >= runner.attempts then return nil, self.last_err end
-         runner.sleep(runner.backoff(failures))
-      end
-      todo = again
+   if self.pos < self.total then return self:pages(out) end
+   if self.check then return self:verify(out) end
+   return false
+end
+
+-- The next pages from self.pos, up to `parallel` batches of them.
+function Offset:pages(out)
+   local cmds = {}
+   local last = self.total == math_huge and self.pos + PAGE * BATCH_MAX or
+      math_min(self.total, self.pos + PAGE * BATCH_MAX * self.parallel)
+   for o = self.pos, last - 1, PAGE do cmds[#cmds + 1] = self:page(o) end
+   local results, metas = run_reads(self.runner, cmds, self.parallel)
+   if not results then return nil, metas end
+   local total
+   for i = 1, #cmds do
+      local rows = rows_of(results[i], self.shape.wrapper)
+      local ok, err = self:take(rows, out)
+      if not ok then return nil, err end
+      local t = metas[i] and tonumber(metas[i].total)
+      if t then total = math_max(total or 0, t) end
+      -- without a count the first short page is the end (a page past it may be page 1 again)
+      if self.total == math_huge and #rows < PAGE then self.total = 0; break end
    end
-   for _, o in ipairs(offsets) do
-      for _, row in ipairs(pages[o]) do out[#out + 1] = row end
+   self.pos = self.pos + PAGE * #cmds
+   -- the count the latest pages saw: rows inserted meanwhile moved the end further
+   if total and self.total ~= math_huge and self.total ~= 0 then
+      self.total = total
+      self.estimate = math_max(self.estimate or 0, total)
    end
-   self.next = offsets[#offsets] + PAGE
    return true
 end
 
--- The scanner for a list method: keyset when the order allows, offset paging otherwise.
+-- The verification pass: the keyset scan of IDs, then the rows it found that were not taken.
+function Offset:verify(out)
+   local ids = {}
+   local more, err = self.check:round(ids)
+   if more == nil then return nil, err end
+   for _, row in ipairs(ids) do
+      local k = fmt_id(id_of(row, self.shape.id))
+      if not self.seen[k] then self.missing[#self.missing + 1] = k end
+   end
+   if more then return true end
+   self.check = nil
+   if #self.missing == 0 then return false end
+   local cmds = {}
+   for i, k in ipairs(self.missing) do
+      cmds[i] = { self.method, self.plan:query({ [self.shape.key] = k }, nil, nil, self.plan.select) }
+   end
+   local results, rerr = run_reads(self.runner, cmds, self.parallel)
+   if not results then return nil, rerr end
+   for i = 1, #cmds do
+      local ok, terr = self:take(rows_of(results[i], self.shape.wrapper), out)
+      if not ok then return nil, terr end
+   end
+   self.recovered = #self.missing
+   return false
+end
 
 -- The scanner for a list method: keyset when the order allows, offset paging otherwise. Its
 -- round(out) appends the next rows to out and returns true (more may follow), false (done) or
--- nil, err; scanner.estimate is the expected row count once known.
+-- nil, err; scanner.estimate is the expected row count once known. Raises when the order cannot
+-- be sent to the method (user.get sorts by one field).
 function _M.scanner(runner, method, params, opts)
    opts = opts or {}
-   params = params or {}
-   local shape = LIST_SHAPES[string_lower(method)] or {}
-   shape = { wrapper = opts.wrapper or shape.wrapper, id = opts.id or shape.id or "ID",
-             key = opts.key or opts.id or shape.key or "ID" }
-   local base = copy(params)
-   base.start = nil
-   local mode = opts.keyset ~= false and keyset_mode(params, shape) or nil
+   local plan = make_plan(method, params or {}, opts)
    local parallel = opts.parallel or runner.parallel
-   if mode then
-      base.order = nil
-      local filter, lo, hi = split_bounds(type(params.filter) == "table" and params.filter or {}, shape.key)
-      base.filter = nil
-      base.select = with_id_select(params.select, shape.id)
-      return setmetatable({ runner = runner, method = method, shape = shape, base = base, filter = filter,
-                            lo = lo, hi = hi, mode = mode, parallel = parallel }, keyset_mt)
-   end
-   return setmetatable({ runner = runner, method = method, shape = shape, base = base,
-                         parallel = parallel }, offset_mt)
+   if plan.mode then return keyset(runner, plan, plan.mode, parallel) end
+   local scan = setmetatable({ runner = runner, method = method, shape = plan.shape, plan = plan,
+                               parallel = parallel, seen = {}, missing = {},
+                               dedup = opts.keyset ~= false }, offset_mt)
+   if plan.bounded then scan.check = keyset(runner, plan, "any", parallel, true) end
+   return scan
 end
 
 -- An iterator over the rows, fetched a round at a time as they are needed; a failure ends the
--- loop with (false, err). opts: parallel, keyset = false, id/key/wrapper, on_progress(rows,
--- estimate) after each round.
+-- loop with (false, err). opts: parallel, keyset = false, verify = false, id/key/wrapper/sort,
+-- on_progress(rows, estimate) after each round.
 function _M.list(runner, method, params, opts)
    local scan = _M.scanner(runner, method, params, opts)
    local progress = opts and opts.on_progress
