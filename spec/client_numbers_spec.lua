@@ -307,8 +307,9 @@ describe("the library without lua-cjson", function()
             saved[name], names[#names + 1] = mod, name
          end
       end
-      local preload = { cjson = package.preload.cjson, ["cjson.safe"] = package.preload["cjson.safe"],
-                        ["b24.host"] = package.preload["b24.host"] }
+      local stubbed = { "cjson", "cjson.safe", "b24.host" }
+      local preload = {}
+      for _, name in ipairs(stubbed) do preload[name] = package.preload[name] end
       local function restore()
          for _, name in ipairs(names) do package.loaded[name] = saved[name] end
          for name in pairs(package.loaded) do
@@ -316,7 +317,7 @@ describe("the library without lua-cjson", function()
                package.loaded[name] = nil
             end
          end
-         for name, f in pairs(preload) do package.preload[name] = f end
+         for _, name in ipairs(stubbed) do package.preload[name] = preload[name] end -- nil ones too
       end
       for _, name in ipairs(names) do package.loaded[name] = nil end
       local function absent() error("lua-cjson is not installed") end
