@@ -66,7 +66,7 @@ end
 local KINDS = {
    ONCRMLEADADD = { what = "lead", path = "/crm/lead/details/%s/", title = function(r) return r.TITLE end },
    ONCRMDEALADD = { what = "deal", path = "/crm/deal/details/%s/", title = function(r) return r.TITLE end },
-   ONTASKADD = { what = "task", title = function(r) return type(r.task) == "table" and r.task.title end },
+   ONTASKADD = { what = "task", title = function(r) return r.title end },
 }
 
 local function notify(event, ctx)

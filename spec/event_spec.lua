@@ -264,14 +264,36 @@ describe("bitrix24.event", function()
          end)
       end
 
-      it("calls tasks.task.get { taskId } for ONTASKADD and ONTASKUPDATE", function()
+      it("calls tasks.task.get { taskId } for ONTASKADD and ONTASKUPDATE and returns the task itself", function()
          for _, name in ipairs{ "ONTASKADD", "ONTASKUPDATE" } do
             local client = stub_client({ task = { id = "17" } })
             local e = assert(event.parse("event=" .. name ..
                "&data[FIELDS_BEFORE]=undefined&data[FIELDS_AFTER][ID]=17", FORM))
-            assert.same({ task = { id = "17" } }, e:fetch(client))
+            assert.same({ id = "17" }, e:fetch(client))
             assert.same({ { method = "tasks.task.get", params = { taskId = "17" } } }, client.calls)
          end
+         -- a task that is gone or hidden: the portal answers []
+         local e = assert(event.parse("event=ONTASKUPDATE&data[FIELDS_AFTER][ID]=18", FORM))
+         local res, err = e:fetch(stub_client({}))
+         assert.is_nil(res)
+         assert.equal("not_found", err.code)
+      end)
+
+      it("calls crm.item.get { entityTypeId, id } for smart-process items and returns the item", function()
+         local client = stub_client({ item = { id = 22, entityTypeId = 1224 } })
+         local e = assert(event.parse("event=ONCRMDYNAMICITEMUPDATE&data[FIELDS][ID]=22"
+            .. "&data[FIELDS][ENTITY_TYPE_ID]=1224", FORM))
+         assert.same({ id = 22, entityTypeId = 1224 }, e:fetch(client))
+         assert.same({ { method = "crm.item.get", params = { entityTypeId = "1224", id = "22" } } }, client.calls)
+      end)
+
+      it("calls task.commentitem.get { TASKID, ITEMID } for a task comment", function()
+         local client = stub_client({ ID = "3157", POST_MESSAGE = "hi" })
+         local e = assert(event.parse("event=ONTASKCOMMENTADD&data[FIELDS_AFTER][ID]=3157"
+            .. "&data[FIELDS_AFTER][TASK_ID]=8017", FORM))
+         assert.same({ ID = "3157", POST_MESSAGE = "hi" }, e:fetch(client))
+         assert.same({ { method = "task.commentitem.get", params = { TASKID = "8017", ITEMID = "3157" } } },
+            client.calls)
       end)
 
       it("returns what client:call returns, nil and its error included", function()

@@ -212,34 +212,51 @@ function _M.parse(raw, content_type, limits)
    return _M.new(fields, raw)
 end
 
--- The REST method and parameters that fetch the object of an event, or nil, err (code
--- "no_object" for a delete or an event without an object ID, "no_get_method" otherwise).
-function _M.fetch_call(name, id)
+-- The REST method and parameters that fetch the object of an event, and the key its result
+-- wraps the object in (tasks.task.get answers {task = …}, crm.item.get {item = …}), or nil,
+-- err (code "no_object" for a delete or an event without an object ID, "no_get_method"
+-- otherwise). object: { entity_type_id, task_id } of the event (smart-process items and task
+-- comments need them).
+function _M.fetch_call(name, id, object)
    if type(name) ~= "string" then return failure("no_get_method", "no event name") end
    if _M.kind(name) == "delete" then return failure("no_object", name .. " is a delete: the object is gone") end
    if type(id) ~= "string" or id == "" or id == "undefined" then
       return failure("no_object", name .. " carries no object ID")
    end
+   object = object or {}
    local entity = string_match(name, "^ONCRM(%u+)ADD$") or string_match(name, "^ONCRM(%u+)UPDATE$")
    if entity and CRM_GET[entity] then return CRM_GET[entity], { id = id } end
-   if name == "ONTASKADD" or name == "ONTASKUPDATE" then return "tasks.task.get", { taskId = id } end
+   if name == "ONTASKADD" or name == "ONTASKUPDATE" then return "tasks.task.get", { taskId = id }, "task" end
+   if (name == "ONCRMDYNAMICITEMADD" or name == "ONCRMDYNAMICITEMUPDATE") and object.entity_type_id then
+      return "crm.item.get", { entityTypeId = object.entity_type_id, id = id }, "item"
+   end
+   if (name == "ONTASKCOMMENTADD" or name == "ONTASKCOMMENTUPDATE") and object.task_id then
+      return "task.commentitem.get", { TASKID = object.task_id, ITEMID = id }
+   end
    return failure("no_get_method", "no get method known for " .. name)
 end
 
--- event:fetch(client): fetches the object the event is about with client:call(method, params)
--- and returns what that returns; nil, err without calling for a delete or an event with no
--- known get method.
+-- event:fetch(client): the object the event is about, itself (a task as the task, a smart-
+-- process item as the item), fetched with client:call; nil and the client's error when the
+-- call fails; nil, err without calling for a delete or an event with no known get method; nil,
+-- err (code "not_found") when the portal answers with no object (tasks.task.get gives [] for a
+-- task that is gone or hidden).
 function _M.fetch(self, client)
    if type(client) ~= "table" and type(client) ~= "userdata" then
       error("bad argument #1 to 'fetch' (a REST client expected)", 2)
    end
-   local method, params = _M.fetch_call(self.name, self.id)
+   local method, params, wrapper = _M.fetch_call(self.name, self.id, self)
    if method == nil then return nil, params end
-   return client:call(method, params)
-end
-
-function mt.__tostring(self)
-   return "bitrix24.event " .. tostring(self.name) .. " " .. tostring(self.id)
+   local result, err = client:call(method, params)
+   if result == nil then return nil, err end
+   if wrapper then
+      local inner = type(result) == "table" and result[wrapper] or nil
+      if type(inner) ~= "table" then
+         return failure("not_found", method .. " gave no " .. wrapper .. " for " .. self.id)
+      end
+      result = inner
+   end
+   return result
 end
 
 return _M
