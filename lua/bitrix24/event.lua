@@ -6,7 +6,6 @@ local Error = require "bitrix24.error"
 
 local type = type
 local error = error
-local tostring = tostring
 local setmetatable = setmetatable
 local string_lower = string.lower
 local string_upper = string.upper
