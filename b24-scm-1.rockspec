@@ -19,7 +19,7 @@ built in, so it needs no Lua rock at run time. The library alone is bitrix24-scm
 }
 
 -- b24 embeds Lua 5.4 whatever Lua luarocks runs for, and every module it runs.
-dependencies = {}
+dependencies = { "lua >= 5.4, < 5.5" }
 
 external_dependencies = {
    -- Debian keeps curl/curl.h under a multiarch directory the compiler searches but luarocks

@@ -154,7 +154,9 @@ describe("b24-scm-1.rockspec", function()
       assert.equal("b24", spec.package)
       assert.equal("make", spec.build.type)
       assert.same({ "CURL", "LUA54", "MICROHTTPD", "OPENSSL", "SQLITE" }, keys(spec.external_dependencies))
-      assert.same({}, spec.dependencies)
+      -- one b24 per tree: it embeds Lua 5.4, so its rock is for 5.4 alone (installed under 5.1
+      -- too, LuaRocks left bin/b24~ beside the 5.4 one)
+      assert.same({ "lua >= 5.4, < 5.5" }, spec.dependencies)
    end)
 
    it("luarocks make installs a working b24 into the tree's bin, and no Lua module", function()
@@ -167,6 +169,12 @@ describe("b24-scm-1.rockspec", function()
       assert.same({}, files(tree .. "/share/lua"))
       assert.same({}, files(tree .. "/lib/lua"))
       check_program(tree .. "/bin/b24", tree)
+      -- the same rock under Lua 5.1 is refused, and leaves no second b24 (bin/b24~) behind
+      out, code = b24.exec(("cd %s && luarocks --lua-version=5.1 --tree=%s make b24-scm-1.rockspec")
+         :format(q(ROOT), q(tree)))
+      assert.is_not.equal(0, code)
+      assert.matches("lua >= 5.4, < 5.5", out, 1, true)
+      assert.same({ "b24" }, files(tree .. "/bin"))
    end)
 end)
 
