@@ -185,7 +185,9 @@ local function make_plan(method, params, opts)
       plan.top = true
       filter = base
    end
-   plan.select = with_id_select(names.select and params[names.select], shape.id)
+   -- select names the id as filter and order do (tasks.task.list: select ID, rows carry id;
+   -- the controller intersects select with its upper-case field list)
+   plan.select = with_id_select(names.select and params[names.select], shape.key)
    local mode
    if opts.keyset ~= false then
       if not plan.order and not plan.raw_order then
@@ -289,7 +291,7 @@ function Keyset:params(lo, hi, ref, desc)
    local f = {}
    if ref then f[">" .. key] = ref elseif lo then f[">" .. key] = fmt_id(lo) end
    if hi then f["<=" .. key] = fmt_id(hi) end
-   local select = (desc or self.id_only) and { self.shape.id } or self.plan.select
+   local select = (desc or self.id_only) and { key } or self.plan.select
    return self.plan:query(f, { key, desc and "DESC" or "ASC" }, -1, select)
 end
 
