@@ -29,6 +29,7 @@ local pairs = pairs
 local ipairs = ipairs
 local tonumber = tonumber
 local tostring = tostring
+local table_concat = table.concat
 local setmetatable = setmetatable
 local next = next
 local error = error
@@ -55,6 +56,8 @@ local LIST_SHAPES = {
    -- crm/lib/controller/item.php listAction: Page('items'), rows camelCased (id, an integer);
    -- filter and order keys go through the camelCase → UPPER_CASE converter (">id" → ">ID").
    ["crm.item.list"] = { wrapper = "items", id = "id", key = "id" },
+   -- crm/lib/controller/type.php listAction: Page('types'), the same converter on filter/order.
+   ["crm.type.list"] = { wrapper = "types", id = "id", key = "id" },
    -- tasks/lib/rest/controllers/task.php listAction: Page('tasks'), rows camelCased (id, a
    -- string); the filter is CTasks' (tasks/classes/general/task.php GetSqlByFilter upper-cases
    -- the field after the operation), order keys are checked upper-cased (checkOrderKeys).
@@ -95,14 +98,25 @@ local function fmt_id(n)
    return string_format("%d", n)
 end
 
-local function rows_of(result, wrapper)
-   if wrapper then result = type(result) == "table" and result[wrapper] or nil end
-   if type(result) ~= "table" then return {} end
-   return result
-end
-
 local function export_error(code, method, description)
    return Error.new{ code = code, method = method, description = description }
+end
+
+-- The rows of a page | nil, err when the result is an object the shape does not name: rows in
+-- a wrapper nobody told the export about would otherwise end it with no rows at all.
+local function rows_of(result, shape, method)
+   if shape.wrapper then result = type(result) == "table" and result[shape.wrapper] or nil end
+   if type(result) ~= "table" then return {} end
+   if result[1] == nil and next(result) ~= nil then
+      local keys = {}
+      for k in pairs(result) do
+         keys[#keys + 1] = tostring(k)
+         if #keys == 3 then break end
+      end
+      return nil, export_error("export_shape", method, "the result is an object (" .. table_concat(keys, ", ") ..
+         (shape.wrapper and ") in " .. shape.wrapper or ")") .. ", not a list of rows: pass opts.wrapper")
+   end
+   return result
 end
 
 -- Takes the caller's ID bounds out of a filter: filter without them, lo (exclusive), hi (inclusive).
@@ -142,8 +156,9 @@ local plan_mt = { __index = Plan }
 
 local function make_plan(method, params, opts)
    local known = LIST_SHAPES[string_lower(method)] or {}
-   local shape = { wrapper = opts.wrapper or known.wrapper, id = opts.id or known.id or "ID",
+   local shape = { wrapper = known.wrapper, id = opts.id or known.id or "ID",
                    key = opts.key or opts.id or known.key or "ID" }
+   if opts.wrapper ~= nil then shape.wrapper = opts.wrapper or nil end -- false: rows are the result
    if opts.sort ~= nil then shape.sort = opts.sort else shape.sort = known.sort end
    shape.top_filter = known.top_filter
    local base = copy(params)
@@ -317,7 +332,8 @@ function Keyset:absorb(c, n, results, errors, out)
          c.err = errors[i]
          return
       end
-      local rows = rows_of(results[i], shape.wrapper)
+      local rows, rerr = rows_of(results[i], shape, self.method)
+      if not rows then c.fatal = rerr; return end
       for _, row in ipairs(rows) do
          local id = id_of(row, shape.id)
          if not id then
@@ -325,14 +341,18 @@ function Keyset:absorb(c, n, results, errors, out)
                " field: pass opts.id (and opts.key, opts.wrapper) for this method")
             return
          end
-         if (c.lo and id <= c.lo) or (c.hi and id > c.hi) then
+         if c.lo and id == c.lo then
+            id = nil -- the row just taken, once more (a join the method did not make distinct)
+         elseif (c.lo and id < c.lo) or (c.hi and id > c.hi) then
             c.fatal = export_error("export_order", self.method, "rows did not come in ascending " .. shape.key ..
                " order within the range asked for: the method ignored the filter or order of the keyset scan" ..
                " (opts.keyset = false pages by offset)")
             return
          end
-         out[#out + 1] = row
-         c.lo = id
+         if id then
+            out[#out + 1] = row
+            c.lo = id
+         end
       end
       if #rows < PAGE then c.done = true; return end
    end
@@ -361,7 +381,7 @@ function Keyset:probe(out)
       self.chains = first.done and {} or { { lo = first.lo, hi = self.hi } }
       return true
    end
-   local top = rows_of(results[2], self.shape.wrapper)[1]
+   local top = (rows_of(results[2], self.shape, self.method) or {})[1]
    local hi = id_of(top, self.shape.id)
    if errors and errors[2] or not hi then
       self.chains = { { lo = first.lo, hi = self.hi } }
@@ -467,7 +487,8 @@ function Offset:round(out)
       local first = self:page(0)
       local env, err = runner.request(first[1], first[2])
       if not env then return nil, err end
-      local rows = rows_of(env.result, self.shape.wrapper)
+      local rows, rerr = rows_of(env.result, self.shape, self.method)
+      if not rows then return nil, rerr end
       local ok, terr = self:take(rows, out)
       if not ok then return nil, terr end
       -- no total (a method that does not count): pages until a short one
@@ -491,7 +512,8 @@ function Offset:pages(out)
    if not results then return nil, metas end
    local total
    for i = 1, #cmds do
-      local rows = rows_of(results[i], self.shape.wrapper)
+      local rows, rerr = rows_of(results[i], self.shape, self.method)
+      if not rows then return nil, rerr end
       local ok, err = self:take(rows, out)
       if not ok then return nil, err end
       local t = metas[i] and tonumber(metas[i].total)
@@ -527,7 +549,9 @@ function Offset:verify(out)
    local results, rerr = run_reads(self.runner, cmds, self.parallel)
    if not results then return nil, rerr end
    for i = 1, #cmds do
-      local ok, terr = self:take(rows_of(results[i], self.shape.wrapper), out)
+      local rows, rerr2 = rows_of(results[i], self.shape, self.method)
+      if not rows then return nil, rerr2 end
+      local ok, terr = self:take(rows, out)
       if not ok then return nil, terr end
    end
    self.recovered = #self.missing
