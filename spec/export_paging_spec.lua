@@ -186,6 +186,21 @@ describe("bitrix24.export paging", function()
          for i = 2, #rows do assert.is_true(rows[i - 1].title < rows[i].title) end
       end)
 
+      it("crm.type.list: result.types, rows with a lowercase id; a wrapper left out is an error, not 0 rows", function()
+         pp.setup(c, { seed = { type = 140 } })
+         local rows = assert(c:all("crm.type.list"))
+         local seen, dups = census(rows, "id")
+         assert.equal(0, dups)
+         assert.equal(140, #rows)
+         assert.equal(1, seen["140"])
+         rows = assert(c:all("crm.type.list", { order = { title = "ASC" } }))
+         assert.equal(140, #rows)
+         local _, err = c:all("crm.type.list", {}, { wrapper = false })
+         assert.equal("export_shape", err.code)
+         _, err = c:all("crm.type.list", { order = { title = "ASC" } }, { wrapper = false })
+         assert.equal("export_shape", err.code)
+      end)
+
       it("rows without the id field stop the export with an error instead of vanishing", function()
          pp.setup(c, { seed = { task = 30 } })
          local rows, err = c:all("tasks.task.list", {}, { id = "ID" }) -- the rows say "id"

@@ -13,6 +13,7 @@
 --                   filter/order keys through Response\Converter TO_UPPER|TO_SNAKE_DIGIT as
 --                   crm/lib/Service/Converter.php applies it to a name it has not cached: ">id" →
 --                   ">ID", but "ID" → "I_D" and ">ID" → ">_ID", unknown fields, which are refused
+--   crm.type.list   the same, result.types (crm/lib/controller/type.php listAction)
 --   tasks.task.list restmanager paging; result.tasks, rows camelCased with a string id; filter
 --                   field upper-cased after the operation (tasks/classes/general/task.php
 --                   GetSqlByFilter), order keys checked upper-cased (checkOrderKeys)
@@ -104,6 +105,7 @@ local function setup(p)
    state.tables.lead = seed(tonumber(n.lead) or 0, "TITLE")
    state.tables.item = seed(tonumber(n.item) or 0, "TITLE")
    state.tables.task = seed(tonumber(n.task) or 0, "TITLE")
+   state.tables.type = seed(tonumber(n.type) or 0, "TITLE")
    state.tables.user = seed(tonumber(n.user) or 0, "NAME", true) -- its own order is not by ID
    return true
 end
@@ -267,8 +269,8 @@ local function engine_page(rows, start)
    return shown, #rows, nxt
 end
 
-function handlers.item(p, start)
-   if tonumber(p.entityTypeId) == nil then return nil, fail("ERROR_ARGUMENT", "entityTypeId is required") end
+-- crm.item.list, and crm.type.list (crm/lib/controller/type.php: the same converter, Page('types')).
+local function crm_controller(p, start, tbl, wrapper)
    local conds, sorts = {}, {}
    for k, v in pairs(type(p.filter) == "table" and p.filter or {}) do
       local op, field = split_op(item_upper(k))
@@ -286,10 +288,19 @@ function handlers.item(p, start)
       for i, f in ipairs(select) do s[i] = f == "*" and f or item_upper(f) end
       select = s
    end
-   local shown, total, nxt = engine_page(select_rows(state.tables.item, conds, sorts), start)
+   local shown, total, nxt = engine_page(select_rows(tbl, conds, sorts), start)
    local out = {}
    for i, row in ipairs(shown) do out[i] = project(row, select, camel_name, id_integer) end
-   return { items = out }, total, nxt
+   return { [wrapper] = out }, total, nxt
+end
+
+function handlers.item(p, start)
+   if tonumber(p.entityTypeId) == nil then return nil, fail("ERROR_ARGUMENT", "entityTypeId is required") end
+   return crm_controller(p, start, state.tables.item, "items")
+end
+
+function handlers.type(p, start)
+   return crm_controller(p, start, state.tables.type, "types")
 end
 
 function handlers.task(p, start)
@@ -350,6 +361,7 @@ end
 local LISTS = {
    ["crm.lead.list"] = handlers.lead,
    ["crm.item.list"] = handlers.item,
+   ["crm.type.list"] = handlers.type,
    ["tasks.task.list"] = handlers.task,
    ["user.get"] = handlers.user,
 }
