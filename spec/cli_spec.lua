@@ -149,3 +149,30 @@ describe("b24 call / b24 export", function()
       assert.is_nil(err:find(CODE, 1, true))
    end)
 end)
+
+describe("b24 call with the webhook URL in the forms the portal shows", function()
+
+   it("masks the code of a …/profile.json URL in every line it prints (seen: printed in clear)", function()
+      local out, code = b24.exec(q(b24.bin) .. " call --webhook http://127.0.0.1:1/rest/1/" .. CODE
+         .. "/profile.json user.current 2>&1")
+      assert.equal(1, code, out)
+      assert.matches("http://127.0.0.1:1/rest/1/***/user.current", out, 1, true)
+      assert.not_matches(CODE, out, 1, true)
+      assert.not_matches("profile.json", out, 1, true) -- reduced to the base URL
+   end)
+
+   it("refuses a portal's bare address in one line, saying what a webhook URL looks like", function()
+      local out, code = b24.exec(q(b24.bin) .. " call --webhook https://portal.bitrix24.ru/ user.current 2>&1")
+      assert.equal(2, code, out)
+      assert.matches("b24 call: https://portal.bitrix24.ru/ is not an incoming-webhook URL: it is the "
+         .. "portal's address", out, 1, true)
+      assert.matches("https://your-portal.bitrix24.com/rest/1/<code>/", out, 1, true)
+   end)
+
+   it("shows no code in tostring of a client made from a method URL", function()
+      local out = b24.exec(q(b24.bin) .. " run /dev/stdin <<'EOF'\n"
+         .. "print(tostring(require('bitrix24').client('https://p.bitrix24.ru/rest/1/" .. CODE .. "/crm.lead.add')))\n"
+         .. "EOF")
+      assert.equal("bitrix24.client (https://p.bitrix24.ru/rest/1/***/)\n", out)
+   end)
+end)

@@ -8,6 +8,7 @@
 --   local id, err = b24:call("crm.lead.add", { fields = { NAME = "Ivan" } })
 local core = require "bitrix24.core"
 local Error = require "bitrix24.error"
+local webhook = require "bitrix24.webhook"
 local export = require "bitrix24.export"
 local log_module = require "bitrix24.log"
 
@@ -134,11 +135,11 @@ end
 function _M.new(opts)
    if type(opts) == "string" then opts = { url = opts } end
    if type(opts) ~= "table" then error("bitrix24.client: a webhook URL or an options table expected", 2) end
-   local url = opts.url
-   if type(url) ~= "string" or not string_match(url, "^https?://[^/]+") then
-      error("bitrix24.client: bad option 'url' (an http(s) webhook URL expected)", 2)
-   end
-   if string_sub(url, -1) ~= "/" then url = url .. "/" end
+   -- every form the portal shows (…/rest/1/CODE, /profile.json, /crm.lead.add) is the base
+   -- …/rest/1/CODE/; with an access token an application's endpoint …/rest/ too
+   local hook, why = webhook.parse(opts.url, opts.auth ~= nil)
+   if not hook then error("bitrix24.client: " .. why, 2) end
+   local url = hook.base
    local transport = opts.transport
    if type(transport) ~= "table" or type(transport.request) ~= "function" then
       error("bitrix24.client: bad option 'transport' (a table with request expected)", 2)
@@ -146,13 +147,13 @@ function _M.new(opts)
    if opts.log ~= nil and type(opts.log) ~= "function" then
       error("bitrix24.client: bad option 'log' (a function(level, msg, fields) expected)", 2)
    end
-   local code = string_match(url, "/rest/[^/]+/([^/]+)/$")
+   local code = hook.code
    local now = transport.now or core.now
    local limit = check_limit(opts.limit)
    local backoff = opts.backoff or {}
    return setmetatable({
       url = url,
-      masked_url = code and (string_sub(url, 1, #url - #code - 1) .. "***/") or url,
+      masked_url = hook.masked,
       mask = Error.masker({ code, opts.auth }),
       transport = transport,
       now = now,

@@ -20,9 +20,18 @@ local function masked(url)
    return (url:gsub("(/rest/[^/]+/)[^/?#]+", "%1***", 1))
 end
 
+-- A refused URL as an error shows it: its origin (no user:password) and its path only when
+-- that is "/" (a code may sit anywhere in a path this module cannot read).
+local function shown(url)
+   local origin, path = string_match(masked(url), "^([^/]*//[^/?#]*)(.*)$")
+   if not origin then return "the URL" end
+   if path == "" or path == "/" then return origin .. path end
+   return origin .. "/…"
+end
+
 local function refuse(url, why)
    return nil, ("%s is not an incoming-webhook URL: %s; a webhook URL looks like %s"):format(
-      masked(url), why, EXAMPLE)
+      shown(url), why, EXAMPLE)
 end
 
 -- parse(url [, endpoint_ok]) → { base, origin, user, code, masked } | nil, message

@@ -4,6 +4,7 @@
 -- The webhook comes from --webhook URL or B24_WEBHOOK_URL. main(argv) returns the exit status:
 -- 0 done, 1 a REST or runtime error (on stderr), 2 a usage error.
 local bitrix24 = require "bitrix24"
+local webhook = require "bitrix24.webhook"
 local host = require "b24.host" -- b24's own: its log and isatty
 
 local type = type
@@ -114,8 +115,10 @@ local function parse(argv, from, env)
 end
 
 local function make_client(opts)
-   local ok, client = pcall(bitrix24.client, { url = opts.webhook, parallel = opts.parallel, log = host.log })
-   if not ok then return nil, "the webhook URL is not an http(s) URL (https://PORTAL/rest/USER/CODE/)" end
+   local hook, why = webhook.parse(opts.webhook) -- what is wrong with it, the code never shown
+   if not hook then return nil, why end
+   local ok, client = pcall(bitrix24.client, { url = hook.base, parallel = opts.parallel, log = host.log })
+   if not ok then return nil, tostring(client) end
    return client
 end
 
