@@ -57,6 +57,7 @@ build = {
       ["bitrix24.event"] = "lua/bitrix24/event.lua",
       ["bitrix24.events"] = "lua/bitrix24/events.lua",
       ["bitrix24.webhook"] = "lua/bitrix24/webhook.lua",
+      ["bitrix24.hints"] = "lua/bitrix24/hints.lua",
       ["bitrix24.ngx"] = "lua/bitrix24/ngx.lua",
       ["bitrix24.transport.curl"] = "lua/bitrix24/transport/curl.lua",
       ["bitrix24.transport.ngx"] = "lua/bitrix24/transport/ngx.lua",

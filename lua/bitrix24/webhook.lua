@@ -9,6 +9,7 @@
 local string_match = string.match
 local string_find = string.find
 local string_lower = string.lower
+local string_sub = string.sub
 
 local _M = {}
 
@@ -71,5 +72,43 @@ function _M.parse(url, endpoint_ok)
 end
 
 _M.masked = masked
+
+-- The Bitrix24 cloud zone of a host (its part from "bitrix24." on: "bitrix24.ru",
+-- "bitrix24.com.br"), or nil for a host of no cloud zone (an on-premise portal).
+local function zone(host)
+   host = string_lower((host:gsub(":%d+$", "")))
+   return string_match(host, "%.(bitrix24%.%a+%.%a+)$") or string_match(host, "%.(bitrix24%.%a+)$")
+end
+
+-- redirect(hook, location) → the base to follow a 3xx to, or nil, why. hook is parse's table
+-- (the webhook the request went to), location the Location header (absolute, or a path). The
+-- code is in the path, so a redirect is followed only when it keeps https, keeps the path
+-- /rest/USER/CODE/… and goes to the same host or another host of the same Bitrix24 cloud zone (a
+-- renamed portal); a plain-http webhook (a local portal) only to its own origin. why names the
+-- new location with the code masked.
+function _M.redirect(hook, location)
+   if type(location) ~= "string" or location == "" then return nil, "a redirect without a Location" end
+   if string_sub(location, 1, 1) == "/" and string_sub(location, 2, 2) ~= "/" then
+      location = hook.origin .. location
+   end
+   local scheme, host, path = string_match(location, "^(%a[%w+.-]*)://([^/?#]*)([^?#]*)")
+   local where = "the portal redirects to " .. shown(location)
+   if not scheme then return nil, where .. ", not a URL" end
+   scheme = string_lower(scheme)
+   local prefix = "/rest/" .. (hook.user or "") .. "/" .. (hook.code or "") .. "/"
+   if not hook.code or string_sub(path, 1, #prefix) ~= prefix then
+      return nil, where .. ", away from this webhook's /rest/ path: not followed (the code is in the path)"
+   end
+   local origin = scheme .. "://" .. host
+   local old_scheme, old_host = string_match(hook.origin, "^(%a[%w+.-]*)://(.*)$")
+   if origin == hook.origin then return hook.base end
+   if scheme ~= "https" then return nil, where .. ", not https: not followed" end
+   local same_zone = zone(host) ~= nil and zone(host) == zone(old_host)
+   if string_lower(old_scheme) ~= "https" or not (string_lower(host) == string_lower(old_host) or same_zone) then
+      return nil, where .. ", another site: not followed (the webhook URL may have changed: copy it again "
+         .. "from the portal)"
+   end
+   return origin .. prefix
+end
 
 return _M
