@@ -49,6 +49,14 @@ describe("b24 emulate (examples/emulate.lua)", function()
    end)
    teardown(function() if srv then srv:stop() end end)
 
+   it("keeps every digit of an integer a client sends, as PHP's 64-bit ints do (lua-cjson kept 14)", function()
+      local body = '{"fields":{"TITLE":"digits","ASSIGNED_BY_ID":9007199254740993}}'
+      local status, added = call(srv, "crm.deal.add", nil, { body = body })
+      assert.equal(200, status)
+      local _, _, raw = call(srv, "crm.deal.get", nil, { body = '{"id":' .. str(added.result) .. '}' })
+      assert.equal("9007199254740993", core.json_decode(raw).result.ASSIGNED_BY_ID)
+   end)
+
    describe("routing", function()
       it("accepts METHOD, METHOD.json, a trailing slash and any case", function()
          for _, m in ipairs({ "crm.lead.get", "crm.lead.get.json", "crm.lead.get/", "CRM.Lead.Get.json/" }) do

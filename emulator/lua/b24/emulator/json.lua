@@ -1,34 +1,20 @@
 -- b24.emulator.json: JSON as the portal's PHP writes it (json_encode: every empty table is [],
--- a map keyed "0".."n-1" is a list, floats to 14 digits) and the portal's JSON answers.
-local cjson = require("cjson.safe").new()
+-- a map keyed "0".."n-1" is a list, floats as the shortest text that reads back the same, as PHP
+-- 7.1+ writes them with serialize_precision = -1) and the portal's JSON answers. The codec is
+-- the core's, so every digit a client sends is kept (lua-cjson wrote 14).
+local core = require "bitrix24.core"
 
-local type = type
-local pairs = pairs
+local pcall = pcall
 local ipairs = ipairs
-local next = next
 local tostring = tostring
-local string_gsub = string.gsub
-
-cjson.encode_number_precision(14)
+local json_encode = core.json_encode
+local json_decode = core.json_decode
 
 local _M = {}
 
-_M.null = cjson.null
+_M.null = core.json_null
 _M.HEADERS = { ["Content-Type"] = "application/json; charset=utf-8" }
 local INTERNAL_BODY = '{"error":"INTERNAL_SERVER_ERROR","error_description":"Internal server error"}'
--- lua-cjson 2.1.0 has no encode_empty_table_as_object: empty tables become this marker, which the
--- encoder's output then turns into PHP's [].
-local EMPTY = "__b24_emulator_empty_array__"
-local EMPTY_JSON = '"' .. EMPTY .. '"'
-
--- A copy of v as PHP's json_encode would shape it: every empty table is [].
-local function php(v)
-   if type(v) ~= "table" then return v end
-   if next(v) == nil then return EMPTY end
-   local out = {}
-   for k, item in pairs(v) do out[k] = php(item) end
-   return out
-end
 
 -- A map keyed by labels (in their run order) as PHP shapes it: keys exactly "0".."n-1" make a list.
 function _M.php_map(map, labels)
@@ -45,21 +31,27 @@ function _M.php_map(map, labels)
    return list
 end
 
--- The JSON text of v as PHP writes it; nil when v cannot be encoded.
+-- The JSON text of v as PHP writes it (an empty table is []); nil when v cannot be encoded.
 function _M.encode(v)
-   local body = cjson.encode(php(v))
-   if not body then return nil end
-   return (string_gsub(body, EMPTY_JSON, "[]"))
+   local ok, body = pcall(json_encode, v)
+   if not ok then return nil end
+   return body
 end
 
 -- The JSON text of v as it is (empty tables as {}); nil when v cannot be encoded.
 function _M.encode_plain(v)
-   return cjson.encode(v)
+   local ok, body = pcall(json_encode, v, { empty = "object" })
+   if not ok then return nil end
+   return body
 end
 
--- The value of a JSON text; nil, err when it is not JSON.
+-- The value of a JSON text (integers kept whole on Lua 5.4); nil, err when it is not JSON. A
+-- request's size is the host's to bound (--max-body), so no limit of the codec's refuses it.
 function _M.decode(s)
-   return cjson.decode(s)
+   local v, err = json_decode(s, { max_size = #s + 1, max_pairs = #s + 1, max_depth = 512,
+                                   max_memory = 64 * #s + 1048576 })
+   if v == nil then return nil, err end
+   return v
 end
 
 -- An answer: status, headers, the JSON body of value.

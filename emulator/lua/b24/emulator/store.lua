@@ -16,6 +16,7 @@ local string_find = string.find
 local table_sort = table.sort
 local table_remove = table.remove
 local math_floor = math.floor
+local math_type = math.type -- nil on LuaJIT
 local math_min = math.min
 local math_max = math.max
 
@@ -30,6 +31,9 @@ local function to_text(v)
    local t = type(v)
    if t == "string" then return v end
    if t == "number" then
+      -- PHP's json_decode gives an int for an integer that fits 64 bits (kept whole), a float
+      -- otherwise, which PHP turns into text with precision = 14
+      if math_type and math_type(v) == "integer" then return string_format("%d", v) end
       if v == math_floor(v) and v > -2 ^ 53 and v < 2 ^ 53 then return string_format("%d", v) end
       return string_format("%.14g", v)
    end
