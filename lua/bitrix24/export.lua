@@ -492,8 +492,9 @@ function Offset:round(out)
       local ok, terr = self:take(rows, out)
       if not ok then return nil, terr end
       -- no total (a method that does not count): pages until a short one
+      self.counted = tonumber(env.total) ~= nil
       self.total = tonumber(env.total) or (#rows >= PAGE and math_huge or #rows)
-      if self.total ~= math_huge then self.estimate = self.total end
+      if self.counted then self.estimate = self.total end
       self.pos = PAGE
       return true
    end
@@ -505,25 +506,27 @@ end
 -- The next pages from self.pos, up to `parallel` batches of them.
 function Offset:pages(out)
    local cmds = {}
-   local last = self.total == math_huge and self.pos + PAGE * BATCH_MAX or
-      math_min(self.total, self.pos + PAGE * BATCH_MAX * self.parallel)
+   local last = self.counted and math_min(self.total, self.pos + PAGE * BATCH_MAX * self.parallel) or
+      self.pos + PAGE * BATCH_MAX
    for o = self.pos, last - 1, PAGE do cmds[#cmds + 1] = self:page(o) end
    local results, metas = run_reads(self.runner, cmds, self.parallel)
    if not results then return nil, metas end
-   local total
+   local total, fresh = nil, 0
    for i = 1, #cmds do
       local rows, rerr = rows_of(results[i], self.shape, self.method)
       if not rows then return nil, rerr end
-      local ok, err = self:take(rows, out)
-      if not ok then return nil, err end
+      local new, err = self:take(rows, out)
+      if not new then return nil, err end
+      fresh = fresh + new
       local t = metas[i] and tonumber(metas[i].total)
       if t then total = math_max(total or 0, t) end
       -- without a count the first short page is the end (a page past it may be page 1 again)
-      if self.total == math_huge and #rows < PAGE then self.total = 0; break end
+      if not self.counted and #rows < PAGE then self.total = 0; break end
    end
    self.pos = self.pos + PAGE * #cmds
+   if not self.counted and fresh == 0 then self.total = 0 end -- only rows taken before: no end in sight
    -- the count the latest pages saw: rows inserted meanwhile moved the end further
-   if total and self.total ~= math_huge and self.total ~= 0 then
+   if total and self.counted then
       self.total = total
       self.estimate = math_max(self.estimate or 0, total)
    end
@@ -554,7 +557,6 @@ function Offset:verify(out)
       local ok, terr = self:take(rows, out)
       if not ok then return nil, terr end
    end
-   self.recovered = #self.missing
    return false
 end
 
