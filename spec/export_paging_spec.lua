@@ -280,6 +280,30 @@ describe("bitrix24.export paging", function()
          assert.is_true(has(pp.state(c).starts["crm.lead.list"], "550")) -- answered with page 1
       end)
 
+      it("a count capped by the CRM row-count threshold: pages stop at the cap, the ID pass brings the rest", function()
+         pp.setup(c, { seed = { lead = 430 }, count_cap = 300 })
+         local rows = assert(c:all("crm.lead.list", { order = { TITLE = "ASC" } }))
+         local seen, dups, order = census(rows)
+         assert.equal(0, dups)
+         assert.equal(430, #rows)
+         for id = 1, 430 do assert.equal(1, seen[tostring(id)], "lead " .. id) end
+         local want = by_name("T", 430)
+         for i = 1, 300 do assert.equal(tostring(want[i]), order[i]) end -- in order up to the cap
+         pp.setup(c, { seed = { lead = 430 }, count_cap = 300 })
+         rows = assert(c:all("crm.lead.list", { order = { TITLE = "ASC" } }, { verify = false }))
+         assert.equal(300, #rows)
+      end)
+
+      it("a method that sends no total: pages until a short one, in order", function()
+         pp.setup(c, { seed = { lead = 321 }, uncounted = true })
+         local rows = assert(c:all("crm.lead.list", { order = { TITLE = "ASC" } }, { verify = false }))
+         local _, dups, order = census(rows)
+         assert.equal(0, dups)
+         assert.equal(321, #rows)
+         local want = by_name("T", 321)
+         for i = 1, 321 do assert.equal(tostring(want[i]), order[i]) end
+      end)
+
       it("deletes, then inserts, before the offset (the total ends where it began): each row once", function()
          -- the deletes pull rows back past the offset (skips), the inserts push them on (repeats)
          local inserts = {}

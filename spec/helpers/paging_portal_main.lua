@@ -28,6 +28,8 @@
 --                   keeps the referenced value; a path that does not exist stops at the deepest
 --                   value found)
 --
+-- spec.setup { seed = { lead = n, … }, mutations = {…}, count_cap = n (crm.lead.list counts at
+-- most n rows: the CRM row-count threshold), uncounted = true (crm.lead.list sends no total) }.
 -- Mutations planned by spec.setup happen before the list call they name is served (calls are
 -- counted over every list read, direct or inside a batch), so rows appear, vanish or move while
 -- an export runs.
@@ -100,7 +102,8 @@ local function seed(n, name_field, scramble)
 end
 
 local function setup(p)
-   state = { tables = {}, calls = 0, starts = {}, mutations = p.mutations or {} }
+   state = { tables = {}, calls = 0, starts = {}, mutations = p.mutations or {},
+             count_cap = tonumber(p.count_cap), uncounted = p.uncounted }
    local n = p.seed or {}
    state.tables.lead = seed(tonumber(n.lead) or 0, "TITLE")
    state.tables.item = seed(tonumber(n.item) or 0, "TITLE")
@@ -243,13 +246,16 @@ function handlers.lead(p, start)
    local rows = select_rows(state.tables.lead, conds, sorts)
    local shown, total, nxt
    if start >= 0 then
-      local count = #rows
+      -- crm/classes/general/crm_entity_list_builder.php GetRowCountSql: with the SQL restriction's
+      -- row-count threshold the count is SELECT COUNT(*) over the first `threshold` rows
+      local count = state.count_cap and math.min(#rows, state.count_cap) or #rows
       local pages = math.ceil(count / PAGE)
       local page = math.floor(start / PAGE) + 1
       if page > pages then page = 1 end
       shown = slice(rows, (page - 1) * PAGE)
       total = count
       if page < pages then nxt = page * PAGE end
+      if state.uncounted then total, nxt = nil, nil end
    else
       shown, total = slice(rows, 0), 0
    end
