@@ -15,7 +15,7 @@
 --   rest/classes/general/rest.php    CRestServer::processCall: start = intval(query.start);
 --                                    IRestService::getNavData: start >= 0 → page intval(start/50)+1
 --                                    (CDBResult) or offset = start (ORM); start < 0 → the first 50
---                                    rows, nothing counted (no total, no next)
+--                                    rows, nothing counted (no next; total absent or 0)
 --   rest/lib/engine/restmanager.php  controller methods (crm.item.list, tasks.task.list): page
 --                                    intval(start/50)+1, start = -1 counts nothing
 --   main/classes/general/dbresult.php calculatePageNumber: a page past the last is page 1 again
@@ -54,7 +54,9 @@ local _M = {}
 local USER_GET = { id = "ID", key = "ID", sort = true, top_filter = true }
 local LIST_SHAPES = {
    -- crm/lib/controller/item.php listAction: Page('items'), rows camelCased (id, an integer);
-   -- filter and order keys go through the camelCase → UPPER_CASE converter (">id" → ">ID").
+   -- filter and order keys go through the camelCase → UPPER_CASE converter (crm/lib/Service/
+   -- Converter.php, main/lib/engine/response/converter.php TO_SNAKE_DIGIT): ">id" → ">ID", while
+   -- "ID" becomes "I_D" unless the converter's cache already knows it.
    ["crm.item.list"] = { wrapper = "items", id = "id", key = "id" },
    -- crm/lib/controller/type.php listAction: Page('types'), the same converter on filter/order.
    ["crm.type.list"] = { wrapper = "types", id = "id", key = "id" },
@@ -64,7 +66,7 @@ local LIST_SHAPES = {
    ["tasks.task.list"] = { wrapper = "tasks", id = "id", key = "ID" },
    -- rest/lib/api/user.php userGet (user.search too): the query is upper-cased; SORT and ORDER
    -- are strings, used only when both are set (an ORDER table is not an order: without SORT no
-   -- ORDER BY is sent at all); FILTER, when a table, replaces the whole query as the filter,
+   -- ORDER BY is sent at all, though the docs say ID ascending is the default); FILTER, when a table, replaces the whole query as the filter,
    -- otherwise the top-level keys are the filter; keys may carry a 1-2 character operation
    -- (">ID"); ORM paging: offset = start exactly, start = -1 counts nothing.
    ["user.get"] = USER_GET,
