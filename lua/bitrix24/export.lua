@@ -66,9 +66,10 @@ local LIST_SHAPES = {
    ["tasks.task.list"] = { wrapper = "tasks", id = "id", key = "ID" },
    -- rest/lib/api/user.php userGet (user.search too): the query is upper-cased; SORT and ORDER
    -- are strings, used only when both are set (an ORDER table is not an order: without SORT no
-   -- ORDER BY is sent at all, though the docs say ID ascending is the default); FILTER, when a table, replaces the whole query as the filter,
-   -- otherwise the top-level keys are the filter; keys may carry a 1-2 character operation
-   -- (">ID"); ORM paging: offset = start exactly, start = -1 counts nothing.
+   -- ORDER BY is sent at all, though the docs say ID ascending is the default); FILTER, when a
+   -- table, replaces the whole query as the filter, otherwise the top-level keys are the filter;
+   -- keys may carry a 1-2 character operation (">ID"); ORM paging: offset = start exactly,
+   -- start = -1 counts nothing.
    ["user.get"] = USER_GET,
    ["user.search"] = USER_GET,
 }
