@@ -5,6 +5,7 @@
 local core = require "bitrix24.core"
 
 local pcall = pcall
+local pairs = pairs
 local ipairs = ipairs
 local tostring = tostring
 local json_encode = core.json_encode
@@ -13,7 +14,18 @@ local json_decode = core.json_decode
 local _M = {}
 
 _M.null = core.json_null
-_M.HEADERS = { ["Content-Type"] = "application/json; charset=utf-8" }
+-- rest/classes/general/rest_util.php CRestUtil::sendHeaders: every answer of the REST server
+-- (CRestServer::process) carries these, whatever its status.
+_M.CORS = { ["Access-Control-Allow-Origin"] = "*",
+            ["Access-Control-Allow-Headers"] = "origin, content-type, accept",
+            ["X-Content-Type-Options"] = "nosniff" }
+-- The headers of an answer: CORS plus content_type (rest.php CRestServer::sendHeaders).
+function _M.headers(content_type)
+   local h = { ["Content-Type"] = content_type }
+   for k, v in pairs(_M.CORS) do h[k] = v end
+   return h
+end
+_M.HEADERS = _M.headers("application/json; charset=utf-8")
 local INTERNAL_BODY = '{"error":"INTERNAL_SERVER_ERROR","error_description":"Internal server error"}'
 
 -- A map keyed by labels (in their run order) as PHP shapes it: keys exactly "0".."n-1" make a list.

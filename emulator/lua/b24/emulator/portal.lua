@@ -37,6 +37,9 @@ local mt = { __index = _M }
 _M.DEFAULT_CODE = "emu0dev0code0000"
 
 local NOT_FOUND = { status = 404, error = "ERROR_METHOD_NOT_FOUND", error_description = "Method not found!" }
+-- rest/classes/general/rest_util.php CRestUtil::checkAuth: no handler of OnRestCheckAuth found
+-- credentials (a path without USER/CODE); rest/lib/oauthexception.php makes it a 401.
+local NO_AUTH = { status = 401, error = "NO_AUTH_FOUND", error_description = "Wrong authorization data" }
 local UNAUTHORIZED = { status = 401, error = "INVALID_CREDENTIALS", error_description = "Invalid request credentials" }
 -- rest/classes/general/rest.php CRestServer::processCall: LoadLimiter::is throws this RestException
 -- with STATUS_TO_MANY_REQUESTS ("429 Too Many Requests"); an error answer carries no time.
@@ -175,6 +178,9 @@ end
 -- Answers a request table (method, path, query, headers with lower-case names, body,
 -- remote_addr): status, headers, body [, { delay = seconds, close = true }].
 function _M:handle(request)
+   -- rest/include.php OnBeforeProlog: a preflight under /rest/ gets CRestUtil::sendHeaders and
+   -- an empty body, before any routing or credentials
+   if request_of.is_preflight(request) then return 200, json.CORS, "" end
    if request_of.wants_xml(request.path) then return xml.answer(self:answer(request)) end
    return self:answer(request)
 end
@@ -182,7 +188,14 @@ end
 -- handle() before the transport: the JSON answer.
 function _M:answer(request)
    local user, code, name = request_of.route(request.path)
-   if not user or not self.methods[name] then return respond_error(NOT_FOUND) end
+   if not user then
+      -- /rest/METHOD: rest.php CRestServer::processExecution looks the method up (404) before
+      -- checkAuth, which finds no credentials
+      name = request_of.bare_method(request.path)
+      if name and self.methods[name] then return respond_error(NO_AUTH) end
+      return respond_error(NOT_FOUND)
+   end
+   if not self.methods[name] then return respond_error(NOT_FOUND) end
    if tonumber(user) ~= self.user_id or #code ~= #self.code or not equal(code, self.code) then
       return respond_error(UNAUTHORIZED)
    end

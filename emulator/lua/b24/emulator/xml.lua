@@ -18,7 +18,7 @@ local null = json.null
 
 local _M = {}
 
-local HEADERS = { ["Content-Type"] = "text/xml; charset=utf-8" }
+local HEADERS = json.headers("text/xml; charset=utf-8")
 local ENVELOPE_ORDER = { result = 1, next = 2, total = 3, time = 4, error = 1, error_description = 2 }
 local TIME_ORDER = { start = 1, finish = 2, duration = 3, processing = 4, date_start = 5, date_finish = 6,
                      operating_reset_at = 7, operating = 8 }
