@@ -5,7 +5,7 @@ local b24 = require "helpers.b24"
 local emu = require "helpers.emulator"
 local cjson = require "cjson"
 
-local call = emu.call
+local call, form = emu.call, emu.form
 
 local function ids(rows)
    local out = {}
@@ -13,10 +13,17 @@ local function ids(rows)
    return out
 end
 
+local function range(a, b)
+   local out = {}
+   for i = a, b do out[#out + 1] = i end
+   return out
+end
+
 describe("emulator as the platform", function()
    local srv
    setup(function()
-      srv = b24.emulate{ args = { "--code", emu.CODE, "--seed-leads", "120", "--time-scale", "100000" } }
+      srv = b24.emulate{ args = { "--code", emu.CODE, "--seed-leads", "120", "--seed-tasks", "120",
+                                  "--time-scale", "100000" } }
    end)
    teardown(function() if srv then srv:stop() end end)
 
@@ -85,6 +92,118 @@ describe("emulator as the platform", function()
          res = assert(srv:request{ method = "GET", path = "/rest/crm.nothing.here" })
          assert.equal(404, res.status)
          assert.equal("ERROR_METHOD_NOT_FOUND", cjson.decode(res.body).error)
+      end)
+   end)
+
+   -- crm/classes/general/restservice.php CCrmRestProxyBase::processMethodRequest
+   describe("row 11: scalar filter, order, fields", function()
+      it("refuses them with 400, code '' and the PHP's texts", function()
+         local status, got = call(srv, "crm.lead.list", { filter = "ID=1" })
+         assert.equal(400, status)
+         assert.same({ error = "", error_description = "Parameter 'filter' must be array." }, got)
+         status, got = call(srv, "crm.lead.list", { order = "ID", filter = "x" })
+         assert.equal(400, status)
+         assert.same({ error = "", error_description = "Parameter 'order' must be array." }, got)
+         status, got = call(srv, "crm.deal.add", { fields = "TITLE" })
+         assert.equal(400, status)
+         assert.same({ error = "", error_description = "Parameter 'fields' must be array." }, got)
+         -- update checks fields before the id
+         status, got = call(srv, "crm.lead.update", { id = 999999, fields = "x" })
+         assert.equal(400, status)
+         assert.equal("Parameter 'fields' must be array.", got.error_description)
+         status, got = call(srv, "crm.lead.add", { fields = { TITLE = "p" }, params = "x" })
+         assert.equal(400, status)
+         assert.equal("Parameter 'params' must be array.", got.error_description)
+      end)
+   end)
+
+   -- crm/classes/general/restservice.php CCrmRestHelper::resolveArrayParam, resolveEntityID
+   describe("row 3: parameter names in other cases", function()
+      it("takes FILTER, ORDER, SELECT in upper case, Filter and arFilter", function()
+         local _, got = call(srv, "crm.lead.list", { FILTER = { ["<=ID"] = 3 }, ORDER = { ID = "DESC" },
+                                                     SELECT = { "ID" } })
+         assert.same({ 3, 2, 1 }, ids(got.result))
+         assert.same({ "ID" }, emu.keys(got.result[1]))
+         _, got = call(srv, "crm.lead.list", { Filter = { ID = 4 } })
+         assert.same({ 4 }, ids(got.result))
+         _, got = call(srv, "crm.lead.list", { arFilter = { ID = 5 } })
+         assert.same({ 5 }, ids(got.result))
+         -- the name as given wins over the upper case
+         _, got = call(srv, "crm.lead.list", { filter = { ID = 6 }, FILTER = { ID = 8 } })
+         assert.same({ 6 }, ids(got.result))
+      end)
+
+      it("takes FIELDS in add and update, ID or id (not Id)", function()
+         local status, id = call(srv, "crm.contact.add", { FIELDS = { NAME = "Upper" } })
+         assert.equal(200, status)
+         id = emu.str(id.result)
+         local _, got = call(srv, "crm.contact.get", { ID = id })
+         assert.equal("Upper", got.result.NAME)
+         status = call(srv, "crm.contact.update", { ID = id, arFields = { NAME = "Hungarian" } })
+         assert.equal(200, status)
+         _, got = call(srv, "crm.contact.get", { id = id })
+         assert.equal("Hungarian", got.result.NAME)
+         status, got = call(srv, "crm.contact.get", { Id = id })
+         assert.equal(400, status)
+         assert.equal("ID is not defined or invalid.", got.error_description)
+      end)
+   end)
+
+   -- rest/classes/general/rest.php IRestService::getNavData/setNavData,
+   -- main/classes/general/dbresult.php NavQuery/calculatePageNumber, rest/lib/engine/restmanager.php
+   describe("row 6: start", function()
+      it("legacy lists round start down to a page: start=49 is rows 1-50, next 50", function()
+         local _, got = call(srv, "crm.lead.list", { order = { ID = "ASC" }, select = { "ID" }, start = 49 })
+         assert.same(range(1, 50), ids(got.result))
+         assert.equal(50, got.next)
+         assert.equal(120, got.total)
+         _, got = form(srv, "crm.lead.list", "order[ID]=ASC&select[]=ID&start=75")
+         assert.same(range(51, 100), ids(got.result))
+         assert.equal(100, got.next)
+         _, got = call(srv, "crm.lead.list", { order = { ID = "ASC" }, select = { "ID" }, start = 110 })
+         assert.same(range(101, 120), ids(got.result))
+         assert.is_nil(got.next)
+      end)
+
+      it("a legacy page past the end is page 1 with next 50", function()
+         local _, got = call(srv, "crm.lead.list", { order = { ID = "ASC" }, select = { "ID" }, start = 500 })
+         assert.same(range(1, 50), ids(got.result))
+         assert.equal(50, got.next)
+         assert.equal(120, got.total)
+      end)
+
+      it("a negative start on a legacy list counts nothing", function()
+         local _, got = call(srv, "crm.lead.list", { order = { ID = "ASC" }, select = { "ID" }, start = -7 })
+         assert.same(range(1, 50), ids(got.result))
+         assert.equal(0, got.total)
+         assert.is_nil(got.next)
+      end)
+
+      it("in a batch too", function()
+         local status, got = emu.batch(srv, { { "a", "crm.lead.list?order[ID]=ASC&select[]=ID&start=49" },
+                                              { "b", "crm.lead.list?order[ID]=ASC&select[]=ID&start=999" } })
+         assert.equal(200, status)
+         assert.same(range(1, 50), ids(got.result.result.a))
+         assert.equal(50, got.result.result_next.a)
+         assert.same(range(1, 50), ids(got.result.result.b))
+      end)
+
+      it("ORM lists round down too, and past the end give an empty page", function()
+         local _, got = call(srv, "crm.item.list", { entityTypeId = 1, order = { id = "ASC" }, select = { "id" },
+                                                     start = 75 })
+         assert.same(range(51, 100), ids(got.result.items))
+         assert.equal(100, got.next)
+         assert.equal(120, got.total)
+         _, got = call(srv, "crm.item.list", { entityTypeId = 1, select = { "id" }, start = 500 })
+         assert.same({}, got.result.items)
+         assert.is_nil(got.next)
+         assert.equal(120, got.total)
+         _, got = call(srv, "tasks.task.list", { order = { ID = "ASC" }, select = { "ID" }, start = 49 })
+         assert.same(range(1, 50), ids(got.result.tasks))
+         assert.equal(50, got.next)
+         _, got = call(srv, "tasks.task.list", { select = { "ID" }, start = 200 })
+         assert.same({}, got.result.tasks)
+         assert.is_nil(got.next)
       end)
    end)
 end)

@@ -102,11 +102,29 @@ local function normalize(spec, v)
    return s
 end
 
+-- crm/classes/general/restservice.php CCrmRestHelper::resolveEntityID: (int) of ID, else of id
+-- (isset: null counts as absent); checkEntityID then wants an integer > 0 (nil otherwise).
 local function id_param(params)
-   local v = params.id or params.ID or params.Id
-   local n = tonumber(to_text(v) or "")
-   if not n or n < 1 or n ~= math_floor(n) then return nil end
-   return math_floor(n)
+   local v = params.ID
+   if v == nil or v == null then v = params.id end
+   if v == nil or v == null then return nil end
+   local n
+   if type(v) == "table" then n = next(v) ~= nil and 1 or 0 else n = storage.php_int(v) end
+   if n < 1 then return nil end
+   return n
+end
+
+-- CCrmRestHelper::resolveArrayParam (restservice.php): the parameter under its name as given,
+-- in upper case, lower case, capitalized or Hungarian ("filter", "FILTER", "Filter",
+-- "arFilter"); the first that is set (not null) wins. nil when none is.
+local function array_param(params, name)
+   local lower = string_lower(name)
+   local capitalized = string_upper(string_sub(lower, 1, 1)) .. string_sub(lower, 2)
+   for _, key in ipairs({ name, string_upper(name), lower, capitalized, "ar" .. capitalized }) do
+      local v = params[key]
+      if v ~= nil and v ~= null then return v end
+   end
+   return nil
 end
 
 -- Applies PHONE/EMAIL items: with ID they update (or DELETE=Y remove) an item, without they add.
@@ -209,10 +227,19 @@ local function add(portal, store, fields)
    return id
 end
 
+-- CCrmRestProxyBase::processMethodRequest LIST (restservice.php): order and filter default to
+-- [] and must be arrays (order checked first); select is cast with (array); paging is the
+-- legacy CDBResult's (store.query "legacy").
 local function list(store, params)
    local def = store.def
-   local rows, meta = store:query(params)
-   local selected, star = parse_select(params.select)
+   local order = array_param(params, "order") or {}
+   if type(order) ~= "table" then return fail("Parameter 'order' must be array.") end
+   local filter = array_param(params, "filter") or {}
+   if type(filter) ~= "table" then return fail("Parameter 'filter' must be array.") end
+   local select = array_param(params, "select")
+   if select ~= nil and type(select) ~= "table" then select = { select } end
+   local rows, meta = store:query({ filter = filter, order = order, start = params.start }, { paging = "legacy" })
+   local selected, star = parse_select(select)
    if selected and star then
       for _, name in ipairs(def.standard) do selected[name] = true end
    end
@@ -287,7 +314,7 @@ local function item_list(portal, params)
       end
       return string_upper(key)
    end
-   local rows, meta = store:query(params, { name = name_of })
+   local rows, meta = store:query(params, { name = name_of, paging = "orm" })
    local selected
    if type(params.select) == "table" and next(params.select) ~= nil then
       selected = {}
@@ -321,9 +348,19 @@ function _M.register(portal, methods)
       portal.stores[kind] = store
       local prefix = "crm." .. kind .. "."
       local event = "ONCRM" .. string_upper(kind)
+      -- processMethodRequest (restservice.php): fields and params default to [] and must be
+      -- arrays, checked before the ID (update) and before anything is looked up
+      local function fields_and_params(params)
+         local fields = array_param(params, "fields") or {}
+         if type(fields) ~= "table" then return fail("Parameter 'fields' must be array.") end
+         local method_params = array_param(params, "params") or {}
+         if type(method_params) ~= "table" then return fail("Parameter 'params' must be array.") end
+         return fields
+      end
       methods[prefix .. "add"] = function(p, params)
-         if params.fields ~= nil and type(params.fields) ~= "table" then return fail("Invalid parameters.") end
-         local id = add(p, store, params.fields or {})
+         local fields, err = fields_and_params(params)
+         if not fields then return nil, err end
+         local id = add(p, store, fields)
          p:changed(event .. "ADD", id)
          return id, { rows = 1 }
       end
@@ -335,12 +372,13 @@ function _M.register(portal, methods)
          return view(store.def, row, false), { rows = 1 }
       end
       methods[prefix .. "update"] = function(p, params)
+         local fields, err = fields_and_params(params)
+         if not fields then return nil, err end
          local id = id_param(params)
          if not id then return fail("ID is not defined or invalid.") end
          local row = store.rows[id]
          if not row then return fail("Not found") end
-         if type(params.fields) ~= "table" then return fail("The parameter 'fields' must be array.") end
-         apply_fields(store, store.def, row, params.fields)
+         apply_fields(store, store.def, row, fields)
          row.DATE_MODIFY = p:date()
          row.MODIFY_BY_ID = tostring(p.user_id)
          p:changed(event .. "UPDATE", id)

@@ -13,12 +13,15 @@ local string_lower = string.lower
 local string_upper = string.upper
 local string_sub = string.sub
 local string_find = string.find
+local string_match = string.match
 local table_sort = table.sort
 local table_remove = table.remove
 local math_floor = math.floor
 local math_type = math.type -- nil on LuaJIT
 local math_min = math.min
 local math_max = math.max
+local math_ceil = math.ceil
+local math_huge = math.huge
 
 local _M = {}
 local mt = { __index = _M }
@@ -41,6 +44,24 @@ local function to_text(v)
    return nil
 end
 _M.to_text = to_text
+
+-- PHP's intval of a request value: the integer a string starts with ("49.9" → 49, "abc" → 0),
+-- a number truncated toward zero, true 1, anything else 0.
+local function php_int(v)
+   local t = type(v)
+   if t == "string" then
+      local num = string_match(v, "^%s*([+-]?%d+%.?%d*[eE][+-]?%d+)") or string_match(v, "^%s*([+-]?%d+)")
+      v = tonumber(num or "") or 0
+   elseif t == "boolean" then
+      return v and 1 or 0
+   elseif t ~= "number" then
+      return 0
+   end
+   if v ~= v or v == math_huge or v == -math_huge then return 0 end
+   if v < 0 then return -math_floor(-v) end
+   return math_floor(v)
+end
+_M.php_int = php_int
 
 -- Ordering on strings that hold numbers is numeric, as MySQL compares the typed columns.
 local function compare(a, b)
@@ -155,16 +176,29 @@ function _M:remove(id)
    return true
 end
 
--- The rows matching params.filter, in params.order, paged by params.start as protocol.md §4 says:
--- the page (raw rows) and meta {total, next, rows, counted} (nothing counted with start=-1).
--- opts.name maps a filter/order key to a row field (upper case by default).
+-- The rows matching params.filter, in params.order, a page of 50 chosen by params.start as the
+-- platform pages (rest/classes/general/rest.php CRestServer::processCall takes intval(start)):
+--  * opts.paging "legacy" (crm.lead.list …; IRestService::getNavData): a negative start counts
+--    nothing (nTopCount: the first 50, total 0, no next); otherwise page intval(start/50)+1 of a
+--    CDBResult (main/classes/general/dbresult.php NavQuery), and a page past the last one is
+--    page 1 (calculatePageNumber's default); next = page*50 while pages remain (setNavData).
+--  * opts.paging "orm" (crm.item.list, tasks.task.list; rest/lib/engine/restmanager.php):
+--    start -1 (DONT_CALCULATE_COUNT) counts nothing; otherwise PageNavigation's page
+--    intval(start/50)+1 read at offset (page-1)*50, empty past the end; next = offset + rows
+--    while rows remain (getNavigationData).
+-- Returns the page (raw rows) and meta {total, next, rows, counted} (nothing counted without a
+-- count). opts.name maps a filter/order key to a row field (upper case by default).
 function _M:query(params, opts)
    local name_of = opts and opts.name or string_upper
+   local orm = opts and opts.paging == "orm"
    local conditions = parse_filter(params.filter, name_of)
    local order = parse_order(params.order, name_of)
-   -- start=-1 in ID order: a page read from the ID index, as a database does (self.ids ascends)
+   local start = php_int(params.start)
+   local count = start >= 0
+   if orm then count = start ~= -1 end
+   -- uncounted in ID order: a page read from the ID index, as a database does (self.ids ascends)
    local by_id = #order == 0 or (#order == 1 and order[1].name == "ID" and not order[1].desc)
-   if tonumber(to_text(params.start) or "") == -1 and by_id then
+   if not count and by_id then
       local first = 1
       for _, c in ipairs(conditions) do
          local n = c.name == "ID" and type(c.value) == "string" and tonumber(c.value)
@@ -202,15 +236,20 @@ function _M:query(params, opts)
          return tonumber(a.ID) < tonumber(b.ID)
       end)
    end
-   local start = tonumber(to_text(params.start) or "0") or 0
-   local count = start ~= -1
-   if start < 0 then start = 0 end
-   start = math_floor(start)
+   local number = 1
+   if start > 0 then number = math_floor(start / PAGE) + 1 end
+   local pages = math_ceil(#rows / PAGE)
+   if not orm and count and number > pages then number = 1 end
+   local offset = (number - 1) * PAGE
    local page = {}
-   for i = start + 1, math_min(start + PAGE, #rows) do page[#page + 1] = rows[i] end
+   for i = offset + 1, math_min(offset + PAGE, #rows) do page[#page + 1] = rows[i] end
    if not count then return page, { total = 0, rows = #page, counted = 0 } end
    local meta = { total = #rows, rows = #page, counted = #rows }
-   if start + PAGE < #rows then meta.next = start + PAGE end
+   if orm then
+      if offset + #page < #rows then meta.next = offset + #page end
+   elseif number < pages then
+      meta.next = number * PAGE
+   end
    return page, meta
 end
 

@@ -217,7 +217,7 @@ function _M.register(portal, methods)
    end
 
    methods["tasks.task.list"] = function(_, params)
-      local rows, meta = store:query(params, { name = upper_name })
+      local rows, meta = store:query(params, { name = upper_name, paging = "orm" })
       local names = selection(params.select) or LIST_DEFAULT
       local tasks = {}
       for i, row in ipairs(rows) do tasks[i] = view(row, names) end
