@@ -2,8 +2,10 @@
 -- the limits around them (a leaky bucket mirroring the portal's, retries that never repeat a
 -- write after an ambiguous failure, the operating limit). list/all are bitrix24.export's engine,
 -- reached through client:_runner(); the transport is given (bitrix24.client picks the default).
--- One piece of some 680 lines: calls and batches share the run loop (run), the classifier of
--- outcomes (settle) and the limiter, none of which should be visible outside this file.
+-- One piece of some 880 lines: calls and batches share the run loop (run), the classifier of
+-- outcomes (settle) and the limiter, none of which should be visible outside this file. Batch
+-- commands blocked by the operating limit are sent again here too (run_batches), so batch,
+-- call_many and the export's batches all wait a block out the same way.
 --   local b24 = require("bitrix24").client("https://portal.bitrix24.ru/rest/1/CODE/")
 --   local id, err = b24:call("crm.lead.add", { fields = { NAME = "Ivan" } })
 local core = require "bitrix24.core"
@@ -216,19 +218,24 @@ local function decode_body(text)
                               max_memory = 32 * n + 1048576 })
 end
 
--- A job is one HTTP exchange: { method, body, idempotent } and, once run, env | err.
+-- A job is one HTTP exchange: { method, body, idempotent } and, once run, env | err. waited:
+-- the seconds spent waiting out OPERATION_TIME_LIMIT for it; blocked: the attempts that met it.
 local function new_job(method, body, idempotent)
-   return { method = method, body = body, idempotent = idempotent, attempt = 0, not_before = 0 }
+   return { method = method, body = body, idempotent = idempotent, attempt = 0, not_before = 0,
+            waited = 0, blocked = 0 }
 end
 
--- Remembers when a method's operating window resets (from a `time` of a response).
-local function note_time(self, method, time)
+-- Remembers when a method's operating window resets (from a `time` of a response, or of a batch
+-- command: result_time). Only a whole answer's time sets the clock: a command finished before it.
+local function note_time(self, method, time, command)
    if type(time) ~= "table" then return end
    if tonumber(time.operating_reset_at) then
       self.operating_reset[string_lower(method)] = tonumber(time.operating_reset_at)
    end
    -- the portal's clock against ours: reset times are the portal's unix seconds
-   if tonumber(time.finish) and not self.clock_set then self.wall_offset = tonumber(time.finish) - self.now() end
+   if not command and tonumber(time.finish) and not self.clock_set then
+      self.wall_offset = tonumber(time.finish) - self.now()
+   end
 end
 
 -- The portal's unix time as well as we know it.
@@ -237,12 +244,15 @@ function _M.wall(self)
    return self.now() + self.wall_offset
 end
 
--- The seconds until a method may run again after OPERATION_TIME_LIMIT, or nil when too long.
+-- The seconds until a method may run again after OPERATION_TIME_LIMIT: until its
+-- operating_reset_at (from the error body, else remembered from earlier answers), or
+-- operating_wait when that is unknown or already past (the window's next basket still holds more
+-- than the limit, and a blocked answer carries no time to tell when it leaves).
 local function operating_delay(self, method, body)
    local reset = tonumber(type(body) == "table" and (body.operating_reset_at or
       type(body.time) == "table" and body.time.operating_reset_at)) or self.operating_reset[string_lower(method)]
-   local wait = self.operating_wait
-   if reset then wait = reset - self:wall() end
+   local wait = reset and reset - self:wall()
+   if not wait or wait <= 0 then wait = self.operating_wait end
    if wait < 0.05 then wait = 0.05 end
    return wait
 end
@@ -280,9 +290,13 @@ local function settle(self, job, res, msg, kind, sent)
             if self.bucket then self.bucket:fill() end
             err.retryable, retry = true, true
          elseif upper == "OPERATION_TIME_LIMIT" then
+            -- nothing ran: waited out, up to max_wait in all, without counting as an attempt
             err.retryable = true
             local wait = operating_delay(self, job.method, body)
-            if wait <= self.max_wait then retry, delay = true, wait end
+            if job.waited + wait <= self.max_wait then
+               retry, delay = true, wait
+               job.waited, job.blocked = job.waited + wait, job.blocked + 1
+            end
          elseif upper == "OVERLOAD_LIMIT" then
             err.retryable = true                     -- a portal-wide block: the caller decides
          elseif status >= 500 then
@@ -300,7 +314,7 @@ local function settle(self, job, res, msg, kind, sent)
    end
    err.attempts = job.attempt
    job.err = err
-   if retry and job.attempt < self.attempts then
+   if retry and job.attempt - job.blocked < self.attempts then
       return false, delay or backoff(self, job.attempt)
    end
    return true
@@ -491,17 +505,16 @@ local function command_of(spec, level)
    return method, params
 end
 
--- Prepares one batch: { order = {labels…}, methods = {label → method}, body, idempotent }.
-local function prepare_batch(self, cmds, opts, level)
+-- Prepares one batch: { order = {labels…}, methods and params by label, list, halt, safe }.
+local function prepare_batch(cmds, opts, level)
    if type(cmds) ~= "table" then error("bitrix24.client: batch expects a table of commands", level + 1) end
-   local order, methods, queries = {}, {}, {}
-   local idempotent = true
+   local order, methods, params = {}, {}, {}
    local is_list = cmds[1] ~= nil
    if is_list then
       for i, spec in ipairs(cmds) do
          local label = "c" .. (i - 1)
          order[i] = label
-         methods[label], queries[label] = command_of(spec, level + 1)
+         methods[label], params[label] = command_of(spec, level + 1)
       end
    else
       local refs = {}
@@ -509,8 +522,8 @@ local function prepare_batch(self, cmds, opts, level)
          if type(label) ~= "string" or label == "" or string_find(label, "[%[%]%s&=?]") then
             error("bitrix24.client: batch labels must be non-empty strings without brackets", level + 1)
          end
-         methods[label], queries[label] = command_of(spec, level + 1)
-         refs[label] = collect_refs(queries[label], {})
+         methods[label], params[label] = command_of(spec, level + 1)
+         refs[label] = collect_refs(params[label], {})
       end
       order = label_order(methods, refs)
    end
@@ -518,20 +531,26 @@ local function prepare_batch(self, cmds, opts, level)
    if #order > BATCH_MAX then
       error("bitrix24.client: a batch holds at most 50 commands (use call_many)", level + 1)
    end
+   return { order = order, methods = methods, params = params, list = is_list,
+            halt = opts and opts.halt, safe = opts and opts.safe }
+end
+
+-- The job sending the commands `order` of a batch with their params (label → params).
+local function batch_job(self, prep, order, params)
    local parts = {}
+   local idempotent = true
    for i, label in ipairs(order) do
-      local method, params = methods[label], queries[label]
+      local method, p = prep.methods[label], params[label]
       if not is_read(method) then idempotent = false end
-      if LUAJIT and params then params = cdata_digits(params, 0) end
-      local q = (params and next(params) ~= nil) and core.form_encode(params) or ""
-      local cmd = q ~= "" and (method .. "?" .. q) or method
-      parts[i] = json_encode(label) .. ":" .. json_encode(cmd)
+      if LUAJIT and p then p = cdata_digits(p, 0) end
+      local q = (p and next(p) ~= nil) and core.form_encode(p) or ""
+      parts[i] = json_encode(label) .. ":" .. json_encode(q ~= "" and (method .. "?" .. q) or method)
    end
-   local head = '{"halt":' .. ((opts and opts.halt) and "1" or "0")
+   local head = '{"halt":' .. (prep.halt and "1" or "0")
    if self.auth then head = head .. ',"auth":' .. json_encode(self.auth) end
-   local body = head .. ',"cmd":{' .. table_concat(parts, ",") .. "}}"
-   return { order = order, methods = methods, list = is_list, body = body,
-            idempotent = (opts and opts.safe) or idempotent }
+   local job = new_job("batch", head .. ',"cmd":{' .. table_concat(parts, ",") .. "}}", prep.safe or idempotent)
+   job.order, job.sends = order, 1
+   return job
 end
 
 local function section_value(sec, label)
@@ -544,59 +563,239 @@ end
 
 local SUB_RETRYABLE = { QUERY_LIMIT_EXCEEDED = true, OPERATION_TIME_LIMIT = true }
 
--- Splits a batch envelope into per-label results, errors and meta ({total, next, time}).
-local function split_batch(self, prep, env)
-   local r = type(env.result) == "table" and env.result or {}
-   local results, errors, meta, failed = {}, {}, {}, false
-   local halted_at
-   for i, label in ipairs(prep.order) do
-      local key = prep.list and i or label
+-- Reads a batch answer into st, by label: result, error (a bitrix24.Error), total, next, time.
+-- Returns the labels blocked by OPERATION_TIME_LIMIT and the label of the first error.
+local function absorb_answer(self, prep, job, st)
+   local r = type(job.env.result) == "table" and job.env.result or {}
+   local blocked, halted_at = {}, nil
+   for _, label in ipairs(job.order) do
       local method = prep.methods[label]
       local time = section_value(r.result_time, label)
-      note_time(self, method, time)
-      meta[key] = { total = section_value(r.result_total, label),
-                    next = section_value(r.result_next, label),
-                    time = time }
+      note_time(self, method, time, true)
+      st.total[label], st.next[label], st.time[label] =
+         section_value(r.result_total, label), section_value(r.result_next, label), time
+      st.result[label], st.error[label] = nil, nil
       local e = section_value(r.result_error, label)
       local has_result = type(r.result) == "table" and (r.result[label] ~= nil or
          (r.result[1] ~= nil and string_match(label, "^%d+$") and r.result[tonumber(label) + 1] ~= nil))
       if e ~= nil then
          local code = type(e) == "table" and tostring(e.error or "") or tostring(e)
          local upper = string_upper(code)
-         local err = Error.new{ code = code, method = method, label = label,
+         st.error[label] = Error.new{ code = code, method = method, label = label,
             description = self.mask(type(e) == "table" and e.error_description or nil),
             retryable = SUB_RETRYABLE[upper] or (upper == "INTERNAL_SERVER_ERROR" and is_read(method)) or false }
-         errors[key] = err
-         failed = true
+         if upper == "OPERATION_TIME_LIMIT" then blocked[#blocked + 1] = label end
          halted_at = halted_at or label
       elseif has_result then
          local v = section_value(r.result, label)
-         results[key] = v == nil and null or v
+         st.result[label] = v == nil and null or v
       else
-         errors[key] = Error.new{ code = "NOT_RUN", method = method, label = label,
+         st.error[label] = Error.new{ code = "NOT_RUN", method = method, label = label,
             description = halted_at and ("not run: the batch halted at " .. halted_at) or "no result" }
-         failed = true
       end
    end
-   return results, failed and errors or nil, meta
+   return blocked, halted_at
+end
+
+local REF_SECTIONS = { result = true, next = true, total = true, time = true }
+
+-- Reads a reference such as $result[c0][49][ID] at position i of s: section, label, path, end.
+local function read_ref(s, i)
+   local kind, label, j = string_match(s, "^%$(%a+)%[([^%]]*)%]()", i)
+   if not kind then return nil end
+   local path = {}
+   while true do
+      local seg, k = string_match(s, "^%[([^%]]*)%]()", j)
+      if not seg then break end
+      path[#path + 1] = seg
+      j = k
+   end
+   return kind, label, path, j - 1
+end
+
+-- The value a reference names in the kept answers (st), or nil when they do not hold it.
+local function ref_value(st, resent, kind, label, path)
+   if not REF_SECTIONS[kind] or resent[label] then return nil end
+   local v = st[kind][label]
+   for _, seg in ipairs(path) do
+      if type(v) ~= "table" then return nil end
+      if v[1] ~= nil and string_match(seg, "^%d+$") then v = v[tonumber(seg) + 1] else v = v[seg] end
+   end
+   if v == null then return nil end
+   return v
+end
+
+-- The references to other commands of the batch in a command's parameters: { kind, label, path, text }.
+local function refs_of(v, labels, out, depth)
+   if type(v) == "table" and depth <= 100 then
+      for _, item in pairs(v) do refs_of(item, labels, out, depth + 1) end
+   elseif type(v) == "string" then
+      local i = string_find(v, "$", 1, true)
+      while i do
+         local kind, label, path, last = read_ref(v, i)
+         if kind and REF_SECTIONS[kind] and labels[label] then
+            out[#out + 1] = { kind = kind, label = label, path = path, text = string_sub(v, i, last) }
+         end
+         i = string_find(v, "$", i + 1, true)
+      end
+   end
+   return out
+end
+
+-- Which commands go again after an answer with blocked ones (the labels in the order sent, and
+-- as a set). A blocked command, or one a halt at a blocked one left unrun, goes again, and so
+-- does a read that ran on a reference to one going again (its value was missing). A reference
+-- naming nothing in the kept answers (a short page's [49], or a read that ran on such a value)
+-- cannot be made right by sending again: a blocked command holding one gets NOT_RUN, and a read
+-- that ran on one keeps the portal's answer. The rest ran: kept, and no write runs twice.
+local function plan_resend(prep, job, st, blocked, halted_at)
+   local set, void, labels = {}, {}, {}
+   local was_blocked = {}
+   for _, label in ipairs(blocked) do was_blocked[label] = true end
+   local unrun = prep.halt and halted_at and was_blocked[halted_at]
+   for _, label in ipairs(job.order) do
+      local waiting = was_blocked[label] or (unrun and st.error[label] ~= nil and st.error[label].code == "NOT_RUN")
+      local follows, missing = false, nil
+      for _, ref in ipairs(refs_of(prep.params[label], prep.methods, {}, 0)) do
+         if set[ref.label] then
+            follows = true
+         elseif void[ref.label] or ref_value(st, set, ref.kind, ref.label, ref.path) == nil then
+            missing = missing or ref
+         end
+      end
+      if missing then
+         void[label] = true
+         if waiting then
+            st.error[label] = Error.new{ code = "NOT_RUN", method = prep.methods[label], label = label,
+               description = "not sent again: " .. missing.text .. " names nothing in the answers" }
+         end
+      elseif waiting or (follows and is_read(prep.methods[label])) then
+         set[label] = true
+         labels[#labels + 1] = label
+      elseif follows then
+         void[label] = true -- a write that ran on a missing value: what refers to it cannot be right
+      end
+   end
+   return labels, set
+end
+
+-- A command's parameter with its references to kept commands replaced as the portal replaces
+-- them (rest/classes/general/rest_util.php processBatchElement): a whole-value reference by the
+-- value, one inside a text by the value's text (numbers and strings only). A reference the kept
+-- answers do not resolve, or to a command sent along, stays as written.
+local function resolve_refs(v, st, resent, depth)
+   if type(v) == "table" then
+      if depth > 100 then return v end
+      local copy
+      for k, item in pairs(v) do
+         local got = resolve_refs(item, st, resent, depth + 1)
+         if got ~= item then
+            if not copy then
+               copy = {}
+               for k2, item2 in pairs(v) do copy[k2] = item2 end
+            end
+            copy[k] = got
+         end
+      end
+      return copy or v
+   end
+   if type(v) ~= "string" or not string_find(v, "$", 1, true) then return v end
+   local kind, label, path, last = read_ref(v, 1)
+   if kind and last == #v then
+      local got = ref_value(st, resent, kind, label, path)
+      if got == nil then return v end
+      return got
+   end
+   local out, i, changed = {}, 1, false
+   while i <= #v do
+      local at = string_find(v, "$", i, true)
+      if not at then
+         out[#out + 1] = string_sub(v, i)
+         break
+      end
+      out[#out + 1] = string_sub(v, i, at - 1)
+      local k, l, p, e = read_ref(v, at)
+      local got = k and ref_value(st, resent, k, l, p)
+      if type(got) == "number" then got = json_encode(got) end
+      if type(got) == "string" then
+         out[#out + 1], i, changed = got, e + 1, true
+      else
+         out[#out + 1], i = "$", at + 1
+      end
+   end
+   return changed and table_concat(out) or v
+end
+
+-- After an answer with blocked commands: the job sending them again once their methods' blocks
+-- have lifted, or nil when the waits for this batch would pass max_wait.
+local function resend_blocked(self, prep, job, st, blocked, halted_at)
+   local wait, method = 0, nil
+   for _, label in ipairs(blocked) do
+      local d = operating_delay(self, prep.methods[label])
+      if d > wait then wait, method = d, prep.methods[label] end
+   end
+   if job.waited + wait > self.max_wait then return nil end
+   local labels, set = plan_resend(prep, job, st, blocked, halted_at)
+   if #labels == 0 then return nil end
+   local params = {}
+   for _, label in ipairs(labels) do params[label] = resolve_refs(prep.params[label], st, set, 0) end
+   local again = batch_job(self, prep, labels, params)
+   again.index, again.sends, again.waited = job.index, job.sends + 1, job.waited + wait
+   again.not_before = self.now() + wait
+   self.stats.retries = self.stats.retries + 1
+   log(self, "warn", "bitrix24: retrying", { method = method, error = "OPERATION_TIME_LIMIT",
+      attempt = job.sends, delay = string_format("%.2f", wait), commands = #labels })
+   return again
 end
 
 -- Sends each command table of list as one batch, all at once within the limiter: outcomes[i] =
--- { results, errors, meta } as split_batch gives them, or { err } when the batch failed whole.
+-- { results, errors, meta } (by label, or by position for a list of commands), or { err } when
+-- the batch failed whole. The portal neither blocks nor bills `batch` itself; a command of a
+-- blocked method gets OPERATION_TIME_LIMIT in result_error and did not run. Such commands are
+-- sent again, in a batch of their own, once their method's operating_reset_at has passed (known
+-- from the `time` of earlier answers, result_time included, else operating_wait later), while
+-- the waits for the batch stay within max_wait in all; the other commands' answers are kept.
 local function run_batches(self, list, opts, level)
-   local preps, jobs = {}, {}
+   local preps, states, round = {}, {}, {}
    for i, cmds in ipairs(list) do
-      preps[i] = prepare_batch(self, cmds, opts, level + 1)
-      jobs[i] = new_job("batch", preps[i].body, preps[i].idempotent)
+      preps[i] = prepare_batch(cmds, opts, level + 1)
+      states[i] = { result = {}, error = {}, total = {}, next = {}, time = {} }
+      round[i] = batch_job(self, preps[i], preps[i].order, preps[i].params)
+      round[i].index = i
    end
-   run(self, jobs)
+   local whole = {}
+   while #round > 0 do
+      run(self, round)
+      local again = {}
+      for _, job in ipairs(round) do
+         local i = job.index
+         local prep, st = preps[i], states[i]
+         if job.env then
+            local blocked, halted_at = absorb_answer(self, prep, job, st)
+            if #blocked > 0 then again[#again + 1] = resend_blocked(self, prep, job, st, blocked, halted_at) end
+         elseif job.sends == 1 then
+            whole[i] = job.err
+         else
+            -- the sending again failed whole: its commands get its error, the others keep theirs
+            for _, label in ipairs(job.order) do st.result[label], st.error[label] = nil, job.err end
+         end
+      end
+      round = again
+   end
    local outcomes = {}
-   for i, job in ipairs(jobs) do
-      if job.env then
-         local results, errors, meta = split_batch(self, preps[i], job.env)
-         outcomes[i] = { results = results, errors = errors, meta = meta }
+   for i, prep in ipairs(preps) do
+      if whole[i] then
+         outcomes[i] = { err = whole[i] }
       else
-         outcomes[i] = { err = job.err }
+         local st = states[i]
+         local results, errors, meta, failed = {}, {}, {}, false
+         for n, label in ipairs(prep.order) do
+            local key = prep.list and n or label
+            results[key] = st.result[label]
+            if st.error[label] then errors[key], failed = st.error[label], true end
+            meta[key] = { total = st.total[label], next = st.next[label], time = st.time[label] }
+         end
+         outcomes[i] = { results = results, errors = failed and errors or nil, meta = meta }
       end
    end
    return outcomes
