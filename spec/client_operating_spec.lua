@@ -340,6 +340,20 @@ describe("bitrix24.client exports under the operating limit", function()
       end
    end)
 
+   it("ends with OPERATION_TIME_LIMIT at once when the block outlasts max_wait", function()
+      local srv = emulate(ARGS)
+      finally(function() srv:stop() end)
+      local c, sent = recording_client(srv, { max_wait = 0.5 })
+      local t0 = core.now()
+      local rows, err = c:all("crm.lead.list", { select = { "ID" } })
+      assert.is_nil(rows)
+      assert.equal(BLOCKED, err.code)
+      -- the probe and the chain's batch: the client did not wait (the block is ~2 s), and the
+      -- export did not send the blocked page again to meet the same block
+      assert.equal(2, #sent)
+      assert.is_true(core.now() - t0 < 1.5, "waited for the block")
+   end)
+
    it("keyset (ID order): rows sorted, each once", function()
       local rows, sent, c = export({ operating_wait = 60 }, { select = { "ID" }, order = { ID = "ASC" } })
       assert.same(range(1, 400), ids(rows))

@@ -10,6 +10,10 @@
 --   runner.request(method, params) → envelope | nil, err      (client:request)
 --   runner.backoff(n) → seconds before retry n;  runner.sleep(s)
 --   runner.attempts (tries per request), runner.parallel (the default of opts.parallel)
+-- The runner waits out the operating limit itself: a sub-call blocked by OPERATION_TIME_LIMIT is
+-- sent again once the block lifts, the rest of its batch kept, so a chain resumes where it
+-- stopped. One that still comes back blocked outlasted the client's max_wait: the export ends
+-- with it rather than meet the same block again.
 --
 -- Paging as the platform does it (yuliai/bitrix-modules, platform 26.250.100):
 --   rest/classes/general/rest.php    CRestServer::processCall: start = intval(query.start);
@@ -257,6 +261,12 @@ function Plan:query(extra, order, start, select, keep_order)
    return p
 end
 
+-- A sub-call error worth sending again after a backoff (OPERATION_TIME_LIMIT is not: the runner
+-- has waited it out as long as it may).
+local function retry_later(e)
+   return e.retryable and string_upper(tostring(e.code)) ~= "OPERATION_TIME_LIMIT"
+end
+
 -- Runs reads (a list of {method, params}) in batches of 50, up to `parallel` batches at once,
 -- sending the sub-calls that failed with a retryable error again after a backoff:
 -- results[i], meta[i] | nil, err.
@@ -280,7 +290,7 @@ local function run_reads(runner, cmds, parallel)
                local at = todo[firsts[b] + i - 1]
                local e = got.errors and got.errors[i]
                if e then
-                  if not e.retryable then return nil, e end
+                  if not retry_later(e) then return nil, e end
                   again[#again + 1], last_err = at, e
                else
                   results[at] = got.results[i]
@@ -432,7 +442,7 @@ function Keyset:round(out)
       if c.fatal then return nil, c.fatal end
       if c.err then
          c.failures = (c.failures or 0) + 1
-         if not c.err.retryable or c.failures >= runner.attempts then return nil, c.err end
+         if not retry_later(c.err) or c.failures >= runner.attempts then return nil, c.err end
          self.pause = math_max(self.pause or 0, runner.backoff(c.failures))
       else
          c.failures = 0
