@@ -91,11 +91,12 @@ describe("emulator tasks.task.*", function()
    end)
 
    it("chains task pages in a batch by $result[…][tasks][49][id]", function()
-      local _, body = call(srv, "batch", { cmd = {
-         c0 = "tasks.task.list?order[ID]=ASC&filter[%3C%3DID]=60&select[]=ID&start=-1",
-         c1 = "tasks.task.list?order[ID]=ASC&filter[%3C%3DID]=60&filter[>ID]=$result[c0][tasks][49][id]"
-            .. "&select[]=ID&start=-1",
-      } })
+      -- in this order: a portal runs the commands as sent (rest_provider.php methodsBatch)
+      local _, body = emu.batch(srv, {
+         { "c0", "tasks.task.list?order[ID]=ASC&filter[%3C%3DID]=60&select[]=ID&start=-1" },
+         { "c1", "tasks.task.list?order[ID]=ASC&filter[%3C%3DID]=60&filter[>ID]=$result[c0][tasks][49][id]"
+            .. "&select[]=ID&start=-1" },
+      })
       assert.equal("51", body.result.result.c1.tasks[1].id)
       assert.equal(10, #body.result.result.c1.tasks)
    end)

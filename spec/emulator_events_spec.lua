@@ -150,8 +150,9 @@ describe("emulator events", function()
    it("posts an event for each change made by a batch sub-call", function()
       local n0 = 0
       for _ in io.lines(rec.file) do n0 = n0 + 1 end
-      local _, body = call(srv, "batch", { cmd = { a = "crm.lead.add?fields[TITLE]=b1",
-                                                   b = "crm.lead.update?id=$result[a]&fields[TITLE]=b2" } })
+      -- in this order: a portal runs the commands as sent (rest_provider.php methodsBatch)
+      local _, body = emu.batch(srv, { { "a", "crm.lead.add?fields[TITLE]=b1" },
+                                       { "b", "crm.lead.update?id=$result[a]&fields[TITLE]=b2" } })
       local id = emu.str(body.result.result.a)
       local got = by_event(rec.received(n0 + 2))
       assert.is_not_nil(got["ONCRMLEADADD " .. id])

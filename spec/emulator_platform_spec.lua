@@ -206,4 +206,73 @@ describe("emulator as the platform", function()
          assert.is_nil(got.next)
       end)
    end)
+
+   -- rest/classes/general/rest_provider.php CRestProvider::methodsBatch,
+   -- rest/classes/general/rest_util.php processBatchElement/processBatchStructure
+   describe("row 13: batch references, cmd and halt", function()
+      it("gives successes a result_time and errors none", function()
+         local status, got = emu.batch(srv, { { "a", "crm.lead.get?id=1" }, { "b", "crm.lead.get?id=999999" } })
+         assert.equal(200, status)
+         assert.equal("number", type(got.result.result_time.a.start))
+         assert.same({ "a" }, emu.keys(got.result.result_time))
+         assert.same({ "b" }, emu.keys(got.result.result_error))
+      end)
+
+      it("stops a missing path at the deepest value found, and leaves a non-scalar in text as written", function()
+         local _, got = emu.batch(srv, {
+            { "a", "crm.lead.list?order[ID]=ASC&filter[%3C%3DID]=3&select[]=ID" },
+            -- an add's result is the id: [ID] is not set in a number, so the walk stops at the id
+            { "n", "crm.lead.add?fields[TITLE]=deep" },
+            { "b", "crm.lead.get?id=$result[n][ID]" },
+            -- inside a text, an array is not replaced: [9] is past a's 3 rows, the walk stops at
+            -- a's list and the title keeps the reference
+            { "c", "crm.lead.add?fields[TITLE]=x+$result[a][9][ID]" },
+            { "d", "crm.lead.get?id=$result[c]" },
+         })
+         assert.same({}, got.result.result_error)
+         assert.equal("deep", got.result.result.b.TITLE)
+         assert.equal("x $result[a][9][ID]", got.result.result.d.TITLE)
+      end)
+
+      it("resolves $time[…] and $error[…]; upper-case kinds name nothing", function()
+         local _, got = emu.batch(srv, {
+            { "a", "crm.lead.get?id=999999" },
+            { "b", "crm.lead.add?fields[TITLE]=$error[a][error_description]&fields[COMMENTS]=$time[b0][duration]" },
+            { "b0", "crm.lead.get?id=1" },
+            { "c", "crm.lead.update?id=$result[b]&fields[COMMENTS]=t+$time[b0][start]&fields[NAME]=n+$RESULT[b]" },
+            { "d", "crm.lead.get?id=$result[b]" },
+         })
+         assert.same({}, got.result.result_error.b or {})
+         local lead = got.result.result.d
+         assert.equal("Not found", lead.TITLE)
+         assert.matches("^t %d+%.?%d*", lead.COMMENTS)
+         assert.equal("n $RESULT[b]", lead.NAME)
+      end)
+
+      it("takes CMD and HALT in any case, halt as PHP reads it", function()
+         local status, got = call(srv, "batch", nil,
+            { body = '{"Halt":"N","CMD":{"a":"crm.lead.get?id=999999","b":"crm.lead.get?id=1"}}' })
+         assert.equal(200, status)
+         assert.same({ "a" }, emu.keys(got.result.result_error))
+         assert.same({}, got.result.result)
+         status, got = form(srv, "batch", "HALT=0&Cmd[a]=crm.lead.get%3Fid%3D999999&Cmd[b]=crm.lead.get%3Fid%3D1")
+         assert.equal(200, status)
+         assert.equal(1, tonumber(got.result.result.b.ID))
+         status, got = emu.batch(srv, { { "a", "crm.lead.get?id=999999" }, { "b", "crm.lead.get?id=1" } },
+                                 { halt = "false" })
+         assert.equal(200, status)
+         assert.is_nil(got.result.result.b)
+         status, got = emu.batch(srv, { { "a", "crm.lead.get?id=999999" }, { "b", "crm.lead.get?id=1" } },
+                                 { halt = 0 })
+         assert.equal(200, status)
+         assert.equal(1, tonumber(got.result.result.b.ID))
+      end)
+
+      it("passes over a command that is not a string", function()
+         local status, got = call(srv, "batch", { cmd = { a = 5, b = "crm.lead.get?id=2" } })
+         assert.equal(200, status)
+         assert.same({ "b" }, emu.keys(got.result.result))
+         assert.same({}, got.result.result_error)
+      end)
+   end)
 end)

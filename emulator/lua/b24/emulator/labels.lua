@@ -2,6 +2,7 @@
 -- commands in that order (PHP arrays keep insertion order, for a JSON body and a query string
 -- alike); a decoded Lua table has lost it, so it is read back from the raw request text.
 local cjson = require("cjson.safe")
+local request_of = require "b24.emulator.request"
 
 local string_sub = string.sub
 local string_byte = string.byte
@@ -12,6 +13,8 @@ local string_char = string.char
 local string_gmatch = string.gmatch
 local tonumber = tonumber
 local tostring = tostring
+local type = type
+local string_lower = string.lower
 
 local _M = {}
 
@@ -26,7 +29,9 @@ function _M.form(s)
    local labels, seen = {}, {}
    for pair in string_gmatch(s, "[^&]+") do
       local key = unescape(string_match(pair, "^[^=]*"))
-      local label = string_match(key, "^%s*cmd%[([^%]]*)%]")
+      -- rest_provider.php methodsBatch upper-cases the top-level keys: cmd, CMD, Cmd
+      local name, label = string_match(key, "^%s*(...)%[([^%]]*)%]")
+      if name and string_lower(name) ~= "cmd" then label = nil end
       if label == "" then return nil end
       if label and not seen[label] then
          seen[label] = true
@@ -61,7 +66,7 @@ function _M.json(s)
             local key = cjson.decode(string_sub(s, i, j))
             if cmd_depth and depth == cmd_depth then
                labels[#labels + 1] = tostring(key)
-            elseif depth == 1 and key == "cmd" then
+            elseif depth == 1 and type(key) == "string" and string_lower(key) == "cmd" then
                pending = true
             end
          else
@@ -106,7 +111,7 @@ function _M.of(request)
    local body = request.body
    if body and body ~= "" then
       local got
-      if (request.headers or {})["content-type"] == "application/json" then
+      if request_of.is_json((request.headers or {})["content-type"]) then
          got = _M.json(body)
       else
          got = _M.form(body)
