@@ -232,8 +232,8 @@ describe("emulator .xml transport", function()
       assert.equal(200, res.status)
       assert.matches("<TITLE>A &amp; B &lt;&quot;x&quot;&gt; &#039;y&#039;</TITLE>", res.body, 1, true)
       res = get(emu.path("user.current.xml"))
-      assert.matches("<ADMIN>1</ADMIN>", res.body, 1, true) -- true
-      assert.matches("<TIME_ZONE></TIME_ZONE>", res.body, 1, true)
+      assert.matches("<ACTIVE>1</ACTIVE>", res.body, 1, true) -- true
+      assert.matches("<XML_ID></XML_ID>", res.body, 1, true)
       local emulator = require "b24.emulator"
       assert.equal("<response><result><item>1</item><item></item><item>2.5</item><item>2.2649765014648E-5</item>"
         .. "<item>1.0E+25</item></result></response>",

@@ -275,4 +275,33 @@ describe("emulator as the platform", function()
          assert.same({}, got.result.result_error)
       end)
    end)
+
+   -- rest/lib/api/user.php User::userCurrent, getUserData, $allowedUserFields, isAdmin
+   describe("row 12: user.current and user.admin", function()
+      it("user.current shows the allowed fields only: no ADMIN, UF_DEPARTMENT and IS_ONLINE", function()
+         local status, got = call(srv, "user.current", {})
+         assert.equal(200, status)
+         local user = got.result
+         assert.is_nil(user.ADMIN)
+         assert.equal("1", user.ID)
+         assert.is_true(user.ACTIVE)
+         assert.equal("Y", user.IS_ONLINE)
+         assert.same({ 1 }, user.UF_DEPARTMENT)
+         assert.equal("", user.XML_ID)
+         assert.equal("employee", user.USER_TYPE)
+         assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%+00:00$", user.LAST_LOGIN)
+         local allowed = {}
+         for _, name in ipairs(require("b24.emulator.users").ALLOWED) do allowed[name] = true end
+         for name in pairs(user) do assert.is_true(allowed[name], name) end
+      end)
+
+      it("user.admin answers whether the webhook's user administers the portal", function()
+         local status, got = call(srv, "user.admin", {})
+         assert.equal(200, status)
+         assert.is_true(got.result)
+         status, got = emu.batch(srv, { { "a", "user.admin" } })
+         assert.equal(200, status)
+         assert.is_true(got.result.result.a)
+      end)
+   end)
 end)

@@ -1,6 +1,6 @@
 -- b24.emulator.portal: one emulated Bitrix24 portal in memory behind incoming-webhook URLs
 -- (protocol.md §1–§6). portal:handle(request) answers a request as the portal's REST server does:
--- routing and credentials, the limits, the methods (crm, tasks, user.current, batch), simulated
+-- routing and credentials, the limits, the methods (crm, tasks, user.current and user.admin, batch), simulated
 -- time and faults, persistence after a change. Simulated time (latency, row and count costs, slow
 -- faults) is returned as a 4th result { delay = seconds }, a reset fault as { close = true }.
 local core = require "bitrix24.core"
@@ -8,6 +8,7 @@ local bitrix24_log = require "bitrix24.log"
 local crm = require "b24.emulator.crm"
 local tasks = require "b24.emulator.tasks"
 local batch = require "b24.emulator.batch"
+local users = require "b24.emulator.users"
 local events = require "b24.emulator.events"
 local faults = require "b24.emulator.faults"
 local limits = require "b24.emulator.limits"
@@ -48,11 +49,6 @@ local BLOCKED = { status = 429, error = "OPERATION_TIME_LIMIT",
 local INTERNAL = { status = 500, error = "INTERNAL_SERVER_ERROR", error_description = "Internal server error" }
 local TOO_MANY = { status = 503, error = "QUERY_LIMIT_EXCEEDED", error_description = "Too many requests" }
 
-local function user_current(p)
-   return { ID = tostring(p.user_id), ACTIVE = true, NAME = "Emulator", LAST_NAME = "User",
-            EMAIL = "user" .. p.user_id .. "@example.com", ADMIN = true, TIME_ZONE = "" }, { rows = 1 }
-end
-
 -- Creates a portal. opts (the snake_case form of the emulator's options): user_id, code,
 -- seed_leads, seed_tasks, enterprise, latency_ms, row_cost_us, count_cost_us, faults (string or
 -- table), slow_delay (seconds a slow fault adds), time_scale (speeds up the clock of the leaky
@@ -90,7 +86,7 @@ function _M.new(opts)
                              member_id = opts.member_id, post = opts.post, log = log }
    crm.register(self, self.methods)
    tasks.register(self, self.methods)
-   self.methods["user.current"] = user_current
+   users.register(self, self.methods)
    self.methods.batch = batch.run
    local loaded = self.data_path and persist.load(self.data_path, self.stores)
    if not loaded then
