@@ -229,8 +229,11 @@ end
 -- command: result_time). Only a whole answer's time sets the clock: a command finished before it.
 local function note_time(self, method, time, command)
    if type(time) ~= "table" then return end
-   if tonumber(time.operating_reset_at) then
-      self.operating_reset[string_lower(method)] = tonumber(time.operating_reset_at)
+   local reset = tonumber(time.operating_reset_at)
+   if reset then
+      -- the oldest basket's expiry only moves forward: an answer that arrives late tells less
+      local key = string_lower(method)
+      self.operating_reset[key] = math_max(self.operating_reset[key] or reset, reset)
    end
    -- the portal's clock against ours: reset times are the portal's unix seconds
    if not command and tonumber(time.finish) and not self.clock_set then
