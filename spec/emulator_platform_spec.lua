@@ -304,4 +304,69 @@ describe("emulator as the platform", function()
          assert.is_true(got.result.result.a)
       end)
    end)
+
+   -- crm/lib/controller/item.php listAction, crm/lib/controller/validator/filter.php and
+   -- order.php, rest/lib/engine/restmanager.php createExceptionFromErrors
+   describe("row 2: crm.item.list refuses an unknown filter field and a bad order", function()
+      local function refused(params, text)
+         params.entityTypeId = params.entityTypeId or 1
+         local status, got = call(srv, "crm.item.list", params)
+         assert.equal(400, status)
+         assert.same({ error = "INVALID_ARG_VALUE", error_description = text }, got)
+      end
+
+      it("names the converted field of the filter", function()
+         refused({ filter = { noSuchField = 1 } }, "Invalid filter: field 'NO_SUCH_FIELD' is not allowed in filter")
+         -- the converter's cache does not know ">ID": it becomes ">_ID"
+         refused({ filter = { [">ID"] = 1 } }, "Invalid filter: field '>_ID' is not allowed in filter")
+         refused({ filter = { [">title"] = { "a" } } }, "Invalid filter: field '>TITLE' has invalid value")
+      end)
+
+      it("refuses an unknown order field and a direction other than ASC/DESC", function()
+         refused({ order = { nope = "ASC" } }, "Invalid order: field 'NOPE' is not allowed in order")
+         refused({ order = { id = "up" } },
+            "Invalid order: allowed sort directions are ASC, DESC. But got 'up' for field 'ID'")
+         -- the filter is checked first
+         refused({ filter = { bad = 1 }, order = { nope = "ASC" } },
+            "Invalid filter: field 'BAD' is not allowed in filter")
+      end)
+
+      it("takes known fields with any allowed prefix, lower-case directions, and in a batch", function()
+         local status, got = call(srv, "crm.item.list", { entityTypeId = 1, order = { id = "desc" }, select = { "id" },
+            filter = { [">=id"] = 118, ["<=id"] = 120, ["!@id"] = { 120 } } })
+         assert.equal(200, status)
+         assert.same({ 119, 118 }, ids(got.result.items))
+         status, got = emu.batch(srv, { { "a", "crm.item.list?entityTypeId=1&filter[bogus]=1" } })
+         assert.equal(200, status)
+         assert.equal("INVALID_ARG_VALUE", got.result.result_error.a.error)
+      end)
+   end)
+
+   -- crm/lib/Service/Factory/Lead.php and Company.php getFieldsMap, crm/lib/controller/item.php
+   describe("row 1: crm.item.list names a lead's status stageId, a company's type typeId", function()
+      it("prints and filters a lead's STATUS_ID as stageId (statusId, the column, still filters)", function()
+         local status, got = call(srv, "crm.item.list", { entityTypeId = 1, order = { id = "ASC" },
+            filter = { stageId = "JUNK", ["<=id"] = 120 } })
+         assert.equal(200, status)
+         assert.equal(24, #got.result.items)
+         assert.equal("JUNK", got.result.items[1].stageId)
+         assert.is_nil(got.result.items[1].statusId)
+         local _, by_column = call(srv, "crm.item.list", { entityTypeId = 1, select = { "id" },
+            filter = { statusId = "JUNK", ["<=id"] = 120 } })
+         assert.equal(24, #by_column.result.items)
+         local _, sorted = call(srv, "crm.item.list", { entityTypeId = 1, order = { stageId = "DESC" },
+                                                        select = { "id", "stageId" }, filter = { ["<=id"] = 10 } })
+         assert.equal("PROCESSED", sorted.result.items[1].stageId)
+      end)
+
+      it("prints and filters a company's COMPANY_TYPE as typeId", function()
+         local status, added = call(srv, "crm.company.add", { fields = { TITLE = "Typed", COMPANY_TYPE = "PARTNER" } })
+         assert.equal(200, status)
+         local _, got = call(srv, "crm.item.list", { entityTypeId = 4, filter = { typeId = "PARTNER" } })
+         assert.equal(1, #got.result.items)
+         assert.equal(tonumber(added.result), got.result.items[1].id)
+         assert.equal("PARTNER", got.result.items[1].typeId)
+         assert.is_nil(got.result.items[1].companyType)
+      end)
+   end)
 end)
