@@ -370,3 +370,13 @@ describe("emulator as the platform", function()
       end)
    end)
 end)
+
+describe("row 16: the operating budget's default", function()
+   it("is loadlimiter.php's $limitTime, 420 s per method per 10-minute window, an option", function()
+      local limits = require "b24.emulator.limits"
+      local l = limits.new{ clock = function() return 0 end, wall = function() return 0 end }
+      assert.equal(420, l.operating_limit)
+      assert.equal(600, l.window)
+      assert.equal(90, limits.new{ operating_limit = 90, clock = function() return 0 end }.operating_limit)
+   end)
+end)

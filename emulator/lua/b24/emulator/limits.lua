@@ -3,7 +3,8 @@
 -- operating budget per method: seconds of processing summed over a window (10 minutes) of ten
 -- baskets, as rest/lib/engine/access/loadlimiter.php (yuliai/bitrix-modules, platform 26.250.100)
 -- keeps it: $bucketCount = 10 baskets of $bucketSize = 60 s, a method blocked while its sum is
--- over the limit ($limitTime, raised by the plan; the docs say 480 s), `batch` in $ignoreMethod
+-- over the limit (getLimitTime: $limitTime = 420 s, replaced by the plan's
+-- rest_load_limiter_seconds when set, the docs say 480 s; --operating-limit), `batch` in $ignoreMethod
 -- neither blocked nor billed (its sub-calls are billed to their own methods).
 local pairs = pairs
 local setmetatable = setmetatable
@@ -28,7 +29,7 @@ function _M.new(opts)
    return setmetatable({
       capacity = opts.enterprise and 250 or 50,
       drain = opts.enterprise and 5 or 2,
-      operating_limit = opts.operating_limit or 480,
+      operating_limit = opts.operating_limit or 420, -- loadlimiter.php $limitTime
       window = window, basket = window / BASKETS,
       clock = opts.clock, wall = opts.wall, scale = opts.scale or 1,
       buckets = {}, operating = {},

@@ -36,7 +36,7 @@ local OPTIONS = {
    { "--slow-delay", "slow_delay", "amount", "SECONDS", "seconds a slow fault holds the answer (10)" },
    { "--enterprise", "enterprise", "flag", "", "leaky bucket 250/5 instead of 50/2" },
    { "--operating-limit", "operating_limit", "positive", "SECONDS",
-     "operating seconds per method per window (480)" },
+     "operating seconds per method per window (420, the platform's default; plans set their own)" },
    { "--operating-window", "operating_window", "positive", "SECONDS",
      "the operating limit's window, ten baskets (600)" },
    { "--time-scale", "time_scale", "positive", "X", "how much faster the limits' clock runs (1)" },
