@@ -246,6 +246,27 @@ describe("bitrix24.client call under the operating limit", function()
    end)
 end)
 
+describe("bitrix24.client clock for operating_reset_at", function()
+   it("takes the portal's time from the latest answer, whatever order concurrent answers come in", function()
+      -- a batch of ten pages held 2 s (the cost of its rows), and a cheap one answered meanwhile:
+      -- the cheap one is read last but finished first
+      local srv = emulate{ "--seed-leads", "500", "--row-cost", "4000" }
+      finally(function() srv:stop() end)
+      local c = recording_client(srv)
+      local pages = {}
+      for i = 1, 10 do pages[i] = { "crm.lead.list", { select = { "ID" }, start = (i - 1) * 50 } } end
+      local got = c:_runner().batches({ pages, { { "crm.lead.get", { id = 1 } } } })
+      local latest = 0
+      for _, outcome in ipairs(got) do
+         assert.is_nil(outcome.errors)
+         for _, m in pairs(outcome.meta) do latest = math.max(latest, m.time.finish) end
+      end
+      assert.is_true(got[2].meta[1].time.finish < latest - 1, "the cheap batch finished first")
+      -- the clock the waits are measured on is not behind any answer's finish
+      assert.is_true(c:wall() >= latest, "the portal's clock taken from an older answer")
+   end)
+end)
+
 describe("bitrix24.client call_many under the operating limit", function()
    it("waits out the blocked calls and sends only them again, results in the caller's order", function()
       -- a page costs 0.2 s, the limit is 0.3 s: two pages run (the second crosses), then blocked;

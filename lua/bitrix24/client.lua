@@ -128,7 +128,7 @@ end
 -- (the webhook prefix …/rest/USER/CODE/), transport (a table with request; see docs/api.md
 -- "Transports"), limit ("standard", "enterprise", false, {capacity, drain}), retries (attempts
 -- per request, 8), connect_retries (attempts while the portal cannot be reached, 3), backoff
--- ({base, cap} seconds), max_wait (the longest OPERATION_TIME_LIMIT wait, 600 s), operating_wait
+-- ({base, cap} seconds), max_wait (all the OPERATION_TIME_LIMIT waits of a request, 660 s), operating_wait
 -- (the wait when the reset time is unknown, 10 s), parallel (requests at once in exports and
 -- call_many, 8), log (function(level, msg, fields); by default the writer a host installed with
 -- bitrix24.log.use, else none), auth (an
@@ -167,7 +167,9 @@ function _M.new(opts)
       connect_attempts = opts.connect_retries or 3,
       backoff_base = backoff.base or 0.5,
       backoff_cap = backoff.cap or 30,
-      max_wait = opts.max_wait or 600,
+      -- a block lasts until the window's oldest basket leaves it: up to the 600-second window
+      -- (and the portal's rounding up to a second), then maybe the next 60-second basket
+      max_wait = opts.max_wait or 660,
       operating_wait = opts.operating_wait or 10,
       parallel = opts.parallel or 8,
       log = opts.log or log_module.quiet,
@@ -235,9 +237,12 @@ local function note_time(self, method, time, command)
       local key = string_lower(method)
       self.operating_reset[key] = math_max(self.operating_reset[key] or reset, reset)
    end
-   -- the portal's clock against ours: reset times are the portal's unix seconds
+   -- the portal's clock against ours: reset times are the portal's unix seconds. Each answer
+   -- finished before it reached us, so the portal's clock is at least that far ahead: the
+   -- largest offset is the best (answers of concurrent requests arrive in any order)
    if not command and tonumber(time.finish) and not self.clock_set then
-      self.wall_offset = tonumber(time.finish) - self.now()
+      local offset = tonumber(time.finish) - self.now()
+      if not self.wall_offset or offset > self.wall_offset then self.wall_offset = offset end
    end
 end
 
