@@ -130,8 +130,8 @@ describe("b24 serve limits", function()
       it("a client that trickles its body is cut too: --client-timeout plus a second a KiB", function()
          local srv = b24.start{ script = "return function() return 200, {}, 'ok' end\n",
                                 args = { "--workers", "1", "--client-timeout", "1", "--log-level", "debug" } }
-         local c = assert(socket.tcp())
-         finally(function() c:close(); srv:stop() end)
+         local c, d = assert(socket.tcp()), assert(socket.tcp())
+         finally(function() c:close(); d:close(); srv:stop() end) -- one finally: a second replaces it
          c:settimeout(10)
          assert(c:connect("127.0.0.1", srv.port))
          assert(c:send("POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
@@ -149,8 +149,6 @@ describe("b24 serve limits", function()
          assert.is_truthy(cut, "the trickling body was never cut")
          assert(srv:wait_log("connection cut: its body came too slowly"))
          -- a body that keeps a fair pace is read whole, however long it takes past the timeout
-         local d = assert(socket.tcp())
-         finally(function() d:close() end)
          d:settimeout(10)
          assert(d:connect("127.0.0.1", srv.port))
          local chunk = ("y"):rep(2048)
