@@ -481,17 +481,14 @@ local function collect_refs(v, into)
    return into
 end
 
--- LuaJIT's int64_t and uint64_t cdata (123LL) in a command's parameters as their digits, copying
--- only the tables that hold one: form_encode writes every value as text but takes no cdata.
-local LUAJIT = type(rawget(_G, "jit")) == "table"
-local function cdata_digits(v, depth)
-   if type(v) == "cdata" then
-      return string_match(tostring(v), "^(%-?%d+)U?LL$") or v -- other cdata: form_encode refuses it
-   end
-   if type(v) ~= "table" or depth > 100 then return v end -- past 100 form_encode refuses the nesting
+-- v with fn applied to every value that is no table, copying only the tables on the way to a
+-- value fn changed (past 100 levels a table is left as it is: the encoders refuse the nesting).
+local function map_leaves(v, fn, depth)
+   if type(v) ~= "table" then return fn(v) end
+   if depth > 100 then return v end
    local copy
    for k, item in pairs(v) do
-      local got = cdata_digits(item, depth + 1)
+      local got = map_leaves(item, fn, depth + 1)
       if got ~= item then
          if not copy then
             copy = {}
@@ -501,6 +498,17 @@ local function cdata_digits(v, depth)
       end
    end
    return copy or v
+end
+
+-- LuaJIT's int64_t and uint64_t cdata (123LL) in a command's parameters as their digits:
+-- form_encode writes every value as text but takes no cdata.
+local LUAJIT = type(rawget(_G, "jit")) == "table"
+local function cdata_text(v)
+   if type(v) ~= "cdata" then return v end
+   return string_match(tostring(v), "^(%-?%d+)U?LL$") or v -- other cdata: form_encode refuses it
+end
+local function cdata_digits(v)
+   return map_leaves(v, cdata_text, 0)
 end
 
 local function command_of(spec, level)
@@ -550,7 +558,7 @@ local function batch_job(self, prep, order, params)
    for i, label in ipairs(order) do
       local method, p = prep.methods[label], params[label]
       if not is_read(method) then idempotent = false end
-      if LUAJIT and p then p = cdata_digits(p, 0) end
+      if LUAJIT and p then p = cdata_digits(p) end
       local q = (p and next(p) ~= nil) and core.form_encode(p) or ""
       parts[i] = json_encode(label) .. ":" .. json_encode(q ~= "" and (method .. "?" .. q) or method)
    end
@@ -691,22 +699,7 @@ end
 -- them (rest/classes/general/rest_util.php processBatchElement): a whole-value reference by the
 -- value, one inside a text by the value's text (numbers and strings only). A reference the kept
 -- answers do not resolve, or to a command sent along, stays as written.
-local function resolve_refs(v, st, resent, depth)
-   if type(v) == "table" then
-      if depth > 100 then return v end
-      local copy
-      for k, item in pairs(v) do
-         local got = resolve_refs(item, st, resent, depth + 1)
-         if got ~= item then
-            if not copy then
-               copy = {}
-               for k2, item2 in pairs(v) do copy[k2] = item2 end
-            end
-            copy[k] = got
-         end
-      end
-      return copy or v
-   end
+local function resolve_string(v, st, resent)
    if type(v) ~= "string" or not string_find(v, "$", 1, true) then return v end
    local kind, label, path, last = read_ref(v, 1)
    if kind and last == #v then
@@ -734,6 +727,10 @@ local function resolve_refs(v, st, resent, depth)
    return changed and table_concat(out) or v
 end
 
+local function resolve_refs(v, st, resent)
+   return map_leaves(v, function(leaf) return resolve_string(leaf, st, resent) end, 0)
+end
+
 -- After an answer with blocked commands: the job sending them again once their methods' blocks
 -- have lifted, or nil when the waits for this batch would pass max_wait.
 local function resend_blocked(self, prep, job, st, blocked, halted_at)
@@ -746,7 +743,7 @@ local function resend_blocked(self, prep, job, st, blocked, halted_at)
    local labels, set = plan_resend(prep, job, st, blocked, halted_at)
    if #labels == 0 then return nil end
    local params = {}
-   for _, label in ipairs(labels) do params[label] = resolve_refs(prep.params[label], st, set, 0) end
+   for _, label in ipairs(labels) do params[label] = resolve_refs(prep.params[label], st, set) end
    local again = batch_job(self, prep, labels, params)
    again.index, again.sends, again.waited = job.index, job.sends + 1, job.waited + wait
    again.not_before = self.now() + wait
