@@ -560,4 +560,28 @@ function _M.seed_leads(portal, n)
    end
 end
 
+-- The entities --seed-deals, --seed-contacts and --seed-companies fill (option key suffix, store).
+_M.SEEDED = { { plural = "deals", entity = "deal" }, { plural = "contacts", entity = "contact" },
+              { plural = "companies", entity = "company" } }
+
+local SEED_FIELDS = {
+   deal = function(i)
+      return { TITLE = "Deal #" .. i, STAGE_ID = i % 2 == 0 and "NEW" or "PREPARATION",
+               OPPORTUNITY = (i * 211) % 10000 + 0.25, CURRENCY_ID = "USD" }
+   end,
+   contact = function(i)
+      local f = { NAME = "Contact" .. i, LAST_NAME = "Last" .. i }
+      if i % 2 == 0 then f.PHONE = { { VALUE = "+1666" .. string_format("%07d", i), VALUE_TYPE = "WORK" } } end
+      return f
+   end,
+   company = function(i) return { TITLE = "Company #" .. i, COMPANY_TYPE = "CUSTOMER" } end,
+}
+
+-- Fills the store of `kind` ("lead", "deal", "contact", "company") with n rows.
+function _M.seed(portal, kind, n)
+   if kind == "lead" then return _M.seed_leads(portal, n) end
+   local store, make = portal.stores[kind], SEED_FIELDS[kind]
+   for i = 1, n do add(portal, store, make(i)) end
+end
+
 return _M

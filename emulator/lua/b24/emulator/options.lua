@@ -29,6 +29,10 @@ local OPTIONS = {
    { "--member-id", "member_id", "text", "ID", "auth[member_id] in events (derived from the domain)" },
    { "--seed-leads", "seed_leads", "count", "N", "start with N leads (0)" },
    { "--seed-tasks", "seed_tasks", "count", "N", "start with N tasks (0)" },
+   { "--seed-deals", "seed_deals", "count", "N", "start with N deals (0)" },
+   { "--seed-contacts", "seed_contacts", "count", "N", "start with N contacts (0)" },
+   { "--seed-companies", "seed_companies", "count", "N", "start with N companies (0)" },
+   { "--timezone", "timezone", "offset", "+HH:MM", "the portal's time zone, in dates it prints and parses (+03:00)" },
    { "--latency", "latency_ms", "amount", "MS", "milliseconds added to each request (0)" },
    { "--row-cost", "row_cost_us", "amount", "US", "microseconds of processing per row returned (0)" },
    { "--count-cost", "count_cost_us", "amount", "US", "microseconds per row counted for a page's total (0)" },
@@ -92,6 +96,11 @@ local CHECK = {
       return n and n > 0 and n < math_huge and n or nil, "a number > 0"
    end,
    text = function(v) return v ~= "" and v or nil, "a non-empty value" end,
+   offset = function(v)
+      local sign, h, m = string_match(v, "^([+-])(%d%d):?(%d%d)$")
+      local ok = sign and tonumber(h) <= 14 and tonumber(m) < 60
+      return ok and (sign .. h .. ":" .. m) or nil, "a UTC offset like +03:00"
+   end,
    secret = function(v) return string_match(v, "^[%w_%-]+$") and v or nil, "letters, digits, - or _" end,
    url = function(v)
       return string_match(v, "^[hH][tT][tT][pP][sS]?://[^/%s]+") and v or nil, "an http:// or https:// URL"

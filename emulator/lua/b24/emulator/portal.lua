@@ -8,7 +8,7 @@ local bitrix24_log = require "bitrix24.log"
 local crm = require "b24.emulator.crm"
 local tasks = require "b24.emulator.tasks"
 local batch = require "b24.emulator.batch"
-local users = require "b24.emulator.users"
+local methods = require "b24.emulator.methods"
 local events = require "b24.emulator.events"
 local faults = require "b24.emulator.faults"
 local limits = require "b24.emulator.limits"
@@ -19,6 +19,7 @@ local xml = require "b24.emulator.xml"
 
 local type = type
 local pcall = pcall
+local ipairs = ipairs
 local error = error
 local tostring = tostring
 local tonumber = tonumber
@@ -50,7 +51,8 @@ local INTERNAL = { status = 500, error = "INTERNAL_SERVER_ERROR", error_descript
 local TOO_MANY = { status = 503, error = "QUERY_LIMIT_EXCEEDED", error_description = "Too many requests" }
 
 -- Creates a portal. opts (the snake_case form of the emulator's options): user_id, code,
--- seed_leads, seed_tasks, enterprise, latency_ms, row_cost_us, count_cost_us, faults (string or
+-- seed_leads, seed_tasks, seed_deals, seed_contacts, seed_companies, timezone ("+03:00": the
+-- portal's time zone, as ±HH:MM), enterprise, latency_ms, row_cost_us, count_cost_us, faults (string or
 -- table), slow_delay (seconds a slow fault adds), time_scale (speeds up the clock of the leaky
 -- bucket and of the operating window), operating_limit (seconds per method per window),
 -- operating_window (the window's seconds on that clock, 600: ten baskets of a tenth),
@@ -77,6 +79,7 @@ function _M.new(opts)
                            operating_window = tonumber(opts.operating_window),
                            clock = clock, wall = wall, scale = scale },
       wall = wall,
+      timezone = opts.timezone or "+03:00",
       log = log,
       data_path = opts.data,
       stores = {}, methods = {},
@@ -86,12 +89,16 @@ function _M.new(opts)
                              member_id = opts.member_id, post = opts.post, log = log }
    crm.register(self, self.methods)
    tasks.register(self, self.methods)
-   users.register(self, self.methods)
+   methods.register(self, self.methods)
    self.methods.batch = batch.run
    local loaded = self.data_path and persist.load(self.data_path, self.stores)
    if not loaded then
       if opts.seed_leads and tonumber(opts.seed_leads) > 0 then crm.seed_leads(self, tonumber(opts.seed_leads)) end
       if opts.seed_tasks and tonumber(opts.seed_tasks) > 0 then tasks.seed(self, tonumber(opts.seed_tasks)) end
+      for _, kind in ipairs(crm.SEEDED) do
+         local n = tonumber(opts["seed_" .. kind.plural])
+         if n and n > 0 then crm.seed(self, kind.entity, n) end
+      end
       if self.data_path then
          local ok, err = self:save()
          if not ok then error("cannot write the --data file: " .. err, 0) end
