@@ -6,6 +6,7 @@
 local core = require "bitrix24.core"
 local bitrix24_log = require "bitrix24.log"
 local crm = require "b24.emulator.crm"
+local crm_item = require "b24.emulator.crm_item"
 local tasks = require "b24.emulator.tasks"
 local batch = require "b24.emulator.batch"
 local methods = require "b24.emulator.methods"
@@ -16,6 +17,7 @@ local persist = require "b24.emulator.persist"
 local request_of = require "b24.emulator.request"
 local json = require "b24.emulator.json"
 local xml = require "b24.emulator.xml"
+local dates = require "b24.emulator.dates"
 
 local type = type
 local pcall = pcall
@@ -25,8 +27,6 @@ local tostring = tostring
 local tonumber = tonumber
 local setmetatable = setmetatable
 local string_sub = string.sub
-local math_floor = math.floor
-local os_date = os.date
 local os_time = os.time
 local equal = core.equal
 local now = core.now
@@ -88,6 +88,7 @@ function _M.new(opts)
    self.events = events.new{ urls = opts.events_to, token = opts.token, domain = opts.domain,
                              member_id = opts.member_id, post = opts.post, log = log }
    crm.register(self, self.methods)
+   crm_item.register(self, self.methods)
    tasks.register(self, self.methods)
    methods.register(self, self.methods)
    self.methods.batch = batch.run
@@ -127,9 +128,10 @@ function _M:changed(event, id)
    self.events:emit(event, data)
 end
 
--- The ISO-8601 date of unix time t (now by default), as portals print it.
+-- The ISO-8601 date of unix time t (now by default) in the portal's time zone, as portals
+-- print it (b24.emulator.dates).
 function _M:date(t)
-   return os_date("!%Y-%m-%dT%H:%M:%S+00:00", math_floor(t or self.wall()))
+   return dates.format(t or self.wall(), self.timezone)
 end
 
 -- The request's timeline: real time since it began plus the simulated seconds so far.

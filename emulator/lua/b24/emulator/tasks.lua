@@ -3,7 +3,7 @@
 -- answers use the lower camel case names of the real API, wrapped as result.task / result.tasks,
 -- values as strings (ids too) and null for what is unset.
 local cjson = require("cjson.safe")
-local crm = require "b24.emulator.crm"
+local crm_item = require "b24.emulator.crm_item"
 local storage = require "b24.emulator.store"
 
 local type = type
@@ -55,7 +55,7 @@ for _, f in ipairs(FIELDS) do
 end
 _M.DEF = DEF
 
-local function camel(name) return crm.camel(name) end
+local function camel(name) return crm_item.camel(name) end
 
 -- A key as given (TITLE, title, responsibleId) as the upper-case row name.
 local function upper_name(key)
