@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # make fidelity: the official JavaScript SDKs, unmodified, against `b24 emulate`.
-#   scripts/fidelity.sh    (FIDELITY_LEADS=10000, FIDELITY_PROGRAMS="b24jssdk.mjs bitrix2bad.mjs",
+#   scripts/fidelity.sh    (FIDELITY_LEADS=10000,
+#                           FIDELITY_PROGRAMS="b24jssdk.mjs b24jssdk-crm.mjs bitrix2bad.mjs",
 #                           FIDELITY_LOG=FILE keeps the emulator's log)
 # Installs @bitrix24/b24jssdk and @2bad/bitrix from fidelity/package-lock.json into
 # fidelity/node_modules (git-ignored), starts the emulator with the leads seeded, puts nginx with
 # TLS in front of it (a CA and a server certificate made by openssl for this run; node trusts the
-# CA through NODE_EXTRA_CA_CERTS, as b24jssdk insists on https), runs fidelity/b24jssdk.mjs and
+# CA through NODE_EXTRA_CA_CERTS, as b24jssdk insists on https), runs fidelity/b24jssdk.mjs (calls,
+# batch, full lists), fidelity/b24jssdk-crm.mjs (crm.item and user-field round trips) and
 # fidelity/bitrix2bad.mjs, and prints PASS/FAIL per check. Exits non-zero on any failure.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -59,7 +61,7 @@ echo "== emulator at $emu ($LEADS leads), TLS by nginx at $base"
 
 export B24_WEBHOOK=$base/rest/1/$CODE B24_LEADS=$LEADS
 status=0
-for program in ${FIDELITY_PROGRAMS:-b24jssdk.mjs bitrix2bad.mjs}; do
+for program in ${FIDELITY_PROGRAMS:-b24jssdk.mjs b24jssdk-crm.mjs bitrix2bad.mjs}; do
   echo "== node fidelity/$program"
   node "fidelity/$program" || status=1
 done
