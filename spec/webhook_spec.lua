@@ -90,10 +90,16 @@ describe("bitrix24.webhook.redirect", function()
       end
    end)
 
-   it("lets a local plain-http portal redirect only to itself", function()
+   it("lets a local plain-http portal redirect only to itself, or to https on the same host", function()
       local local_hook = assert(webhook.parse("http://127.0.0.1:8080/rest/1/abc/"))
       assert.equal(local_hook.base, webhook.redirect(local_hook, "http://127.0.0.1:8080/rest/1/abc/m"))
+      assert.equal("https://127.0.0.1:8080/rest/1/abc/",
+         webhook.redirect(local_hook, "https://127.0.0.1:8080/rest/1/abc/m"))
       assert.is_nil(webhook.redirect(local_hook, "https://p.bitrix24.ru/rest/1/abc/m"))
+      local cloud_http = assert(webhook.parse("http://old.bitrix24.ru/rest/1/abc/"))
+      assert.is_nil(webhook.redirect(cloud_http, "https://new.bitrix24.ru/rest/1/abc/m"))
+      assert.equal("https://old.bitrix24.ru/rest/1/abc/",
+         webhook.redirect(cloud_http, "https://old.bitrix24.ru/rest/1/abc/m"))
    end)
 end)
 

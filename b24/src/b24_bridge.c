@@ -127,11 +127,15 @@ static int dispatch(lua_State *L)
     }
 
     /* [2] status [3] headers [4] body */
-    if (!lua_isinteger(L, 2) || lua_tointeger(L, 2) < 100 || lua_tointeger(L, 2) > 599)
+    /* a float with an integral value (403.0, as a JSON decoder may give) is that integer */
+    int integral = 0;
+    lua_Integer status = lua_tointegerx(L, 2, &integral);
+    if (lua_type(L, 2) != LUA_TNUMBER || !integral || status < 100 || status > 599)
         return luaL_error(L,
                           "handler returned a bad status (an integer from 100 to 599 expected, "
                           "got %s)",
-                          luaL_typename(L, 2));
+                          lua_type(L, 2) == LUA_TNUMBER ? luaL_tolstring(L, 2, NULL)
+                                                        : luaL_typename(L, 2));
     lua_newtable(L); /* the flat header list, moved to [3] below */
     int flat = lua_gettop(L);
     if (!lua_isnil(L, 3)) {

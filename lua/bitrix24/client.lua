@@ -11,6 +11,7 @@
 local core = require "bitrix24.core"
 local Error = require "bitrix24.error"
 local webhook = require "bitrix24.webhook"
+local hints = require "bitrix24.hints"
 local export = require "bitrix24.export"
 local log_module = require "bitrix24.log"
 
@@ -155,6 +156,7 @@ function _M.new(opts)
    local backoff = opts.backoff or {}
    return setmetatable({
       url = url,
+      hook = hook,
       masked_url = hook.masked,
       mask = Error.masker({ code, opts.auth }),
       transport = transport,
@@ -272,6 +274,32 @@ local function ambiguous(err, job)
    return job.idempotent
 end
 
+-- The most redirects one request follows (a portal that redirects in a circle ends here).
+local MAX_REDIRECTS = 5
+
+-- A 3xx: follows it when webhook.redirect allows (the request was not executed, so sending it
+-- again, a write too, is safe): the client's base moves there for every later request; else an
+-- error naming the new location, masked. true when the job is to be sent again.
+local function redirected(self, job, res, url)
+   local location = type(res.headers) == "table" and res.headers.location or nil
+   local base, why = webhook.redirect(self.hook, location)
+   job.redirects = (job.redirects or 0) + 1
+   if base and job.redirects > MAX_REDIRECTS then
+      base, why = nil, "the portal redirected " .. MAX_REDIRECTS .. " times: not followed further"
+   end
+   if not base then
+      return false, Error.new{ code = "REDIRECT", status = res.status, method = job.method, url = url,
+                               description = self.mask(why), retryable = false }
+   end
+   if base ~= self.url then
+      local hook = assert(webhook.parse(base))
+      log(self, "warn", "bitrix24: the portal moved; following it", { method = job.method,
+         from = self.masked_url, to = hook.masked, status = res.status })
+      self.url, self.hook, self.masked_url = base, hook, hook.masked
+   end
+   return true
+end
+
 -- Classifies a transport outcome: true (done: job.env or job.err) or false, delay (retry).
 local function settle(self, job, res, msg, kind, sent)
    local err, delay, retry
@@ -286,6 +314,11 @@ local function settle(self, job, res, msg, kind, sent)
       else
          retry = ambiguous(err, job)                -- a timeout after sending, a reset, …
       end
+   elseif res.status >= 300 and res.status < 400 then
+      local follow
+      follow, err = redirected(self, job, res, url)
+      -- not an attempt: the portal did not run it
+      if follow then job.attempt = job.attempt - 1; return false, 0 end
    else
       local body = decode_body(res.body or "")
       local status = res.status
@@ -294,7 +327,12 @@ local function settle(self, job, res, msg, kind, sent)
          local upper = string_upper(code)
          err = Error.new{ code = code, description = self.mask(body.error_description), status = status,
                           method = job.method, url = url, argument = body.argument }
-         if upper == "QUERY_LIMIT_EXCEEDED" then
+         if hints.terminal(upper) then
+            -- no retry now cures these (PORTAL_DELETED, a wrong webhook, a missing scope, …):
+            -- the error says what to do (err.hint). A portal-wide OVERLOAD_LIMIT lifts after
+            -- minutes: not retried here, but marked retryable for the caller who can wait
+            err.retryable = upper == "OVERLOAD_LIMIT"
+         elseif upper == "QUERY_LIMIT_EXCEEDED" then
             if self.bucket then self.bucket:fill() end
             err.retryable, retry = true, true
          elseif upper == "OPERATION_TIME_LIMIT" then
@@ -305,8 +343,6 @@ local function settle(self, job, res, msg, kind, sent)
                retry, delay = true, wait
                job.waited, job.blocked = job.waited + wait, job.blocked + 1
             end
-         elseif upper == "OVERLOAD_LIMIT" then
-            err.retryable = true                     -- a portal-wide block: the caller decides
          elseif status >= 500 then
             retry = ambiguous(err, job)
          end
@@ -393,7 +429,7 @@ local function run(self, jobs)
             else
                self.stats.retries = self.stats.retries + 1
                job.not_before = self.now() + delay
-               log(self, "warn", "bitrix24: retrying", { method = job.method, error = job.err.code,
+               log(self, "warn", "bitrix24: retrying", { method = job.method, error = job.err and job.err.code,
                   attempt = job.attempt, delay = string_format("%.2f", delay) })
             end
          end

@@ -4,6 +4,7 @@
 --   local Error = require "bitrix24.error"   -- also bitrix24.Error
 --   return nil, Error.new{ code = "timeout", description = "…", method = "crm.lead.get" }
 local core = require "bitrix24.core"
+local hints = require "bitrix24.hints"
 
 local type = type
 local pairs = pairs
@@ -18,7 +19,8 @@ local core_mask = core.mask
 local _M = {}
 local mt = { __index = _M, __name = "bitrix24.Error" }
 
--- bitrix24: METHOD[LABEL]: CODE: description (HTTP status, url, N attempts), absent parts left out
+-- bitrix24: METHOD[LABEL]: CODE: description (HTTP status, url, N attempts) — hint, absent parts
+-- left out
 function mt.__tostring(e)
    local parts = { "bitrix24: " }
    if e.method then parts[#parts + 1] = e.method .. (e.label and ("[" .. e.label .. "]") or "") .. ": " end
@@ -31,14 +33,17 @@ function mt.__tostring(e)
    if e.url then extra[#extra + 1] = e.url end
    if e.attempts and e.attempts > 1 then extra[#extra + 1] = e.attempts .. " attempts" end
    if #extra > 0 then parts[#parts + 1] = " (" .. table_concat(extra, ", ") .. ")" end
+   if e.hint then parts[#parts + 1] = " — " .. tostring(e.hint) end
    return table_concat(parts)
 end
 
--- Error.new{ code, description, status, method, retryable, … } → a bitrix24.Error (the table
--- itself, retryable false unless given).
+-- Error.new{ code, description, status, method, retryable, hint, … } → a bitrix24.Error (the
+-- table itself, retryable false unless given). A code no retry can cure (bitrix24.hints) gets
+-- its hint, what the user should do, unless one is given.
 function _M.new(t)
    t = t or {}
    if t.retryable == nil then t.retryable = false end
+   if t.hint == nil then t.hint = hints.hint(t.code, t.method) end
    return setmetatable(t, mt)
 end
 

@@ -84,7 +84,7 @@ end
 -- (the webhook the request went to), location the Location header (absolute, or a path). The
 -- code is in the path, so a redirect is followed only when it keeps https, keeps the path
 -- /rest/USER/CODE/… and goes to the same host or another host of the same Bitrix24 cloud zone (a
--- renamed portal); a plain-http webhook (a local portal) only to its own origin. why names the
+-- renamed portal); a plain-http webhook (a local portal) only to its own host. why names the
 -- new location with the code masked.
 function _M.redirect(hook, location)
    if type(location) ~= "string" or location == "" then return nil, "a redirect without a Location" end
@@ -103,8 +103,9 @@ function _M.redirect(hook, location)
    local old_scheme, old_host = string_match(hook.origin, "^(%a[%w+.-]*)://(.*)$")
    if origin == hook.origin then return hook.base end
    if scheme ~= "https" then return nil, where .. ", not https: not followed" end
-   local same_zone = zone(host) ~= nil and zone(host) == zone(old_host)
-   if string_lower(old_scheme) ~= "https" or not (string_lower(host) == string_lower(old_host) or same_zone) then
+   -- the same host over https (an upgrade from http too), or another host of the zone from https
+   local same_zone = zone(host) ~= nil and zone(host) == zone(old_host) and string_lower(old_scheme) == "https"
+   if not (string_lower(host) == string_lower(old_host) or same_zone) then
       return nil, where .. ", another site: not followed (the webhook URL may have changed: copy it again "
          .. "from the portal)"
    end
