@@ -22,7 +22,8 @@ function failure (e) {
   return { status: e?.status ?? e?._status, body, text: body ? show(body) : (e?.message ?? String(e)) }
 }
 
-// One call: the answer's data ({ result, total, next, time }); throws with the portal's error.
+// One call: the answer's data ({ result, time }) and total as the SDK reads it (getTotal);
+// throws with the portal's error.
 async function call (method, params) {
   let res
   try {
@@ -32,7 +33,7 @@ async function call (method, params) {
     throw new Error(`${method}: HTTP ${f.status} ${f.text}`)
   }
   ensure(res.isSuccess, `${method}: ${res.getErrorMessages().join('; ')}`)
-  return res.getData()
+  return { ...res.getData(), total: res.getTotal() }
 }
 
 // One call that must fail: { status, body } of the portal's error answer.
@@ -194,7 +195,8 @@ async function userFieldRoundTrip (name, camel) {
 
     // crm.deal.fields lists the user field
     const described = (await call('crm.deal.fields', {})).result?.[full]
-    ensure(described && described.isMultiple === false, `crm.deal.fields: ${full} ${show(described)}`)
+    ensure(described?.type === 'string' && described.isMultiple === false && described.isDynamic === true &&
+      described.title === full, `crm.deal.fields: ${full} ${show(described)}`)
     steps.push('crm.deal.fields')
   } finally {
     for (const id of deals) await call('crm.deal.delete', { id })
