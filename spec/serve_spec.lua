@@ -10,6 +10,8 @@ return function(req)
   if req.path == "/boom" then error("kaboom, application_token=secret0token0value") end
   if req.path == "/table" then error({ code = 42 }) end
   if req.path == "/badstatus" then return "ok" end
+  if req.path == "/halfstatus" then return 200.5, {}, "" end
+  if req.path == "/floatstatus" then return 202.0, {}, "float" end
   if req.path == "/badheader" then return 200, { ["X-Evil"] = "a\r\nInjected: 1" }, "" end
   return 201, { ["Content-Type"] = "application/json", ["X-Handler"] = "echo" },
     cjson.encode{ method = req.method, path = req.path, query = req.query, body = req.body,
@@ -91,6 +93,11 @@ describe("b24 serve", function()
 
    it("answers 500 when the handler returns a bad status or a header with CR/LF", function()
       assert.equal(500, assert(srv:request{ path = "/badstatus" }).status)
+      assert.equal(500, assert(srv:request{ path = "/halfstatus" }).status)
+      -- an integral float (a JSON decoder's 202.0) is that status
+      local float = assert(srv:request{ path = "/floatstatus" })
+      assert.equal(202, float.status)
+      assert.equal("float", float.body)
       local res = assert(srv:request{ path = "/badheader" })
       assert.equal(500, res.status)
       assert.is_nil(res.headers["injected"])
