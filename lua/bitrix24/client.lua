@@ -890,6 +890,7 @@ function _M._runner(self)
       request = function(method, params) return self:request(method, params) end,
       backoff = function(n) return backoff(self, n) end,
       sleep = self.sleep,
+      now = self.now,
       attempts = self.attempts,
       parallel = self.parallel,
    }

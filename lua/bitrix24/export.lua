@@ -46,6 +46,7 @@ local math_ceil = math.ceil
 local math_min = math.min
 local math_max = math.max
 local math_huge = math.huge
+local os_time = os.time
 
 local PAGE = 50      -- rows per page of a list method
 local BATCH_MAX = 50 -- sub-calls per batch
@@ -589,12 +590,38 @@ function _M.scanner(runner, method, params, opts)
    return scan
 end
 
+-- An estimate as a whole number of rows (an integer on Lua 5.4), nil when unknown.
+local function whole(n)
+   n = tonumber(n)
+   if not n or n ~= n or n == math_huge or n < 0 then return nil end
+   return math_floor(n + 0.5)
+end
+
+-- The progress reporter of an export: calls on_progress(rows, estimate, info) with the rows so
+-- far, the estimated total (an integer or nil; at the end, the rows taken) and info { done,
+-- elapsed, rate (rows/s measured since the start), eta (seconds at that rate, nil when unknown;
+-- 0 at the end) }.
+local function reporter(on_progress, scan, now)
+   local t0 = now()
+   return function(count, done)
+      local est = whole(scan.estimate)
+      if done then est = count elseif est and est < count then est = count end
+      local elapsed = now() - t0
+      local rate = elapsed > 0 and count / elapsed or nil
+      local eta
+      if done then eta = 0 elseif est and rate and rate > 0 then eta = (est - count) / rate end
+      on_progress(count, est, { done = done, elapsed = elapsed, rate = rate, eta = eta })
+   end
+end
+
 -- An iterator over the rows, fetched a round at a time as they are needed; a failure ends the
 -- loop with (false, err). opts: parallel, keyset = false, verify = false, id/key/wrapper/sort,
--- on_progress(rows, estimate) after each round.
+-- on_progress(rows, estimate, info) after each round and once more, with info.done, when the
+-- last round is in (not after a failure).
 function _M.list(runner, method, params, opts)
    local scan = _M.scanner(runner, method, params, opts)
    local progress = opts and opts.on_progress
+   if progress then progress = reporter(progress, scan, runner.now or os_time) end
    local buf, pos, n, count, finished = {}, 1, 0, 0, false
    return function()
       while pos > n do
@@ -608,7 +635,7 @@ function _M.list(runner, method, params, opts)
          end
          if not more then finished = true end
          count = count + n
-         if progress then progress(count, scan.estimate) end
+         if progress then progress(count, finished) end
       end
       local row = buf[pos]
       buf[pos] = nil

@@ -122,31 +122,31 @@ local function make_client(opts)
    return client
 end
 
+-- The export's progress line on a terminal: a bar when the total is known, rows/s and the ETA
+-- the export measured (bitrix24.export's on_progress info), redrawn at most 5 times a second;
+-- the last one, info.done, ends the line.
 local function progress_printer(out)
-   local t0 = core.now()
    local last = -1
-   return function(rows, estimate, final)
+   return function(rows, estimate, info)
       local t = core.now()
-      if not final and t - last < 0.2 then return end
+      if not info.done and t - last < 0.2 then return end
       last = t
-      local dt = t - t0
-      local rate = dt > 0 and rows / dt or 0
       local line = string_format("\r%d rows", rows)
       if estimate and estimate > 0 then
          local pct = math_min(100, rows * 100 / estimate)
          local width = 24
          local fill = math_floor(pct * width / 100)
-         line = string_format("\r[%s%s] %3d%% %d rows", string_rep("#", fill), string_rep(".", width - fill),
-                              math_floor(pct), rows)
+         line = string_format("\r[%s%s] %3d%% %d of %d rows", string_rep("#", fill), string_rep(".", width - fill),
+                              math_floor(pct), rows, estimate)
       end
-      line = line .. string_format("  %.0f rows/s", rate)
-      if not final and estimate and rate > 0 and estimate > rows then
-         line = line .. string_format("  ETA %ds", math_ceil((estimate - rows) / rate))
-      elseif final then
-         line = line .. string_format("  %.1fs", dt)
+      line = line .. string_format("  %.0f rows/s", info.rate or 0)
+      if info.done then
+         line = line .. string_format("  %.1fs", info.elapsed)
+      elseif info.eta then
+         line = line .. string_format("  ETA %ds", math_ceil(info.eta))
       end
       out:write(line, "\27[K")
-      if final then out:write("\n") end
+      if info.done then out:write("\n") end
       out:flush()
    end
 end
@@ -194,25 +194,19 @@ local function cmd_export(opts, pos, stdout, stderr)
    local client, cerr = make_client(opts)
    if not client then return nil, cerr end
    local show = host.isatty(2) and progress_printer(stderr) or nil
-   local count, estimate = 0, nil
    local ok, perr = pcall(function()
-      for row, rerr in client:list(method, params, { on_progress = function(n, est)
-         estimate = est
-         if show then show(n, est) end
-      end }) do
+      for row, rerr in client:list(method, params, { on_progress = show }) do
          if not row then
             if show then stderr:write("\n") end
             stderr:write("b24 export: ", tostring(rerr), "\n")
             return 1
          end
          stdout:write(to_json(row, type(row) == "table" and next(row) == nil and "object" or nil) or "{}", "\n")
-         count = count + 1
       end
    end)
    if not ok then return nil, tostring(client.mask(perr)) end
    if perr == 1 then return 1 end
    stdout:flush()
-   if show then show(count, estimate, true) end
    return 0
 end
 
