@@ -204,11 +204,18 @@ local function backoff(self, n)
    return d * (0.5 + 0.5 * self.random())
 end
 
-local function encode_params(params)
+-- Parameters as the JSON body of a request. Raises at `level` (as check_params does) when they
+-- cannot reach the portal as they are: a NaN or an infinity, a function or another value JSON has
+-- no form for, a table with both string and integer keys, a string that is not UTF-8. The
+-- message names the field (fields[NAME]) and the error points at the caller's line.
+local function encode_params(params, level)
    if params == nil or next(params) == nil then return "{}" end
    local ok, body = pcall(json_encode, params, ENCODE)
-   if not ok then error("bitrix24.client: parameters cannot be encoded as JSON: " .. tostring(body), 3) end
-   return body
+   if ok then return body end
+   local what, path = string_match(tostring(body), "^cannot JSON%-encode (.-) at (.+)$")
+   local msg = what and ("parameter " .. path .. " cannot be sent: it is " .. what)
+      or ("the parameters cannot be sent: " .. tostring(body))
+   error("bitrix24.client: " .. msg, level + 1)
 end
 
 -- A response body as a Lua value, or nil. The transport has already bounded its size
@@ -462,23 +469,27 @@ local function with_auth(self, params)
    return p
 end
 
--- client:request(method, params, opts) → the whole envelope {result, total, next, time} | nil, err.
--- opts.safe = true lets a write be sent again after an ambiguous failure.
-function _M.request(self, method, params, opts)
-   check_method(method, 2)
-   check_params(params, 2)
+-- request and call: the envelope | nil, err; a misuse raised at `level` (the public caller).
+local function request(self, method, params, opts, level)
+   check_method(method, level + 1)
+   check_params(params, level + 1)
    opts = opts or {}
-   local job = new_job(method, encode_params(with_auth(self, params)), opts.safe or is_read(method))
+   local job = new_job(method, encode_params(with_auth(self, params), level + 1), opts.safe or is_read(method))
    run(self, { job })
    if job.env then return job.env end
    return nil, job.err
 end
 
+-- client:request(method, params, opts) → the whole envelope {result, total, next, time} | nil, err.
+-- opts.safe = true lets a write be sent again after an ambiguous failure.
+function _M.request(self, method, params, opts)
+   local env, err = request(self, method, params, opts, 2)
+   return env, err
+end
+
 -- client:call(method, params, opts) → result | nil, err
 function _M.call(self, method, params, opts)
-   check_method(method, 2)
-   check_params(params, 2)
-   local env, err = self:request(method, params, opts)
+   local env, err = request(self, method, params, opts, 2)
    if not env then return nil, err end
    return env.result
 end
@@ -547,13 +558,14 @@ local function cdata_digits(v)
    return map_leaves(v, cdata_text, 0)
 end
 
-local function command_of(spec, level)
+local function command_of(spec, level, trusted)
    local method, params
    if type(spec) == "table" then
       method, params = spec[1] or spec.method, spec[2] or spec.params
    end
    check_method(method, level + 1)
    check_params(params, level + 1)
+   if not trusted then encode_params(params, level + 1) end -- refuses what cannot be sent
    return method, params
 end
 
@@ -566,7 +578,7 @@ local function prepare_batch(cmds, opts, level)
       for i, spec in ipairs(cmds) do
          local label = "c" .. (i - 1)
          order[i] = label
-         methods[label], params[label] = command_of(spec, level + 1)
+         methods[label], params[label] = command_of(spec, level + 1, opts and opts.trusted)
       end
    else
       local refs = {}
@@ -574,7 +586,7 @@ local function prepare_batch(cmds, opts, level)
          if type(label) ~= "string" or label == "" or string_find(label, "[%[%]%s&=?]") then
             error("bitrix24.client: batch labels must be non-empty strings without brackets", level + 1)
          end
-         methods[label], params[label] = command_of(spec, level + 1)
+         methods[label], params[label] = command_of(spec, level + 1, opts and opts.trusted)
          refs[label] = collect_refs(params[label], {})
       end
       order = label_order(methods, refs)
@@ -880,7 +892,9 @@ end
 
 -- Exports --------------------------------------------------------------------------------------
 
-local READS = { safe = true } -- list methods only read: their batches may be sent again
+-- list methods only read: their batches may be sent again; their parameters were checked by
+-- list/all (trusted)
+local READS = { safe = true, trusted = true }
 
 -- The client's side of bitrix24.export, its only way in (see export.lua): batches, request,
 -- backoff, sleep, attempts and parallel of this client.
@@ -907,6 +921,7 @@ end
 function _M.list(self, method, params, opts)
    check_method(method, 2)
    check_params(params, 2)
+   encode_params(params, 2) -- refuses what cannot be sent, before any request
    return export.list(self:_runner(), method, params, opts)
 end
 
@@ -914,6 +929,7 @@ end
 function _M.all(self, method, params, opts)
    check_method(method, 2)
    check_params(params, 2)
+   encode_params(params, 2) -- refuses what cannot be sent, before any request
    return export.all(self:_runner(), method, params, opts)
 end
 
