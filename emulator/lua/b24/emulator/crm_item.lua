@@ -1,9 +1,14 @@
--- b24.emulator.crm_item: crm.item.* (crm/lib/controller/item.php) over the legacy CRM entities
--- stores: the factory's common field names in lower camel case, the converter of filter and
--- order keys, their validation, and the ORM paging of protocol.md §4.
+-- b24.emulator.crm_item: crm.item.* (crm/lib/controller/item.php) and crm.type.list/get
+-- (crm/lib/controller/type.php). Items of entityTypeId 1-4 are the legacy CRM entities' rows
+-- (portal.stores lead, deal, contact, company: the factory's common field names over their
+-- columns); items of a smart process are rows of their own store (b24.emulator.smart). Names are
+-- printed in lower camel case and read back through the converter; filter and order are
+-- validated; lists page as the ORM does (protocol.md §4).
 local cjson = require("cjson.safe")
 local storage = require "b24.emulator.store"
 local crm = require "b24.emulator.crm"
+local smart = require "b24.emulator.smart"
+local dates = require "b24.emulator.dates"
 
 local type = type
 local pairs = pairs
@@ -20,6 +25,7 @@ local string_gsub = string.gsub
 local string_match = string.match
 local null = cjson.null
 local to_text = storage.to_text
+local php_int = storage.php_int
 local fail = crm.fail
 
 local _M = {}
@@ -34,10 +40,43 @@ local ITEM_NAMES = {
 local ENTITY_ITEM_NAMES = { lead = { STATUS_ID = "STAGE_ID" }, company = { COMPANY_TYPE = "TYPE_ID" } }
 local ENTITY_TYPES = { [1] = "lead", [2] = "deal", [3] = "contact", [4] = "company" }
 _M.ENTITY_TYPES = ENTITY_TYPES
+-- The legacy column types as the factories type the same fields (Lead.php … getFieldsSettings:
+-- OPENED, HAS_PHONE, HAS_EMAIL are Field::TYPE_BOOLEAN).
+local FACTORY_TYPES = { char = "boolean" }
+-- Their crm_status fields' CRM_STATUS_TYPE (StatusTable::ENTITY_ID_*; a lead's stages are
+-- STATUS, the deal's default category's DEAL_STAGE: getStagesEntityId).
+local STATUS_TYPES = {
+   lead = { STAGE_ID = "STATUS", SOURCE_ID = "SOURCE" }, deal = { TYPE_ID = "DEAL_TYPE", STAGE_ID = "DEAL_STAGE" },
+   contact = { TYPE_ID = "CONTACT_TYPE", SOURCE_ID = "SOURCE" },
+   company = { TYPE_ID = "COMPANY_TYPE", INDUSTRY = "INDUSTRY" },
+}
 
+-- crm/lib/Service/Converter.php isSpecialDecodeWayFromUpperToCamel: a user field whose name is
+-- not all letters and not UF_CRM_<n>_<digits or letters> is spelled the simplified way.
+local function special_uf(name)
+   if string_find(name, "^[A-Z_]+$") or string_find(name, "^UF_CRM_%d%d?%d?%d?_[%d_]+$") or
+      string_find(name, "^UF_CRM_%d%d?%d?%d?_[A-Z_]+$") then
+      return false
+   end
+   return string_find(string_upper(name), "^UF_") ~= nil
+end
+
+-- Converter.php convertFieldNameFromUpperCaseToCamelCase: "UF_CRM_1_1639" -> "ufCrm1_1639"
+-- (an underscore between digits kept), "UF_CRM_1720019876534" -> "ufCrm_1720019876534",
+-- anything else StringHelper::snake2camel + lcfirst ("STAGE_ID" -> "stageId"); the legacy
+-- column names are printed under their common names (DATE_CREATE -> createdTime).
 local function camel(name)
+   if special_uf(name) then
+      if string_find(name, "^[uU][fF]_[cC][rR][mM]_") then return "ufCrm_" .. string_sub(name, 8) end
+      if string_find(name, "^[uU][fF]_[cC][rR][mM]") then return "ufCrm" .. string_sub(name, 7) end
+      return "uf" .. string_sub(name, 4)
+   end
    local s = string_lower(ITEM_NAMES[name] or name)
-   return (s:gsub("_(%w)", function(c) return string_upper(c) end))
+   s = string_gsub(s, "(%d)_(%d)", "%1~~~%2")
+   s = string_gsub(s, "(%d)_(%d)", "%1~~~%2")
+   s = string_gsub(s, "_+(%w)", function(c) return string_upper(c) end)
+   s = string_gsub(s, "_", "")
+   return (string_gsub(s, "~~~", "_"))
 end
 _M.camel = camel
 
@@ -49,24 +88,6 @@ local function snake_digit_upper(s)
    s = string_gsub(s, "(%a)(%d)", "%1_%2")
    s = string_gsub(s, "([^_])(%u)", "%1_%2")
    return string_upper(s)
-end
-
--- The entity's names for crm.item.*: common upper name -> column, column -> common name, and
--- every name a filter or order may use (listAction's $allowedFields: the factory's field names
--- and the data class's columns).
-local function item_names(kind, def)
-   if def.item then return def.item end
-   local renames = ENTITY_ITEM_NAMES[kind] or {}
-   local column_of, common_of, allowed = {}, {}, {}
-   for _, f in ipairs(def.fields) do
-      local column = f[1]
-      local common = renames[column] or ITEM_NAMES[column] or column
-      column_of[common], common_of[column] = column, common
-      allowed[common], allowed[column] = true, true
-      column_of[column] = column_of[column] or column
-   end
-   def.item = { column_of = column_of, common_of = common_of, allowed = allowed }
-   return def.item
 end
 
 -- Converter.php convertFieldNameFromCamelCaseToUpperCase after Item::getFieldsInfo's names were
@@ -151,104 +172,516 @@ local function validate_order(order, allowed)
    return true
 end
 
--- A legacy row as crm.item.* prints it: common names in camelCase, numbers for ids and amounts.
-local function item_view(def, names, row, selected)
-   local out = {}
+-- The converter's names of a field list: common upper names and their camel case.
+local function converter_names(fields)
+   local common, camel_of = {}, {}
+   for _, f in ipairs(fields) do
+      common[f.upper] = true
+      camel_of[camel(f.upper)] = f.upper
+   end
+   return { common = common, camel = camel_of }
+end
+
+-- A legacy entity as its factory sees it: common upper name -> column, column -> common name,
+-- every name a filter or order may use (listAction's $allowedFields: the factory's field names
+-- and the data class's columns), and the fields (multi-fields left out: crm.item prints them
+-- under fm, which is not modelled).
+local function legacy_entity(kind, n, store)
+   local def = store.def
+   if store.item_entity then return store.item_entity end
+   local renames = ENTITY_ITEM_NAMES[kind] or {}
+   local column_of, allowed, fields, by_upper = {}, {}, {}, {}
    for _, f in ipairs(def.fields) do
       local spec = def.by_name[f[1]]
-      local key = camel(names.common_of[spec.name])
-      if not spec.multiple and (not selected or selected[key]) then
-         local v = row[spec.name]
-         if v == nil then v = null
-         elseif spec.type == "double" or spec.type == "integer" or spec.type == "user" or
-            (spec.type:match("^crm_") and spec.type ~= "crm_status" and spec.type ~= "crm_currency") then
-            v = tonumber(v) or v
-         end
-         out[key] = v
+      local column = spec.name
+      local common = renames[column] or ITEM_NAMES[column] or column
+      column_of[common] = column
+      allowed[common], allowed[column] = true, true
+      column_of[column] = column_of[column] or column
+      if not spec.multiple then
+         local field = { upper = common, column = column, type = FACTORY_TYPES[spec.type] or spec.type,
+                         read_only = spec.read_only, required = column == "OPENED", multiple = false,
+                         status_type = STATUS_TYPES[kind][common] }
+         fields[#fields + 1] = field
+         by_upper[common] = field
       end
    end
+   store.item_entity = {
+      id = n, kind = kind, store = store, fields = fields, by_upper = by_upper, column_of = column_of,
+      allowed = allowed, names = converter_names(fields), event = "ONCRM" .. string_upper(kind),
+      defaults = def.defaults,
+   }
+   return store.item_entity
+end
+
+-- A smart process's items as its factory sees them (crm/lib/Service/Factory/Dynamic.php).
+local function smart_entity(t, store)
+   local def = store.def
+   if store.item_entity then return store.item_entity end
+   local column_of, allowed, fields, by_upper = {}, {}, {}, {}
+   for _, name in ipairs(def.standard) do
+      local spec = def.by_name[name]
+      local field = { upper = name, column = name, type = spec.type, read_only = spec.read_only,
+                      required = spec.required, multiple = false, status_type = spec.status_type }
+      fields[#fields + 1] = field
+      by_upper[name], column_of[name], allowed[name] = field, name, true
+   end
+   store.item_entity = {
+      id = t.ENTITY_TYPE_ID, type = t, store = store, fields = fields, by_upper = by_upper,
+      column_of = column_of, allowed = allowed, names = converter_names(fields), event = "ONCRMDYNAMICITEM",
+      extra = { ENTITY_TYPE_ID = t.ENTITY_TYPE_ID }, stages = smart.stages(t),
+   }
+   return store.item_entity
+end
+
+-- crm_owner_type.php isUseFactoryBasedApproach: the lead, deal, contact, company, quote, the
+-- smart invoice and documents, and every id a smart process may have.
+local function factory_based(n)
+   if n == 1 or n == 2 or n == 3 or n == 4 or n == 7 or n == 31 or n == 36 or n == 39 then return true end
+   if n >= 1030 then return n % 2 == 0 end
+   return n >= 128 and n < 192
+end
+
+-- item.php getFactory: the entity of entityTypeId n | nil, err. A type that does not use the
+-- factory: ENTITY_TYPE_NOT_SUPPORTED (errorcode.php getEntityTypeNotSupportedError; its
+-- #ENTITY# is CCrmOwnerType::GetDescription, '' for an unknown id); no factory: NOT_FOUND
+-- (CRM_TYPE_TYPE_NOT_FOUND). The quote and the smart invoice/documents are not modelled.
+local function entity_of(portal, n)
+   local kind = ENTITY_TYPES[n]
+   if kind then return legacy_entity(kind, n, portal.stores[kind]) end
+   local t = smart.type_of(n)
+   if t then return smart_entity(t, portal.stores[smart.store_kind(n)]) end
+   if factory_based(n) then return fail("Smart process not found", "NOT_FOUND") end
+   return fail("Entity type  is not supported", "ENTITY_TYPE_NOT_SUPPORTED")
+end
+
+-- PHP's string interpolation of a request value ("{$value}" in the binder's message).
+local function php_text(v)
+   if type(v) == "table" then return "Array" end
+   if v == true then return "1" end
+   if v == false or v == nil or v == null then return "" end
+   return to_text(v) or ""
+end
+
+-- PHP's is_numeric of a request value.
+local function is_numeric(v)
+   if type(v) == "number" then return true end
+   if type(v) ~= "string" then return false end
+   return tonumber(string_match(v, "^%s*(.-)%s*$")) ~= nil and not string_find(v, "^%s*0[xX]") and
+      not string_find(v, "[iInN]")
+end
+
+-- main/lib/engine/autowire/binder.php: the action's parameters bound in their declared order;
+-- a missing one without a default: "Could not find value for parameter {name}"; a value the
+-- type refuses (TypeDeclarationChecker: int wants is_numeric, array an array, null only where
+-- the default is null): "Invalid value {…} to match with parameter {name}. Should be value of
+-- type …"; both a BinderArgumentException (an ArgumentException: code 100), answered 400 by
+-- rest/lib/engine/restmanager.php. specs: { name, "int" | "array", optional }. Returns the
+-- bound values by name | nil, err.
+local function bind(params, specs)
+   local out = {}
+   for _, s in ipairs(specs) do
+      local name, kind, optional = s[1], s[2], s[3]
+      local v = params[name]
+      if v == nil then
+         if not optional then
+            return fail("Could not find value for parameter {" .. name .. "}", "100")
+         end
+      elseif v == null and optional then
+         v = nil
+      else
+         local ok
+         if kind == "int" then ok = is_numeric(v) else ok = type(v) == "table" end
+         if not ok then
+            return fail("Invalid value {" .. php_text(v) .. "} to match with parameter {" .. name ..
+               "}. Should be value of type " .. kind .. ".", "100")
+         end
+         if kind == "int" then v = php_int(tonumber(v) or v) end
+      end
+      out[name] = v
+   end
+   return out
+end
+
+-- A date field's value as crm.item prints it: CRestUtil::ConvertDate (rest/classes/general/
+-- rest_util.php) is date('c', MakeTimeStamp(date) + date("Z")), the day's midnight shifted by
+-- the zone's offset: "2026-12-07T03:00:00+03:00" in +03:00.
+local function print_date(v, tz)
+   local day = string_match(v, "^(%d%d%d%d%-%d%d%-%d%d)") or v
+   local t = dates.parse(day, tz)
+   if not t then return v end
+   return dates.format(t + (dates.offset_seconds(tz) or 0), tz)
+end
+
+-- A datetime kept as the portal printed it, printed again in the portal's zone.
+local function print_datetime(v, tz)
+   local t = dates.parse(v, tz)
+   if not t then return v end
+   return dates.format(t, tz)
+end
+
+local NUMBERS = { integer = true, double = true, user = true, crm_company = true, crm_contact = true,
+                  crm_lead = true, crm_category = true, crm_quote = true, crm_deal = true }
+
+-- A row as crm.item.* prints it (crm/lib/Service/Converter/Item.php toJson): every field in
+-- camel case, numbers where the ORM holds numbers, booleans Y/N, dates as ConvertDate(Time),
+-- user fields, and entityTypeId; with select, only the keys selected (getJsonForItems).
+local function item_view(portal, entity, row, selected)
+   local out, tz = {}, portal.timezone
+   for _, f in ipairs(entity.fields) do
+      local v = row[f.column]
+      if v == nil then v = null
+      elseif NUMBERS[f.type] then v = tonumber(v) or v
+      elseif f.type == "datetime" then v = print_datetime(v, tz)
+      elseif f.type == "date" then v = print_date(v, tz)
+      end
+      out[camel(f.upper)] = v
+   end
    for name, v in pairs(row) do
-      if string_sub(name, 1, 3) == "UF_" then
-         local key = camel(name)
-         if not selected or selected[key] then out[key] = v end
+      if string_sub(name, 1, 3) == "UF_" then out[camel(name)] = v end
+   end
+   out.entityTypeId = entity.id
+   if selected then
+      for k in pairs(out) do
+         if not selected[k] then out[k] = nil end
       end
    end
    return out
 end
 
--- The converter's names of an entity: common upper names and their camel case.
-local function converter_names(def, names)
-   if def.converter then return def.converter end
-   local common, camel_of = {}, {}
-   for _, name in pairs(names.common_of) do
-      common[name] = true
-      camel_of[camel(name)] = name
+-- A field's value to store (item.php processFields): an empty value is null; a date or
+-- datetime through unConvertDate(Time) (a value that does not read is not set: false); a
+-- boolean Y/N (prepareBooleanFieldValue); numbers as the columns keep them. Returns the text,
+-- or nil, "skip" to leave the field as it was.
+local function stored(f, v, tz)
+   if v == nil or v == null or v == "" or v == false and f.type ~= "boolean" then return nil end
+   if type(v) == "table" then return nil, "skip" end
+   if f.type == "boolean" then
+      return (v == true or v == "true" or v == "y" or v == "Y") and "Y" or "N"
    end
-   def.converter = { common = common, camel = camel_of }
-   return def.converter
+   if f.type == "date" or f.type == "datetime" then
+      local t = dates.parse(to_text(v), tz)
+      if not t then return nil, "skip" end
+      if f.type == "date" then return dates.format_date(t, tz) end
+      return dates.format(t, tz)
+   end
+   if f.type == "double" then
+      local n = tonumber(to_text(v))
+      return n and string_format("%.2f", n) or to_text(v)
+   end
+   if NUMBERS[f.type] then return string_format("%d", php_int(v)) end
+   return to_text(v)
+end
+
+-- Sets the fields of a request (keys converted to upper case) on row; read-only fields and
+-- names the factory does not have are passed over, user fields kept as text.
+local function apply_fields(portal, entity, row, fields)
+   local changed = {}
+   for k, v in pairs(fields) do
+      if type(k) == "string" then
+         local upper = to_upper(entity.names, k)
+         local f = entity.by_upper[upper]
+         if f and not f.read_only then
+            local value, skip = stored(f, v, portal.timezone)
+            if not skip then
+               row[f.column] = value
+               changed[upper] = true
+            end
+         elseif not f and string_sub(upper, 1, 3) == "UF_" then
+            row[upper] = to_text(v)
+         end
+      end
+   end
+   return changed
+end
+
+-- A new legacy row as crm.lua's add makes one (the defaults of the entity, the dates now).
+local function legacy_row(portal, entity, id, now)
+   local user = tostring(portal.user_id)
+   local row = { ID = tostring(id), DATE_CREATE = now, DATE_MODIFY = now, ASSIGNED_BY_ID = user,
+                 CREATED_BY_ID = user, MODIFY_BY_ID = user }
+   for k, v in pairs(entity.defaults or {}) do row[k] = v end
+   if entity.store.def.by_name.HAS_PHONE then row.HAS_PHONE, row.HAS_EMAIL = "N", "N" end
+   return row
+end
+
+-- A new smart process item: PrototypeItem.php getMap's defaults (XML_ID '', OPENED false,
+-- WEBFORM_ID 0, BEGINDATE today, CLOSEDATE today + 7 days, the default category and its first
+-- stage), the times and users of the operation (Field\CreatedTime, MovedTime, …).
+local function smart_row(portal, entity, id, now)
+   local user, t = tostring(portal.user_id), entity.type
+   local today = portal.wall()
+   return { ID = tostring(id), XML_ID = "", OPENED = "N", WEBFORM_ID = "0", ASSIGNED_BY_ID = user,
+            CREATED_BY = user, UPDATED_BY = user, MOVED_BY = user, LAST_ACTIVITY_BY = user,
+            CREATED_TIME = now, UPDATED_TIME = now, MOVED_TIME = now, LAST_ACTIVITY_TIME = now,
+            BEGINDATE = dates.format_date(today, portal.timezone),
+            CLOSEDATE = dates.format_date(today + 7 * 86400, portal.timezone),
+            CATEGORY_ID = tostring(t.category_id), STAGE_ID = entity.stages[1], PREVIOUS_STAGE_ID = "" }
+end
+
+-- Whether stage is one of the entity's stages.
+local function is_stage(entity, stage)
+   for _, s in ipairs(entity.stages) do
+      if s == stage then return true end
+   end
+   return false
+end
+
+-- Field\Stage, PreviousStageId, MovedTime/MovedBy, Title: after the fields were set, a stage
+-- that is not the category's is the first one (a new item) or the previous one (an update); a
+-- changed stage moves the item; an empty title is the type's placeholder "Title #id".
+local function smart_after(portal, entity, row, before, now)
+   if not is_stage(entity, row.STAGE_ID) then row.STAGE_ID = before and before.STAGE_ID or entity.stages[1] end
+   if before and row.STAGE_ID ~= before.STAGE_ID then
+      row.PREVIOUS_STAGE_ID = before.STAGE_ID
+      row.MOVED_TIME, row.MOVED_BY = now, tostring(portal.user_id)
+   end
+   if row.TITLE == nil or row.TITLE == "" then row.TITLE = entity.type.TITLE .. " #" .. row.ID end
+end
+
+-- The item of entityTypeId and id: entity, row | nil, err (CRM_TYPE_ITEM_NOT_FOUND).
+local function find(portal, n, id)
+   local entity, err = entity_of(portal, n)
+   if not entity then return nil, err end
+   local row = entity.store.rows[id]
+   if not row then return fail("Element not found", "NOT_FOUND") end
+   return entity, row
+end
+
+-- crm.item.add (item.php addAction): fields converted to upper case and set; the operation's
+-- defaults; the entity's add event (Lead.php … configureAddOperation: OnAfterCrmLeadAdd, the
+-- REST ONCRMLEADADD; Dynamic.php: onCrmDynamicItemAdd with ENTITY_TYPE_ID).
+local function item_add(portal, params)
+   local p, err = bind(params, { { "entityTypeId", "int" }, { "fields", "array" } })
+   if not p then return nil, err end
+   local entity
+   entity, err = entity_of(portal, p.entityTypeId)
+   if not entity then return nil, err end
+   local store = entity.store
+   local id, now = store:take_id(), portal:date()
+   local row = entity.type and smart_row(portal, entity, id, now) or legacy_row(portal, entity, id, now)
+   apply_fields(portal, entity, row, p.fields)
+   if entity.type then smart_after(portal, entity, row, nil, now) end
+   store:put(id, row)
+   portal:changed(entity.event .. "ADD", id, entity.extra)
+   return { item = item_view(portal, entity, row) }, { rows = 1 }
+end
+
+-- crm.item.update (item.php updateAction): NOT_FOUND before the fields; the dates and users of
+-- the change; the entity's update event.
+local function item_update(portal, params)
+   local p, err = bind(params, { { "entityTypeId", "int" }, { "id", "int" }, { "fields", "array" } })
+   if not p then return nil, err end
+   local entity, row = find(portal, p.entityTypeId, p.id)
+   if not entity then return nil, row end
+   local before, now = {}, portal:date()
+   for k, v in pairs(row) do before[k] = v end
+   apply_fields(portal, entity, row, p.fields)
+   if entity.type then
+      smart_after(portal, entity, row, before, now)
+      row.UPDATED_TIME, row.UPDATED_BY = now, tostring(portal.user_id)
+   else
+      row.DATE_MODIFY, row.MODIFY_BY_ID = now, tostring(portal.user_id)
+   end
+   portal:changed(entity.event .. "UPDATE", p.id, entity.extra)
+   return { item = item_view(portal, entity, row) }, { rows = 1 }
+end
+
+-- crm.item.get (item.php getAction: id is bound before entityTypeId).
+local function item_get(portal, params)
+   local p, err = bind(params, { { "id", "int" }, { "entityTypeId", "int" } })
+   if not p then return nil, err end
+   local entity, row = find(portal, p.entityTypeId, p.id)
+   if not entity then return nil, row end
+   return { item = item_view(portal, entity, row) }, { rows = 1 }
+end
+
+-- crm.item.delete (item.php deleteAction): [] and the entity's delete event (Lead.php
+-- getDeleteOperation: OnAfterCrmLeadDelete; Dynamic.php: onCrmDynamicItemDelete).
+local function item_delete(portal, params)
+   local p, err = bind(params, { { "entityTypeId", "int" }, { "id", "int" } })
+   if not p then return nil, err end
+   local entity, row = find(portal, p.entityTypeId, p.id)
+   if not entity then return nil, row end
+   entity.store:remove(p.id)
+   portal:changed(entity.event .. "DELETE", p.id, entity.extra)
+   return {}, { rows = 1 }
+end
+
+-- crm.item.fields (item.php fieldsAction, controller/base.php prepareFieldsInfo,
+-- crm/classes/general/restservice.php CCrmRestHelper::prepareFieldInfos): each field under its
+-- camel case name with type, isRequired, isReadOnly, isImmutable, isMultiple, isDynamic, title
+-- (the caption; the upper name when there is none: no captions are modelled), statusType for
+-- crm_status, upperName.
+local function item_fields(portal, params)
+   local p, err = bind(params, { { "entityTypeId", "int" } })
+   if not p then return nil, err end
+   local entity
+   entity, err = entity_of(portal, p.entityTypeId)
+   if not entity then return nil, err end
+   local out = {}
+   for _, f in ipairs(entity.fields) do
+      local info = { type = f.type, isRequired = f.required or false, isReadOnly = f.read_only or false,
+                     isImmutable = false, isMultiple = f.multiple or false, isDynamic = false,
+                     title = f.upper, upperName = f.upper }
+      if f.type == "crm_status" then info.statusType = f.status_type or "" end
+      out[camel(f.upper)] = info
+   end
+   return { fields = out }
+end
+
+-- The select of crm.item.list as getJsonForItems applies it: nil for every field ('*' or
+-- none), else the camel case names of the converted names.
+local function selection(entity, select)
+   if type(select) ~= "table" or next(select) == nil then return nil end
+   local selected = {}
+   for _, key in pairs(select) do
+      key = to_text(key)
+      if key == "*" then return nil end
+      if key then selected[camel(to_upper(entity.names, key))] = true end
+   end
+   return selected
 end
 
 -- crm.item.list (crm/lib/controller/item.php listAction): entityTypeId picks the entity; filter
 -- and order keys are converted to upper case and must name allowed fields, the filter checked
--- before the order; the rows print the factory's names (a lead's status is stageId, a
--- company's type typeId).
+-- before the order; dates compare as dates in the portal's zone; start=-1 counts nothing, so
+-- the answer has neither total nor next (rest/lib/engine/restmanager.php getNavigationData).
 local function item_list(portal, params)
-   local kind = ENTITY_TYPES[tonumber(to_text(params.entityTypeId) or "") or -1]
-   if not kind then
-      return fail("Smart process not found", "NOT_FOUND", 400)
-   end
-   local store = portal.stores[kind]
-   local names = item_names(kind, store.def)
-   local conv = converter_names(store.def, names)
-   local filter, order = {}, {}
+   local p, err = bind(params, { { "entityTypeId", "int" }, { "select", "array", true },
+                                 { "order", "array", true }, { "filter", "array", true } })
+   if not p then return nil, err end
+   local entity
+   entity, err = entity_of(portal, p.entityTypeId)
+   if not entity then return nil, err end
+   local names = entity.names
    local function convert(t)
       local out = {}
       for k, v in pairs(t) do
-         if type(k) == "string" then k = to_upper(conv, k) end
+         if type(k) == "string" then k = to_upper(names, k) end
          out[k] = type(v) == "table" and convert(v) or v
       end
       return out
    end
-   if type(params.filter) == "table" then filter = convert(params.filter) end
-   local ok, err = validate_filter(filter, names.allowed)
+   local filter, order = convert(p.filter or {}), {}
+   local ok
+   ok, err = validate_filter(filter, entity.allowed)
    if not ok then return nil, err end
-   if type(params.order) == "table" then
-      for k, v in pairs(params.order) do
-         if type(k) == "string" then order[to_upper(conv, k)] = v end
+   if p.order then
+      for k, v in pairs(p.order) do
+         if type(k) == "string" then order[to_upper(names, k)] = v end
       end
-      ok, err = validate_order(order, names.allowed)
+      ok, err = validate_order(order, entity.allowed)
       if not ok then return nil, err end
    end
    -- to the entity's columns (the factory's prepareFilter and getFieldsMap)
    local columns = {}
    for k, v in pairs(filter) do
-      local prefix, field = split_filter_key(type(k) == "string" and k or "", names.allowed)
+      local prefix, field = split_filter_key(type(k) == "string" and k or "", entity.allowed)
       if prefix and field ~= "logic" and field ~= "LOGIC" then
-         columns[prefix .. (names.column_of[field] or field)] = v
+         columns[prefix .. (entity.column_of[field] or field)] = v
       end
    end
    local sorted = {}
-   for k, v in pairs(order) do sorted[names.column_of[k] or k] = v end
-   local rows, meta = store:query({ filter = columns, order = sorted, start = params.start },
-                                  { name = function(key) return key end, paging = "orm" })
-   local selected
-   if type(params.select) == "table" and next(params.select) ~= nil then
-      selected = {}
-      for _, key in pairs(params.select) do
-         key = to_text(key)
-         if key == "*" then selected = nil; break end
-         if key then selected[key] = true end
-      end
-   end
+   for k, v in pairs(order) do sorted[entity.column_of[k] or k] = v end
+   local rows, meta = entity.store:query({ filter = columns, order = sorted, start = params.start },
+      { name = function(key) return key end, paging = "orm", timezone = portal.timezone })
+   if php_int(params.start) == -1 then meta.total, meta.next = nil, nil end
+   local selected = selection(entity, p.select)
    local items = {}
-   for i, row in ipairs(rows) do items[i] = item_view(store.def, names, row, selected) end
+   for i, row in ipairs(rows) do items[i] = item_view(portal, entity, row, selected) end
    return { items = items }, meta
 end
 
+-- Type::jsonSerialize (crm/lib/Service/Converter/Type.php toJson): the columns in camel case,
+-- ids as numbers, flags Y/N; with all data (crm.type.get) relations, linkedUserFields and
+-- customSections too (none modelled: empty).
+local function type_view(portal, row, all)
+   local out = {}
+   for _, c in ipairs(smart.TYPE_COLUMNS) do
+      local v = row[c[1]]
+      if v == nil then v = null
+      elseif c[2] == "integer" or c[2] == "user" then v = tonumber(v) or v
+      elseif c[2] == "datetime" then v = print_datetime(v, portal.timezone)
+      end
+      out[camel(c[1])] = v
+   end
+   if all then
+      out.relations = { parent = {}, child = {} }
+      out.linkedUserFields = {}
+      out.customSections = {}
+   end
+   return out
+end
 
--- Registers crm.item.list into methods.
-function _M.register(_, methods)
+-- The types as a store (filter, order and paging as the ORM's), made on first use.
+local function type_store(portal)
+   if portal.crm_types then return portal.crm_types end
+   local def = { fields = {}, by_name = {} }
+   for i, c in ipairs(smart.TYPE_COLUMNS) do def.fields[i] = { c[1], c[2], true, false } end
+   local store = storage.new("crm_type", def)
+   for _, row in ipairs(smart.type_rows(portal:date())) do store:put(store:take_id(), row) end
+   portal.crm_types = store
+   return store
+end
+
+-- crm.type.list (crm/lib/controller/type.php listAction): filter and order keys converted to
+-- upper case (convertKeysToUpper) and validated against TypeTable's fields; the types under
+-- `types`, ORM paging.
+local function type_list(portal, params)
+   local p, err = bind(params, { { "order", "array", true }, { "filter", "array", true } })
+   if not p then return nil, err end
+   local names = { common = smart.TYPE_ALLOWED, camel = {} }
+   for name in pairs(smart.TYPE_ALLOWED) do names.camel[camel(name)] = name end
+   local filter, order = {}, {}
+   for k, v in pairs(p.filter or {}) do filter[type(k) == "string" and to_upper(names, k) or k] = v end
+   local ok
+   ok, err = validate_filter(filter, smart.TYPE_ALLOWED)
+   if not ok then return nil, err end
+   if p.order then
+      for k, v in pairs(p.order) do
+         if type(k) == "string" then order[to_upper(names, k)] = v end
+      end
+      ok, err = validate_order(order, smart.TYPE_ALLOWED)
+      if not ok then return nil, err end
+   end
+   local rows, meta = type_store(portal):query({ filter = filter, order = order, start = params.start },
+      { name = function(key) return key end, paging = "orm", timezone = portal.timezone })
+   if php_int(params.start) == -1 then meta.total, meta.next = nil, nil end
+   local types = {}
+   for i, row in ipairs(rows) do types[i] = type_view(portal, row, false) end
+   return { types = types }, meta
+end
+
+-- crm.type.get (type.php getAction, the ExactParameter `type` built from id): a missing id
+-- cannot build the argument (code 100); an unknown one is CRM_TYPE_TYPE_NOT_FOUND with code 0,
+-- the first of the controller's errors.
+local function type_get(portal, params)
+   if params.id == nil then
+      return fail("Could not find value for parameter to build auto wired argument " ..
+         "{Bitrix\\Crm\\Model\\Dynamic\\Type $type}", "100")
+   end
+   local t = smart.type_by_id(php_int(params.id))
+   if not t then return fail("Smart process not found", "0") end
+   local store = type_store(portal)
+   for _, id in ipairs(store.ids) do
+      local row = store.rows[id]
+      if row.ID == tostring(t.ID) then return { type = type_view(portal, row, true) } end
+   end
+   return fail("Smart process not found", "0")
+end
+
+-- Registers crm.item.* and crm.type.list/get into methods, and the smart processes' stores.
+function _M.register(portal, methods)
+   smart.register(portal)
+   methods["crm.item.add"] = item_add
+   methods["crm.item.update"] = item_update
+   methods["crm.item.get"] = item_get
+   methods["crm.item.delete"] = item_delete
+   methods["crm.item.fields"] = item_fields
    methods["crm.item.list"] = item_list
+   methods["crm.type.list"] = type_list
+   methods["crm.type.get"] = type_get
 end
 
 return _M
