@@ -227,3 +227,159 @@ describe("emulator --data", function()
       assert.matches("not an emulator data file", out, 1, true)
    end)
 end)
+
+describe("emulator task comments", function()
+   local dir, rec, srv, task_id
+   setup(function()
+      dir = b24.tmpdir()
+      rec = recorder(dir)
+      srv = b24.emulate{ args = { "--code", emu.CODE, "--token", TOKEN, "--events-to", rec.base .. "/hook",
+                                  "--timezone", "+03:00" } }
+      local _, task = call(srv, "tasks.task.add", { fields = { TITLE = "commented" } })
+      task_id = task.result.task.id
+   end)
+   teardown(function()
+      if srv then srv:stop() end
+      if rec then rec:stop() end
+      os.execute("rm -rf " .. b24.quote(dir))
+   end)
+
+   -- a call whose JSON body is given as text (the parameters' order is the point)
+   local function raw(method, body)
+      return call(srv, method, nil, { body = body })
+   end
+
+   it("adds, updates, reads and deletes comments with parameters read by position, raising their events", function()
+      -- an ordered array [TASKID, FIELDS], and named keys read in the order sent
+      local status, added = raw("task.commentitem.add", "[" .. task_id .. ',{"POST_MESSAGE":"first"}]')
+      assert.equal(200, status)
+      assert.equal("number", type(added.result))
+      local _, second = raw("task.commentitem.add", '{"TASKID":' .. task_id ..
+         ',"FIELDS":{"POST_MESSAGE":"second","POST_DATE":"2026-01-02T10:00:00+00:00"}}')
+      local c1, c2 = emu.str(added.result), emu.str(second.result)
+      local _, got = raw("task.commentitem.get", '{"TASKID":' .. task_id .. ',"ITEMID":' .. c1 .. "}")
+      assert.same({ "AUTHOR_EMAIL", "AUTHOR_ID", "AUTHOR_NAME", "ID", "POST_DATE", "POST_MESSAGE",
+                    "POST_MESSAGE_HTML" }, emu.keys(got.result))
+      assert.equal(c1, got.result.ID)
+      assert.equal("first", got.result.POST_MESSAGE)
+      assert.equal("1", got.result.AUTHOR_ID)
+      assert.equal(cjson.null, got.result.POST_MESSAGE_HTML)
+      assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%+03:00$", got.result.POST_DATE)
+      -- every comment of the task by ID; POST_DATE read as a date and printed in the portal's zone
+      local _, list = raw("task.commentitem.getlist", "[" .. task_id .. "]")
+      assert.same({ c1, c2 }, { list.result[1].ID, list.result[2].ID })
+      assert.equal(2, #list.result)
+      assert.equal("2026-01-02T13:00:00+03:00", list.result[2].POST_DATE)
+      local _, older = raw("task.commentitem.getlist", "[" .. task_id .. ',{"ID":"desc"},{"<POST_DATE":"01.06.2026"}]')
+      assert.equal(1, #older.result)
+      assert.equal(c2, older.result[1].ID)
+      local _, both = raw("task.commentitem.getlist", "[" .. task_id .. ',{"ID":"desc"}]')
+      assert.same({ c2, c1 }, { both.result[1].ID, both.result[2].ID })
+      -- update answers true; empty fields change nothing and answer false (commentitem.php update)
+      local _, upd = raw("task.commentitem.update", "[" .. task_id .. "," .. c1 .. ',{"POST_MESSAGE":"edited"}]')
+      assert.is_true(upd.result)
+      local _, none = raw("task.commentitem.update", "[" .. task_id .. "," .. c1 .. ",[]]")
+      assert.is_false(none.result)
+      local _, after = raw("task.commentitem.get", "[" .. task_id .. "," .. c1 .. "]")
+      assert.equal("edited", after.result.POST_MESSAGE)
+      local _, del = raw("task.commentitem.delete", "[" .. task_id .. "," .. c2 .. "]")
+      assert.is_true(del.result)
+      local _, left = raw("task.commentitem.getlist", '{"TASKID":' .. task_id .. "}")
+      assert.equal(1, #left.result)
+
+      -- ONTASKADD, then the comments' ADD, ADD, UPDATE (the false one raised nothing), DELETE
+      local list_events = rec.received(5)
+      local events = {}
+      for i = 2, 5 do events[#events + 1] = list_events[i] end
+      local tid = tostring(task_id)
+      assert.same({ "ONTASKCOMMENTADD", "ONTASKCOMMENTADD", "ONTASKCOMMENTUPDATE", "ONTASKCOMMENTDELETE" },
+                  { events[1].form.event, events[2].form.event, events[3].form.event, events[4].form.event })
+      -- tasks/classes/general/commentitem.php onEventFilter, as the captured delivery has it
+      assert.same({ FIELDS_BEFORE = "undefined", FIELDS_AFTER = { ID = "0", MESSAGE_ID = c1, TASK_ID = tid },
+                    IS_ACCESSIBLE_BEFORE = "N", IS_ACCESSIBLE_AFTER = "undefined" }, events[1].form.data)
+      assert.same(names(shared.vector("events/webhook-ontaskcommentadd.form")), names(events[1].body))
+      assert.same({ FIELDS_BEFORE = { ID = c1, TASK_ID = tid },
+                    FIELDS_AFTER = { ID = c1, TASK_ID = tid, ACTION = "EDIT" },
+                    IS_ACCESSIBLE_BEFORE = "undefined", IS_ACCESSIBLE_AFTER = "undefined" }, events[3].form.data)
+      assert.same({ FIELDS_BEFORE = { ID = c2, TASK_ID = tid },
+                    FIELDS_AFTER = { ID = c2, TASK_ID = tid, ACTION = "DEL" },
+                    IS_ACCESSIBLE_BEFORE = "undefined", IS_ACCESSIBLE_AFTER = "undefined" }, events[4].form.data)
+      assert.matches("data[FIELDS_AFTER][ACTION]=EDIT", events[3].body, 1, true)
+   end)
+
+   it("adds a comment from a batch command, its parameters in the order of the query", function()
+      local status, body = emu.batch(srv, { { "c", "task.commentitem.add?TASKID=" .. task_id ..
+                                              "&FIELDS[POST_MESSAGE]=from%20batch" } })
+      assert.equal(200, status)
+      local id = body.result.result.c
+      assert.equal("number", type(id))
+      local _, got = raw("task.commentitem.get", "[" .. task_id .. "," .. emu.str(id) .. "]")
+      assert.equal("from batch", got.result.POST_MESSAGE)
+   end)
+
+   it("answers the errors of restservice.php and commentitem.php", function()
+      local cases = {
+         -- the parameters' order decides: FIELDS first is param #0, not an integer
+         { "task.commentitem.add", '{"FIELDS":{"POST_MESSAGE":"x"},"TASKID":' .. task_id .. "}",
+           'TASKS_ERROR_EXCEPTION_#256; Param #0 (taskId) for method ctaskcommentitem::add() expected to be of type ' ..
+           '"integer", but given something else.; 256/TE/WRONG_ARGUMENTS<br>' },
+         { "task.commentitem.add", "[" .. task_id .. "]",
+           "TASKS_ERROR_EXCEPTION_#256; Param #1 (arFields) expected by method ctaskcommentitem::add(), but not " ..
+           "given.; 256/TE/WRONG_ARGUMENTS<br>" },
+         { "task.commentitem.add", "[" .. task_id .. ',{"TITLE":"x"}]',
+           'TASKS_ERROR_EXCEPTION_#256; Param #1 (arFields) for method ctaskcommentitem::add() must not contain key ' ..
+           '"TITLE".; 256/TE/WRONG_ARGUMENTS<br>' },
+         { "task.commentitem.add", '[999999,{"POST_MESSAGE":"x"}]', "Insufficient permissions to add a comment.<br>" },
+         { "task.commentitem.getlist", "[" .. task_id .. ',{">=POST_DATE":"2025-01-01"}]',
+           'TASKS_ERROR_EXCEPTION_#256; Param #1 (arOrder) for method ctaskcommentitem::getlist() must not contain ' ..
+           'key ">=POST_DATE".; 256/TE/WRONG_ARGUMENTS<br>' },
+         { "task.commentitem.getlist", "[999999]",
+           "TASKS_ERROR_EXCEPTION_#8; Action failed; 8/TE/ACTION_FAILED_TO_BE_PROCESSED<br>" },
+         { "task.commentitem.get", "[" .. task_id .. ",999999]",
+           "TASKS_ERROR_EXCEPTION_#512; Check listitem not found or not accessible; " ..
+           "512/TE/ITEM_NOT_FOUND_OR_NOT_ACCESSIBLE<br>" },
+         { "task.commentitem.delete", "[" .. task_id .. ",999999]",
+           "TASKS_ERROR_EXCEPTION_#4; Action is not allowed; 4/TE/ACTION_NOT_ALLOWED<br>" },
+         { "task.commentitem.update", "[" .. task_id .. ',999999,{"POST_MESSAGE":"x"}]',
+           "TASKS_ERROR_EXCEPTION_#4; Action is not allowed; 4/TE/ACTION_NOT_ALLOWED<br>" },
+      }
+      for _, case in ipairs(cases) do
+         local status, body = raw(case[1], case[2])
+         assert.equal(400, status, case[2])
+         assert.same({ error = "ERROR_CORE", error_description = case[3] }, body)
+      end
+   end)
+end)
+
+describe("emulator smart-process item events", function()
+   it("sends ONCRMDYNAMICITEM* with FIELDS ID and ENTITY_TYPE_ID, and the type's own event beside it", function()
+      local dir = b24.tmpdir()
+      local rec = recorder(dir)
+      local http = core.http{ timeout = 10 }
+      finally(function() rec:stop(); http:close(); os.execute("rm -rf " .. b24.quote(dir)) end)
+      -- an in-process portal whose post service POSTs to the receiver at once
+      local portal = require("b24.emulator.portal").new{
+         events_to = { rec.base .. "/hook" }, token = TOKEN, data = nil,
+         post = function(url, body, headers)
+            local res = assert(http:request{ method = "POST", url = url, headers = headers, body = body })
+            return res.status == 200
+         end,
+         log = function() end,
+      }
+      portal:changed("ONCRMDYNAMICITEMADD", 7, { ENTITY_TYPE_ID = 128 })
+      portal:changed("ONCRMDYNAMICITEMDELETE", 7, { ENTITY_TYPE_ID = 128 })
+      portal:changed("ONCRMLEADADD", 8) -- the two-argument form still works
+      local got = rec.received(5)
+      local want = { "ONCRMDYNAMICITEMADD", "ONCRMDYNAMICITEMADD_128", "ONCRMDYNAMICITEMDELETE",
+                     "ONCRMDYNAMICITEMDELETE_128", "ONCRMLEADADD" }
+      for i, name in ipairs(want) do assert.equal(name, got[i].form.event) end
+      for i = 1, 4 do
+         assert.same({ FIELDS = { ID = "7", ENTITY_TYPE_ID = "128" } }, got[i].form.data)
+         -- crm/lib/integration/rest/eventmanager.php processItemEvent: ID, then ENTITY_TYPE_ID
+         local order = names(got[i].body)
+         assert.same({ "event", "event_handler_id", "data[FIELDS][ID]", "data[FIELDS][ENTITY_TYPE_ID]", "ts" },
+                     { order[1], order[2], order[3], order[4], order[5] })
+      end
+      assert.same({ FIELDS = { ID = "8" } }, got[5].form.data)
+   end)
+end)

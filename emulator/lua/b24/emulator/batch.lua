@@ -2,7 +2,6 @@
 -- order sent, each able to reference earlier results ($result[label][…], $next[label],
 -- $total[label], $time[label][…], $error[label][…]); the answer has result, result_error,
 -- result_total, result_next and result_time keyed by label.
-local core = require "bitrix24.core"
 local json = require "b24.emulator.json"
 local labels = require "b24.emulator.labels"
 local request = require "b24.emulator.request"
@@ -25,7 +24,6 @@ local string_upper = string.upper
 local next = next
 local table_sort = table.sort
 local math_huge = math.huge
-local form_decode = core.form_decode
 local to_text = storage.to_text
 local method_name = request.method_name
 
@@ -242,7 +240,9 @@ function _M.run(portal, params)
          elseif not portal.methods[method] then
             err = NOT_FOUND
          else
-            local sub = substitute(form_decode(query) or {}, sections)
+            -- the command's parameters keep the order sent, as PHP's parse_str does
+            local raw = request.form_parameters(query)
+            local sub = request.keep_order(substitute(raw, sections), raw)
             local result, meta, time = portal:call(method, sub)
             if result == nil then
                -- an error has no time, so no result_time (rest.php processException); a blocked

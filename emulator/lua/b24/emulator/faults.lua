@@ -1,5 +1,6 @@
 -- b24.emulator.faults: the --faults option of the emulated portal, what fails and how often
--- ("503=0.2,500=0.05,reset=0.02,slow=0.01"), and the dice rolled for each request.
+-- ("503=0.2,500=0.05,reset=0.02,slow=0.01,drop=0.3"), and the dice rolled for each request and
+-- each event delivery (drop: the portal sends an event the receiver never gets).
 local type = type
 local error = error
 local tonumber = tonumber
@@ -12,9 +13,10 @@ local math_random = math.random
 local _M = {}
 local mt = { __index = _M }
 
-local NAMES = { ["503"] = 503, ["500"] = 500, reset = "reset", slow = "slow" }
+local NAMES = { ["503"] = 503, ["500"] = 500, reset = "reset", slow = "slow", drop = "drop" }
 
--- Parses "503=0.2,500=0.05,reset=0.02,slow=0.01" into { [503] = 0.2, [500] = 0.05, reset = …, slow = … };
+-- Parses "503=0.2,500=0.05,reset=0.02,slow=0.01,drop=0.3" into { [503] = 0.2, [500] = 0.05, reset = …,
+-- slow = …, drop = … };
 -- nil, err for an unknown fault or a probability outside [0, 1].
 function _M.parse(spec)
    local faults = {}
@@ -22,7 +24,7 @@ function _M.parse(spec)
       local name, p = string_match(item, "^%s*([%w_]+)%s*=%s*([%d.]+)%s*$")
       local key = name and NAMES[string_lower(name)]
       p = tonumber(p)
-      if not key then return nil, "unknown fault '" .. item .. "' (503, 500, reset or slow expected)" end
+      if not key then return nil, "unknown fault '" .. item .. "' (503, 500, reset, slow or drop expected)" end
       if not p or p < 0 or p > 1 then return nil, "fault '" .. item .. "' needs a probability from 0 to 1" end
       faults[key] = p
    end
@@ -41,7 +43,8 @@ function _M.new(spec, random)
    return setmetatable({ p = faults, random = random or math_random }, mt)
 end
 
--- True when `fault` (503, 500, "reset" or "slow") happens to this request.
+-- True when `fault` (503, 500, "reset" or "slow") happens to this request, or "drop" to this
+-- event delivery.
 function _M:roll(fault)
    local p = self.p[fault]
    return p ~= nil and p > 0 and self.random() < p

@@ -10,6 +10,7 @@ local tonumber = tonumber
 local error = error
 local string_format = string.format
 local string_match = string.match
+local string_gmatch = string.gmatch
 local string_sub = string.sub
 local table_concat = table.concat
 local math_floor = math.floor
@@ -25,6 +26,8 @@ local OPTIONS = {
    { "--code", "code", "secret", "CODE", "the webhook code (a fixed development code by default)" },
    { "--token", "token", "secret", "TOKEN", "the application token sent with events" },
    { "--events-to", "events_to", "url", "URL", "POST events to this URL (repeatable)" },
+   { "--events", "events", "events", "NAMES",
+     "the events the --events-to before it gets, e.g. ONCRMLEADADD,ONCRMDEAL* (all by default)" },
    { "--domain", "domain", "text", "DOMAIN", "the portal domain in events (" .. events.DEFAULT_DOMAIN .. ")" },
    { "--member-id", "member_id", "text", "ID", "auth[member_id] in events (derived from the domain)" },
    { "--seed-leads", "seed_leads", "count", "N", "start with N leads (0)" },
@@ -36,7 +39,7 @@ local OPTIONS = {
    { "--latency", "latency_ms", "amount", "MS", "milliseconds added to each request (0)" },
    { "--row-cost", "row_cost_us", "amount", "US", "microseconds of processing per row returned (0)" },
    { "--count-cost", "count_cost_us", "amount", "US", "microseconds per row counted for a page's total (0)" },
-   { "--faults", "faults", "faults", "SPEC", "e.g. 503=0.2,500=0.05,reset=0.02,slow=0.01 (probabilities)" },
+   { "--faults", "faults", "faults", "SPEC", "e.g. 503=0.2,500=0.05,reset=0.02,slow=0.01,drop=0.3 (probabilities)" },
    { "--slow-delay", "slow_delay", "amount", "SECONDS", "seconds a slow fault holds the answer (10)" },
    { "--enterprise", "enterprise", "flag", "", "leaky bucket 250/5 instead of 50/2" },
    { "--operating-limit", "operating_limit", "positive", "SECONDS",
@@ -45,7 +48,7 @@ local OPTIONS = {
      "the operating limit's window, ten baskets (600)" },
    { "--time-scale", "time_scale", "positive", "X", "how much faster the limits' clock runs (1)" },
    { "--data", "data", "text", "PATH", "persist entities to this JSON file" },
-   { "--random-seed", "random_seed", "integer", "N", "seed of the fault dice" },
+   { "--random-seed", "random_seed", "integer", "N", "seed of the fault dice (drop included)" },
 }
 local BY_NAME = {}
 for _, o in ipairs(OPTIONS) do BY_NAME[o[1]] = o end
@@ -110,12 +113,26 @@ local CHECK = {
       if not f then fail("--faults: " .. err) end
       return f
    end,
+   -- comma-separated names or prefixes ending in "*", each a documented event (events.pattern)
+   events = function(v)
+      local list = {}
+      for item in string_gmatch(v, "[^,]+") do
+         item = string_match(item, "^%s*(.-)%s*$")
+         if item ~= "" then
+            local p, err = events.pattern(item)
+            if not p then fail("--events: " .. err) end
+            list[#list + 1] = p
+         end
+      end
+      return #list > 0 and list or nil, "event names or prefixes ending in *"
+   end,
 }
 
 -- Parses emulator options (`--name value` or `--name=value`) into an options table for
--- emulator.new (events_to is always a list).
+-- emulator.new (events_to is always a list; events maps an events_to index to the patterns its
+-- --events gave, the target before them).
 function _M.parse(argv)
-   local opts = { events_to = {} }
+   local opts = { events_to = {}, events = {} }
    local i = 1
    while i <= #argv do
       local arg = tostring(argv[i])
@@ -142,7 +159,17 @@ function _M.parse(argv)
             if o[3] == "secret" then fail(name .. " needs " .. want) end
             fail(name .. " needs " .. want .. ", not '" .. value .. "'")
          end
-         if o[2] == "events_to" then opts.events_to[#opts.events_to + 1] = got else opts[o[2]] = got end
+         if o[2] == "events_to" then
+            opts.events_to[#opts.events_to + 1] = got
+         elseif o[2] == "events" then
+            local target = #opts.events_to
+            if target == 0 then fail("--events needs an --events-to before it (the target it applies to)") end
+            local list = opts.events[target] or {}
+            for _, p in ipairs(got) do list[#list + 1] = p end
+            opts.events[target] = list
+         else
+            opts[o[2]] = got
+         end
       end
       i = i + 1
    end

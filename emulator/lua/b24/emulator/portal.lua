@@ -8,6 +8,7 @@ local bitrix24_log = require "bitrix24.log"
 local crm = require "b24.emulator.crm"
 local crm_item = require "b24.emulator.crm_item"
 local tasks = require "b24.emulator.tasks"
+local task_comments = require "b24.emulator.task_comments"
 local batch = require "b24.emulator.batch"
 local methods = require "b24.emulator.methods"
 local events = require "b24.emulator.events"
@@ -27,6 +28,7 @@ local tostring = tostring
 local tonumber = tonumber
 local setmetatable = setmetatable
 local string_sub = string.sub
+local string_match = string.match
 local os_time = os.time
 local equal = core.equal
 local now = core.now
@@ -56,7 +58,8 @@ local TOO_MANY = { status = 503, error = "QUERY_LIMIT_EXCEEDED", error_descripti
 -- table), slow_delay (seconds a slow fault adds), time_scale (speeds up the clock of the leaky
 -- bucket and of the operating window), operating_limit (seconds per method per window),
 -- operating_window (the window's seconds on that clock, 600: ten baskets of a tenth),
--- events_to (list of URLs), token, domain, member_id, data (a JSON file to persist to); and the
+-- events_to (list of URLs), events (events_to index -> the --events patterns of that target),
+-- token, domain, member_id, data (a JSON file to persist to); and the
 -- host's services: log (fn(level, msg, fields); stderr by default), post (fn(url, body, headers)
 -- -> true | nil, reason; needed for events_to); for specs: clock (scaled seconds), random (a
 -- [0,1) function). Raises error(msg, 0) for bad options or an unusable --data file.
@@ -85,11 +88,14 @@ function _M.new(opts)
       stores = {}, methods = {},
       sim = 0, t_wall = 0, t_mono = 0, dirty = false,
    }, mt)
-   self.events = events.new{ urls = opts.events_to, token = opts.token, domain = opts.domain,
-                             member_id = opts.member_id, post = opts.post, log = log }
+   local dice = self.faults
+   self.events = events.new{ urls = opts.events_to, subscriptions = opts.events, token = opts.token,
+                             domain = opts.domain, member_id = opts.member_id, post = opts.post, log = log,
+                             drop = function() return dice:roll("drop") end }
    crm.register(self, self.methods)
    crm_item.register(self, self.methods)
    tasks.register(self, self.methods)
+   task_comments.register(self, self.methods)
    methods.register(self, self.methods)
    self.methods.batch = batch.run
    local loaded = self.data_path and persist.load(self.data_path, self.stores)
@@ -116,16 +122,28 @@ function _M:save()
    return true
 end
 
--- Called by methods on every add/update/delete: posts the event, marks the state for saving.
-function _M:changed(event, id)
+-- Called by methods on every add/update/delete: raises the event (sent after the answer, once
+-- per request for identical ones), marks the state for saving. extra (optional): further data,
+-- the FIELDS of a CRM event ({ ENTITY_TYPE_ID = 128 } for a smart-process item) or a task
+-- comment's { TASK_ID = … }.
+function _M:changed(event, id, extra)
    self.dirty = true
    local data
-   if string_sub(event, 1, 6) == "ONTASK" then
+   if string_sub(event, 1, 13) == "ONTASKCOMMENT" then
+      data = events.comment_data(string_sub(event, 14), id, extra and extra.TASK_ID)
+   elseif string_sub(event, 1, 6) == "ONTASK" then
       data = events.task_data(string_sub(event, 7), id)
    else
-      data = events.crm_data(id)
+      data = events.crm_data(id, extra)
    end
    self.events:emit(event, data)
+   -- crm/lib/Service/Factory/Dynamic.php configureAddOperation, getUpdateOperation,
+   -- getDeleteOperation: an item's change sends the common event and its type's own
+   -- (eventmanager.php getItemEventNameWithEntityTypeId: ONCRMDYNAMICITEMADD_128), same data
+   local type_id = extra and extra.ENTITY_TYPE_ID
+   if type_id and string_match(event, "^ONCRMDYNAMICITEM%u+$") then
+      self.events:emit(event .. "_" .. tostring(type_id), data)
+   end
 end
 
 -- The ISO-8601 date of unix time t (now by default) in the portal's time zone, as portals
@@ -190,8 +208,17 @@ function _M:handle(request)
    return self:answer(request)
 end
 
--- handle() before the transport: the JSON answer.
+-- handle() before the transport: the JSON answer. The events the request raised leave once it
+-- is computed (rest/lib/event/sender.php: Buffer per hit, Sender::send as a background job).
 function _M:answer(request)
+   self.events:begin()
+   local status, headers, body, extra = self:reply(request)
+   self.events:flush()
+   return status, headers, body, extra
+end
+
+-- answer() without the events: the JSON answer.
+function _M:reply(request)
    local user, code, name = request_of.route(request.path)
    if not user then
       -- /rest/METHOD: rest.php CRestServer::processExecution looks the method up (404) before

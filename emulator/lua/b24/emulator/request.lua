@@ -6,6 +6,12 @@ local json = require "b24.emulator.json"
 
 local type = type
 local pairs = pairs
+local ipairs = ipairs
+local tonumber = tonumber
+local setmetatable = setmetatable
+local string_byte = string.byte
+local string_char = string.char
+local string_gmatch = string.gmatch
 local string_lower = string.lower
 local string_gsub = string.gsub
 local string_match = string.match
@@ -14,6 +20,100 @@ local string_sub = string.sub
 local form_decode = core.form_decode
 
 local _M = {}
+
+-- The top-level keys of each parameters table, in the order the request sent them (a decoded
+-- table has lost it; PHP arrays keep it, and the legacy task.* methods read their parameters by
+-- position). Weak, so a table's order lives as long as the table.
+local ORDER = setmetatable({}, { __mode = "k" })
+
+local function unescape(s)
+   s = string_gsub(s, "+", " ")
+   return (string_gsub(s, "%%(%x%x)", function(h) return string_char(tonumber(h, 16)) end))
+end
+
+-- The top-level names of a form or query string, first appearance first (parse_str: the part
+-- of a key before its first "[").
+local function form_keys(s)
+   local keys = {}
+   for pair in string_gmatch(s, "[^&]+") do
+      local key = unescape(string_match(pair, "^[^=]*"))
+      local top = string_match(key, "^([^%[]*)%[.*%]") or key
+      if top ~= "" then keys[#keys + 1] = top end
+   end
+   return keys
+end
+
+local QUOTE, BACKSLASH = string_byte('"'), string_byte("\\")
+
+-- The keys of a JSON text's top-level object, in text order; nil when it is not an object.
+local function json_keys(s)
+   local i = string_find(s, "%S")
+   if not i or string_sub(s, i, i) ~= "{" then return nil end
+   local keys, depth, key_next = {}, 0, false
+   local n = #s
+   while i <= n do
+      local c = string_sub(s, i, i)
+      if c == '"' then
+         local j = i + 1
+         while j <= n do
+            local b = string_byte(s, j)
+            if b == BACKSLASH then j = j + 2 elseif b == QUOTE then break else j = j + 1 end
+         end
+         if key_next and depth == 1 then
+            local key = json.decode(string_sub(s, i, j))
+            if type(key) == "string" then keys[#keys + 1] = key end
+         end
+         key_next = false
+         i = j + 1
+      else
+         if c == "{" or c == "[" then
+            depth = depth + 1
+            key_next = c == "{"
+         elseif c == "}" or c == "]" then
+            depth = depth - 1
+            if depth == 0 then break end
+         elseif c == "," then
+            key_next = true
+         end
+         i = i + 1
+      end
+   end
+   return keys
+end
+
+-- Records keys (a list, duplicates allowed) as the order of params' top-level keys: the first
+-- appearance of each key that params holds.
+local function remember(params, keys)
+   local order, seen = ORDER[params] or {}, {}
+   for _, k in ipairs(order) do seen[k] = true end
+   for _, k in ipairs(keys) do
+      if not seen[k] and params[k] ~= nil then
+         seen[k] = true
+         order[#order + 1] = k
+      end
+   end
+   ORDER[params] = order
+end
+
+-- The top-level keys of params in the order the request sent them; nil when unknown (a table
+-- built another way).
+function _M.keys_in_order(params)
+   return ORDER[params]
+end
+
+-- Gives `to` the key order remembered for `from` (a copy of the parameters); returns to.
+function _M.keep_order(to, from)
+   local keys = ORDER[from]
+   if keys then remember(to, keys) end
+   return to
+end
+
+-- The parameters of a form or query string (a batch command's), their order remembered.
+function _M.form_parameters(s)
+   local params = form_decode(s or "") or {}
+   remember(params, form_keys(s or ""))
+   return params
+end
 
 -- The method of a URL's last segment or of a batch command, lower-cased, without its transport
 -- suffix (.json or .xml).
@@ -74,18 +174,26 @@ end
 -- as a form (parse_str). Only a POST has its body read (HttpRequest::isPost).
 function _M.parameters(request)
    local params = {}
-   if request.query and request.query ~= "" then params = form_decode(request.query) or {} end
+   local keys = {}
+   if request.query and request.query ~= "" then
+      params = form_decode(request.query) or {}
+      keys = form_keys(request.query)
+   end
    local body = request.body
    if body and body ~= "" and (request.method == nil or request.method == "POST") then
       local fields
       if _M.is_json((request.headers or {})["content-type"]) then
          fields = json.decode(body)
          if type(fields) ~= "table" then fields = {} end
+         for _, k in ipairs(json_keys(body) or {}) do keys[#keys + 1] = k end
       else
          fields = form_decode(body) or {}
+         for _, k in ipairs(form_keys(body)) do keys[#keys + 1] = k end
       end
+      -- array_replace: a key the query had keeps its place
       for k, v in pairs(fields) do params[k] = v end
    end
+   remember(params, keys)
    return params
 end
 
