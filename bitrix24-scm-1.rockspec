@@ -60,6 +60,7 @@ build = {
       ["bitrix24.hints"] = "lua/bitrix24/hints.lua",
       ["bitrix24.commands"] = "lua/bitrix24/commands.lua",
       ["bitrix24.bucket"] = "lua/bitrix24/bucket.lua",
+      ["bitrix24.listplan"] = "lua/bitrix24/listplan.lua",
       ["bitrix24.ngx"] = "lua/bitrix24/ngx.lua",
       ["bitrix24.transport.curl"] = "lua/bitrix24/transport/curl.lua",
       ["bitrix24.transport.ngx"] = "lua/bitrix24/transport/ngx.lua",
