@@ -1,9 +1,15 @@
 -- b24.emulator.crm: the legacy CRM entities of the emulated portal (crm.lead.*, crm.deal.*,
--- crm.contact.*, crm.company.*) and crm.item.list: their fields, how values are stored (rows of
--- strings, PHONE/EMAIL multi-fields) and printed, and select. Rows and the list semantics of
--- protocol.md §4 (filter, order, pages) are b24.emulator.store's.
+-- crm.contact.*, crm.company.*): their fields (b24.emulator.crm_catalog), how values are stored
+-- (rows of strings, PHONE/EMAIL/WEB/IM/LINK multi-fields, the defined user fields of
+-- b24.emulator.userfields) and printed, and select. Rows and the list semantics of protocol.md
+-- §4 (filter, order, pages) are b24.emulator.store's; the order's keys as sent are
+-- b24.emulator.order's.
 local cjson = require("cjson.safe")
 local storage = require "b24.emulator.store"
+local catalog = require "b24.emulator.crm_catalog"
+local userfields = require "b24.emulator.userfields"
+local order_of = require "b24.emulator.order"
+local dates = require "b24.emulator.dates"
 
 local type = type
 local pairs = pairs
@@ -16,68 +22,38 @@ local string_lower = string.lower
 local string_upper = string.upper
 local string_sub = string.sub
 local table_remove = table.remove
+local table_sort = table.sort
 local math_floor = math.floor
+local math_huge = math.huge
 local null = cjson.null
 local to_text = storage.to_text
 
 local _M = {}
 
--- Field lists: name, type, read-only, multiple. Multi-fields (PHONE, EMAIL) are returned by
--- list only when named in select.
-local COMMON_TAIL = {
-   { "ASSIGNED_BY_ID", "user" }, { "CREATED_BY_ID", "user", true }, { "MODIFY_BY_ID", "user", true },
-   { "DATE_CREATE", "datetime", true }, { "DATE_MODIFY", "datetime", true },
-   { "OPENED", "char" }, { "COMMENTS", "string" },
-}
-local CONTACTS = {
-   { "HAS_PHONE", "char", true }, { "HAS_EMAIL", "char", true },
-   { "PHONE", "crm_multifield", false, true }, { "EMAIL", "crm_multifield", false, true },
-}
-
-local function fields_of(list, ...)
-   local out = {}
-   for _, part in ipairs({ list, ... }) do
-      for _, f in ipairs(part) do out[#out + 1] = f end
-   end
-   return out
-end
-
+-- The fields of each entity (crm_catalog.lua, from the entities' GetFieldsInfo): def.fields
+-- keeps { name, type, read-only, multiple } entries in the catalog's order (crm_item.lua reads
+-- them), def.by_name the full specs; defaults are what a new row holds.
 local ENTITIES = {
-   lead = {
-      fields = fields_of({ { "ID", "integer", true }, { "TITLE", "string" }, { "NAME", "string" },
-         { "SECOND_NAME", "string" }, { "LAST_NAME", "string" }, { "STATUS_ID", "crm_status" },
-         { "SOURCE_ID", "crm_status" }, { "OPPORTUNITY", "double" }, { "CURRENCY_ID", "crm_currency" },
-         { "COMPANY_ID", "crm_company" }, { "CONTACT_ID", "crm_contact" } }, COMMON_TAIL, CONTACTS),
-      defaults = { STATUS_ID = "NEW", OPPORTUNITY = "0.00", CURRENCY_ID = "USD", OPENED = "Y" },
-   },
-   deal = {
-      fields = fields_of({ { "ID", "integer", true }, { "TITLE", "string" }, { "TYPE_ID", "crm_status" },
-         { "STAGE_ID", "crm_status" }, { "CATEGORY_ID", "crm_category" }, { "OPPORTUNITY", "double" },
-         { "CURRENCY_ID", "crm_currency" }, { "COMPANY_ID", "crm_company" },
-         { "CONTACT_ID", "crm_contact" }, { "LEAD_ID", "crm_lead" }, { "BEGINDATE", "date" },
-         { "CLOSEDATE", "date" }, { "CLOSED", "char" } }, COMMON_TAIL),
-      defaults = { STAGE_ID = "NEW", CATEGORY_ID = "0", OPPORTUNITY = "0.00", CURRENCY_ID = "USD",
-                   OPENED = "Y", CLOSED = "N" },
-   },
-   contact = {
-      fields = fields_of({ { "ID", "integer", true }, { "NAME", "string" }, { "SECOND_NAME", "string" },
-         { "LAST_NAME", "string" }, { "POST", "string" }, { "TYPE_ID", "crm_status" },
-         { "SOURCE_ID", "crm_status" }, { "COMPANY_ID", "crm_company" } }, COMMON_TAIL, CONTACTS),
-      defaults = { OPENED = "Y" },
-   },
-   company = {
-      fields = fields_of({ { "ID", "integer", true }, { "TITLE", "string" },
-         { "COMPANY_TYPE", "crm_status" }, { "INDUSTRY", "crm_status" }, { "REVENUE", "double" },
-         { "CURRENCY_ID", "crm_currency" } }, COMMON_TAIL, CONTACTS),
-      defaults = { COMPANY_TYPE = "CUSTOMER", CURRENCY_ID = "USD", OPENED = "Y" },
-   },
+   lead = { defaults = { STATUS_ID = "NEW", OPPORTUNITY = "0.00", CURRENCY_ID = "USD", OPENED = "Y",
+                         SOURCE_ID = "CALL", IS_MANUAL_OPPORTUNITY = "N", HAS_IMOL = "N", IS_RETURN_CUSTOMER = "N" } },
+   deal = { defaults = { STAGE_ID = "NEW", CATEGORY_ID = "0", OPPORTUNITY = "0.00", CURRENCY_ID = "USD",
+                         OPENED = "Y", CLOSED = "N", IS_MANUAL_OPPORTUNITY = "N", IS_NEW = "Y", IS_RECURRING = "N",
+                         IS_RETURN_CUSTOMER = "N", IS_REPEATED_APPROACH = "N" } },
+   contact = { defaults = { OPENED = "Y", EXPORT = "Y", HAS_IMOL = "N" } },
+   company = { defaults = { COMPANY_TYPE = "CUSTOMER", CURRENCY_ID = "USD", OPENED = "Y", IS_MY_COMPANY = "N",
+                            HAS_IMOL = "N" } },
 }
 
-for _, def in pairs(ENTITIES) do
-   def.by_name = {}
-   def.standard = {}
-   for _, f in ipairs(def.fields) do
-      local spec = { name = f[1], type = f[2], read_only = f[3] or false, multiple = f[4] or false }
+-- Multi-fields (crm/classes/general/crm_field_multi.php): lists of { ID, TYPE_ID, VALUE,
+-- VALUE_TYPE }; HAS_PHONE and HAS_EMAIL follow PHONE and EMAIL.
+local MULTI = { "PHONE", "EMAIL", "WEB", "IM", "LINK" }
+local HAS = { PHONE = "HAS_PHONE", EMAIL = "HAS_EMAIL" }
+
+for kind, def in pairs(ENTITIES) do
+   def.kind = kind
+   def.fields, def.by_name, def.standard = {}, {}, {}
+   for _, spec in ipairs(catalog.fields(kind)) do
+      def.fields[#def.fields + 1] = { spec.name, spec.type, spec.read_only, spec.multiple }
       def.by_name[spec.name] = spec
       if not spec.multiple then def.standard[#def.standard + 1] = spec.name end
    end
@@ -87,9 +63,19 @@ local function fail(desc, code, status)
    return nil, { status = status or 400, error = code or "", error_description = desc }
 end
 
-local function normalize(spec, v)
+-- A written value as the row keeps it; nil when the portal drops it. A date is read as
+-- CRestUtil::unConvertDate reads it (restservice.php internalizeFields: one that does not parse
+-- is unset), kept as YYYY-MM-DD in the portal's zone.
+local function normalize(spec, v, tz)
    local s = to_text(v)
    if s == nil then return nil end
+   if spec.type == "date" or spec.type == "datetime" then
+      if s == "" then return "" end
+      local t = dates.parse(s, tz)
+      if not t then return nil end
+      if spec.type == "date" then return dates.format_date(t, tz) end
+      return dates.format(t, tz)
+   end
    if spec.type == "double" then
       local n = tonumber(s)
       return n and string_format("%.2f", n) or s
@@ -151,23 +137,40 @@ local function apply_multi(store, row, name, items)
       end
    end
    row[name] = list
-   row["HAS_" .. name] = #list > 0 and "Y" or "N"
+   if HAS[name] then row[HAS[name]] = #list > 0 and "Y" or "N" end
 end
 
-local function apply_fields(store, def, row, fields)
-   for k, v in pairs(fields) do
-      if type(k) == "string" then
-         local name = string_upper(k)
+-- restservice.php internalizeFields: a key that is not a field's exact name is dropped (so is a
+-- UF_ key that names no defined user field), and so are read-only fields, and on update
+-- immutable ones (CATEGORY_ID); multiple fields other than the multi-fields are not modelled.
+local function apply_fields(portal, store, def, row, fields, updating)
+   local tz = portal.timezone
+   for name, v in pairs(fields) do
+      if type(name) == "string" then
          local spec = def.by_name[name]
-         if spec and spec.multiple then
+         if spec and spec.type == "crm_multifield" then
             apply_multi(store, row, name, v)
-         elseif spec and not spec.read_only then
-            row[name] = normalize(spec, v)
+         elseif spec and not spec.read_only and not spec.multiple and not (updating and spec.immutable) then
+            local value = normalize(spec, v, tz)
+            if value ~= nil then row[name] = value end
          elseif not spec and string_sub(name, 1, 3) == "UF_" then
-            row[name] = to_text(v)
+            local uf = userfields.find(portal, def.kind, name)
+            if uf then
+               local value = userfields.value(uf, v, tz)
+               if value ~= nil then row[name] = value end
+            end
          end
       end
    end
+end
+
+-- The status's semantic id a lead (STATUS_SEMANTIC_ID) or deal (STAGE_SEMANTIC_ID) keeps
+-- beside its status (crm_lead.php, crm_deal.php Add/Update: GetSemanticID).
+local SEMANTIC = { lead = { "STATUS_ID", "STATUS_SEMANTIC_ID", "STATUS" },
+                   deal = { "STAGE_ID", "STAGE_SEMANTIC_ID", "DEAL_STAGE" } }
+local function set_semantic(portal, def, row)
+   local s = SEMANTIC[def.kind]
+   if s then row[s[2]] = catalog.semantic_id(portal, s[3], row[s[1]]) end
 end
 
 local function copy_multi(list)
@@ -178,21 +181,34 @@ local function copy_multi(list)
    return out
 end
 
-local function view(def, row, selected)
+-- A date field's YYYY-MM-DD as CRestUtil::ConvertDate prints it: date('c') of the day's
+-- midnight plus the zone's offset (rest/classes/general/rest_util.php), "…T03:00:00+03:00".
+local function printed_date(s, tz)
+   local t = dates.parse(s, tz)
+   if not t then return s end
+   return dates.format(t + (dates.offset_seconds(tz) or 0), tz)
+end
+
+-- A row as get (selected false: every field, the defined user fields, the multi-fields it
+-- has) or list (the selected fields) prints it.
+local function view(portal, def, row, selected)
+   local tz = portal.timezone
    local out = {}
    for _, name in ipairs(def.standard) do
       if not selected or selected[name] then
          local v = row[name]
-         if v == nil then v = null end
+         if v == nil then v = null
+         elseif def.by_name[name].type == "date" and v ~= "" then v = printed_date(v, tz) end
          out[name] = v
       end
    end
-   for name, v in pairs(row) do
-      if string_sub(name, 1, 3) == "UF_" and (not selected or selected[name] or selected["UF_*"]) then
-         out[name] = v
+   for _, uf in ipairs(userfields.of(portal, def.kind)) do
+      local name = uf.FIELD_NAME
+      if not selected or selected[name] or selected["UF_*"] then
+         out[name] = userfields.printed(uf, row[name], tz)
       end
    end
-   for _, name in ipairs({ "PHONE", "EMAIL" }) do
+   for _, name in ipairs(MULTI) do
       if def.by_name[name] and (not selected and row[name] and #row[name] > 0 or selected and selected[name]) then
          out[name] = copy_multi(row[name])
       end
@@ -222,15 +238,88 @@ local function add(portal, store, fields)
                  MODIFY_BY_ID = tostring(portal.user_id) }
    for k, v in pairs(def.defaults) do row[k] = v end
    if def.by_name.HAS_PHONE then row.HAS_PHONE, row.HAS_EMAIL = "N", "N" end
-   apply_fields(store, def, row, fields)
+   apply_fields(portal, store, def, row, fields, false)
+   set_semantic(portal, def, row)
    store:put(id, row)
    return id
 end
 
+-- The field a filter key names: CSqlUtil::GetFilterOperation's prefixes ("!", "+", ">=", ">",
+-- "<=", "<", "@", "=%", "%=", "%", "?", "*=", "*%", "*", "=") taken off.
+local FILTER_PREFIXES = { ">=", "<=", "=%", "%=", "*=", "*%", ">", "<", "@", "%", "?", "*", "=" }
+local function filter_field(key)
+   local rest = key
+   if string_sub(rest, 1, 1) == "!" then rest = string_sub(rest, 2) end
+   if string_sub(rest, 1, 1) == "+" then rest = string_sub(rest, 2) end
+   for _, p in ipairs(FILTER_PREFIXES) do
+      if string_sub(rest, 1, #p) == p then return string_sub(rest, #p + 1) end
+   end
+   return rest
+end
+
+-- Whether name is a field of def's fields info (the entity's, its multi-fields', its defined
+-- user fields'), spelled exactly.
+local function known_field(portal, def, name)
+   if def.by_name[name] then return true end
+   return string_sub(name, 1, 3) == "UF_" and userfields.find(portal, def.kind, name) ~= nil
+end
+
+-- The order of a list as the platform applies it (main/classes/general/sql_util.php
+-- CSqlUtil::PrepareSql: keys upper-cased, unknown fields skipped, any direction but ASC is
+-- DESC; crm_entity_list_builder.php: a user field's direction other than ASC/DESC is ASC), the
+-- keys as sent (b24.emulator.order). A lead's STATUS_ID (a deal's STAGE_ID) is sorted by the
+-- status's SORT: restservice.php CCrmLeadRestProxy/CCrmDealRestProxy::innerGetList replace the
+-- key with STATUS_SORT/STAGE_SORT, appended at the end of the order (unset + assign), which
+-- crm_lead.php/crm_deal.php GetFields join from b_crm_status (ENTITY_ID STATUS; DEAL_STAGE, the
+-- default category's stages). Returns the order map, its keys in order and the sort values.
+local SORTED_BY_STATUS = { lead = { "STATUS_ID", "STATUS" }, deal = { "STAGE_ID", "DEAL_STAGE" } }
+local function list_order(portal, def, order)
+   local sent = order_of.keys(portal) or {}
+   local rank = {}
+   for i, k in ipairs(sent) do rank[k] = rank[k] or i end
+   local keys = {}
+   for k in pairs(order) do
+      if type(k) == "string" then keys[#keys + 1] = k end
+   end
+   table_sort(keys, function(a, b)
+      local ra, rb = rank[a] or math_huge, rank[b] or math_huge
+      if ra ~= rb then return ra < rb end
+      return a < b
+   end)
+   local status = SORTED_BY_STATUS[def.kind]
+   if status and order[status[1]] ~= nil then
+      for i, k in ipairs(keys) do
+         if k == status[1] then table_remove(keys, i); break end
+      end
+      keys[#keys + 1] = status[1]
+   end
+   local map, names, seen = {}, {}, {}
+   for _, k in ipairs(keys) do
+      local name = string_upper(k)
+      local dir = string_upper(to_text(order[k]) or "")
+      local is_uf = string_sub(name, 1, 3) == "UF_"
+      if known_field(portal, def, name) and not seen[name] then
+         seen[name] = true
+         if is_uf then dir = dir == "DESC" and "DESC" or "ASC" else dir = dir == "ASC" and "ASC" or "DESC" end
+         map[name] = dir
+         names[#names + 1] = name
+      end
+   end
+   local sort_value
+   -- only the exact key is replaced (isset($order['STATUS_ID'])): "status_id" sorts as text
+   if status and order[status[1]] ~= nil then
+      local entity = status[2]
+      sort_value = { [status[1]] = function(v) return catalog.sort_of(portal, entity, v) end }
+   end
+   return map, names, sort_value
+end
+
 -- CCrmRestProxyBase::processMethodRequest LIST (restservice.php): order and filter default to
--- [] and must be arrays (order checked first); select is cast with (array); paging is the
--- legacy CDBResult's (store.query "legacy").
-local function list(store, params)
+-- [] and must be arrays (order checked first); select is cast with (array); getList's
+-- internalizeFilterFields drops a filter key whose field is not an exact field name, and a date
+-- field's value is read as a date in the portal's zone (store.lua); paging is the legacy
+-- CDBResult's (store.query "legacy").
+local function list(portal, store, params)
    local def = store.def
    local order = array_param(params, "order") or {}
    if type(order) ~= "table" then return fail("Parameter 'order' must be array.") end
@@ -238,34 +327,58 @@ local function list(store, params)
    if type(filter) ~= "table" then return fail("Parameter 'filter' must be array.") end
    local select = array_param(params, "select")
    if select ~= nil and type(select) ~= "table" then select = { select } end
-   local rows, meta = store:query({ filter = filter, order = order, start = params.start }, { paging = "legacy" })
+   local kept = {}
+   for k, v in pairs(filter) do
+      if type(k) == "string" and known_field(portal, def, filter_field(k)) then kept[k] = v end
+   end
+   local sorted, keys, sort_value = list_order(portal, def, order)
+   local rows, meta = store:query({ filter = kept, order = sorted, start = params.start },
+      { paging = "legacy", name = function(k) return k end, timezone = portal.timezone, order_keys = keys,
+        sort_value = sort_value })
    local selected, star = parse_select(select)
    if selected and star then
       for _, name in ipairs(def.standard) do selected[name] = true end
    end
    local page = {}
-   for i, row in ipairs(rows) do page[i] = view(def, row, selected or false) end
+   for i, row in ipairs(rows) do page[i] = view(portal, def, row, selected or false) end
    if not selected then
-      for _, r in ipairs(page) do r.PHONE, r.EMAIL = nil, nil end
+      for _, r in ipairs(page) do
+         for _, name in ipairs(MULTI) do r[name] = nil end
+         for _, uf in ipairs(userfields.of(portal, def.kind)) do r[uf.FIELD_NAME] = nil end
+      end
    end
    return page, meta
 end
 
-local function fields_description(def)
+-- crm.<kind>.fields: CCrmRestHelper::prepareFieldInfos of the entity's fields info (type,
+-- isRequired, isReadOnly, isImmutable, isMultiple, isDynamic, isDeprecated when set, statusType
+-- of a crm_status field, settings.parentEntityTypeId of a parent, title the caption), then the
+-- defined user fields (userfields.describe).
+local function fields_description(portal, def)
    local out = {}
    for _, f in ipairs(def.fields) do
       local spec = def.by_name[f[1]]
-      out[spec.name] = { type = spec.type, isRequired = false, isReadOnly = spec.read_only,
-                         isImmutable = false, isMultiple = spec.multiple, isDynamic = false,
-                         title = spec.name }
+      local field = { type = spec.type, isRequired = spec.required, isReadOnly = spec.read_only,
+                      isImmutable = spec.immutable, isMultiple = spec.multiple, isDynamic = false,
+                      title = spec.title }
+      if spec.deprecated then field.isDeprecated = true end
+      if spec.status_type then field.statusType = spec.status_type end
+      if spec.parent then field.settings = { parentEntityTypeId = spec.parent } end
+      out[spec.name] = field
    end
+   for _, uf in ipairs(userfields.of(portal, def.kind)) do out[uf.FIELD_NAME] = userfields.describe(uf) end
    return out
 end
 
 -- Registers crm.<kind>.add|get|update|delete|list|fields for each entity into methods
 -- (crm.item.* is b24.emulator.crm_item's). Changes call portal:changed(event name, data) (events and persistence).
 function _M.register(portal, methods)
-   for kind in pairs(ENTITIES) do
+   local kinds = {}
+   for kind in pairs(ENTITIES) do kinds[#kinds + 1] = kind end
+   table_sort(kinds)
+   catalog.register(portal, methods, array_param, function(p) return order_of.keys(p) end)
+   userfields.register(portal, methods, kinds, array_param, id_param)
+   for _, kind in ipairs(kinds) do
       local store = storage.new(kind, ENTITIES[kind])
       portal.stores[kind] = store
       local prefix = "crm." .. kind .. "."
@@ -286,12 +399,12 @@ function _M.register(portal, methods)
          p:changed(event .. "ADD", id)
          return id, { rows = 1 }
       end
-      methods[prefix .. "get"] = function(_, params)
+      methods[prefix .. "get"] = function(p, params)
          local id = id_param(params)
          if not id then return fail("ID is not defined or invalid.") end
          local row = store.rows[id]
          if not row then return fail("Not found") end
-         return view(store.def, row, false), { rows = 1 }
+         return view(p, store.def, row, false), { rows = 1 }
       end
       methods[prefix .. "update"] = function(p, params)
          local fields, err = fields_and_params(params)
@@ -300,7 +413,8 @@ function _M.register(portal, methods)
          if not id then return fail("ID is not defined or invalid.") end
          local row = store.rows[id]
          if not row then return fail("Not found") end
-         apply_fields(store, store.def, row, fields)
+         apply_fields(p, store, store.def, row, fields, true)
+         set_semantic(p, store.def, row)
          row.DATE_MODIFY = p:date()
          row.MODIFY_BY_ID = tostring(p.user_id)
          p:changed(event .. "UPDATE", id)
@@ -313,8 +427,8 @@ function _M.register(portal, methods)
          p:changed(event .. "DELETE", id)
          return true, { rows = 1 }
       end
-      methods[prefix .. "list"] = function(_, params) return list(store, params) end
-      methods[prefix .. "fields"] = function() return fields_description(store.def) end
+      methods[prefix .. "list"] = function(p, params) return list(p, store, params) end
+      methods[prefix .. "fields"] = function(p) return fields_description(p, store.def) end
    end
 end
 

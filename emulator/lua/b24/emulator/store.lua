@@ -2,6 +2,24 @@
 -- memory, as the portal's database holds them, and the list semantics of protocol.md §4: filter
 -- prefixes, order, 50 rows a page, start/next/total and start=-1. Rows are tables of strings keyed
 -- by upper-case field name, kept by numeric id with an ascending index of ids.
+--
+-- Dates. A field compares as a date when the store's def marks it one: an entry of def.fields
+-- whose type is "datetime" or "date" (an entry is { "NAME", "type", … } or { name =, type = }),
+-- or def.dates = { NAME = true }. In a filter, both the row's value and the filter's value are
+-- read as b24.emulator.dates.parse reads them (CRestUtil::unConvertDateTime's strtotime) in
+-- opts.timezone, the zone the caller passes to query ("+03:00" when absent), and compared as
+-- unix times, as main/classes/general/sql_util.php CSqlUtil::PrepareWhere compares a datetime
+-- column: an operation other than =, <, >, <=, >= is "="; a value that is empty or does not
+-- parse (unConvertDateTime returns false, and false == '') means "IS NULL", "NOT (IS NULL)"
+-- with "!"; "!" before a comparison is "IS NULL OR NOT (…)".
+--
+-- Order. params.order is a map, which has lost the caller's key order: opts.order_keys (the
+-- keys of params.order as sent, b24.emulator.order) gives it back; keys it does not name go
+-- after, alphabetically. opts.sort_value = { NAME = fn(value) -> number|nil } sorts a field by
+-- a value of its own (a lead's STATUS_ID by its status's SORT); nil sorts as NULL, first when
+-- ascending, as MySQL does.
+local dates = require "b24.emulator.dates"
+
 local type = type
 local pairs = pairs
 local ipairs = ipairs
@@ -22,6 +40,8 @@ local math_min = math.min
 local math_max = math.max
 local math_ceil = math.ceil
 local math_huge = math.huge
+
+local parse_date = dates.parse
 
 local _M = {}
 local mt = { __index = _M }
@@ -76,7 +96,33 @@ _M.compare = compare
 
 local PREFIXES = { ">=", "<=", "!=", "!@", "!%", ">", "<", "=", "!", "@", "%" }
 
-local function parse_filter(filter, name_of)
+-- The names of def's date fields: NAME -> true (cached in def).
+local function date_fields(def)
+   if type(def) ~= "table" then return {} end
+   if def.date_set then return def.date_set end
+   local set = {}
+   for _, f in ipairs(type(def.fields) == "table" and def.fields or {}) do
+      if type(f) == "table" then
+         local name, kind = f.name or f[1], f.type or f[2]
+         if type(name) == "string" and (kind == "datetime" or kind == "date") then set[name] = true end
+      end
+   end
+   for name, on in pairs(type(def.dates) == "table" and def.dates or {}) do
+      if on then set[name] = true end
+   end
+   def.date_set = set
+   return set
+end
+_M.date_fields = date_fields
+
+-- A filter value of a date field as the time it names: its unix time, or false for one that is
+-- empty or does not parse (unConvertDateTime's false, which PrepareWhere reads as '').
+local function filter_time(v, tz)
+   if type(v) ~= "string" or v == "" then return false end
+   return parse_date(v, tz) or false
+end
+
+local function parse_filter(filter, name_of, date_set, tz)
    local out = {}
    if type(filter) ~= "table" then return out end
    for k, v in pairs(filter) do
@@ -95,7 +141,17 @@ local function parse_filter(filter, name_of)
          else
             v = to_text(v) or ""
          end
-         out[#out + 1] = { op = op, name = name, value = v }
+         local c = { op = op, name = name, value = v }
+         if date_set[name] then
+            c.tz = tz
+            if type(v) == "table" then
+               c.times = {}
+               for i, item in ipairs(v) do c.times[i] = filter_time(item, tz) end
+            else
+               c.time = filter_time(v, tz)
+            end
+         end
+         out[#out + 1] = c
       end
    end
    return out
@@ -108,11 +164,46 @@ local function in_set(have, set)
    return false
 end
 
+-- sql_util.php PrepareWhere on a datetime column: see the top of this file.
+local function date_matches(have, c)
+   local t = type(have) == "string" and have ~= "" and parse_date(have, c.tz) or nil
+   local op, negative = c.op, false
+   if op == "!@" or op == "!" or op == "!=" or op == "!%" then negative = true end
+   if op == "@" or op == "!@" then
+      local any = false
+      for _, want in ipairs(c.times) do
+         if want == false then
+            if t == nil then any = true end
+         elseif t ~= nil and t == want then
+            any = true
+         end
+      end
+      if negative then return not any end
+      return any
+   end
+   local want = c.time
+   if want == false then
+      if negative then return t ~= nil end
+      return t == nil
+   end
+   if t == nil then return negative end
+   local ok
+   if op == ">" then ok = t > want
+   elseif op == ">=" then ok = t >= want
+   elseif op == "<" then ok = t < want
+   elseif op == "<=" then ok = t <= want
+   else ok = t == want end
+   if negative then return not ok end
+   return ok
+end
+
 local function matches(row, conditions)
    for _, c in ipairs(conditions) do
       local have, want, op = row[c.name], c.value, c.op
       local ok
-      if op == "@" then ok = in_set(have, want)
+      if c.tz then
+         ok = date_matches(have, c)
+      elseif op == "@" then ok = in_set(have, want)
       elseif op == "!@" then ok = not in_set(have, want)
       elseif op == "%" or op == "!%" then
          ok = have ~= nil and string_find(string_lower(have), string_lower(want), 1, true) ~= nil
@@ -131,16 +222,22 @@ local function matches(row, conditions)
    return true
 end
 
-local function parse_order(order, name_of)
+local function parse_order(order, name_of, sent)
    local keys = {}
    if type(order) ~= "table" then return keys end
+   local rank = {}
+   for i, k in ipairs(sent or {}) do rank[k] = rank[k] or i end
    for k, v in pairs(order) do
       if type(k) == "string" then
-         keys[#keys + 1] = { name = name_of(k), desc = string_upper(to_text(v) or "") == "DESC" }
+         keys[#keys + 1] = { key = k, name = name_of(k), desc = string_upper(to_text(v) or "") == "DESC" }
       end
    end
-   -- a decoded map has lost the caller's key order: make the result at least deterministic
-   table_sort(keys, function(a, b) return a.name < b.name end)
+   -- the keys in the order sent when known; a decoded map has lost it: the rest alphabetically
+   table_sort(keys, function(a, b)
+      local ra, rb = rank[a.key] or math_huge, rank[b.key] or math_huge
+      if ra ~= rb then return ra < rb end
+      return a.key < b.key
+   end)
    return keys
 end
 
@@ -187,12 +284,14 @@ end
 --    intval(start/50)+1 read at offset (page-1)*50, empty past the end; next = offset + rows
 --    while rows remain (getNavigationData).
 -- Returns the page (raw rows) and meta {total, next, rows, counted} (nothing counted without a
--- count). opts.name maps a filter/order key to a row field (upper case by default).
+-- count). opts.name maps a filter/order key to a row field (upper case by default);
+-- opts.timezone, opts.order_keys and opts.sort_value are described at the top of this file.
 function _M:query(params, opts)
-   local name_of = opts and opts.name or string_upper
-   local orm = opts and opts.paging == "orm"
-   local conditions = parse_filter(params.filter, name_of)
-   local order = parse_order(params.order, name_of)
+   opts = opts or {}
+   local name_of = opts.name or string_upper
+   local orm = opts.paging == "orm"
+   local conditions = parse_filter(params.filter, name_of, date_fields(self.def), opts.timezone or "+03:00")
+   local order = parse_order(params.order, name_of, opts.order_keys)
    local start = php_int(params.start)
    local count = start >= 0
    if orm then count = start ~= -1 end
@@ -228,9 +327,13 @@ function _M:query(params, opts)
       if matches(row, conditions) then rows[#rows + 1] = row end
    end
    if #order > 0 then
+      local sort_value = opts.sort_value or {}
+      for _, key in ipairs(order) do key.value_of = sort_value[key.name] end
       table_sort(rows, function(a, b)
          for _, key in ipairs(order) do
-            local r = compare(a[key.name] or "", b[key.name] or "")
+            local va, vb = a[key.name], b[key.name]
+            if key.value_of then va, vb = key.value_of(va), key.value_of(vb) end
+            local r = compare(va or "", vb or "")
             if r ~= 0 then if key.desc then return r > 0 else return r < 0 end end
          end
          return tonumber(a.ID) < tonumber(b.ID)
