@@ -187,6 +187,32 @@ describe("emulator crm.item", function()
          assert.equal(got.result.item.updatedTime, company.result.DATE_MODIFY)
       end)
 
+      -- item.php getFm, getFmValues; crm/lib/Multifield/Assembler.php updateCollectionByArray
+      it("writes and prints a contact's multi-fields under fm", function()
+         local _, got = call(srv, "crm.item.add", { entityTypeId = 3, fields = { name = "Fm",
+            fm = { { typeId = "PHONE", value = "+100", valueType = "MOBILE" },
+                   { typeId = "EMAIL", value = "a@b.c" } } } })
+         local item = got.result.item
+         assert.equal(2, #item.fm)
+         local phone, email = item.fm[1], item.fm[2]
+         assert.same({ "PHONE", "+100", "MOBILE" }, { phone.typeId, phone.value, phone.valueType })
+         assert.same({ "EMAIL", "a@b.c", "WORK" }, { email.typeId, email.value, email.valueType })
+         assert.is_number(phone.id)
+         local _, contact = call(srv, "crm.contact.get", { id = item.id })
+         assert.equal("+100", contact.result.PHONE[1].VALUE)
+         assert.equal("Y", contact.result.HAS_PHONE)
+         -- under an existing id: an empty value removes it, another value changes it
+         _, got = call(srv, "crm.item.update", { entityTypeId = 3, id = item.id, fields = { fm = {
+            [emu.str(phone.id)] = { typeId = "PHONE", value = "" },
+            [emu.str(email.id)] = { typeId = "EMAIL", value = "x@y.z" } } } })
+         assert.same({ { id = email.id, typeId = "EMAIL", value = "x@y.z", valueType = "WORK" } },
+                     got.result.item.fm)
+         assert.equal("N", got.result.item.hasPhone)
+         -- a deal has no multi-fields
+         _, got = call(srv, "crm.item.add", { entityTypeId = 2, fields = { title = "no fm" } })
+         assert.is_nil(got.result.item.fm)
+      end)
+
       it("describes a lead's fields as the factory (stageId of STATUS, opened boolean)", function()
          local _, got = call(srv, "crm.item.fields", { entityTypeId = 1 })
          local f = got.result.fields

@@ -23,6 +23,8 @@ local string_sub = string.sub
 local string_find = string.find
 local string_gsub = string.gsub
 local string_match = string.match
+local table_sort = table.sort
+local table_remove = table.remove
 local null = cjson.null
 local to_text = storage.to_text
 local php_int = storage.php_int
@@ -36,8 +38,16 @@ local ITEM_NAMES = {
    CREATED_BY_ID = "CREATED_BY", MODIFY_BY_ID = "UPDATED_BY", DATE_CREATE = "CREATED_TIME",
    DATE_MODIFY = "UPDATED_TIME",
 }
--- Lead.php: STAGE_ID is the lead's STATUS_ID; Company.php: TYPE_ID is COMPANY_TYPE.
-local ENTITY_ITEM_NAMES = { lead = { STATUS_ID = "STAGE_ID" }, company = { COMPANY_TYPE = "TYPE_ID" } }
+-- The rest of each factory's getFieldsMap: Lead.php STAGE_ID is STATUS_ID (and its semantics),
+-- Company.php TYPE_ID is COMPANY_TYPE; MOVED_BY is MOVED_BY_ID (Lead.php, Deal.php),
+-- OBSERVERS is OBSERVER_IDS.
+local ENTITY_ITEM_NAMES = {
+   lead = { STATUS_ID = "STAGE_ID", STATUS_SEMANTIC_ID = "STAGE_SEMANTIC_ID", MOVED_BY_ID = "MOVED_BY",
+            OBSERVER_IDS = "OBSERVERS" },
+   deal = { MOVED_BY_ID = "MOVED_BY", OBSERVER_IDS = "OBSERVERS" },
+   contact = { OBSERVER_IDS = "OBSERVERS" },
+   company = { COMPANY_TYPE = "TYPE_ID", OBSERVER_IDS = "OBSERVERS" },
+}
 local ENTITY_TYPES = { [1] = "lead", [2] = "deal", [3] = "contact", [4] = "company" }
 _M.ENTITY_TYPES = ENTITY_TYPES
 -- The legacy column types as the factories type the same fields (Lead.php … getFieldsSettings:
@@ -201,7 +211,7 @@ local function legacy_entity(kind, n, store)
       if not spec.multiple then
          local field = { upper = common, column = column, type = FACTORY_TYPES[spec.type] or spec.type,
                          read_only = spec.read_only, required = column == "OPENED", multiple = false,
-                         status_type = STATUS_TYPES[kind][common] }
+                         status_type = STATUS_TYPES[kind][common] or spec.status_type, title = spec.title }
          fields[#fields + 1] = field
          by_upper[common] = field
       end
@@ -209,7 +219,7 @@ local function legacy_entity(kind, n, store)
    store.item_entity = {
       id = n, kind = kind, store = store, fields = fields, by_upper = by_upper, column_of = column_of,
       allowed = allowed, names = converter_names(fields), event = "ONCRM" .. string_upper(kind),
-      defaults = def.defaults,
+      defaults = def.defaults, multi_fields = def.by_name.PHONE ~= nil,
    }
    return store.item_entity
 end
@@ -323,10 +333,24 @@ end
 local NUMBERS = { integer = true, double = true, user = true, crm_company = true, crm_contact = true,
                   crm_lead = true, crm_category = true, crm_quote = true, crm_deal = true }
 
+-- item.php getFm: a lead's, contact's or company's multi-fields (PHONE, EMAIL), by id.
+local function fm_view(row)
+   local out = {}
+   for _, name in ipairs({ "PHONE", "EMAIL" }) do
+      for _, v in ipairs(type(row[name]) == "table" and row[name] or {}) do
+         out[#out + 1] = { id = tonumber(v.ID) or v.ID, valueType = v.VALUE_TYPE, value = v.VALUE,
+                           typeId = v.TYPE_ID }
+      end
+   end
+   table_sort(out, function(a, b) return (tonumber(a.id) or 0) < (tonumber(b.id) or 0) end)
+   return out
+end
+
 -- A row as crm.item.* prints it (crm/lib/Service/Converter/Item.php toJson): every field in
 -- camel case, numbers where the ORM holds numbers, booleans Y/N, dates as ConvertDate(Time),
--- user fields, and entityTypeId; with select, only the keys selected (getJsonForItems).
-local function item_view(portal, entity, row, selected)
+-- user fields (under their UF_ names with useOriginalUfNames=Y), entityTypeId, and fm where
+-- the factory has multi-fields; with select, only the keys selected (getJsonForItems).
+local function item_view(portal, entity, row, selected, original)
    local out, tz = {}, portal.timezone
    for _, f in ipairs(entity.fields) do
       local v = row[f.column]
@@ -338,9 +362,10 @@ local function item_view(portal, entity, row, selected)
       out[camel(f.upper)] = v
    end
    for name, v in pairs(row) do
-      if string_sub(name, 1, 3) == "UF_" then out[camel(name)] = v end
+      if string_sub(name, 1, 3) == "UF_" then out[original and name or camel(name)] = v end
    end
    out.entityTypeId = entity.id
+   if entity.multi_fields then out.fm = fm_view(row) end
    if selected then
       for k in pairs(out) do
          if not selected[k] then out[k] = nil end
@@ -373,26 +398,70 @@ local function stored(f, v, tz)
    return to_text(v)
 end
 
+-- item.php getFmValues, Assembler::updateCollectionByArray: fields.fm, a list or map of
+-- { typeId, value, valueType } (or one such entry itself): under the key of an existing
+-- multi-field's id it changes it (an empty value removes it), under any other key it is added.
+-- Only PHONE and EMAIL are modelled.
+local function apply_fm(store, row, fm)
+   local entries = {}
+   if fm.typeId ~= nil and fm.value ~= nil then entries[1] = { "new", fm } end
+   for k, v in pairs(fm) do
+      if type(v) == "table" and v.typeId ~= nil and v.value ~= nil then
+         entries[#entries + 1] = { type(k) == "number" and string_format("%d", k - 1) or k, v }
+      end
+   end
+   for _, e in ipairs(entries) do
+      local key, v = e[1], e[2]
+      local type_id = to_text(v.typeId)
+      local list = (type_id == "PHONE" or type_id == "EMAIL") and (row[type_id] or {})
+      if list then
+         local found
+         for i, have in ipairs(list) do
+            if is_numeric(key) and tonumber(have.ID) == tonumber(key) then found = i end
+         end
+         local value = to_text(v.value)
+         if value == nil or value == "" then
+            if found then table_remove(list, found) end
+         elseif found then
+            list[found].VALUE = value
+            if v.valueType ~= nil then list[found].VALUE_TYPE = to_text(v.valueType) or "" end
+         else
+            store.multi_id = store.multi_id + 1
+            list[#list + 1] = { ID = tostring(store.multi_id), TYPE_ID = type_id, VALUE = value,
+                                VALUE_TYPE = to_text(v.valueType) or "WORK" }
+         end
+         row[type_id] = list
+         row["HAS_" .. type_id] = #list > 0 and "Y" or "N"
+      end
+   end
+end
+
+-- item.php convertFieldNamesToUpper: a key through the converter, or kept when it is a user
+-- field's UF_ name and useOriginalUfNames is Y (after a filter's prefix, CSQLWhere::MakeOperation).
+local function upper_key(entity, key, original, prefixed)
+   if original then
+      local field = prefixed and string_match(key, "^[=%%><@!]*(.*)$") or key
+      if string_sub(field, 1, 3) == "UF_" then return key end
+   end
+   return to_upper(entity.names, key)
+end
+
 -- Sets the fields of a request (keys converted to upper case) on row; read-only fields and
--- names the factory does not have are passed over, user fields kept as text.
-local function apply_fields(portal, entity, row, fields)
-   local changed = {}
+-- names the factory does not have are passed over, user fields kept as text; fm as apply_fm.
+local function apply_fields(portal, entity, row, fields, original)
+   if entity.multi_fields and type(fields.fm) == "table" then apply_fm(entity.store, row, fields.fm) end
    for k, v in pairs(fields) do
-      if type(k) == "string" then
-         local upper = to_upper(entity.names, k)
+      if type(k) == "string" and not (k == "fm" and entity.multi_fields) then
+         local upper = upper_key(entity, k, original)
          local f = entity.by_upper[upper]
          if f and not f.read_only then
             local value, skip = stored(f, v, portal.timezone)
-            if not skip then
-               row[f.column] = value
-               changed[upper] = true
-            end
+            if not skip then row[f.column] = value end
          elseif not f and string_sub(upper, 1, 3) == "UF_" then
             row[upper] = to_text(v)
          end
       end
    end
-   return changed
 end
 
 -- A new legacy row as crm.lua's add makes one (the defaults of the entity, the dates now).
@@ -460,11 +529,12 @@ local function item_add(portal, params)
    local store = entity.store
    local id, now = store:take_id(), portal:date()
    local row = entity.type and smart_row(portal, entity, id, now) or legacy_row(portal, entity, id, now)
-   apply_fields(portal, entity, row, p.fields)
+   local original = params.useOriginalUfNames == "Y"
+   apply_fields(portal, entity, row, p.fields, original)
    if entity.type then smart_after(portal, entity, row, nil, now) end
    store:put(id, row)
    portal:changed(entity.event .. "ADD", id, entity.extra)
-   return { item = item_view(portal, entity, row) }, { rows = 1 }
+   return { item = item_view(portal, entity, row, nil, original) }, { rows = 1 }
 end
 
 -- crm.item.update (item.php updateAction): NOT_FOUND before the fields; the dates and users of
@@ -476,7 +546,8 @@ local function item_update(portal, params)
    if not entity then return nil, row end
    local before, now = {}, portal:date()
    for k, v in pairs(row) do before[k] = v end
-   apply_fields(portal, entity, row, p.fields)
+   local original = params.useOriginalUfNames == "Y"
+   apply_fields(portal, entity, row, p.fields, original)
    if entity.type then
       smart_after(portal, entity, row, before, now)
       row.UPDATED_TIME, row.UPDATED_BY = now, tostring(portal.user_id)
@@ -484,7 +555,7 @@ local function item_update(portal, params)
       row.DATE_MODIFY, row.MODIFY_BY_ID = now, tostring(portal.user_id)
    end
    portal:changed(entity.event .. "UPDATE", p.id, entity.extra)
-   return { item = item_view(portal, entity, row) }, { rows = 1 }
+   return { item = item_view(portal, entity, row, nil, original) }, { rows = 1 }
 end
 
 -- crm.item.get (item.php getAction: id is bound before entityTypeId).
@@ -493,7 +564,7 @@ local function item_get(portal, params)
    if not p then return nil, err end
    local entity, row = find(portal, p.entityTypeId, p.id)
    if not entity then return nil, row end
-   return { item = item_view(portal, entity, row) }, { rows = 1 }
+   return { item = item_view(portal, entity, row, nil, params.useOriginalUfNames == "Y") }, { rows = 1 }
 end
 
 -- crm.item.delete (item.php deleteAction): [] and the entity's delete event (Lead.php
@@ -511,8 +582,8 @@ end
 -- crm.item.fields (item.php fieldsAction, controller/base.php prepareFieldsInfo,
 -- crm/classes/general/restservice.php CCrmRestHelper::prepareFieldInfos): each field under its
 -- camel case name with type, isRequired, isReadOnly, isImmutable, isMultiple, isDynamic, title
--- (the caption; the upper name when there is none: no captions are modelled), statusType for
--- crm_status, upperName.
+-- (the caption: a legacy field's title where crm.lua's catalog has one, else the upper name, as
+-- prepareFieldInfos falls back to it), statusType for crm_status, upperName.
 local function item_fields(portal, params)
    local p, err = bind(params, { { "entityTypeId", "int" } })
    if not p then return nil, err end
@@ -523,7 +594,7 @@ local function item_fields(portal, params)
    for _, f in ipairs(entity.fields) do
       local info = { type = f.type, isRequired = f.required or false, isReadOnly = f.read_only or false,
                      isImmutable = false, isMultiple = f.multiple or false, isDynamic = false,
-                     title = f.upper, upperName = f.upper }
+                     title = f.title or f.upper, upperName = f.upper }
       if f.type == "crm_status" then info.statusType = f.status_type or "" end
       out[camel(f.upper)] = info
    end
@@ -532,13 +603,16 @@ end
 
 -- The select of crm.item.list as getJsonForItems applies it: nil for every field ('*' or
 -- none), else the camel case names of the converted names.
-local function selection(entity, select)
+local function selection(entity, select, original)
    if type(select) ~= "table" or next(select) == nil then return nil end
    local selected = {}
    for _, key in pairs(select) do
       key = to_text(key)
       if key == "*" then return nil end
-      if key then selected[camel(to_upper(entity.names, key))] = true end
+      if key then
+         local upper = upper_key(entity, key, original)
+         selected[original and upper or camel(upper)] = true
+      end
    end
    return selected
 end
@@ -554,11 +628,11 @@ local function item_list(portal, params)
    local entity
    entity, err = entity_of(portal, p.entityTypeId)
    if not entity then return nil, err end
-   local names = entity.names
+   local original = params.useOriginalUfNames == "Y"
    local function convert(t)
       local out = {}
       for k, v in pairs(t) do
-         if type(k) == "string" then k = to_upper(names, k) end
+         if type(k) == "string" then k = upper_key(entity, k, original, true) end
          out[k] = type(v) == "table" and convert(v) or v
       end
       return out
@@ -569,7 +643,7 @@ local function item_list(portal, params)
    if not ok then return nil, err end
    if p.order then
       for k, v in pairs(p.order) do
-         if type(k) == "string" then order[to_upper(names, k)] = v end
+         if type(k) == "string" then order[upper_key(entity, k, original)] = v end
       end
       ok, err = validate_order(order, entity.allowed)
       if not ok then return nil, err end
@@ -587,9 +661,9 @@ local function item_list(portal, params)
    local rows, meta = entity.store:query({ filter = columns, order = sorted, start = params.start },
       { name = function(key) return key end, paging = "orm", timezone = portal.timezone })
    if php_int(params.start) == -1 then meta.total, meta.next = nil, nil end
-   local selected = selection(entity, p.select)
+   local selected = selection(entity, p.select, original)
    local items = {}
-   for i, row in ipairs(rows) do items[i] = item_view(portal, entity, row, selected) end
+   for i, row in ipairs(rows) do items[i] = item_view(portal, entity, row, selected, original) end
    return { items = items }, meta
 end
 
