@@ -1,10 +1,14 @@
 -- b24.emulator.tasks: tasks.task.add|get|update|delete|list of the emulated portal. Rows are
 -- kept under the upper-case names the methods take in `fields`, `filter`, `order` and `select`;
 -- answers use the lower camel case names of the real API, wrapped as result.task / result.tasks,
--- values as strings (ids too) and null for what is unset.
+-- values as strings (ids too) and null for what is unset. Rows carry what the controller adds
+-- (tasks/lib/rest/controllers/task.php): group, creator, responsible, auditorsData,
+-- accomplicesData, and subStatus on list rows.
 local cjson = require("cjson.safe")
 local crm_item = require "b24.emulator.crm_item"
 local storage = require "b24.emulator.store"
+local dates = require "b24.emulator.dates"
+local users = require "b24.emulator.users"
 
 local type = type
 local pairs = pairs
@@ -46,7 +50,32 @@ local LIST_DEFAULT = { "ID", "PARENT_ID", "TITLE", "DESCRIPTION", "MARK", "PRIOR
    "CLOSED_BY", "CLOSED_DATE", "ACTIVITY_DATE", "DATE_START", "DEADLINE", "START_DATE_PLAN",
    "END_DATE_PLAN", "FAVORITE", "TIME_ESTIMATE", "SUBORDINATE" }
 
-local DEF = { fields = {}, by_name = {}, standard = {} }
+-- CTasks::getFieldsInfo's datetime fields (tasks/classes/general/task.php): written from any form
+-- strtotime reads (formatDateFieldsForInput), printed in the portal's zone
+-- (formatDateFieldsForOutput), and compared as dates in a filter (prepareFilter: strtotime of the
+-- value); the store compares the fields def.dates marks as dates.
+local DATES = { CREATED_DATE = true, CHANGED_DATE = true, STATUS_CHANGED_DATE = true, CLOSED_DATE = true,
+                ACTIVITY_DATE = true, DATE_START = true, DEADLINE = true, START_DATE_PLAN = true,
+                END_DATE_PLAN = true }
+-- CTasks::getAvailableOrderFields: the only order keys tasks.task.list takes (checkOrderKeys,
+-- after array_change_key_case), with the row field each sorts by (false: not modelled, no effect).
+local ORDER_FIELDS = {
+   ID = "ID", TITLE = "TITLE", TIME_SPENT_IN_LOGS = false, DATE_START = "DATE_START",
+   CREATED_DATE = "CREATED_DATE", CHANGED_DATE = "CHANGED_DATE", CLOSED_DATE = "CLOSED_DATE",
+   ACTIVITY_DATE = "ACTIVITY_DATE", START_DATE_PLAN = "START_DATE_PLAN", END_DATE_PLAN = "END_DATE_PLAN",
+   DEADLINE = "DEADLINE", REAL_STATUS = "STATUS", STATUS_COMPLETE = false, PRIORITY = "PRIORITY", MARK = "MARK",
+   CREATED_BY_LAST_NAME = false, RESPONSIBLE_LAST_NAME = false, GROUP_ID = "GROUP_ID",
+   TIME_ESTIMATE = "TIME_ESTIMATE", ALLOW_CHANGE_DEADLINE = "ALLOW_CHANGE_DEADLINE",
+   ALLOW_TIME_TRACKING = "ALLOW_TIME_TRACKING", MATCH_WORK_TIME = false, FAVORITE = "FAVORITE", SORTING = false,
+   IS_PINNED = "IS_PINNED", IS_PINNED_IN_GROUP = false,
+}
+-- tasks/lib/internals/task/status.php and metastatus.php
+local SUPPOSEDLY_COMPLETED, COMPLETED, DECLINED = "4", "5", "7"
+local EXPIRED_SOON, EXPIRED, UNSEEN = "-3", "-1", "-2"
+-- tasks/lib/internals/counter/deadline.php DEFAULT_DEADLINE_LIMIT: "almost overdue" window
+local DEADLINE_LIMIT = 86400
+
+local DEF = { fields = {}, by_name = {}, standard = {}, dates = DATES }
 for _, f in ipairs(FIELDS) do
    local spec = { name = f[1], default = f[2], writable = f[3] or false, type = "string" }
    DEF.by_name[spec.name] = spec
@@ -92,7 +121,9 @@ local function list_of(v)
    return out
 end
 
-local function apply(row, fields)
+-- Writes fields into row; a date that strtotime reads is kept in the portal's zone
+-- (task.php formatDateFieldsForInput), other text as given.
+local function apply(p, row, fields)
    for k, v in pairs(fields) do
       if type(k) == "string" then
          local name = upper_name(k)
@@ -102,6 +133,10 @@ local function apply(row, fields)
          elseif spec and spec.writable then
             local s = to_text(v)
             if s == "" and spec.default == nil then s = nil end
+            if s and DATES[name] then
+               local t = dates.parse(s, p.timezone)
+               if t then s = p:date(t) end
+            end
             row[name] = s
          elseif not spec and string_sub(name, 1, 3) == "UF_" then
             row[name] = to_text(v)
@@ -116,8 +151,41 @@ local function guid()
       0x8000 + r(0, 0x3fff), r(0, 0xffffff), r(0, 0xffffff))
 end
 
--- A row as the API prints it: every field (or those selected), lists as arrays.
-local function view(row, names)
+-- The users of a list field as fillUserInfo keys them: id -> brief ([] when none is known).
+local function users_data(p, ids)
+   local out = {}
+   for _, id in ipairs(ids or {}) do
+      local user = users.brief(p, id)
+      if user then out[user.id] = user end
+   end
+   return out
+end
+
+-- The task's metastatus as task.php listAction prints it (subStatus: the COMPUTE_STATUS
+-- expression of tasks/lib/provider/query/taskquerybuilder.php getStatusField): almost overdue
+-- (-3) within a day of the deadline, overdue (-1) past it, unless completed, supposedly completed
+-- or declined by the current user as responsible; unseen (-2) for a new or pending task someone
+-- else created (views are not kept: never seen); else the status.
+local function sub_status(p, row)
+   local status = row.STATUS
+   local deadline = row.DEADLINE and dates.parse(row.DEADLINE, p.timezone)
+   local user = tostring(p.user_id)
+   if deadline and status ~= SUPPOSEDLY_COMPLETED and status ~= COMPLETED and
+      (status ~= DECLINED or row.RESPONSIBLE_ID ~= user) then
+      local now = p.wall()
+      if deadline < now + DEADLINE_LIMIT and deadline >= now then return EXPIRED_SOON end
+      if deadline < now then return EXPIRED end
+   end
+   if row.CREATED_BY ~= user and (status == "1" or status == "2") then return UNSEEN end
+   return status
+end
+
+-- A row as the API prints it: every field (or those selected), lists as arrays, and what
+-- task.php adds: fillGroupInfo's group ([] for every row: there are no workgroups here, and
+-- Group::getData finds none for GROUP_ID), fillUserInfo's creator and responsible (when the
+-- row has CREATED_BY / RESPONSIBLE_ID naming a known user) and auditorsData/accomplicesData
+-- (when it has the lists), and on list rows (listed) subStatus next to STATUS.
+local function view(p, row, names, listed)
    local out = {}
    for _, name in ipairs(names or DEF.standard) do
       if LISTS[name] then
@@ -130,6 +198,32 @@ local function view(row, names)
    end
    if not names then
       for name, key in pairs(LISTS) do out[key] = row[name] or {} end
+   end
+   out.group = {}
+   if out.createdBy ~= nil then out.creator = users.brief(p, row.CREATED_BY) end
+   if out.responsibleId ~= nil then out.responsible = users.brief(p, row.RESPONSIBLE_ID) end
+   if out.auditors then out.auditorsData = users_data(p, row.AUDITORS) end
+   if out.accomplices then out.accomplicesData = users_data(p, row.ACCOMPLICES) end
+   if listed and out.status ~= nil then out.subStatus = sub_status(p, row) end
+   return out
+end
+
+-- checkOrderKeys (task.php listAction) and TaskQuery::prepareOrder
+-- (tasks/lib/provider/query/taskquery.php): every key, upper-cased, one of
+-- CTasks::getAvailableOrderFields, else 400 with code 0 (the message as b24restdocs gives
+-- it); a direction other than ASC/DESC (",NULLS" allowed) sorts DESC. Returns the store's order
+-- (row field -> ASC|DESC) | nil, err.
+local function task_order(order)
+   if type(order) ~= "table" then return {} end
+   local out = {}
+   for k, v in pairs(order) do
+      local key = type(k) == "string" and string_upper(k) or tostring(k)
+      local field = ORDER_FIELDS[key]
+      if field == nil then return fail("Invalid sorting key (internal error)", "0") end
+      local dir = string_upper(to_text(v) or "")
+      if dir == "ASC,NULLS" then dir = "ASC" elseif dir == "DESC,NULLS" then dir = "DESC" end
+      if dir ~= "ASC" then dir = "DESC" end
+      if field then out[field] = dir end
    end
    return out
 end
@@ -165,7 +259,7 @@ local function insert(p, store, fields)
    for _, spec in pairs(DEF.by_name) do
       if spec.default ~= nil then row[spec.name] = spec.default end
    end
-   apply(row, fields)
+   apply(p, row, fields)
    store:put(id, row)
    return id, row
 end
@@ -179,15 +273,16 @@ function _M.register(portal, methods)
       local id, row = insert(p, store, params.fields)
       if not id then return nil, row end
       p:changed("ONTASKADD", id)
-      return { task = view(row) }, { rows = 1 }
+      return { task = view(p, row) }, { rows = 1 }
    end
 
-   methods["tasks.task.get"] = function(_, params)
+   -- task.php getAction
+   methods["tasks.task.get"] = function(p, params)
       local id = task_id(params)
       if not id then return fail("wrong task id", "0") end
       local row = store.rows[id]
       if not row then return not_found() end
-      return { task = view(row, selection(params.select)) }, { rows = 1 }
+      return { task = view(p, row, selection(params.select)) }, { rows = 1 }
    end
 
    methods["tasks.task.update"] = function(p, params)
@@ -197,7 +292,7 @@ function _M.register(portal, methods)
       if not row then return not_found() end
       if type(params.fields) ~= "table" then return fail("Invalid parameters") end
       local status = row.STATUS
-      apply(row, params.fields)
+      apply(p, row, params.fields)
       local now, user = p:date(), tostring(p.user_id)
       row.CHANGED_DATE, row.CHANGED_BY, row.ACTIVITY_DATE = now, user, now
       if row.STATUS ~= status then
@@ -205,7 +300,7 @@ function _M.register(portal, methods)
          if row.STATUS == "5" then row.CLOSED_DATE, row.CLOSED_BY = now, user end
       end
       p:changed("ONTASKUPDATE", id)
-      return { task = view(row) }, { rows = 1 }
+      return { task = view(p, row) }, { rows = 1 }
    end
 
    methods["tasks.task.delete"] = function(p, params)
@@ -216,11 +311,17 @@ function _M.register(portal, methods)
       return { task = true }, { rows = 1 }
    end
 
-   methods["tasks.task.list"] = function(_, params)
-      local rows, meta = store:query(params, { name = upper_name, paging = "orm" })
+   -- task.php listAction: the order checked first; with start=-1 (prepareNavParams drops
+   -- getTotalCount) the answer has no total
+   methods["tasks.task.list"] = function(p, params)
+      local order, err = task_order(params.order)
+      if not order then return nil, err end
+      local rows, meta = store:query({ filter = params.filter, order = order, start = params.start },
+                                     { name = upper_name, paging = "orm", timezone = p.timezone })
+      if storage.php_int(params.start) == -1 then meta.total = nil end
       local names = selection(params.select) or LIST_DEFAULT
       local tasks = {}
-      for i, row in ipairs(rows) do tasks[i] = view(row, names) end
+      for i, row in ipairs(rows) do tasks[i] = view(p, row, names, true) end
       return { tasks = tasks }, meta
    end
 end
