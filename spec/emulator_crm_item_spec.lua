@@ -213,6 +213,40 @@ describe("emulator crm.item", function()
          assert.is_nil(got.result.item.fm)
       end)
 
+      -- item.php fieldsAction (getUserFieldsInfo), getJsonForItems (useOriginalUfNames);
+      -- crm/lib/Service/Converter.php: UF_CRM_ITEMSPEC is ufCrmItemspec, UF_CRM_7 is ufCrm_7
+      it("writes, prints, filters and describes defined user fields only", function()
+         local status = call(srv, "crm.deal.userfield.add",
+            { fields = { FIELD_NAME = "ITEMSPEC", USER_TYPE_ID = "double" } })
+         assert.equal(200, status)
+         status = call(srv, "crm.deal.userfield.add", { fields = { FIELD_NAME = "7", USER_TYPE_ID = "string" } })
+         assert.equal(200, status)
+         local _, got = call(srv, "crm.item.add", { entityTypeId = 2,
+            fields = { title = "uf", ufCrmItemspec = 12.5, ufCrm_7 = "seven", ufCrmUndefined = "x" } })
+         local item = got.result.item
+         assert.equal(12.5, item.ufCrmItemspec)
+         assert.equal("seven", item.ufCrm_7)
+         assert.is_nil(item.ufCrmUndefined)
+         local _, deal = call(srv, "crm.deal.get", { id = item.id })
+         assert.equal(12.5, tonumber(deal.result.UF_CRM_ITEMSPEC))
+         assert.equal("seven", deal.result.UF_CRM_7)
+
+         _, got = call(srv, "crm.item.get", { entityTypeId = 2, id = item.id, useOriginalUfNames = "Y" })
+         assert.equal(12.5, got.result.item.UF_CRM_ITEMSPEC)
+         assert.is_nil(got.result.item.ufCrmItemspec)
+
+         _, got = call(srv, "crm.item.list", { entityTypeId = 2, filter = { ufCrmItemspec = 12.5 },
+                                               select = { "id", "ufCrmItemspec" } })
+         assert.same({ { id = item.id, ufCrmItemspec = 12.5 } }, got.result.items)
+
+         _, got = call(srv, "crm.item.fields", { entityTypeId = 2 })
+         local f = got.result.fields.ufCrmItemspec
+         assert.equal("UF_CRM_ITEMSPEC", f.upperName)
+         assert.equal("double", f.type)
+         assert.is_true(f.isDynamic)
+         assert.equal("UF_CRM_7", got.result.fields.ufCrm_7.upperName)
+      end)
+
       it("describes a lead's fields as the factory (stageId of STATUS, opened boolean)", function()
          local _, got = call(srv, "crm.item.fields", { entityTypeId = 1 })
          local f = got.result.fields

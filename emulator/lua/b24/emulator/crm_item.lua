@@ -9,6 +9,7 @@ local storage = require "b24.emulator.store"
 local crm = require "b24.emulator.crm"
 local smart = require "b24.emulator.smart"
 local dates = require "b24.emulator.dates"
+local userfields = require "b24.emulator.userfields"
 
 local type = type
 local pairs = pairs
@@ -333,10 +334,14 @@ end
 local NUMBERS = { integer = true, double = true, user = true, crm_company = true, crm_contact = true,
                   crm_lead = true, crm_category = true, crm_quote = true, crm_deal = true }
 
--- item.php getFm: a lead's, contact's or company's multi-fields (PHONE, EMAIL), by id.
+-- The multi-field types (crm/classes/general/crm_field_multi.php) the legacy rows keep.
+local MULTI = { PHONE = true, EMAIL = true, WEB = true, IM = true, LINK = true }
+local MULTI_ORDER = { "PHONE", "EMAIL", "WEB", "IM", "LINK" }
+
+-- item.php getFm: a lead's, contact's or company's multi-fields, by id.
 local function fm_view(row)
    local out = {}
-   for _, name in ipairs({ "PHONE", "EMAIL" }) do
+   for _, name in ipairs(MULTI_ORDER) do
       for _, v in ipairs(type(row[name]) == "table" and row[name] or {}) do
          out[#out + 1] = { id = tonumber(v.ID) or v.ID, valueType = v.VALUE_TYPE, value = v.VALUE,
                            typeId = v.TYPE_ID }
@@ -361,8 +366,19 @@ local function item_view(portal, entity, row, selected, original)
       end
       out[camel(f.upper)] = v
    end
-   for name, v in pairs(row) do
-      if string_sub(name, 1, 3) == "UF_" then out[original and name or camel(name)] = v end
+   if entity.kind then
+      for _, uf in ipairs(userfields.of(portal, entity.kind)) do
+         local name = uf.FIELD_NAME
+         local v = userfields.printed(uf, row[name], tz)
+         if uf.USER_TYPE_ID == "integer" or uf.USER_TYPE_ID == "double" then
+            if type(v) == "table" then
+               for i, x in ipairs(v) do v[i] = tonumber(x) or x end
+            elseif type(v) == "string" then
+               v = tonumber(v) or v
+            end
+         end
+         out[original and name or camel(name)] = v
+      end
    end
    out.entityTypeId = entity.id
    if entity.multi_fields then out.fm = fm_view(row) end
@@ -401,7 +417,7 @@ end
 -- item.php getFmValues, Assembler::updateCollectionByArray: fields.fm, a list or map of
 -- { typeId, value, valueType } (or one such entry itself): under the key of an existing
 -- multi-field's id it changes it (an empty value removes it), under any other key it is added.
--- Only PHONE and EMAIL are modelled.
+-- HAS_PHONE and HAS_EMAIL follow.
 local function apply_fm(store, row, fm)
    local entries = {}
    if fm.typeId ~= nil and fm.value ~= nil then entries[1] = { "new", fm } end
@@ -413,7 +429,7 @@ local function apply_fm(store, row, fm)
    for _, e in ipairs(entries) do
       local key, v = e[1], e[2]
       local type_id = to_text(v.typeId)
-      local list = (type_id == "PHONE" or type_id == "EMAIL") and (row[type_id] or {})
+      local list = MULTI[type_id] and (row[type_id] or {})
       if list then
          local found
          for i, have in ipairs(list) do
@@ -431,7 +447,7 @@ local function apply_fm(store, row, fm)
                                 VALUE_TYPE = to_text(v.valueType) or "WORK" }
          end
          row[type_id] = list
-         row["HAS_" .. type_id] = #list > 0 and "Y" or "N"
+         if type_id == "PHONE" or type_id == "EMAIL" then row["HAS_" .. type_id] = #list > 0 and "Y" or "N" end
       end
    end
 end
@@ -457,8 +473,13 @@ local function apply_fields(portal, entity, row, fields, original)
          if f and not f.read_only then
             local value, skip = stored(f, v, portal.timezone)
             if not skip then row[f.column] = value end
-         elseif not f and string_sub(upper, 1, 3) == "UF_" then
-            row[upper] = to_text(v)
+         elseif not f and entity.kind and string_sub(upper, 1, 3) == "UF_" then
+            -- only a defined user field is written (b24.emulator.userfields)
+            local uf = userfields.find(portal, entity.kind, upper)
+            if uf then
+               local value = userfields.value(uf, v, portal.timezone)
+               if value ~= nil then row[upper] = value end
+            end
          end
       end
    end
@@ -597,6 +618,14 @@ local function item_fields(portal, params)
                      title = f.title or f.upper, upperName = f.upper }
       if f.type == "crm_status" then info.statusType = f.status_type or "" end
       out[camel(f.upper)] = info
+   end
+   -- $factory->getUserFieldsInfo()
+   if entity.kind then
+      for _, uf in ipairs(userfields.of(portal, entity.kind)) do
+         local info = userfields.describe(uf)
+         info.upperName = uf.FIELD_NAME
+         out[params.useOriginalUfNames == "Y" and uf.FIELD_NAME or camel(uf.FIELD_NAME)] = info
+      end
    end
    return { fields = out }
 end
