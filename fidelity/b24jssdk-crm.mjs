@@ -160,6 +160,7 @@ async function userFieldRoundTrip (name, camel) {
   ensure(Number.isInteger(fieldId) && fieldId > 0, `crm.deal.userfield.add: result ${show(fieldId)} (want an integer)`)
   steps.push(`userfield.add ${fieldId}`)
   const deals = []
+  let deleted = false
   try {
     const uf = (await call('crm.deal.userfield.get', { id: fieldId })).result
     ensure(uf?.ID === String(fieldId) && uf.FIELD_NAME === full && uf.USER_TYPE_ID === 'string' &&
@@ -198,15 +199,28 @@ async function userFieldRoundTrip (name, camel) {
     ensure(described?.type === 'string' && described.isMultiple === false && described.isDynamic === true &&
       described.title === full, `crm.deal.fields: ${full} ${show(described)}`)
     steps.push('crm.deal.fields')
-  } finally {
-    for (const id of deals) await call('crm.deal.delete', { id })
+
+    // rest/lib/userfieldproxy.php delete: the field goes, and its values with it
     const del = await call('crm.deal.userfield.delete', { id: fieldId })
+    deleted = true
     ensure(del.result === true, `crm.deal.userfield.delete: result ${show(del.result)} (want true)`)
+    const after = (await call('crm.deal.get', { id: made.id })).result
+    ensure(after?.ID === String(made.id) && !(full in after),
+      `crm.deal.get after the field's delete: ${full} ${show(after?.[full])}`)
+    const itemAfter = (await call('crm.item.get', { entityTypeId: 2, id: made.id })).result?.item
+    ensure(itemAfter?.id === made.id && !(camel in itemAfter),
+      `crm.item.get after the field's delete: ${camel} ${show(itemAfter?.[camel])}`)
+    steps.push(`userfield.delete (the deals keep no ${full})`)
+  } finally {
+    if (!deleted) await call('crm.deal.userfield.delete', { id: fieldId })
+    for (const id of deals) await call('crm.deal.delete', { id })
   }
-  steps.push('userfield.delete')
+  // rest/lib/userfieldproxy.php get: RestException ERROR_NOT_FOUND, status 400 by default
   const left = await callFails('crm.deal.userfield.get', { id: fieldId })
-  ensure(left.status >= 400, `crm.deal.userfield.get of the deleted field: HTTP ${left.status} ${left.text}`)
-  steps.push(`get after delete: HTTP ${left.status}`)
+  ensure(left.status === 400 && left.body?.error === 'ERROR_NOT_FOUND' &&
+    left.body?.error_description === `The entity with ID '${fieldId}' is not found.`,
+  `crm.deal.userfield.get of the deleted field: HTTP ${left.status} ${left.text}`)
+  steps.push('get after delete: 400 ERROR_NOT_FOUND')
   return steps.join(', ')
 }
 
