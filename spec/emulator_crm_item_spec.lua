@@ -258,6 +258,22 @@ describe("emulator crm.item", function()
       end)
    end)
 
+   -- main/classes/general/sql_util.php CSqlUtil::PrepareSql: a multi-key order in the order sent
+   describe("order", function()
+      it("applies the keys of a multi-key order in the order sent", function()
+         local function ids(order_json)
+            local _, got = call(srv, "crm.item.list", nil, { body = '{"entityTypeId":1,"filter":{"@id":[1,2,3]},' ..
+               '"order":' .. order_json .. ',"select":["id"]}' })
+            local out = {}
+            for i, item in ipairs(got.result.items) do out[i] = item.id end
+            return out
+         end
+         -- seeded leads: 1 and 3 came by CALL, 2 from WEB
+         assert.same({ 3, 1, 2 }, ids('{"sourceId":"ASC","id":"DESC"}'))
+         assert.same({ 3, 2, 1 }, ids('{"id":"DESC","sourceId":"ASC"}'))
+      end)
+   end)
+
    -- crm/lib/controller/item.php getFactory; main/lib/engine/autowire/binder.php;
    -- crm/lib/controller/errorcode.php; rest/lib/engine/restmanager.php createExceptionFromErrors
    describe("errors", function()

@@ -10,6 +10,7 @@ local crm = require "b24.emulator.crm"
 local smart = require "b24.emulator.smart"
 local dates = require "b24.emulator.dates"
 local userfields = require "b24.emulator.userfields"
+local order_of = require "b24.emulator.order"
 
 local type = type
 local pairs = pairs
@@ -685,10 +686,15 @@ local function item_list(portal, params)
          columns[prefix .. (entity.column_of[field] or field)] = v
       end
    end
-   local sorted = {}
+   -- the keys in the order sent (b24.emulator.order: PHP arrays keep it; the ORM orders by them so)
+   local sorted, keys = {}, {}
    for k, v in pairs(order) do sorted[entity.column_of[k] or k] = v end
+   for i, k in ipairs(order_of.keys(portal, { "order" }) or {}) do
+      local upper = upper_key(entity, k, original)
+      keys[i] = entity.column_of[upper] or upper
+   end
    local rows, meta = entity.store:query({ filter = columns, order = sorted, start = params.start },
-      { name = function(key) return key end, paging = "orm", timezone = portal.timezone })
+      { name = function(key) return key end, paging = "orm", timezone = portal.timezone, order_keys = keys })
    if php_int(params.start) == -1 then meta.total, meta.next = nil, nil end
    local selected = selection(entity, p.select, original)
    local items = {}
