@@ -6,6 +6,7 @@ local b24 = require "helpers.b24"
 local emu = require "helpers.emulator"
 
 local call = emu.call
+local _
 
 local USER = { id = "1", name = "Emulator User", link = "/company/personal/user/1/",
                icon = "/bitrix/images/tasks/default_avatar.png", workPosition = "" }
@@ -105,7 +106,8 @@ describe("emulator tasks.task.* as the platform", function()
    -- task.php prepareNavParams: start=-1 drops getTotalCount
    describe("row 14: start=-1", function()
       it("omits total (and next), a counted page has both", function()
-         local status, body, raw = call(srv, "tasks.task.list", { start = -1, select = { "ID" }, order = { ID = "ASC" } })
+         local status, body, raw = call(srv, "tasks.task.list", { start = -1, select = { "ID" },
+            order = { ID = "ASC" } })
          assert.equal(200, status)
          assert.equal(50, #body.result.tasks)
          assert.not_matches('"total"', raw, 1, true)
