@@ -93,6 +93,19 @@ describe("emulator tasks.task.* as the platform", function()
          assert.same({ "3", "2", "1" }, ids(body.result.tasks)) -- "Task #3" > "Task #2" > "Task #1"
       end)
 
+      it("applies the keys in the order sent", function()
+         local task = add{ TITLE = "urgent", PRIORITY = 2 }
+         local body = '{"order":{"priority":"desc","ID":"asc"},"filter":{"@ID":[1,2,3,' .. task.id .. ']},'
+            .. '"select":["ID"]}'
+         local status, got = call(srv, "tasks.task.list", nil, { body = body })
+         assert.equal(200, status)
+         assert.same({ task.id, "1", "2", "3" }, ids(got.result.tasks))
+         body = '{"order":{"ID":"asc","priority":"desc"},"filter":{"@ID":[1,2,3,' .. task.id .. ']},'
+            .. '"select":["ID"]}'
+         _, got = call(srv, "tasks.task.list", nil, { body = body })
+         assert.same({ "1", "2", "3", task.id }, ids(got.result.tasks))
+      end)
+
       it("sorts a direction other than ASC or DESC descending, ASC,NULLS ascending", function()
          local _, body = call(srv, "tasks.task.list", { order = { ID = "sideways" }, filter = { ["<=ID"] = 3 },
             select = { "ID" } })

@@ -9,6 +9,7 @@ local crm_item = require "b24.emulator.crm_item"
 local storage = require "b24.emulator.store"
 local dates = require "b24.emulator.dates"
 local users = require "b24.emulator.users"
+local order_of = require "b24.emulator.order"
 
 local type = type
 local pairs = pairs
@@ -316,8 +317,14 @@ function _M.register(portal, methods)
    methods["tasks.task.list"] = function(p, params)
       local order, err = task_order(params.order)
       if not order then return nil, err end
+      -- the keys in the order sent (TaskQueryBuilder::buildOrder walks them with foreach)
+      local sent = {}
+      for _, key in ipairs(order_of.keys(p) or {}) do
+         local field = ORDER_FIELDS[string_upper(key)]
+         if field then sent[#sent + 1] = field end
+      end
       local rows, meta = store:query({ filter = params.filter, order = order, start = params.start },
-                                     { name = upper_name, paging = "orm", timezone = p.timezone })
+                                     { name = upper_name, paging = "orm", timezone = p.timezone, order_keys = sent })
       if storage.php_int(params.start) == -1 then meta.total = nil end
       local names = selection(params.select) or LIST_DEFAULT
       local tasks = {}
