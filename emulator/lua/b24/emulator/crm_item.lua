@@ -40,6 +40,8 @@ local ITEM_NAMES = {
    CREATED_BY_ID = "CREATED_BY", MODIFY_BY_ID = "UPDATED_BY", DATE_CREATE = "CREATED_TIME",
    DATE_MODIFY = "UPDATED_TIME",
 }
+-- Company.php getFieldsSettings: IS_MY_COMPANY is Immutable (set on add only).
+local IMMUTABLE = { IS_MY_COMPANY = true }
 -- The rest of each factory's getFieldsMap: Lead.php STAGE_ID is STATUS_ID (and its semantics),
 -- Company.php TYPE_ID is COMPANY_TYPE; MOVED_BY is MOVED_BY_ID (Lead.php, Deal.php),
 -- OBSERVERS is OBSERVER_IDS.
@@ -213,7 +215,8 @@ local function legacy_entity(kind, n, store)
       if not spec.multiple then
          local field = { upper = common, column = column, type = FACTORY_TYPES[spec.type] or spec.type,
                          read_only = spec.read_only, required = column == "OPENED", multiple = false,
-                         status_type = STATUS_TYPES[kind][common] or spec.status_type, title = spec.title }
+                         status_type = STATUS_TYPES[kind][common] or spec.status_type, title = spec.title,
+                         immutable = spec.immutable or IMMUTABLE[column] or false }
          fields[#fields + 1] = field
          by_upper[common] = field
       end
@@ -463,15 +466,16 @@ local function upper_key(entity, key, original, prefixed)
    return to_upper(entity.names, key)
 end
 
--- Sets the fields of a request (keys converted to upper case) on row; read-only fields and
--- names the factory does not have are passed over, user fields kept as text; fm as apply_fm.
-local function apply_fields(portal, entity, row, fields, original)
+-- Sets the fields of a request (keys converted to upper case) on row; read-only fields, on an
+-- update immutable ones (CCrmFieldInfoAttr::Immutable: a company's isMyCompany), and names the
+-- factory does not have are passed over; defined user fields as userfields.value; fm as apply_fm.
+local function apply_fields(portal, entity, row, fields, original, updating)
    if entity.multi_fields and type(fields.fm) == "table" then apply_fm(entity.store, row, fields.fm) end
    for k, v in pairs(fields) do
       if type(k) == "string" and not (k == "fm" and entity.multi_fields) then
          local upper = upper_key(entity, k, original)
          local f = entity.by_upper[upper]
-         if f and not f.read_only then
+         if f and not f.read_only and not (updating and f.immutable) then
             local value, skip = stored(f, v, portal.timezone)
             if not skip then row[f.column] = value end
          elseif not f and entity.kind and string_sub(upper, 1, 3) == "UF_" then
@@ -569,7 +573,7 @@ local function item_update(portal, params)
    local before, now = {}, portal:date()
    for k, v in pairs(row) do before[k] = v end
    local original = params.useOriginalUfNames == "Y"
-   apply_fields(portal, entity, row, p.fields, original)
+   apply_fields(portal, entity, row, p.fields, original, true)
    if entity.type then
       smart_after(portal, entity, row, before, now)
       row.UPDATED_TIME, row.UPDATED_BY = now, tostring(portal.user_id)
@@ -615,7 +619,7 @@ local function item_fields(portal, params)
    local out = {}
    for _, f in ipairs(entity.fields) do
       local info = { type = f.type, isRequired = f.required or false, isReadOnly = f.read_only or false,
-                     isImmutable = false, isMultiple = f.multiple or false, isDynamic = false,
+                     isImmutable = f.immutable or false, isMultiple = f.multiple or false, isDynamic = false,
                      title = f.title or f.upper, upperName = f.upper }
       if f.type == "crm_status" then info.statusType = f.status_type or "" end
       out[camel(f.upper)] = info
