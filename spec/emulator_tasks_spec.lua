@@ -76,6 +76,8 @@ describe("emulator tasks.task.* as the platform", function()
          assert.matches('"accomplicesData":[]', raw, 1, true)
          assert.matches('"group":[]', raw, 1, true)
          assert.is_nil(got.subStatus)
+         _, body = call(srv, "tasks.task.get", { taskId = task.id, select = { "TITLE" } })
+         assert.same({ "favorite", "group", "id", "title" }, emu.keys(body.result.task))
       end)
    end)
 

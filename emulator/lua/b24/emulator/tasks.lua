@@ -277,13 +277,19 @@ function _M.register(portal, methods)
       return { task = view(p, row) }, { rows = 1 }
    end
 
-   -- task.php getAction
+   -- task.php getAction: a select that names fields gets FAVORITE too
    methods["tasks.task.get"] = function(p, params)
       local id = task_id(params)
       if not id then return fail("wrong task id", "0") end
       local row = store.rows[id]
       if not row then return not_found() end
-      return { task = view(p, row, selection(params.select)) }, { rows = 1 }
+      local names = selection(params.select)
+      if names then
+         local seen = false
+         for _, name in ipairs(names) do seen = seen or name == "FAVORITE" end
+         if not seen then names[#names + 1] = "FAVORITE" end
+      end
+      return { task = view(p, row, names) }, { rows = 1 }
    end
 
    methods["tasks.task.update"] = function(p, params)
