@@ -275,6 +275,20 @@ describe("emulator CRM data", function()
          assert.equal("UF_CRM_TAGS", f.title)
          assert.equal("Tags", f.listLabel)
          assert.same({ { ID = blue, VALUE = "Blue" }, { ID = red, VALUE = "Red" } }, f.items)
+         local _, found = call(srv, "crm.company.list", { filter = { UF_CRM_TAGS = red }, select = { "ID" } })
+         assert.same({ id.result }, ids(found.result))
+         _, found = call(srv, "crm.company.list", { filter = { ["!UF_CRM_TAGS"] = red }, select = { "ID" } })
+         assert.equal(0, found.total)
+      end)
+
+      it("drops a filter key that names no field (restservice.php internalizeFilterFields)", function()
+         local _, all = call(srv, "crm.lead.list", { select = { "ID" } })
+         for _, filter in ipairs({ { UF_CRM_NO_SUCH = "x" }, { NO_SUCH_FIELD = 1 }, { title = "nothing" } }) do
+            local _, got = call(srv, "crm.lead.list", { filter = filter, select = { "ID" } })
+            assert.equal(all.total, got.total)
+         end
+         local _, got = call(srv, "crm.lead.list", { filter = { [">ID"] = 18 }, select = { "ID" } })
+         assert.is_true(got.total < all.total)
       end)
 
       it("updates labels, deletes the field (its values go), and checks the entity of an id", function()

@@ -197,25 +197,50 @@ local function date_matches(have, c)
    return ok
 end
 
+local NEGATIVE = { ["!"] = true, ["!="] = true, ["!@"] = true, ["!%"] = true }
+
+-- Whether one value (a string, or nil for none) meets condition c.
+local function meets(have, c)
+   local want, op = c.value, c.op
+   if c.tz then return date_matches(have, c) end
+   if op == "@" then return in_set(have, want) end
+   if op == "!@" then return not in_set(have, want) end
+   if op == "%" or op == "!%" then
+      local ok = have ~= nil and string_find(string_lower(have), string_lower(want), 1, true) ~= nil
+      if op == "!%" then return not ok end
+      return ok
+   end
+   if op == "=" then
+      if want == "" then return have == nil or have == "" end
+      return have ~= nil and compare(have, want) == 0
+   end
+   if op == "!" or op == "!=" then
+      if want == "" then return have ~= nil and have ~= "" end
+      return have == nil or compare(have, want) ~= 0
+   end
+   if have == nil or have == "" then return false end
+   local r = compare(have, want)
+   return (op == ">" and r > 0) or (op == ">=" and r >= 0) or (op == "<" and r < 0) or (op == "<=" and r <= 0)
+end
+
+-- A row meets every condition. A field holding a list (a multiple user field) meets a condition
+-- when one of its values does, a negative one when all do (the values are rows of a joined
+-- table); an empty list is no value.
 local function matches(row, conditions)
    for _, c in ipairs(conditions) do
-      local have, want, op = row[c.name], c.value, c.op
+      local have = row[c.name]
       local ok
-      if c.tz then
-         ok = date_matches(have, c)
-      elseif op == "@" then ok = in_set(have, want)
-      elseif op == "!@" then ok = not in_set(have, want)
-      elseif op == "%" or op == "!%" then
-         ok = have ~= nil and string_find(string_lower(have), string_lower(want), 1, true) ~= nil
-         if op == "!%" then ok = not ok end
-      elseif op == "=" then
-         if want == "" then ok = have == nil or have == "" else ok = have ~= nil and compare(have, want) == 0 end
-      elseif op == "!" or op == "!=" then
-         if want == "" then ok = have ~= nil and have ~= "" else ok = have == nil or compare(have, want) ~= 0 end
-      elseif have == nil or have == "" then ok = false
+      if type(have) == "table" and have[1] ~= nil and type(have[1]) ~= "table" then
+         local negative = NEGATIVE[c.op]
+         ok = negative
+         for _, item in ipairs(have) do
+            local one = meets(item, c)
+            if negative and not one then ok = false; break end
+            if not negative and one then ok = true; break end
+         end
       else
-         local r = compare(have, want)
-         ok = (op == ">" and r > 0) or (op == ">=" and r >= 0) or (op == "<" and r < 0) or (op == "<=" and r <= 0)
+         if type(have) == "table" then have = nil end
+         ok = meets(have, c)
       end
       if not ok then return false end
    end
