@@ -291,6 +291,15 @@ describe("emulator CRM data", function()
          assert.is_true(got.total < all.total)
       end)
 
+      it("compares a crm_status field with = where a LIKE is asked", function()
+         local _, got = call(srv, "crm.lead.list", { filter = { ["%STATUS_ID"] = "PROC" }, select = { "ID" } })
+         assert.equal(0, got.total)
+         _, got = call(srv, "crm.lead.list", { filter = { ["%STATUS_ID"] = "JUNK" }, select = { "ID" } })
+         assert.equal(4, got.total)
+         _, got = call(srv, "crm.lead.list", { filter = { ["%TITLE"] = "Lead #1" }, select = { "ID" } })
+         assert.equal(11, got.total)
+      end)
+
       it("updates labels, deletes the field (its values go), and checks the entity of an id", function()
          local _, added = call(srv, "crm.lead.userfield.add",
             { fields = { FIELD_NAME = "GONE", USER_TYPE_ID = "string" } })

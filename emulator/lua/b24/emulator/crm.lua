@@ -191,7 +191,7 @@ end
 
 -- A row as get (selected false: every field, the defined user fields, the multi-fields it
 -- has) or list (the selected fields) prints it.
-local function view(portal, def, row, selected)
+local function view(portal, def, row, selected, ufs)
    local tz = portal.timezone
    local out = {}
    for _, name in ipairs(def.standard) do
@@ -202,7 +202,7 @@ local function view(portal, def, row, selected)
          out[name] = v
       end
    end
-   for _, uf in ipairs(userfields.of(portal, def.kind)) do
+   for _, uf in ipairs(ufs or userfields.of(portal, def.kind)) do
       local name = uf.FIELD_NAME
       if not selected or selected[name] or selected["UF_*"] then
          out[name] = userfields.printed(uf, row[name], tz)
@@ -256,6 +256,8 @@ local function filter_field(key)
    end
    return rest
 end
+
+local LIKE_AS_EQUAL = { crm_status = true, crm_company = true, crm_contact = true }
 
 -- Whether name is a field of def's fields info (the entity's, its multi-fields', its defined
 -- user fields'), spelled exactly.
@@ -329,7 +331,14 @@ local function list(portal, store, params)
    if select ~= nil and type(select) ~= "table" then select = { select } end
    local kept = {}
    for k, v in pairs(filter) do
-      if type(k) == "string" and known_field(portal, def, filter_field(k)) then kept[k] = v end
+      local name = type(k) == "string" and filter_field(k)
+      if name and known_field(portal, def, name) then
+         local spec = def.by_name[name]
+         local op = string_sub(k, 1, #k - #name)
+         -- internalizeFilterFields: no LIKE on these types ("performance considerations"): =
+         if spec and LIKE_AS_EQUAL[spec.type] and (op == "%" or op == "%=" or op == "=%") then k = "=" .. name end
+         kept[k] = v
+      end
    end
    local sorted, keys, sort_value = list_order(portal, def, order)
    local rows, meta = store:query({ filter = kept, order = sorted, start = params.start },
@@ -339,12 +348,13 @@ local function list(portal, store, params)
    if selected and star then
       for _, name in ipairs(def.standard) do selected[name] = true end
    end
+   -- no select: the entity's own fields, without multi-fields and user fields
+   local ufs = selected and userfields.of(portal, def.kind) or {}
    local page = {}
-   for i, row in ipairs(rows) do page[i] = view(portal, def, row, selected or false) end
+   for i, row in ipairs(rows) do page[i] = view(portal, def, row, selected or false, ufs) end
    if not selected then
       for _, r in ipairs(page) do
          for _, name in ipairs(MULTI) do r[name] = nil end
-         for _, uf in ipairs(userfields.of(portal, def.kind)) do r[uf.FIELD_NAME] = nil end
       end
    end
    return page, meta
@@ -377,7 +387,7 @@ function _M.register(portal, methods)
    for kind in pairs(ENTITIES) do kinds[#kinds + 1] = kind end
    table_sort(kinds)
    catalog.register(portal, methods, array_param, function(p) return order_of.keys(p) end)
-   userfields.register(portal, methods, kinds, array_param, id_param)
+   userfields.register(portal, methods, kinds, array_param, id_param, function(p) return order_of.keys(p) end)
    for _, kind in ipairs(kinds) do
       local store = storage.new(kind, ENTITIES[kind])
       portal.stores[kind] = store

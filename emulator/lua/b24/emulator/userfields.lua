@@ -444,7 +444,7 @@ end
 
 -- crm.<kind>.userfield.list (UserFieldProxy::getList → CUserTypeEntity::GetList): filter by the
 -- definition's columns (equality), order by them (ASC unless DESC), all rows, total their count.
-local function list(portal, kind, params, array_param)
+local function list(portal, kind, params, array_param, sent)
    local order = array_param(params, "order") or {}
    if type(order) ~= "table" then return fail("Parameter 'order' must be array.") end
    local filter = array_param(params, "filter") or {}
@@ -459,13 +459,19 @@ local function list(portal, kind, params, array_param)
       if ok then rows[#rows + 1] = def end
    end
    table_sort(rows, function(a, b) return tonumber(a.ID) < tonumber(b.ID) end)
-   local keys = {}
+   local keys, rank = {}, {}
+   for i, k in ipairs(sent or {}) do rank[k] = rank[k] or i end
    for k, v in pairs(order) do
       if type(k) == "string" and KNOWN[string_upper(k)] then
-         keys[#keys + 1] = { name = string_upper(k), desc = string_upper(to_text(v) or "") == "DESC" }
+         keys[#keys + 1] = { key = k, name = string_upper(k), desc = string_upper(to_text(v) or "") == "DESC" }
       end
    end
-   table_sort(keys, function(a, b) return a.name < b.name end)
+   -- the keys as sent (b24.emulator.order), else alphabetically
+   table_sort(keys, function(a, b)
+      local ra, rb = rank[a.key] or 1e9, rank[b.key] or 1e9
+      if ra ~= rb then return ra < rb end
+      return a.key < b.key
+   end)
    if #keys > 0 then
       table_sort(rows, function(a, b)
          for _, key in ipairs(keys) do
@@ -538,8 +544,9 @@ local function delete(portal, kind, id)
 end
 
 -- Registers crm.<kind>.userfield.* for each kind (restservice.php CCrmRestProxyBase::
--- processMethodRequest USERFIELD); array_param and id_param are crm.lua's parameter readers.
-function _M.register(portal, methods, kinds, array_param, id_param)
+-- processMethodRequest USERFIELD); array_param and id_param are crm.lua's parameter readers,
+-- order_keys(portal) the keys of the request's order as sent.
+function _M.register(portal, methods, kinds, array_param, id_param, order_keys)
    store_of(portal)
    for _, kind in ipairs(kinds) do
       local prefix = "crm." .. kind .. ".userfield."
@@ -549,7 +556,9 @@ function _M.register(portal, methods, kinds, array_param, id_param)
          if not def then return nil, err end
          return view(def, false), { rows = 1 }
       end
-      methods[prefix .. "list"] = function(p, params) return list(p, kind, params, array_param) end
+      methods[prefix .. "list"] = function(p, params)
+         return list(p, kind, params, array_param, order_keys and order_keys(p))
+      end
       methods[prefix .. "update"] = function(p, params)
          local id = id_param(params)
          local fields = array_param(params, "fields") or {}
