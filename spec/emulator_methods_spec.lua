@@ -89,6 +89,10 @@ describe("emulator user.get (rest/lib/api/user.php userGet)", function()
       assert.same({ 1, 2, 3 }, ids(body.result))
       _, body = call(srv, "user.get", { ADMIN_MODE = true, ["<=ID"] = 3 })
       assert.same({ 1, 2, 3 }, ids(body.result))
+      local status
+      status, body = call(srv, "user.get", { SORT = "ID", ORDER = "sideways" })
+      assert.equal(400, status)
+      assert.same({ error = "ERROR_ARGUMENT", error_description = 'Invalid order "SIDEWAYS"' }, body)
    end)
 
    it("answers [] without total when nothing matches", function()
@@ -223,7 +227,7 @@ describe("emulator everyday methods", function()
 
       it("answers the controller's and the proxy's errors", function()
          local cases = {
-            { "crm.timeline.comment.add", {}, 100, "Could not find value for parameter {fields}" },
+            { "crm.timeline.comment.add", {}, "100", "Could not find value for parameter {fields}" },
             { "crm.timeline.comment.add", { fields = { ENTITY_ID = 1, ENTITY_TYPE = "nothing", COMMENT = "x" } },
               "OWNER_NOT_FOUND", "Owner was not found" },
             { "crm.timeline.comment.add", { fields = { ENTITY_ID = 99, ENTITY_TYPE = "lead", COMMENT = "x" } },
@@ -315,7 +319,7 @@ describe("emulator everyday methods", function()
 
       it("answers crm.activity.todo.add's binder, owner and date errors", function()
          local cases = {
-            { { ownerTypeId = 1, ownerId = 1 }, 100, "Could not find value for parameter {deadline}" },
+            { { ownerTypeId = 1, ownerId = 1 }, "100", "Could not find value for parameter {deadline}" },
             { { ownerTypeId = 0, ownerId = 1, deadline = "2030-01-01" }, "NOT_FOUND", "Not found." },
             { { ownerTypeId = 1, ownerId = 1, deadline = "tomorrow-ish" }, "WRONG_DATETIME_FORMAT",
               "Wrong date format" },

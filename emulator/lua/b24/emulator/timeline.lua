@@ -79,9 +79,11 @@ local function fail(desc, code, status)
 end
 
 -- main/lib/engine/autowire/binder.php: a required action parameter missing (a
--- BinderArgumentException, an ArgumentException: code 100).
+-- BinderArgumentException, an ArgumentException: code 100, which rest/lib/restexception.php
+-- prints as the string "100").
 local function missing(name)
-   return nil, { status = 400, error = 100, error_description = "Could not find value for parameter {" .. name .. "}" }
+   return nil, { status = 400, error = "100",
+                 error_description = "Could not find value for parameter {" .. name .. "}" }
 end
 
 -- CCrmOwnerType::ResolveID of a name or abbreviation (0 when unknown).
@@ -166,7 +168,7 @@ local function comment_add(p, params)
    local fields = params.fields
    if fields == nil then return missing("fields") end
    if type(fields) ~= "table" then
-      return nil, { status = 400, error = 100, error_description =
+      return nil, { status = 400, error = "100", error_description =
          "Invalid value " .. (to_text(fields) or "") .. " to match with parameter {fields}. "
          .. "Should be value of type array." }
    end

@@ -206,7 +206,7 @@ end
 
 -- user.get: rest/lib/api/user.php User::userGet. Parameter names in any case;
 -- the filter is FILTER when it is an array, else the query itself (the platform's "mistake kept
--- for compatibility"); SORT and ORDER (strings) sort when both are given; SELECT narrows the
+-- for compatibility"); SORT and ORDER sort when both are given (a bad ORDER is 400); SELECT narrows the
 -- allowed fields; ADMIN_MODE only lifts the extranet restriction (no extranet here). Paging is
 -- the ORM's (IRestService::getNavData(start, true)): 50 rows at offset intval(start), next =
 -- offset + rows while rows remain, total the count (0 with start=-1, which counts nothing); no
@@ -237,8 +237,19 @@ local function user_get(p, params)
       end
       if ok then rows[#rows + 1] = row end
    end
-   if type(sort) == "string" and sort ~= "" and order and to_text(order) then
-      local field, desc = string_upper(sort), string_upper(to_text(order)) == "DESC"
+   if sort ~= nil and sort ~= false and sort ~= "" and sort ~= "0" and order ~= nil and order ~= false and
+      order ~= "" and order ~= "0" then
+      -- main/lib/orm/query/query.php addOrder: a direction that is not a string, or not ASC/DESC
+      -- after strtoupper, is an ArgumentException (restexception.php initFromException: 400
+      -- ERROR_ARGUMENT)
+      if type(order) ~= "string" then
+         return nil, { status = 400, error = "ERROR_ARGUMENT", error_description = "Order must be a string" }
+      end
+      local dir = string_upper(order)
+      if dir ~= "ASC" and dir ~= "DESC" then
+         return nil, { status = 400, error = "ERROR_ARGUMENT", error_description = 'Invalid order "' .. dir .. '"' }
+      end
+      local field, desc = string_upper(to_text(sort) or ""), dir == "DESC"
       table_sort(rows, function(a, b)
          local r = compare(a[field] or "", b[field] or "")
          if r == 0 then return tonumber(a.ID) < tonumber(b.ID) end
