@@ -1,9 +1,9 @@
--- b24.emulator.crm_item: crm.item.* (crm/lib/controller/item.php) and crm.type.list/get
--- (crm/lib/controller/type.php). Items of entityTypeId 1-4 are the legacy CRM entities' rows
--- (portal.stores lead, deal, contact, company: the factory's common field names over their
--- columns); items of a smart process are rows of their own store (b24.emulator.smart). Names are
--- printed in lower camel case and read back through the converter; filter and order are
--- validated; lists page as the ORM does (protocol.md §4).
+-- b24.emulator.crm_item: crm.item.* (crm/lib/controller/item.php). Items of entityTypeId 1-4
+-- are the legacy CRM entities' rows (portal.stores lead, deal, contact, company: the factory's
+-- common field names over their columns); items of a smart process are rows of their own store
+-- (b24.emulator.smart, which also answers crm.type.*). Names are printed in lower camel case and
+-- read back through the converter; filter and order are validated; lists page as the ORM does
+-- (protocol.md §4).
 local cjson = require("cjson.safe")
 local storage = require "b24.emulator.store"
 local crm = require "b24.emulator.crm"
@@ -500,40 +500,6 @@ local function legacy_row(portal, entity, id, now)
    return row
 end
 
--- A new smart process item: PrototypeItem.php getMap's defaults (XML_ID '', OPENED false,
--- WEBFORM_ID 0, BEGINDATE today, CLOSEDATE today + 7 days, the default category and its first
--- stage), the times and users of the operation (Field\CreatedTime, MovedTime, …).
-local function smart_row(portal, entity, id, now)
-   local user, t = tostring(portal.user_id), entity.type
-   local today = portal.wall()
-   return { ID = tostring(id), XML_ID = "", OPENED = "N", WEBFORM_ID = "0", ASSIGNED_BY_ID = user,
-            CREATED_BY = user, UPDATED_BY = user, MOVED_BY = user, LAST_ACTIVITY_BY = user,
-            CREATED_TIME = now, UPDATED_TIME = now, MOVED_TIME = now, LAST_ACTIVITY_TIME = now,
-            BEGINDATE = dates.format_date(today, portal.timezone),
-            CLOSEDATE = dates.format_date(today + 7 * 86400, portal.timezone),
-            CATEGORY_ID = tostring(t.category_id), STAGE_ID = entity.stages[1], PREVIOUS_STAGE_ID = "" }
-end
-
--- Whether stage is one of the entity's stages.
-local function is_stage(entity, stage)
-   for _, s in ipairs(entity.stages) do
-      if s == stage then return true end
-   end
-   return false
-end
-
--- Field\Stage, PreviousStageId, MovedTime/MovedBy, Title: after the fields were set, a stage
--- that is not the category's is the first one (a new item) or the previous one (an update); a
--- changed stage moves the item; an empty title is the type's placeholder "Title #id".
-local function smart_after(portal, entity, row, before, now)
-   if not is_stage(entity, row.STAGE_ID) then row.STAGE_ID = before and before.STAGE_ID or entity.stages[1] end
-   if before and row.STAGE_ID ~= before.STAGE_ID then
-      row.PREVIOUS_STAGE_ID = before.STAGE_ID
-      row.MOVED_TIME, row.MOVED_BY = now, tostring(portal.user_id)
-   end
-   if row.TITLE == nil or row.TITLE == "" then row.TITLE = entity.type.TITLE .. " #" .. row.ID end
-end
-
 -- The item of entityTypeId and id: entity, row | nil, err (CRM_TYPE_ITEM_NOT_FOUND).
 local function find(portal, n, id)
    local entity, err = entity_of(portal, n)
@@ -554,10 +520,10 @@ local function item_add(portal, params)
    if not entity then return nil, err end
    local store = entity.store
    local id, now = store:take_id(), portal:date()
-   local row = entity.type and smart_row(portal, entity, id, now) or legacy_row(portal, entity, id, now)
+   local row = entity.type and smart.new_row(portal, entity, id, now) or legacy_row(portal, entity, id, now)
    local original = params.useOriginalUfNames == "Y"
    apply_fields(portal, entity, row, p.fields, original)
-   if entity.type then smart_after(portal, entity, row, nil, now) end
+   if entity.type then smart.after(portal, entity, row, nil, now) end
    store:put(id, row)
    portal:changed(entity.event .. "ADD", id, entity.extra)
    return { item = item_view(portal, entity, row, nil, original) }, { rows = 1 }
@@ -575,7 +541,7 @@ local function item_update(portal, params)
    local original = params.useOriginalUfNames == "Y"
    apply_fields(portal, entity, row, p.fields, original, true)
    if entity.type then
-      smart_after(portal, entity, row, before, now)
+      smart.after(portal, entity, row, before, now)
       row.UPDATED_TIME, row.UPDATED_BY = now, tostring(portal.user_id)
    else
       row.DATE_MODIFY, row.MODIFY_BY_ID = now, tostring(portal.user_id)
@@ -706,95 +672,17 @@ local function item_list(portal, params)
    return { items = items }, meta
 end
 
--- Type::jsonSerialize (crm/lib/Service/Converter/Type.php toJson): the columns in camel case,
--- ids as numbers, flags Y/N; with all data (crm.type.get) relations, linkedUserFields and
--- customSections too (none modelled: empty).
-local function type_view(portal, row, all)
-   local out = {}
-   for _, c in ipairs(smart.TYPE_COLUMNS) do
-      local v = row[c[1]]
-      if v == nil then v = null
-      elseif c[2] == "integer" or c[2] == "user" then v = tonumber(v) or v
-      elseif c[2] == "datetime" then v = print_datetime(v, portal.timezone)
-      end
-      out[camel(c[1])] = v
-   end
-   if all then
-      out.relations = { parent = {}, child = {} }
-      out.linkedUserFields = {}
-      out.customSections = {}
-   end
-   return out
-end
-
--- The types as a store (filter, order and paging as the ORM's), made on first use.
-local function type_store(portal)
-   if portal.crm_types then return portal.crm_types end
-   local def = { fields = {}, by_name = {} }
-   for i, c in ipairs(smart.TYPE_COLUMNS) do def.fields[i] = { c[1], c[2], true, false } end
-   local store = storage.new("crm_type", def)
-   for _, row in ipairs(smart.type_rows(portal:date())) do store:put(store:take_id(), row) end
-   portal.crm_types = store
-   return store
-end
-
--- crm.type.list (crm/lib/controller/type.php listAction): filter and order keys converted to
--- upper case (convertKeysToUpper) and validated against TypeTable's fields; the types under
--- `types`, ORM paging.
-local function type_list(portal, params)
-   local p, err = bind(params, { { "order", "array", true }, { "filter", "array", true } })
-   if not p then return nil, err end
-   local names = { common = smart.TYPE_ALLOWED, camel = {} }
-   for name in pairs(smart.TYPE_ALLOWED) do names.camel[camel(name)] = name end
-   local filter, order = {}, {}
-   for k, v in pairs(p.filter or {}) do filter[type(k) == "string" and to_upper(names, k) or k] = v end
-   local ok
-   ok, err = validate_filter(filter, smart.TYPE_ALLOWED)
-   if not ok then return nil, err end
-   if p.order then
-      for k, v in pairs(p.order) do
-         if type(k) == "string" then order[to_upper(names, k)] = v end
-      end
-      ok, err = validate_order(order, smart.TYPE_ALLOWED)
-      if not ok then return nil, err end
-   end
-   local rows, meta = type_store(portal):query({ filter = filter, order = order, start = params.start },
-      { name = function(key) return key end, paging = "orm", timezone = portal.timezone })
-   if php_int(params.start) == -1 then meta.total, meta.next = nil, nil end
-   local types = {}
-   for i, row in ipairs(rows) do types[i] = type_view(portal, row, false) end
-   return { types = types }, meta
-end
-
--- crm.type.get (type.php getAction, the ExactParameter `type` built from id): a missing id
--- cannot build the argument (code 100); an unknown one is CRM_TYPE_TYPE_NOT_FOUND with code 0,
--- the first of the controller's errors.
-local function type_get(portal, params)
-   if params.id == nil then
-      return fail("Could not find value for parameter to build auto wired argument " ..
-         "{Bitrix\\Crm\\Model\\Dynamic\\Type $type}", "100")
-   end
-   local t = smart.type_by_id(php_int(params.id))
-   if not t then return fail("Smart process not found", "0") end
-   local store = type_store(portal)
-   for _, id in ipairs(store.ids) do
-      local row = store.rows[id]
-      if row.ID == tostring(t.ID) then return { type = type_view(portal, row, true) } end
-   end
-   return fail("Smart process not found", "0")
-end
-
--- Registers crm.item.* and crm.type.list/get into methods, and the smart processes' stores.
+-- Registers crm.item.* into methods, and crm.type.list/get and the smart processes' stores
+-- (b24.emulator.smart, handed the converter, the validators and the binder).
 function _M.register(portal, methods)
-   smart.register(portal)
+   smart.register(portal, methods, { camel = camel, to_upper = to_upper, validate_filter = validate_filter,
+                                     validate_order = validate_order, bind = bind, print_datetime = print_datetime })
    methods["crm.item.add"] = item_add
    methods["crm.item.update"] = item_update
    methods["crm.item.get"] = item_get
    methods["crm.item.delete"] = item_delete
    methods["crm.item.fields"] = item_fields
    methods["crm.item.list"] = item_list
-   methods["crm.type.list"] = type_list
-   methods["crm.type.get"] = type_get
 end
 
 return _M
