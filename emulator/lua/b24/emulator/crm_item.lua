@@ -199,7 +199,7 @@ end
 -- A legacy entity as its factory sees it: common upper name -> column, column -> common name,
 -- every name a filter or order may use (listAction's $allowedFields: the factory's field names
 -- and the data class's columns), and the fields (multi-fields left out: crm.item prints them
--- under fm, which is not modelled).
+-- under fm).
 local function legacy_entity(kind, n, store)
    local def = store.def
    if store.item_entity then return store.item_entity end
