@@ -118,6 +118,30 @@ describe("emulator tasks.task.* as the platform", function()
       end)
    end)
 
+   -- main/lib/engine/autowire/binder.php; task.php checkSelect
+   describe("the action's arguments", function()
+      it("answers a missing or scalar array argument as the binder does, code \"100\"", function()
+         local cases = {
+            { "tasks.task.add", {}, "Could not find value for parameter {fields}" },
+            { "tasks.task.add", { fields = "x" },
+              "Invalid value {x} to match with parameter {fields}. Should be value of type array." },
+            { "tasks.task.update", { taskId = 1 }, "Could not find value for parameter {fields}" },
+            { "tasks.task.list", { filter = 5 },
+              "Invalid value {5} to match with parameter {filter}. Should be value of type array." },
+            { "tasks.task.list", { order = "ID" },
+              "Invalid value {ID} to match with parameter {order}. Should be value of type array." },
+         }
+         for _, c in ipairs(cases) do
+            local status, body = call(srv, c[1], c[2])
+            assert.equal(400, status, c[3])
+            assert.same({ error = "100", error_description = c[3] }, body)
+         end
+         local status, body = call(srv, "tasks.task.list", { select = { "ID", { "TITLE" } } })
+         assert.equal(400, status)
+         assert.same({ error = "0", error_description = "Invalid select data" }, body)
+      end)
+   end)
+
    -- task.php prepareNavParams: start=-1 drops getTotalCount
    describe("row 14: start=-1", function()
       it("omits total (and next), a counted page has both", function()

@@ -265,13 +265,36 @@ local function insert(p, store, fields)
    return id, row
 end
 
+-- main/lib/engine/autowire/binder.php: an action's array parameter, by its exact name: missing
+-- and required, "Could not find value for parameter {name}"; not an array, "Invalid value
+-- {value} to match with parameter {name}. Should be value of type array." (a
+-- BinderArgumentException: code 100, printed "100"). Returns the value | nil, err.
+local function array_argument(params, name, required)
+   local v = params[name]
+   if v == nil or v == null then
+      if required then
+         return nil, { status = 400, error = "100",
+                       error_description = "Could not find value for parameter {" .. name .. "}" }
+      end
+      return {}
+   end
+   if type(v) ~= "table" then
+      local text = type(v) == "boolean" and (v and "1" or "") or (to_text(v) or "")
+      return nil, { status = 400, error = "100", error_description = "Invalid value {" .. text ..
+         "} to match with parameter {" .. name .. "}. Should be value of type array." }
+   end
+   return v
+end
+
 function _M.register(portal, methods)
    local store = storage.new("task", DEF)
    portal.stores.task = store
 
+   -- task.php addAction(array $fields, array $params = [])
    methods["tasks.task.add"] = function(p, params)
-      if type(params.fields) ~= "table" then return fail("Invalid parameters") end
-      local id, row = insert(p, store, params.fields)
+      local fields, err = array_argument(params, "fields", true)
+      if not fields then return nil, err end
+      local id, row = insert(p, store, fields)
       if not id then return nil, row end
       p:changed("ONTASKADD", id)
       return { task = view(p, row) }, { rows = 1 }
@@ -297,9 +320,10 @@ function _M.register(portal, methods)
       if not id then return fail("wrong task id", "0") end
       local row = store.rows[id]
       if not row then return not_found() end
-      if type(params.fields) ~= "table" then return fail("Invalid parameters") end
+      local fields, err = array_argument(params, "fields", true)
+      if not fields then return nil, err end
       local status = row.STATUS
-      apply(p, row, params.fields)
+      apply(p, row, fields)
       local now, user = p:date(), tostring(p.user_id)
       row.CHANGED_DATE, row.CHANGED_BY, row.ACTIVITY_DATE = now, user, now
       if row.STATUS ~= status then
@@ -318,11 +342,19 @@ function _M.register(portal, methods)
       return { task = true }, { rows = 1 }
    end
 
-   -- task.php listAction: the order checked first; with start=-1 (prepareNavParams drops
-   -- getTotalCount) the answer has no total
+   -- task.php listAction(filter, select, group, order, params): the arguments bound in that
+   -- order, then checkOrderKeys, then checkSelect (every select entry a string); with start=-1
+   -- (prepareNavParams drops getTotalCount) the answer has no total
    methods["tasks.task.list"] = function(p, params)
+      for _, name in ipairs({ "filter", "select", "group", "order", "params" }) do
+         local ok, err = array_argument(params, name, false)
+         if not ok then return nil, err end
+      end
       local order, err = task_order(params.order)
       if not order then return nil, err end
+      for _, key in pairs(params.select or {}) do
+         if type(key) ~= "string" then return fail("Invalid select data", "0") end
+      end
       -- the keys in the order sent (TaskQueryBuilder::buildOrder walks them with foreach)
       local sent = {}
       for _, key in ipairs(order_of.keys(p) or {}) do

@@ -169,7 +169,7 @@ local function comment_add(p, params)
    if fields == nil then return missing("fields") end
    if type(fields) ~= "table" then
       return nil, { status = 400, error = "100", error_description =
-         "Invalid value " .. (to_text(fields) or "") .. " to match with parameter {fields}. "
+         "Invalid value {" .. (to_text(fields) or "") .. "} to match with parameter {fields}. "
          .. "Should be value of type array." }
    end
    local owner_id = php_int(fields.ENTITY_ID)
