@@ -5,6 +5,7 @@
 local b24 = require "helpers.b24"
 local emu = require "helpers.emulator"
 local cjson = require "cjson"
+local core = require "bitrix24.core"
 
 local call = emu.call
 local _
@@ -355,5 +356,43 @@ describe("emulator --data keeps comments, activities and notifications", functio
       assert.equal(n.result + 1, body.result)
       _, body = call(srv, "crm.activity.todo.add", { ownerTypeId = 1, ownerId = 1, deadline = "2030-01-01" })
       assert.equal(a.result.id + 1, body.result.id)
+   end)
+end)
+
+-- restservice.php CCrmTimelineCommentRestProxy/CCrmActivityRestProxy processEvent: FIELDS[ID]
+describe("emulator timeline events", function()
+   it("sends ONCRMTIMELINECOMMENTADD and ONCRMACTIVITYADD with data[FIELDS][ID]", function()
+      local dir = b24.tmpdir()
+      local file = dir .. "/bodies.txt"
+      local receiver = b24.start{ args = { "--workers", "1" }, script = ([[
+         local host = require "b24.host"
+         local n = 0
+         return function(req)
+            n = n + 1
+            local f = assert(io.open(%q, "ab"))
+            f:write(req.body, "\n")
+            f:close()
+            host.log("info", "recorded", { seq = "r" .. n .. "r" })
+            return 200, { ["Content-Type"] = "text/plain" }, "ok"
+         end]]):format(file) }
+      local srv = b24.emulate{ args = { "--code", emu.CODE, "--seed-leads", "1", "--events-to", receiver:url("/hook"),
+                                        "--events", "ONCRMTIMELINECOMMENTADD,ONCRMACTIVITYADD" } }
+      finally(function()
+         srv:stop()
+         receiver:stop()
+         os.execute("rm -rf " .. b24.quote(dir))
+      end)
+      local _, c = call(srv, "crm.timeline.comment.add", { fields = { ENTITY_ID = 1, ENTITY_TYPE = "lead",
+         COMMENT = "evented" } })
+      local _, a = call(srv, "crm.activity.todo.add", { ownerTypeId = 1, ownerId = 1, deadline = "2030-01-01" })
+      assert(receiver:wait_log("seq=r2r"), "two deliveries")
+      local got = {}
+      for line in io.lines(file) do
+         local form = core.form_decode(line)
+         got[#got + 1] = form.event .. " " .. form.data.FIELDS.ID
+      end
+      table.sort(got)
+      assert.same({ "ONCRMACTIVITYADD " .. emu.str(a.result.id), "ONCRMTIMELINECOMMENTADD " .. emu.str(c.result) },
+                  got)
    end)
 end)
