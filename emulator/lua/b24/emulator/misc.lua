@@ -41,6 +41,7 @@ local function scope_of(name)
 end
 _M.scope_of = scope_of
 
+-- A RestException as the REST server prints it (code "" and 400 unless given).
 local function fail(desc, code, status)
    return nil, { status = status or 400, error = code or "", error_description = desc }
 end

@@ -57,6 +57,7 @@ local ACTIVITY_WRITABLE = { SUBJECT = true, START_TIME = true, END_TIME = true, 
    RESULT_CURRENCY_ID = true, RESULT_SOURCE_ID = true, PROVIDER_TYPE_ID = true }
 local ACTIVITY_DATES = { CREATED = true, LAST_UPDATED = true, START_TIME = true, END_TIME = true, DEADLINE = true }
 
+-- A store's field definition: fields ({ NAME, default }), the names compared as dates.
 local function def_of(fields, dates_of)
    local def = { fields = {}, by_name = {}, standard = {}, dates = dates_of }
    for _, f in ipairs(fields) do
