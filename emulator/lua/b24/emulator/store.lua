@@ -143,7 +143,7 @@ local function parse_filter(filter, name_of, date_set, tz)
          end
          local c = { op = op, name = name, value = v }
          if date_set[name] then
-            c.tz = tz
+            c.tz, c.memo = tz, {}
             if type(v) == "table" then
                c.times = {}
                for i, item in ipairs(v) do c.times[i] = filter_time(item, tz) end
@@ -166,7 +166,17 @@ end
 
 -- sql_util.php PrepareWhere on a datetime column: see the top of this file.
 local function date_matches(have, c)
-   local t = type(have) == "string" and have ~= "" and parse_date(have, c.tz) or nil
+   local t
+   if type(have) == "string" and have ~= "" then
+      -- rows share their dates (a second's adds): each distinct text is parsed once per query
+      local memo = c.memo
+      t = memo[have]
+      if t == nil then
+         t = parse_date(have, c.tz) or false
+         memo[have] = t
+      end
+      if t == false then t = nil end
+   end
    local op, negative = c.op, false
    if op == "!@" or op == "!" or op == "!=" or op == "!%" then negative = true end
    if op == "@" or op == "!@" then
@@ -353,7 +363,24 @@ function _M:query(params, opts)
    end
    if #order > 0 then
       local sort_value = opts.sort_value or {}
-      for _, key in ipairs(order) do key.value_of = sort_value[key.name] end
+      for _, key in ipairs(order) do
+         -- a sort value is computed once per distinct field value, not per comparison
+         local value_of = sort_value[key.name]
+         if value_of then
+            local memo, none = {}, {}
+            key.value_of = function(v)
+               if v == nil then return nil end
+               local got = memo[v]
+               if got == nil then
+                  got = value_of(v)
+                  memo[v] = got == nil and none or got
+               elseif got == none then
+                  got = nil
+               end
+               return got
+            end
+         end
+      end
       table_sort(rows, function(a, b)
          for _, key in ipairs(order) do
             local va, vb = a[key.name], b[key.name]
