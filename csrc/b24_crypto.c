@@ -5,6 +5,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
 
 #include "b24.h"
@@ -260,7 +261,38 @@ static int l_base64_decode(lua_State *L)
     return 1;
 }
 
+/* random_bytes(n [, "hex"]) -> n bytes from OpenSSL's CSPRNG (1 <= n <= 256), raw or as hex;
+ * nil, err when the generator fails (never a weak fallback) */
+static int l_random_bytes(lua_State *L)
+{
+    lua_Integer n = luaL_checkinteger(L, 1);
+    static const char *const formats[] = {"raw", "hex", NULL};
+    int hex = luaL_checkoption(L, 2, "raw", formats) == 1;
+    unsigned char buf[256];
+    char out[512];
+    luaL_argcheck(L, n >= 1 && n <= 256, 1, "1 to 256 bytes expected");
+    if (RAND_bytes(buf, (int)n) != 1) {
+        ERR_clear_error();
+        lua_pushnil(L);
+        lua_pushstring(L, "random_bytes: the OpenSSL generator failed");
+        return 2;
+    }
+    if (hex) {
+        static const char digits[] = "0123456789abcdef";
+        for (lua_Integer i = 0; i < n; i++) {
+            out[2 * i] = digits[buf[i] >> 4];
+            out[2 * i + 1] = digits[buf[i] & 15];
+        }
+        lua_pushlstring(L, out, (size_t)n * 2);
+    } else {
+        lua_pushlstring(L, (const char *)buf, (size_t)n);
+    }
+    OPENSSL_cleanse(buf, sizeof buf);
+    return 1;
+}
+
 static const luaL_Reg crypto_funcs[] = {
+    {"random_bytes", l_random_bytes},
     {"hmac_sha256", l_hmac_sha256},
     {"sha256", l_sha256},
     {"equal", l_equal},

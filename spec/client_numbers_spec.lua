@@ -175,11 +175,11 @@ describe("bitrix24.client numbers", function()
             same_number(case, results[i].n, true)
          end
       end
-      -- labels kept, and an auth token beside them
+      -- labels kept, and an auth token before them (put in as the request is sent)
       local authed = portal.client(srv, { auth = "token0000" })
       local first = cases()[1]
       results = assert(authed:batch({ deal = deal(first) }, { halt = true }))
-      assert.equal('{"halt":1,"auth":"token0000","cmd":{"deal":"crm.deal.add?fields%5BOPPORTUNITY%5D='
+      assert.equal('{"auth":"token0000","halt":1,"cmd":{"deal":"crm.deal.add?fields%5BOPPORTUNITY%5D='
          .. (first.form or first.text) .. '"}}', results.deal.body)
    end)
 

@@ -34,6 +34,8 @@ local string_upper = string.upper
 local string_find = string.find
 local string_match = string.match
 local table_concat = table.concat
+local table_remove = table.remove
+local string_sub = string.sub
 local math_min = math.min
 local math_max = math.max
 local math_random = math.random
@@ -68,9 +70,11 @@ _M.is_read = is_read
 -- ({base, cap} seconds), max_wait (all the OPERATION_TIME_LIMIT waits of a request, 660 s), operating_wait
 -- (the wait when the reset time is unknown, 10 s), parallel (requests at once in exports and
 -- call_many, 8), log (function(level, msg, fields); by default the writer a host installed with
--- bitrix24.log.use, else none), auth (an
--- OAuth access token, masked too), clock (a function giving unix seconds, os.time by default),
--- random. Raises on misuse.
+-- bitrix24.log.use, else none), auth (an OAuth access token, masked too; url is then an
+-- application's endpoint https://PORTAL/rest/), refresh (with auth: function(stale_token) → a
+-- fresh token | nil, err, called on expired_token; bitrix24.app gives one that refreshes
+-- single-flight), clock (a function giving unix seconds, os.time by default), random. Raises on
+-- misuse.
 function _M.new(opts)
    if type(opts) == "string" then opts = { url = opts } end
    if type(opts) ~= "table" then error("bitrix24.client: a webhook URL or an options table expected", 2) end
@@ -86,6 +90,12 @@ function _M.new(opts)
    if opts.log ~= nil and type(opts.log) ~= "function" then
       error("bitrix24.client: bad option 'log' (a function(level, msg, fields) expected)", 2)
    end
+   if opts.auth ~= nil and (type(opts.auth) ~= "string" or opts.auth == "") then
+      error("bitrix24.client: bad option 'auth' (an access token string expected)", 2)
+   end
+   if opts.refresh ~= nil and (type(opts.refresh) ~= "function" or not opts.auth) then
+      error("bitrix24.client: bad option 'refresh' (a function, with auth, expected)", 2)
+   end
    local code = hook.code
    local now = transport.now or core.now
    local limit = bucket.check_limit(opts.limit, "bitrix24.client: ", 2)
@@ -94,6 +104,8 @@ function _M.new(opts)
       url = url,
       hook = hook,
       masked_url = hook.masked,
+      code = code,
+      tokens = { opts.auth },
       mask = Error.masker({ code, opts.auth }),
       transport = transport,
       now = now,
@@ -112,6 +124,7 @@ function _M.new(opts)
       parallel = opts.parallel or 8,
       log = opts.log or log_module.quiet,
       auth = opts.auth,
+      refresh = opts.refresh,
       random = opts.random or math_random,
       operating_reset = {},
       stats = { requests = 0, retries = 0 },
@@ -243,6 +256,28 @@ local function redirected(self, job, res, url)
    return true
 end
 
+-- A fresh access token after `stale` expired: the client's own when another request already
+-- renewed it, else the refresh option's (the new token joins the masked secrets) | nil, err.
+local function renewed(self, stale)
+   if self.auth ~= stale then return self.auth end
+   local ok, token, err = pcall(self.refresh, stale)
+   if not ok or type(token) ~= "string" or token == "" then
+      if ok and Error.is(err) then return nil, err end
+      return nil, Error.new{ code = "refresh_failed", retryable = false,
+         description = self.mask(ok and (err and tostring(err) or "the refresh gave no token") or token) }
+   end
+   local tokens = self.tokens -- the latest few: an old one may still be in a message under way
+   tokens[#tokens + 1] = token
+   if #tokens > 4 then table_remove(tokens, 1) end
+   local secrets = { token }
+   for i = 1, #tokens do secrets[#secrets + 1] = tokens[i] end
+   if self.code then secrets[#secrets + 1] = self.code end
+   self.mask = Error.masker(secrets)
+   self.auth = token
+   log(self, "info", "bitrix24: access token renewed", {})
+   return token
+end
+
 -- Classifies a transport outcome: true (done: job.env or job.err) or false, delay (retry).
 local function settle(self, job, res, msg, kind, sent)
    local err, delay, retry
@@ -270,7 +305,18 @@ local function settle(self, job, res, msg, kind, sent)
          local upper = string_upper(code)
          err = Error.new{ code = code, description = self.mask(body.error_description), status = status,
                           method = job.method, url = url, argument = body.argument }
-         if hints.terminal(upper) then
+         if upper == "EXPIRED_TOKEN" and self.refresh and (job.refreshes or 0) < 2 then
+            -- an application's access token expired: a fresh one (or the one another request
+            -- already got), then the same request again at once; not an attempt
+            local token, rerr = renewed(self, job.token)
+            if token then
+               job.refreshes = (job.refreshes or 0) + 1
+               job.attempt = job.attempt - 1
+               return false, 0
+            end
+            rerr.method, rerr.url = rerr.method or job.method, rerr.url or url
+            err = rerr
+         elseif hints.terminal(upper) then
             -- no retry now cures these (PORTAL_DELETED, a wrong webhook, a missing scope, …):
             -- the error says what to do (err.hint). A portal-wide OVERLOAD_LIMIT lifts after
             -- minutes: not retried here, but marked retryable for the caller who can wait
@@ -307,9 +353,17 @@ local function settle(self, job, res, msg, kind, sent)
    return true
 end
 
+-- The request of a job. An access token goes into the JSON body as it is sent (auth first; the
+-- body of a job never holds it), so a job sent again after a refresh carries the fresh token.
 local function http_request(self, job)
    local headers = { ["Content-Type"] = "application/json", ["Accept"] = "application/json" }
-   return { url = self.url .. job.method, method = "POST", headers = headers, body = job.body,
+   local body = job.body
+   job.token = self.auth
+   if self.auth and string_sub(body, 1, 1) == "{" then
+      local auth = '"auth":' .. json_encode(self.auth)
+      body = body == "{}" and ("{" .. auth .. "}") or ("{" .. auth .. "," .. string_sub(body, 2))
+   end
+   return { url = self.url .. job.method, method = "POST", headers = headers, body = body,
             fresh = not job.idempotent }
 end
 
@@ -397,20 +451,12 @@ local function check_params(params, level)
    end
 end
 
-local function with_auth(self, params)
-   if not self.auth then return params end
-   local p = {}
-   for k, v in pairs(params or {}) do p[k] = v end
-   p.auth = self.auth
-   return p
-end
-
 -- request and call: the envelope | nil, err; a misuse raised at `level` (the public caller).
 local function request(self, method, params, opts, level)
    check_method(method, level + 1)
    check_params(params, level + 1)
    opts = opts or {}
-   local job = new_job(method, encode_params(with_auth(self, params), level + 1), opts.safe or is_read(method))
+   local job = new_job(method, encode_params(params, level + 1), opts.safe or is_read(method))
    run(self, { job })
    if job.env then return job.env end
    return nil, job.err
@@ -482,7 +528,7 @@ local function prepare_batch(cmds, opts, level)
 end
 
 -- The job sending the commands `order` of a batch with their params (label → params).
-local function batch_job(self, prep, order, params)
+local function batch_job(_, prep, order, params)
    local parts = {}
    local idempotent = true
    for i, label in ipairs(order) do
@@ -493,7 +539,6 @@ local function batch_job(self, prep, order, params)
       parts[i] = json_encode(label) .. ":" .. json_encode(q ~= "" and (method .. "?" .. q) or method)
    end
    local head = '{"halt":' .. (prep.halt and "1" or "0")
-   if self.auth then head = head .. ',"auth":' .. json_encode(self.auth) end
    local job = new_job("batch", head .. ',"cmd":{' .. table_concat(parts, ",") .. "}}", prep.safe or idempotent)
    job.order, job.sends = order, 1
    return job
