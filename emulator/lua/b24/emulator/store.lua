@@ -96,7 +96,8 @@ _M.compare = compare
 
 local PREFIXES = { ">=", "<=", "!=", "!@", "!%", ">", "<", "=", "!", "@", "%" }
 
--- The names of def's date fields: NAME -> true (cached in def).
+-- The names of def's date fields: NAME -> "date" or "datetime" (cached in def; def.dates
+-- entries count as "datetime" unless they say "date").
 local function date_fields(def)
    if type(def) ~= "table" then return {} end
    if def.date_set then return def.date_set end
@@ -104,11 +105,11 @@ local function date_fields(def)
    for _, f in ipairs(type(def.fields) == "table" and def.fields or {}) do
       if type(f) == "table" then
          local name, kind = f.name or f[1], f.type or f[2]
-         if type(name) == "string" and (kind == "datetime" or kind == "date") then set[name] = true end
+         if type(name) == "string" and (kind == "datetime" or kind == "date") then set[name] = kind end
       end
    end
    for name, on in pairs(type(def.dates) == "table" and def.dates or {}) do
-      if on then set[name] = true end
+      if on then set[name] = on == "date" and "date" or "datetime" end
    end
    def.date_set = set
    return set
@@ -116,10 +117,15 @@ end
 _M.date_fields = date_fields
 
 -- A filter value of a date field as the time it names: its unix time, or false for one that is
--- empty or does not parse (unConvertDateTime's false, which PrepareWhere reads as '').
-local function filter_time(v, tz)
+-- empty or does not parse (unConvertDateTime's false, which PrepareWhere reads as ''). For a
+-- "date" field the day alone counts (CRestUtil::unConvertDate: ConvertTimeStamp 'SHORT'): the
+-- time of that day's midnight in tz.
+local function filter_time(v, tz, kind)
    if type(v) ~= "string" or v == "" then return false end
-   return parse_date(v, tz) or false
+   local t = parse_date(v, tz)
+   if not t then return false end
+   if kind == "date" then t = parse_date(dates.format_date(t, tz), tz) end
+   return t
 end
 
 local function parse_filter(filter, name_of, date_set, tz)
@@ -146,9 +152,9 @@ local function parse_filter(filter, name_of, date_set, tz)
             c.tz, c.memo = tz, {}
             if type(v) == "table" then
                c.times = {}
-               for i, item in ipairs(v) do c.times[i] = filter_time(item, tz) end
+               for i, item in ipairs(v) do c.times[i] = filter_time(item, tz, date_set[name]) end
             else
-               c.time = filter_time(v, tz)
+               c.time = filter_time(v, tz, date_set[name])
             end
          end
          out[#out + 1] = c
