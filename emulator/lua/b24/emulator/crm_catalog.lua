@@ -410,6 +410,10 @@ local function category_list(_, params)
    local type_id = tonumber(storage.to_text(params.entityTypeId) or "")
    if type_id == 2 then
       local c = DEFAULT_CATEGORY
+      -- filter[code]: the categories with that code; the default one has none
+      if type(params.filter) == "table" and params.filter.code ~= nil then
+         return { categories = {} }, { total = 0, rows = 0 }
+      end
       return { categories = { { id = c.id, name = c.name, sort = c.sort, entityTypeId = c.entityTypeId,
                                 isDefault = c.isDefault } } }, { total = 1, rows = 1 }
    end

@@ -137,20 +137,33 @@ local function one_value(def, v, tz)
    return s
 end
 
+-- The values of a request's array in PHP's order: a list as it is, a map (a JSON object, or a
+-- form's sparse keys) by its keys, numbers first in numeric order.
+local function values_of(t)
+   if type(t) ~= "table" then return {} end
+   if #t > 0 or next(t) == nil then return t end
+   local keys = {}
+   for k in pairs(t) do keys[#keys + 1] = k end
+   table_sort(keys, function(a, b)
+      local na, nb = tonumber(a), tonumber(b)
+      if na and nb then return na < nb end
+      if na or nb then return na ~= nil end
+      return tostring(a) < tostring(b)
+   end)
+   local out = {}
+   for i, k in ipairs(keys) do out[i] = t[k] end
+   return out
+end
+
 -- The stored form of value written to field def: a string, or a list of strings for a multiple
 -- field (a scalar becomes a list of one); nil when nothing is written.
 function _M.value(def, value, tz)
    if value == null then value = nil end
    if def.MULTIPLE == "Y" then
       if value == nil then return {} end
-      local items = type(value) == "table" and value or { value }
       local out = {}
-      local keys = {}
-      for k in pairs(items) do keys[#keys + 1] = k end
-      table_sort(keys, function(a, b) return tostring(a) < tostring(b) end)
-      if #items > 0 then keys = {}; for i = 1, #items do keys[i] = i end end
-      for _, k in ipairs(keys) do
-         local s = one_value(def, items[k], tz)
+      for _, item in ipairs(type(value) == "table" and values_of(value) or { value }) do
+         local s = one_value(def, item, tz)
          if s and s ~= "" then out[#out + 1] = s end
       end
       return out
@@ -281,7 +294,7 @@ end
 local function enum_items(store, list, items, multiple)
    list = list or {}
    local default_taken = false
-   for _, item in ipairs(type(items) == "table" and items or {}) do
+   for _, item in ipairs(values_of(items)) do
       if type(item) == "table" then
          local value = trim(to_text(item.VALUE) or "")
          local id = php_int(item.ID)
