@@ -9,6 +9,7 @@
 
 #include "b24_hostlib.h"
 #include "b24_log.h"
+#include "b24_tokens.h"
 
 #define MAX_FIELDS 16
 
@@ -102,8 +103,11 @@ static int host_isatty(lua_State *L)
 /* require("b24.host") */
 int luaopen_b24_host(lua_State *L)
 {
-    static const luaL_Reg funcs[] = {
-        {"log", host_log}, {"once", host_once}, {"isatty", host_isatty}, {NULL, NULL}};
+    static const luaL_Reg funcs[] = {{"log", host_log},
+                                     {"once", host_once},
+                                     {"isatty", host_isatty},
+                                     {"tokens", b24_tokens_open},
+                                     {NULL, NULL}};
     luaL_newlib(L, funcs);
     return 1;
 }

@@ -31,6 +31,7 @@
 #include "b24_script.h"
 #include "b24_serve.h"
 #include "b24_timer.h"
+#include "b24_tokens.h"
 
 static b24_request_context ctx; /* what every request shares */
 
@@ -413,6 +414,8 @@ int b24_serve(const b24_serve_options *o)
      * Every Lua call from here on has a deadline (b24_deadline.h). */
     b24_deadline_set(B24_DEADLINE_REQUEST, o->request_timeout);
     b24_deadline_set(B24_DEADLINE_HANDLER, o->handler_timeout);
+    /* b24.host.tokens() without a path: the inbox's file, or memory (b24_tokens.h) */
+    b24_tokens_configure(o->sync || strcmp(o->inbox, "memory") == 0 ? NULL : o->inbox);
     int kind = b24_script_load(&o->handler, 0);
     if (kind < 0) {
         fprintf(stderr, "b24 serve: %s failed to load (see the log line above)\n", handler_name(o));
