@@ -130,6 +130,16 @@ describe("emulator CRM data", function()
          assert.same({ 20, 19 }, { ids(got.result)[1], ids(got.result)[2] })
       end)
 
+      it("inside a batch, applies the command's order[KEY] pairs in the order sent", function()
+         local status, got = emu.batch(srv, {
+            { "a", "crm.lead.list?order[SOURCE_ID]=ASC&order[ID]=DESC&select[]=ID&select[]=SOURCE_ID" },
+            { "b", "crm.lead.list?order[ID]=DESC&order[SOURCE_ID]=ASC&select[]=ID" } })
+         assert.equal(200, status)
+         assert.same({ "CALL", "WEB" }, runs(got.result.result.a, "SOURCE_ID"))
+         assert.equal(19, ids(got.result.result.a)[1])
+         assert.equal(20, ids(got.result.result.b)[1])
+      end)
+
       it("sorts a lead's STATUS_ID by the status's SORT, not as text", function()
          local rows = list('{"order":{"STATUS_ID":"ASC"},"select":["ID","STATUS_ID"]}')
          assert.same({ "NEW", "IN_PROCESS", "PROCESSED", "CONVERTED", "JUNK" }, runs(rows, "STATUS_ID"))

@@ -275,8 +275,8 @@ end
 -- crm_lead.php/crm_deal.php GetFields join from b_crm_status (ENTITY_ID STATUS; DEAL_STAGE, the
 -- default category's stages). Returns the order map, its keys in order and the sort values.
 local SORTED_BY_STATUS = { lead = { "STATUS_ID", "STATUS" }, deal = { "STAGE_ID", "DEAL_STAGE" } }
-local function list_order(portal, def, order)
-   local sent = order_of.keys(portal) or {}
+local function list_order(portal, def, order, params)
+   local sent = order_of.keys(portal, nil, params) or {}
    local rank = {}
    for i, k in ipairs(sent) do rank[k] = rank[k] or i end
    local keys = {}
@@ -340,7 +340,7 @@ local function list(portal, store, params)
          kept[k] = v
       end
    end
-   local sorted, keys, sort_value = list_order(portal, def, order)
+   local sorted, keys, sort_value = list_order(portal, def, order, params)
    local rows, meta = store:query({ filter = kept, order = sorted, start = params.start },
       { paging = "legacy", name = function(k) return k end, timezone = portal.timezone, order_keys = keys,
         sort_value = sort_value })
@@ -386,8 +386,9 @@ function _M.register(portal, methods)
    local kinds = {}
    for kind in pairs(ENTITIES) do kinds[#kinds + 1] = kind end
    table_sort(kinds)
-   catalog.register(portal, methods, array_param, function(p) return order_of.keys(p) end)
-   userfields.register(portal, methods, kinds, array_param, id_param, function(p) return order_of.keys(p) end)
+   local function keys_of(p, params) return order_of.keys(p, nil, params) end
+   catalog.register(portal, methods, array_param, keys_of)
+   userfields.register(portal, methods, kinds, array_param, id_param, keys_of)
    for _, kind in ipairs(kinds) do
       local store = storage.new(kind, ENTITIES[kind])
       portal.stores[kind] = store

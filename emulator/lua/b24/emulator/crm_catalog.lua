@@ -424,13 +424,14 @@ local function category_list(_, params)
 end
 
 -- Registers the status store into portal.stores (so --data keeps it) and the catalog methods;
--- array_param and order_keys are crm.lua's readers of a parameter and of the sent order.
+-- array_param and order_keys(portal, params) are crm.lua's readers of a parameter and of the
+-- order's keys as sent.
 function _M.register(portal, methods, array_param, order_keys)
    local store = storage.new("status", STATUS_DEF)
    seed_statuses(store)
    portal.stores.status = store
    methods["crm.status.list"] = function(p, params)
-      return status_list(p, params, array_param, order_keys(p))
+      return status_list(p, params, array_param, order_keys(p, params))
    end
    methods["crm.status.fields"] = function() return status_fields() end
    methods["crm.status.entity.items"] = entity_items

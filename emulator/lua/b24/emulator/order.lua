@@ -5,6 +5,7 @@
 -- request text the portal keeps in portal.request while a request runs (or, inside a batch,
 -- from the command's query string in portal.batch_command when batch sets it).
 local cjson = require("cjson.safe")
+local core = require "bitrix24.core"
 local request_of = require "b24.emulator.request"
 
 local type = type
@@ -18,6 +19,10 @@ local string_match = string.match
 local string_gsub = string.gsub
 local string_gmatch = string.gmatch
 local string_char = string.char
+local table_concat = table.concat
+local form_decode = core.form_decode
+local next = next
+local pairs = pairs
 
 local _M = {}
 
@@ -125,19 +130,91 @@ function _M.spellings(name)
    return { name, name:upper(), lower, capitalized, "ar" .. capitalized }
 end
 
+-- Whether list holds exactly the string keys of map.
+local function same_keys(list, map)
+   local n = 0
+   for k in pairs(map) do
+      if type(k) ~= "string" then return false end
+      n = n + 1
+   end
+   if n ~= #list then return false end
+   for _, k in ipairs(list) do
+      if map[k] == nil then return false end
+   end
+   return true
+end
+
+-- Whether two decoded parameter tables hold the same values (scalars compared as text).
+local function same(a, b)
+   if type(a) == "table" and type(b) == "table" then
+      for k, v in pairs(a) do
+         if not same(v, b[k]) then return false end
+      end
+      for k in pairs(b) do
+         if a[k] == nil then return false end
+      end
+      return true
+   end
+   if type(a) == "table" or type(b) == "table" then return false end
+   return tostring(a) == tostring(b)
+end
+
+-- The one sequence all candidates agree on; nil when there is none or they disagree.
+local function agreed(candidates)
+   local found
+   for _, keys in ipairs(candidates) do
+      if found and table_concat(found, "\0") ~= table_concat(keys, "\0") then return nil end
+      found = keys
+   end
+   return found
+end
+
+-- Inside a batch: the keys as the running command's query string sends them. The command is
+-- not named to the method, so it is recognised: the commands whose parameters are exactly the
+-- method's (current), else those whose order has exactly the keys of current's; their
+-- sequence when they all agree, nil otherwise.
+local function batch_keys(request, names, current)
+   if type(current) ~= "table" then return nil end
+   local params = request_of.parameters(request)
+   local cmd
+   for k, v in pairs(params) do
+      if type(k) == "string" and k:upper() == "CMD" then cmd = v end
+   end
+   if type(cmd) ~= "table" then return nil end
+   local order
+   for _, name in ipairs(names) do
+      if type(current[name]) == "table" then order = current[name]; break end
+   end
+   if not order or next(order) == nil then return nil end
+   local exact, by_keys = {}, {}
+   for _, command in pairs(cmd) do
+      if type(command) == "string" then
+         local query = string_match(command, "%?(.*)$") or ""
+         local keys = _M.form(query, names)
+         if keys and same_keys(keys, order) then
+            by_keys[#by_keys + 1] = keys
+            if same(form_decode(query) or {}, current) then exact[#exact + 1] = keys end
+         end
+      end
+   end
+   if #exact > 0 then return agreed(exact) end
+   return agreed(by_keys)
+end
+
 -- The keys of parameter `name` (default "order", in its spellings) of the request portal is
 -- answering, in the order sent: the body's (which replaces the query's, array_replace), else
--- the query string's; nil when unknown (no request, or a batch without its command's text).
-function _M.keys(portal, names)
+-- the query string's; inside a batch, the running command's (portal.batch_command when batch
+-- names it, else recognised by current, the method's decoded parameters); nil when unknown.
+function _M.keys(portal, names, current)
    names = names or _M.spellings("order")
    if type(portal.batch_command) == "string" then
-      local query = string_match(portal.batch_command, "%?(.*)$") or portal.batch_command
+      local query = string_match(portal.batch_command, "%?(.*)$") or ""
       return _M.form(query, names)
    end
    local request = portal.request
    if type(request) ~= "table" then return nil end
    local _, _, method = request_of.route(request.path)
-   if method == "batch" then return nil end
+   if method == "batch" then return batch_keys(request, names, current) end
    local body = request.body
    if type(body) == "string" and body ~= "" and (request.method == nil or request.method == "POST") then
       local got

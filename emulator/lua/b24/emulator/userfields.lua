@@ -558,7 +558,7 @@ end
 
 -- Registers crm.<kind>.userfield.* for each kind (restservice.php CCrmRestProxyBase::
 -- processMethodRequest USERFIELD); array_param and id_param are crm.lua's parameter readers,
--- order_keys(portal) the keys of the request's order as sent.
+-- order_keys(portal, params) the keys of the request's order as sent.
 function _M.register(portal, methods, kinds, array_param, id_param, order_keys)
    store_of(portal)
    for _, kind in ipairs(kinds) do
@@ -570,7 +570,7 @@ function _M.register(portal, methods, kinds, array_param, id_param, order_keys)
          return view(def, false), { rows = 1 }
       end
       methods[prefix .. "list"] = function(p, params)
-         return list(p, kind, params, array_param, order_keys and order_keys(p))
+         return list(p, kind, params, array_param, order_keys and order_keys(p, params))
       end
       methods[prefix .. "update"] = function(p, params)
          local id = id_param(params)
