@@ -200,6 +200,16 @@ function _M.auth(raw, content_type, limits)
    return auth
 end
 
+-- The event name of a raw body, from its `event` field alone (upper-cased; "" when it has
+-- none), or nil, err as parse gives it: what a router needs to know before it checks a token.
+function _M.name(raw, content_type, limits)
+   if type(raw) ~= "string" then error("bad argument #1 to 'name' (string expected)", 2) end
+   local fields, err = decode(raw, content_type, limits or DEFAULT_LIMITS, "event")
+   if fields == nil then return nil, err end
+   local name = fields.event
+   return type(name) == "string" and string_upper(name) or ""
+end
+
 -- Decodes a raw body of the given Content-Type into an event.
 -- limits: { max_depth, max_pairs, max_size } as form_decode takes them.
 -- Returns event, or nil, err with err.code one of "unsupported" (content type), "too_large",

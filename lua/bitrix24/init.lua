@@ -23,6 +23,12 @@ _M.Error = require "bitrix24.error"
 _M.router = require("bitrix24.router").new
 _M.event = require "bitrix24.event"
 
+-- bitrix24.app{ client_id, client_secret, … }: an OAuth application on many portals (see
+-- bitrix24.app); loaded when first used
+function _M.app(opts)
+   return require("bitrix24.app").new(opts)
+end
+
 -- Whether this Lua state runs inside nginx's http subsystem (ngx_lua).
 _M.in_nginx = ngx_adapter.available
 

@@ -158,10 +158,13 @@ function _M.new(opts)
    local secret = check_string(opts, "secret")
    local signature_header = check_string(opts, "signature_header") or SIGNATURE_HEADER
    local sw_secret = check_string(opts, "standard_webhooks_secret")
-   local tokens
-   if opts.tokens ~= nil then
+   local tokens, token_of
+   if type(opts.tokens) == "function" then
+      if token then error("give 'token' or 'tokens', not both", 2) end
+      token_of = opts.tokens
+   elseif opts.tokens ~= nil then
       if type(opts.tokens) ~= "table" then
-         error("bad option 'tokens' (a table of member_id or domain -> token expected)", 2)
+         error("bad option 'tokens' (a table of member_id or domain -> token, or a function, expected)", 2)
       end
       if token then error("give 'token' or 'tokens', not both", 2) end
       tokens = {}
@@ -178,7 +181,10 @@ function _M.new(opts)
    if opts.insecure ~= nil and type(opts.insecure) ~= "boolean" then
       error("bad option 'insecure' (a boolean expected)", 2)
    end
-   if not (token or tokens or secret or sw_secret) and not opts.insecure then
+   if opts.install ~= nil and type(opts.install) ~= "function" then
+      error("bad option 'install' (a function(event) expected)", 2)
+   end
+   if not (token or tokens or token_of or secret or sw_secret) and not opts.insecure then
       error("router with no verification: give token, tokens, secret or standard_webhooks_secret"
             .. " (or insecure = true to accept unverified deliveries)", 2)
    end
@@ -216,6 +222,8 @@ function _M.new(opts)
    local self = {
       token_digest = token and sha256(token, "raw"),
       tokens = tokens,
+      token_of = token_of,
+      install = opts.install,
       secret = secret,
       signature_header = string_lower(signature_header),
       signature_header_name = signature_header,
@@ -318,7 +326,13 @@ end
 -- passes, else the reason.
 local function check_token(self, auth)
    local expected = self.token_digest
-   if self.tokens then
+   if self.token_of then
+      local member_id, domain = string_or_nil(auth.member_id), string_or_nil(auth.domain)
+      local ok, t = pcall(self.token_of, member_id, domain)
+      if not ok then return "the token store failed", 503 end
+      if type(t) ~= "string" or t == "" then return "unknown portal" end
+      expected = sha256(t, "raw")
+   elseif self.tokens then
       local member_id, domain = string_or_nil(auth.member_id), string_or_nil(auth.domain)
       expected = (member_id and self.tokens[string_lower(member_id)])
          or (domain and self.tokens[string_lower(domain)])
@@ -413,16 +427,29 @@ function _M.accept(self, request)
       local why = check_standard_webhooks(self, headers, raw)
       if why then return refuse(401, "unverified", why) end
    end
-   if self.token_digest or self.tokens then
+   -- an application's install carries no token we know yet: the install option verifies it
+   -- (bitrix24.app calls the OAuth server and the portal back) before anything is stored
+   local installing = false
+   if self.install then
+      local name, err = event_module.name(raw, content_type, self.limits)
+      if not name then return unparsable(err) end
+      installing = name == "ONAPPINSTALL"
+   end
+   if (self.token_digest or self.tokens or self.token_of) and not installing then
       -- the token before the body: its auth fields alone are built, as the whole parse would
       -- build them, so a stranger's body costs no more than its scan
       local auth, err = event_module.auth(raw, content_type, self.limits)
       if not auth then return unparsable(err) end
-      local why = check_token(self, auth)
-      if why then return refuse(401, "unverified", why) end
+      local why, status = check_token(self, auth)
+      if why then return refuse(status or 401, status and "unavailable" or "unverified", why) end
    end
    local event, err = event_module.parse(raw, content_type, self.limits)
    if not event then return unparsable(err) end
+   if installing then
+      local ok, done, why = pcall(self.install, event)
+      if not ok then return refuse(500, "install_failed", "the install could not be checked") end
+      if not done then return refuse(401, "unverified", "install not verified: " .. tostring(why)) end
+   end
    if self.max_age then
       local why = check_age(self, event)
       if why then return refuse(401, "unverified", why) end
