@@ -4,10 +4,11 @@
 // and by crm.item.get in camel case). The shapes checked are the platform's documented ones
 // (b24restdocs api-reference/crm/universal/crm-item-*.md, crm/deals/user-defined-fields/*.md) and
 // its source (crm/lib/controller/item.php, crm/lib/Service/Converter.php).
-import { B24Hook, ParamsFactory } from '@bitrix24/b24jssdk'
+import { B24Hook, ParamsFactory, Text } from '@bitrix24/b24jssdk'
 import { config, Report, ensure } from './lib.mjs'
 
 const { webhook } = config()
+const deals = Number(process.env.B24_DEALS || 0)
 const report = new Report('b24jssdk crm')
 const b24 = B24Hook.fromWebhookUrl(webhook, { restrictionParams: ParamsFactory.getEnterprise() })
 b24.offClientSideWarning()
@@ -112,6 +113,78 @@ async function itemRoundTrip (entityTypeId, { fields, expect, changes, expectCha
     `crm.item.get of the deleted item: HTTP ${gone.status} ${gone.text} (want 400 NOT_FOUND)`)
   steps.push('get after delete: 400 NOT_FOUND')
   return steps.join(', ')
+}
+
+// Deal i of a freshly seeded emulator (emulator/lua/b24/emulator/crm.lua SEED_FIELDS) as crm.item
+// prints it: lower camel case, the amount a number.
+function dealDiff (item, i) {
+  const want = { id: i, title: `Deal #${i}`, stageId: i % 2 === 0 ? 'NEW' : 'PREPARATION',
+    opportunity: (i * 211) % 10000 + 0.25, currencyId: 'USD' }
+  return Object.entries(want).filter(([k, v]) => item[k] !== v)
+    .map(([k, v]) => `${k}=${show(item[k])} (want ${show(v)})`)
+}
+
+// Rows that must be deals 1..n, each once, in any order: null, or what is wrong.
+function checkAllDeals (rows, n) {
+  if (!Array.isArray(rows)) return `not a list: ${typeof rows}`
+  const seen = new Set()
+  const problems = []
+  for (const row of rows) {
+    if (!(Number.isInteger(row?.id) && row.id >= 1 && row.id <= n)) { problems.push(`unexpected id ${show(row?.id)}`); continue }
+    if (seen.has(row.id)) problems.push(`id ${row.id} twice`)
+    seen.add(row.id)
+    const diffs = dealDiff(row, row.id)
+    if (diffs.length) problems.push(`deal ${row.id}: ${diffs.join(', ')}`)
+  }
+  if (rows.length !== n) problems.unshift(`${rows.length} rows, ${n} expected`)
+  return problems.length ? problems.slice(0, 5).join('; ') : null
+}
+
+// The SDK's own recipe for crm.item.list (its docs: idKey 'id', customKeyForResult 'items'): it
+// pages by filter >id and order id, which the portal converts (>id -> >ID) and validates.
+const DEAL_LIST = {
+  method: 'crm.item.list',
+  params: { entityTypeId: 2, filter: { '%title': 'Deal #' }, select: ['id', 'title', 'stageId', 'opportunity', 'currencyId'] },
+  idKey: 'id',
+  customKeyForResult: 'items'
+}
+
+if (deals > 0) {
+  await report.check(`callList crm.item.list (entityTypeId 2): all ${deals} seeded deals`, async () => {
+    const res = await b24.actions.v2.callList.make(DEAL_LIST)
+    ensure(res.isSuccess, res.getErrorMessages().join('; '))
+    const problem = checkAllDeals(res.getData(), deals)
+    ensure(!problem, problem)
+    return `${res.getData().length} items, each id once, fields right`
+  })
+
+  await report.check(`fetchList crm.item.list (entityTypeId 2): all ${deals} seeded deals in chunks`, async () => {
+    const rows = []
+    let chunks = 0
+    for await (const chunk of b24.actions.v2.fetchList.make(DEAL_LIST)) {
+      chunks++
+      rows.push(...chunk)
+    }
+    const problem = checkAllDeals(rows, deals)
+    ensure(!problem, problem)
+    return `${rows.length} items in ${chunks} chunks, each id once, fields right`
+  })
+
+  // The SDK's date recipe (Text.toB24Format: ISO 8601 in node's zone, UTC here) against dates the
+  // portal keeps in its own zone (+03:00): compared as instants (CRestUtil::unConvertDateTime).
+  await report.check('crm.item.list filters createdTime with Text.toB24Format dates', async () => {
+    const hour = 3600 * 1000
+    const since = Text.toB24Format(new Date(Date.now() - hour))
+    const until = Text.toB24Format(new Date(Date.now() + hour))
+    const base = { entityTypeId: 2, select: ['id', 'createdTime'] }
+    const within = await call('crm.item.list', { ...base, filter: { '%title': 'Deal #', '>=createdTime': since, '<createdTime': until } })
+    ensure(within.total === deals && within.result.items.length === Math.min(deals, 50), `within the hour: total ${within.total}`)
+    const created = within.result.items[0].createdTime
+    ensure(ISO_DATE.test(created) && created.endsWith('+03:00'), `createdTime ${show(created)} (want the portal's +03:00)`)
+    const later = await call('crm.item.list', { ...base, filter: { '%title': 'Deal #', '>=createdTime': until } })
+    ensure(later.total === 0 && later.result.items.length === 0, `after the hour: total ${later.total}`)
+    return `>=${since} <${until}: ${within.total}; >=${until}: 0`
+  })
 }
 
 await report.check('crm.item round trip: a deal (entityTypeId 2), read back by crm.deal.get too', async () => {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make fidelity: the official JavaScript SDKs, unmodified, against `b24 emulate`.
-#   scripts/fidelity.sh    (FIDELITY_LEADS=10000,
+#   scripts/fidelity.sh    (FIDELITY_LEADS=10000, FIDELITY_DEALS=1000,
 #                           FIDELITY_PROGRAMS="b24jssdk.mjs b24jssdk-crm.mjs bitrix2bad.mjs",
 #                           FIDELITY_LOG=FILE keeps the emulator's log)
 # Installs @bitrix24/b24jssdk and @2bad/bitrix from fidelity/package-lock.json into
@@ -13,6 +13,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 LEADS=${FIDELITY_LEADS:-10000}
+DEALS=${FIDELITY_DEALS:-1000} # listed through crm.item.list by b24jssdk-crm.mjs
 B24=${B24_BIN:-build/b24} # another b24 (e.g. build/asan/b24) with B24_BIN
 CODE=fidelity0code0001 # the webhook code of this throwaway portal (not a secret)
 
@@ -44,7 +45,8 @@ tls_front_certs "$tmp" "b24 fidelity CA"
 # --enterprise (bucket 250/5): the b24jssdk client is configured for the same plan. Each list
 # check uses a fresh SDK client, whose limiter knows nothing of the calls before it: --time-scale
 # drains the portal's bucket 20 times faster so they do not queue behind 503s (not under test here).
-"$B24" emulate --listen 127.0.0.1:0 --seed-leads "$LEADS" --code "$CODE" --enterprise --time-scale 20 \
+"$B24" emulate --listen 127.0.0.1:0 --seed-leads "$LEADS" --seed-deals "$DEALS" --code "$CODE" --enterprise \
+    --time-scale 20 \
     > "$tmp/emulator.log" 2>&1 &
 tls_front_pids+=($!)
 emu=$(tls_front_emulator_address "$tmp/emulator.log" "${tls_front_pids[0]}")
@@ -57,9 +59,9 @@ tls_front_nginx_conf "$tmp" "$emu" "$port" 8 65s
 export NODE_EXTRA_CA_CERTS=$tmp/ca.pem
 base=https://127.0.0.1:$port
 tls_front_start_nginx "$tmp" "$base/" node -e 'fetch(process.argv[1]).then(() => process.exit(0), () => process.exit(1))'
-echo "== emulator at $emu ($LEADS leads), TLS by nginx at $base"
+echo "== emulator at $emu ($LEADS leads, $DEALS deals), TLS by nginx at $base"
 
-export B24_WEBHOOK=$base/rest/1/$CODE B24_LEADS=$LEADS
+export B24_WEBHOOK=$base/rest/1/$CODE B24_LEADS=$LEADS B24_DEALS=$DEALS
 status=0
 for program in ${FIDELITY_PROGRAMS:-b24jssdk.mjs b24jssdk-crm.mjs bitrix2bad.mjs}; do
   echo "== node fidelity/$program"
