@@ -173,6 +173,8 @@ describe("b24 emulate (examples/emulate.lua)", function()
 
    describe("crm entities", function()
       it("adds, gets, updates and deletes a lead", function()
+         -- only a defined user field is written (crm/classes/general/restservice.php internalizeFields)
+         call(srv, "crm.lead.userfield.add", { fields = { FIELD_NAME = "COLOR", USER_TYPE_ID = "string" } })
          local _, body = call(srv, "crm.lead.add", { fields = { TITLE = "Round", NAME = "Ann",
             EMAIL = { { VALUE = "ann@example.com", VALUE_TYPE = "WORK" } }, UF_CRM_COLOR = "red" } })
          local id = body.result

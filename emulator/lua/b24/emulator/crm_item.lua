@@ -659,7 +659,7 @@ local function item_list(portal, params)
    -- the keys in the order sent (b24.emulator.order: PHP arrays keep it; the ORM orders by them so)
    local sorted, keys = {}, {}
    for k, v in pairs(order) do sorted[entity.column_of[k] or k] = v end
-   for i, k in ipairs(order_of.keys(portal, { "order" }) or {}) do
+   for i, k in ipairs(order_of.keys(portal, { "order" }, params) or {}) do
       local upper = upper_key(entity, k, original)
       keys[i] = entity.column_of[upper] or upper
    end

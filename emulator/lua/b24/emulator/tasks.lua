@@ -357,7 +357,7 @@ function _M.register(portal, methods)
       end
       -- the keys in the order sent (TaskQueryBuilder::buildOrder walks them with foreach)
       local sent = {}
-      for _, key in ipairs(order_of.keys(p) or {}) do
+      for _, key in ipairs(order_of.keys(p, nil, params) or {}) do
          local field = ORDER_FIELDS[string_upper(key)]
          if field then sent[#sent + 1] = field end
       end
