@@ -551,10 +551,18 @@ static int read_record(lua_State *L, int idx, record *r)
         r->mask |= 1u << i;
         if (t == LUA_TBOOLEAN && !lua_toboolean(L, -1))
             continue; /* cleared; the false stays on the stack, harmless */
-        if (t != LUA_TSTRING && !(i == F_USER_ID && t == LUA_TNUMBER))
+        if (i == F_USER_ID && t == LUA_TNUMBER) { /* 42 and 42.0 (a JSON decoder's) are "42" */
+            lua_Number n = lua_tonumber(L, -1);
+            if (!(n == floor(n) && fabs(n) < 9007199254740992.0))
+                return luaL_error(L,
+                                  "bad record field 'user_id' (an integer or a string expected)");
+            lua_pushfstring(L, "%I", (LUA_INTEGER)n);
+            lua_replace(L, -2);
+        } else if (t != LUA_TSTRING) {
             return luaL_error(L, "bad record field '%s' (string expected, got %s)", names[i],
                               luaL_typename(L, -1));
-        r->s[i] = lua_tolstring(L, -1, &r->len[i]); /* a number becomes a string in place */
+        }
+        r->s[i] = lua_tolstring(L, -1, &r->len[i]);
         size_t max = i == F_MEMBER_ID || i == F_DOMAIN ? MAX_KEY : MAX_FIELD;
         if (r->len[i] > max) {
             lua_pushnil(L);
