@@ -239,6 +239,32 @@ describe("b24.host.tokens under b24 run", function()
          assert.matches("b24_app_portals", out, 1, true)
       end)
 
+      it("answers nil, err naming what failed when SQLite fails under an open store, no value in it", function()
+         local p, d = tmpfile("dropped.sqlite")
+         finally(function() rmdir(d) end)
+         local drop = "sqlite3 " .. b24.quote(p) .. " 'DROP TABLE b24_app_portals; DROP TABLE b24_app_leases'"
+         local res = run(p, {
+            { "put", PORTAL },
+            { "execute", drop },
+            { "put", PORTAL },
+            { "get", PORTAL.member_id },
+            { "swap", PORTAL.member_id, 1, { access_token = SECRET } },
+            { "list" },
+            { "lease", PORTAL.member_id, "w", 30 },
+            { "delete", PORTAL.member_id },
+         })
+         assert.equal(1, value(res, 1))
+         assert.is_true(value(res, 2))
+         local whats = { "storing a portal", "reading a portal", "swapping a portal's fields", "listing the portals",
+                         "taking a lease", "deleting a portal" }
+         for i, what in ipairs(whats) do
+            local r = values(res, i + 2)
+            assert.is_nil(r[1])
+            assert.matches("token store: " .. what .. " failed: no such table: b24_app_", r[2], 1, true)
+            assert.is_nil(r[2]:find(SECRET, 1, true))
+         end
+      end)
+
       it("raises with a clear message for a file that cannot be opened", function()
          local res = run("/nonexistent-dir/x/tokens.sqlite", { { "list" } })
          assert.matches("cannot open the token store /nonexistent-dir/x/tokens.sqlite", res.open_error, 1, true)
@@ -247,6 +273,22 @@ describe("b24.host.tokens under b24 run", function()
 
    describe("the memory store (\"memory\")", function()
       semantics("memory")
+
+      it("holds at most 100,000 portals: the next one is nil, err; the ones stored still change", function()
+         local res = run("memory", {
+            { "fill", "bound-", 100001 },
+            { "put", { member_id = "bound-000001", access_token = "changed" } },
+            { "get", "bound-000001" },
+            { "delete", "bound-000002" },
+            { "put", { member_id = "bound-x" } },
+         })
+         local r = values(res, 1)
+         assert.equal(100000, r[1])
+         assert.matches("the memory store holds 100000 portals", r[2], 1, true)
+         assert.equal(2, value(res, 2))
+         assert.equal("changed", value(res, 3).access_token)
+         assert.equal(1, value(res, 5)) -- room again after a delete
+      end)
    end)
 
    it("raises without a path: only b24 serve has a store of its own", function()

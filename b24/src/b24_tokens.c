@@ -137,6 +137,7 @@ typedef struct store {
     char err[320]; /* the last failure's message */
 } store;
 
+/* Finalizes the statements and closes the connection; idempotent. */
 static void store_close(store *s)
 {
     for (int i = 0; i < S_COUNT; i++) {
@@ -220,6 +221,8 @@ static int run(store *s, int i, const char *what, long long *out)
     return rc;
 }
 
+/* BEGIN IMMEDIATE: the write lock up front (waiting up to the busy timeout), so a transaction
+ * never fails half-way on a lock upgrade. 0, or -1. */
 static int begin(store *s, const char *what)
 {
     return run(s, S_BEGIN, what, NULL) < 0 ? -1 : 0;
@@ -237,6 +240,7 @@ static int end(store *s, int rc, const char *what)
     return -1;
 }
 
+/* Binds a string, or NULL for an absent one; the string outlives the statement's step. */
 static void bind_text(sqlite3_stmt *st, int n, const char *v, size_t len)
 {
     if (v)
@@ -352,6 +356,7 @@ typedef struct snap_head {
     double updated_at;
 } snap_head;
 
+/* The bytes p's snapshot takes. */
 static size_t snap_size(const portal *p)
 {
     size_t n = sizeof(snap_head);
@@ -360,6 +365,7 @@ static size_t snap_size(const portal *p)
     return n;
 }
 
+/* Writes p's snapshot at buf (snap_size(p) bytes); the bytes written. */
 static size_t snap_write(const portal *p, char *buf)
 {
     snap_head h;
@@ -400,6 +406,7 @@ static size_t snap_read(const char *buf, record *r)
     return n;
 }
 
+/* A NUL-terminated copy of len bytes; NULL without memory. */
 static char *copy(const char *s, size_t len)
 {
     char *c = malloc(len + 1);
@@ -410,6 +417,7 @@ static char *copy(const char *s, size_t len)
     return c;
 }
 
+/* Frees a portal of the memory store and its strings. */
 static void portal_free(portal *p)
 {
     for (int i = 0; i < NSTR; i++)
@@ -482,6 +490,7 @@ out:
     return rc;
 }
 
+/* The memory store's lease of member_id (under the lock), or NULL. */
 static lease *mem_find_lease(const char *member_id, size_t len)
 {
     for (size_t i = 0; i < mem.nleases; i++)
@@ -490,6 +499,7 @@ static lease *mem_find_lease(const char *member_id, size_t len)
     return NULL;
 }
 
+/* Removes a lease (under the lock): the last one takes its place. */
 static void mem_drop_lease(lease *l)
 {
     free(l->member_id);
@@ -499,6 +509,7 @@ static void mem_drop_lease(lease *l)
 
 /* ---- the Lua interface ------------------------------------------------------------------ */
 
+/* The store at argument 1 (raises when it is not one, or is closed). */
 static store *check_store(lua_State *L)
 {
     store *s = luaL_checkudata(L, 1, STORE_TYPE);
@@ -528,6 +539,7 @@ static int bad_key(lua_State *L, const char *what, size_t len)
     return 2;
 }
 
+/* nil, err: a runtime failure's results. */
 static int push_failure(lua_State *L, const char *err)
 {
     lua_pushnil(L);
@@ -585,6 +597,7 @@ static int read_record(lua_State *L, int idx, record *r)
     return 0;
 }
 
+/* Pushes r as a record table: its present fields, version and updated_at. */
 static void push_record(lua_State *L, const record *r)
 {
     lua_createtable(L, 0, NSTR + 3);
@@ -1021,6 +1034,7 @@ static int tokens_close(lua_State *L)
     return 0;
 }
 
+/* __tostring: which kind of store, never a value in it. */
 static int tokens_tostring(lua_State *L)
 {
     store *s = luaL_checkudata(L, 1, STORE_TYPE);

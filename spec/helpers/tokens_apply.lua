@@ -6,6 +6,8 @@
 --       bound on the wait); { true, calls made }
 --     { "swap_loop", member_id, n, tag }: n times get, then swap (scope + 1, access_token tag)
 --       with a retry on false; { n, retries }
+--     { "fill", prefix, n }: put n portals prefix .. i; { portals stored, the first err }
+--     and { "execute", command }: os.execute(command) between calls (another process's doing)
 --   result per op: { n = count of values, r = { values, JSON null for nil } } or { error = msg }
 local cjson = require("cjson.safe").new()
 
@@ -54,7 +56,21 @@ local function swap_loop(store, member_id, n, tag)
    return done, retries
 end
 
-local loops = { lease_until = lease_until, swap_loop = swap_loop }
+local function execute(_, command)
+   return os.execute(command)
+end
+
+-- Puts n portals; how many were stored, and the first refusal's message.
+local function fill(store, prefix, n)
+   local stored, first_err = 0, nil
+   for i = 1, n do
+      local v, err = store:put{ member_id = ("%s%06d"):format(prefix, i) }
+      if v then stored = stored + 1 else first_err = first_err or err end
+   end
+   return stored, first_err
+end
+
+local loops = { lease_until = lease_until, swap_loop = swap_loop, execute = execute, fill = fill }
 
 return function(store, ops)
    local out = {}
