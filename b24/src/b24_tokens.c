@@ -61,7 +61,19 @@ typedef struct record {
     "member_id, domain, client_id, client_endpoint, server_endpoint, access_token,"                \
     " refresh_token, application_token, scope, user_id, expires_at, version, updated_at"
 #define VALUES "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 1, ?12)"
-#define KEEP(col, n, bit) col " = CASE WHEN ?14 & " #bit " THEN ?" #n " ELSE " col " END, "
+/* swap: column n takes ?n when its bit is set in the mask ?14 (bit i: string field i, 1024:
+ * expires_at), else keeps its value */
+#define SWAP_SET                                                                                   \
+    "domain = CASE WHEN ?14 & 2 THEN ?2 ELSE domain END, "                                         \
+    "client_id = CASE WHEN ?14 & 4 THEN ?3 ELSE client_id END, "                                   \
+    "client_endpoint = CASE WHEN ?14 & 8 THEN ?4 ELSE client_endpoint END, "                       \
+    "server_endpoint = CASE WHEN ?14 & 16 THEN ?5 ELSE server_endpoint END, "                      \
+    "access_token = CASE WHEN ?14 & 32 THEN ?6 ELSE access_token END, "                            \
+    "refresh_token = CASE WHEN ?14 & 64 THEN ?7 ELSE refresh_token END, "                          \
+    "application_token = CASE WHEN ?14 & 128 THEN ?8 ELSE application_token END, "                 \
+    "scope = CASE WHEN ?14 & 256 THEN ?9 ELSE scope END, "                                         \
+    "user_id = CASE WHEN ?14 & 512 THEN ?10 ELSE user_id END, "                                    \
+    "expires_at = CASE WHEN ?14 & 1024 THEN ?11 ELSE expires_at END, "
 
 static const char schema[] =
     "PRAGMA journal_mode=WAL;"
@@ -110,13 +122,8 @@ static const char *const sql[S_COUNT] = {
               " application_token = excluded.application_token, scope = excluded.scope,"
               " user_id = excluded.user_id, expires_at = excluded.expires_at,"
               " version = version + 1, updated_at = excluded.updated_at RETURNING version",
-    [S_SWAP] = "UPDATE b24_app_portals SET " KEEP("domain", 2, 2) KEEP("client_id", 3, 4)
-        KEEP("client_endpoint", 4, 8) KEEP("server_endpoint", 5, 16) KEEP("access_token", 6, 32)
-            KEEP("refresh_token", 7, 64) KEEP("application_token", 8, 128) KEEP("scope", 9, 256)
-                KEEP("user_id", 10, 512)
-                    KEEP("expires_at", 11,
-                         1024) "version = version + 1, updated_at = ?12"
-                               " WHERE member_id = ?1 AND version = ?13 RETURNING version",
+    [S_SWAP] = "UPDATE b24_app_portals SET " SWAP_SET "version = version + 1, updated_at = ?12"
+               " WHERE member_id = ?1 AND version = ?13 RETURNING version",
     [S_CREATE] = "INSERT INTO b24_app_portals (" COLS ") VALUES " VALUES
                  " ON CONFLICT(member_id) DO NOTHING RETURNING version",
     [S_VERSION] = "SELECT version FROM b24_app_portals WHERE member_id = ?1",
