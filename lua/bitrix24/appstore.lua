@@ -16,7 +16,6 @@
 -- updated_at. Records handed out are copies: changing one changes nothing stored.
 local type = type
 local pairs = pairs
-local tostring = tostring
 local setmetatable = setmetatable
 local string_lower = string.lower
 local table_sort = table.sort
