@@ -43,7 +43,7 @@ local function form_keys(s)
    return keys
 end
 
-local QUOTE, BACKSLASH = string_byte('"'), string_byte("\\")
+local QUOTE = string_byte('"')
 
 -- The keys of a JSON text's top-level object, in text order; nil when it is not an object.
 local function json_keys(s)
@@ -52,12 +52,16 @@ local function json_keys(s)
    local keys, depth, key_next = {}, 0, false
    local n = #s
    while i <= n do
+      -- only strings, brackets and commas matter: jump to the next one
+      i = string_find(s, '[{}%[%],"]', i)
+      if not i then break end
       local c = string_sub(s, i, i)
       if c == '"' then
          local j = i + 1
-         while j <= n do
-            local b = string_byte(s, j)
-            if b == BACKSLASH then j = j + 2 elseif b == QUOTE then break else j = j + 1 end
+         while true do
+            j = string_find(s, '["\\]', j) or n + 1
+            if j > n or string_byte(s, j) == QUOTE then break end
+            j = j + 2 -- past an escape
          end
          if key_next and depth == 1 then
             local key = json.decode(string_sub(s, i, j))
