@@ -207,6 +207,8 @@ describe("emulator --data", function()
       local srv = b24.emulate{ args = args }
       local _, lead = call(srv, "crm.lead.add", { fields = { TITLE = "durable", PHONE = { { VALUE = "123" } } } })
       local _, task = call(srv, "tasks.task.add", { fields = { TITLE = "durable task" } })
+      local _, comment = call(srv, "task.commentitem.add", nil,
+                              { body = "[" .. task.result.task.id .. ',{"POST_MESSAGE":"durable comment"}]' })
       assert.equal(200, (call(srv, "crm.lead.delete", { id = 2 })))
       assert.equal(0, srv:stop())
       assert.is_nil(b24.read(data .. ".tmp"))
@@ -223,6 +225,9 @@ describe("emulator --data", function()
       assert.equal(400, (call(srv, "crm.lead.get", { id = 2 })))
       local _, t = call(srv, "tasks.task.get", { taskId = task.result.task.id })
       assert.equal("durable task", t.result.task.title)
+      local _, c = call(srv, "task.commentitem.get", nil,
+                        { body = "[" .. task.result.task.id .. "," .. emu.str(comment.result) .. "]" })
+      assert.equal("durable comment", c.result.POST_MESSAGE)
       local _, next_lead = call(srv, "crm.lead.add", { fields = { TITLE = "after restart" } })
       assert.equal(lead.result + 1, next_lead.result)
    end)
