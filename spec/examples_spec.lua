@@ -172,7 +172,9 @@ describe("examples/create_lead.lua", function()
       local out, code = run("B24_WEBHOOK_URL=" .. q(wrong) .. " " .. q(b24.bin) .. " run examples/create_lead.lua")
       assert.equal(1, code, out)
       assert.equal("create_lead: bitrix24: crm.lead.add: INVALID_CREDENTIALS: Invalid request credentials"
-         .. " (HTTP 401, " .. portal.base .. "/rest/1/***/crm.lead.add)\n", out)
+         .. " (HTTP 401, " .. portal.base .. "/rest/1/***/crm.lead.add) — the webhook's user number or code is"
+         .. " wrong, or the webhook was deleted: copy its URL again from the portal (Developer resources > Other"
+         .. " > Incoming webhook)\n", out)
       assert.not_matches("wrongcode0secret77", out, 1, true)
    end)
 
