@@ -58,10 +58,11 @@ describe("bitrix24.app on an emulated portal", function()
 
    it("refuses a forged install for the known portal and changes nothing", function()
       local before = run("portal")
+      local endpoint = bitrix24.core.form_encode({ v = portal.base .. "/rest/" }):gsub("^v=", "")
       local body = "event=ONAPPINSTALL&data%5BVERSION%5D=1&ts=1700000000"
          .. "&auth%5Baccess_token%5D=forged0access&auth%5Brefresh_token%5D=forged0refresh"
          .. "&auth%5Bmember_id%5D=" .. member_id .. "&auth%5Bdomain%5D=" .. before.domain
-         .. "&auth%5Bclient_endpoint%5D=" .. (bitrix24.core.form_encode({ v = portal.base .. "/rest/" }):gsub("^v=", ""))
+         .. "&auth%5Bclient_endpoint%5D=" .. endpoint
          .. "&auth%5Bapplication_token%5D=forged0app0token"
       local res = assert(receiver:request{ method = "POST", path = "/",
          headers = { ["Content-Type"] = "application/x-www-form-urlencoded" }, body = body })
