@@ -177,11 +177,53 @@ function _M:deliver(url, body, name)
    end
 end
 
+-- The body of one delivery to an application's handler (event.bind): as a webhook's, with the
+-- application's auth fields (app_auth: a fresh access token, sender.php) and keys encoded as
+-- http_build_query writes them (shared/vectors/events/app-oncrmcontactadd.form: brackets as %5B %5D).
+function _M:app_body(name, handler_id, data, ts, user_id)
+   local out = { "event=" .. urlencode(name), "event_handler_id=" .. urlencode(tostring(handler_id)) }
+   for _, pair in ipairs(data) do out[#out + 1] = urlencode("data" .. pair[1]) .. "=" .. urlencode(pair[2]) end
+   out[#out + 1] = "ts=" .. urlencode(tostring(ts))
+   for _, pair in ipairs(self.app_auth(user_id)) do
+      out[#out + 1] = urlencode("auth[" .. pair[1] .. "]") .. "=" .. urlencode(pair[2])
+   end
+   return table_concat(out, "&")
+end
+
+-- An application's binding (event.bind; rest/lib/event.php EventTable): a row { id, event,
+-- handler ("" for offline), user_id (0: whoever raised the event), offline }, its id from the
+-- sequence the --events-to targets use (b_rest_event's). nil when the same row exists
+-- (EventTable::checkUniq: application, event, handler, user, connector).
+function _M:bind(event, handler, user_id, offline)
+   for _, b in ipairs(self.bindings) do
+      if b.event == event and b.handler == handler and b.user_id == user_id then return nil end
+   end
+   self.last_id = self.last_id + 1
+   local b = { id = self.last_id, event = event, handler = handler, user_id = user_id, offline = offline }
+   self.bindings[#self.bindings + 1] = b
+   return b
+end
+
+-- Deletes the bindings of event and handler (user_id: only that user's; nil: any): the count
+-- (rest/lib/api/event.php eventUnbind).
+function _M:unbind(event, handler, user_id)
+   local kept, n = {}, 0
+   for _, b in ipairs(self.bindings) do
+      if b.event == event and b.handler == handler and (user_id == nil or b.user_id == user_id) then
+         n = n + 1
+      else
+         kept[#kept + 1] = b
+      end
+   end
+   self.bindings = kept
+   return n
+end
+
 -- The buffer's key of a delivery: rest/lib/event/buffer.php compares [CLIENT_ID, EVENT_HANDLER,
 -- EVENT_NAME, authData, data, additional] (sender.php Sender::call), not the handler's ID nor
 -- ts: one application, one token, so the handler's URL, the event and its data.
-local function key_of(url, name, data)
-   local parts = { url, name }
+local function key_of(url, name, data, app)
+   local parts = { app and "app" or "webhook", url, name }
    for _, pair in ipairs(data) do parts[#parts + 1] = pair[1] .. "=" .. pair[2] end
    return table_concat(parts, "\0")
 end
@@ -190,7 +232,7 @@ end
 -- subscribed target, kept in the request's buffer (once per key) while one is open (begin),
 -- posted at once otherwise.
 function _M:emit(name, data)
-   if #self.targets == 0 then return end
+   if #self.targets == 0 and #self.bindings == 0 then return end
    local ts = os_time()
    local buffer = self.buffer
    for _, target in ipairs(self.targets) do
@@ -204,6 +246,23 @@ function _M:emit(name, data)
             end
          else
             self:deliver(target.url, self:body(name, delivery.id, data, ts), name)
+         end
+      end
+   end
+   -- the application's online handlers (sender.php Sender::call: EVENT_HANDLER not empty; an
+   -- offline binding is kept for event.offline.*, which the emulator does not serve yet)
+   for _, b in ipairs(self.bindings) do
+      if b.event == name and not b.offline then
+         local delivery = { app = true, url = b.handler, name = name, id = b.id, data = data, ts = ts,
+                            user_id = b.user_id }
+         if buffer then
+            local key = key_of(b.handler, name, data, true) .. "\0" .. tostring(b.user_id)
+            if not buffer.seen[key] then
+               buffer.seen[key] = true
+               buffer[#buffer + 1] = delivery
+            end
+         else
+            self:deliver(b.handler, self:app_body(name, b.id, data, ts, b.user_id), name)
          end
       end
    end
@@ -221,12 +280,19 @@ function _M:flush()
    local buffer = self.buffer
    self.buffer = nil
    if not buffer then return end
-   for _, d in ipairs(buffer) do self:deliver(d.url, self:body(d.name, d.id, d.data, d.ts), d.name) end
+   for _, d in ipairs(buffer) do
+      if d.app then
+         self:deliver(d.url, self:app_body(d.name, d.id, d.data, d.ts, d.user_id), d.name)
+      else
+         self:deliver(d.url, self:body(d.name, d.id, d.data, d.ts), d.name)
+      end
+   end
 end
 
 -- opts: urls (list), subscriptions (url index -> list of patterns; none: every event), token,
 -- domain, member_id, post (fn(url, body, headers) -> true | nil, reason; needed when there are
--- urls), log (fn(level, msg, fields)), drop (fn() -> true when a delivery is lost). Raises
+-- urls), log (fn(level, msg, fields)), drop (fn() -> true when a delivery is lost), app_auth
+-- (fn(user_id) -> the auth pairs of an application's delivery; needed for bindings). Raises
 -- error(msg, 0) for urls without a post service or a bad pattern.
 function _M.new(opts)
    local urls = opts.urls or {}
@@ -242,6 +308,8 @@ function _M.new(opts)
       post = opts.post,
       log = opts.log,
       drop = opts.drop,
+      app_auth = opts.app_auth,
+      bindings = {},
       last_id = 0,
    }, mt)
    local subscriptions = opts.subscriptions or {}

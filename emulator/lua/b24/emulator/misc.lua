@@ -1,9 +1,11 @@
 -- b24.emulator.misc: the small methods an integration calls besides the entities: profile,
 -- methods, scope, app.info, server.time (rest/classes/general/rest_provider.php), the event
--- methods a webhook may not use (rest/lib/api/event.php), im.notify.system.add
+-- methods, an application's only (rest/lib/api/event.php), im.notify.system.add
 -- (im/classes/general/im_rest.php) and department.get (intranet/classes/general/rest.php).
 local storage = require "b24.emulator.store"
 local users = require "b24.emulator.users"
+local json = require "b24.emulator.json"
+local documented = require "bitrix24.events"
 
 local type = type
 local pairs = pairs
@@ -98,9 +100,17 @@ local function scope_list()
    return out, { rows = #out }
 end
 
--- app.info: rest_provider.php appInfo for a webhook (getPasswordId): its SCOPE and the portal's
--- LICENSE, "<lang>_<license>" from getBitrix24LicenseName (a "pro" plan here).
-local function app_info()
+-- app.info: rest_provider.php appInfo. For an application (getClientId): its ID, CODE, VERSION,
+-- STATUS (AppTable::getAppStatusInfo: "L" for a local one), INSTALLED, PAYMENT_EXPIRED "N", DAYS
+-- (null: no paid period), LANGUAGE_ID, LICENSE and, on a cloud portal, LICENSE_TYPE and
+-- LICENSE_FAMILY (CBitrix24). For a webhook (getPasswordId): its SCOPE and the LICENSE,
+-- "<lang>_<license>" from getBitrix24LicenseName (a "pro" plan here).
+local function app_info(p)
+   if p.caller == "oauth" and p.app then
+      return { ID = 1, CODE = p.app.code, VERSION = 1, STATUS = "L", INSTALLED = true, PAYMENT_EXPIRED = "N",
+               DAYS = json.null, LANGUAGE_ID = "en", LICENSE = "en_pro", LICENSE_TYPE = "pro",
+               LICENSE_FAMILY = "pro" }, { rows = 1 }
+   end
    local scopes = scope_list()
    return { SCOPE = scopes, LICENSE = "en_pro" }, { rows = 1 }
 end
@@ -114,6 +124,129 @@ end
 -- every call not made with an application's OAuth token (getAuthType() !== Auth::AUTH_TYPE).
 local function wrong_auth_type()
    return fail("Current authorization type is denied for this method", "WRONG_AUTH_TYPE", 403)
+end
+
+-- True for a call made with the application's token (CRestServer::getAuthType() is
+-- Auth::AUTH_TYPE, "oauth"); rest/lib/api/event.php answers any other wrong_auth_type().
+local function is_app(p)
+   return p.caller == "oauth" and p.app ~= nil
+end
+
+-- A parameter as PHP reads it for a string: a scalar's text, "" for none or an array.
+local function text_of(v)
+   if v == nil or type(v) == "table" then return "" end
+   return to_text(v) or ""
+end
+
+-- EVENT_TYPE of event.bind/event.unbind: "online" (the default), "offline" | nil, the error
+-- (Exceptions\ArgumentException, 400 ERROR_ARGUMENT).
+local function event_type(query)
+   local t = string_lower(text_of(query.EVENT_TYPE))
+   if t == "" then return "online" end
+   if t ~= "online" and t ~= "offline" then
+      return nil, { status = 400, error = "ERROR_ARGUMENT",
+                    error_description = "Value must be one of {online|offline}" }
+   end
+   return t
+end
+
+-- Exceptions\ArgumentNullException: 400 ERROR_ARGUMENT "Argument 'NAME' is null or empty".
+local function argument_null(name)
+   return fail("Argument '" .. name .. "' is null or empty", "ERROR_ARGUMENT", 400)
+end
+
+-- event.bind: rest/lib/api/event.php eventBind for the application (an admin's token): EVENT
+-- (upper-cased) required; EVENT_TYPE online (HANDLER required, checked by
+-- rest/lib/handlerhelper.php checkCallback: an http(s) URL whose host has a dot past its first
+-- character) or offline (no handler, no user); AUTH_TYPE the user whose token the deliveries
+-- carry (0: whoever raised the event). An event no scope of the application offers is
+-- ERROR_EVENT_NOT_FOUND; the same binding again is EventTable::checkUniq's "Handler already
+-- binded" (ERROR_CORE). Answers true. Offline bindings are stored, nothing is sent for them yet.
+local function event_bind(p, params)
+   if not is_app(p) then return wrong_auth_type() end
+   local query = upper_keys(params)
+   local name = string_upper(text_of(query.EVENT))
+   local kind, err = event_type(query)
+   local user_id = php_int(query.AUTH_TYPE)
+   local handler = text_of(query.HANDLER)
+   if name == "" then return argument_null("EVENT") end
+   if not kind then return nil, err end
+   if kind == "offline" then
+      handler, user_id = "", 0
+   elseif handler == "" then
+      return argument_null("HANDLER")
+   end
+   if handler ~= "" then
+      local scheme, host = string_match(handler, "^([%a][%w+.-]*)://([^/?#:]*)")
+      if not host or host == "" or not string_find(host, ".", 2, true) then
+         return fail("Wrong handler URL", "ERROR_WRONG_HANDLER_URL")
+      end
+      scheme = string_lower(scheme)
+      if scheme ~= "http" and scheme ~= "https" then
+         return fail("Unsupported handler protocol", "ERROR_UNSUPPORTED_PROTOCOL")
+      end
+   end
+   if not documented.known(name) then return fail("Event not found", "ERROR_EVENT_NOT_FOUND") end
+   if not p.events:bind(name, handler, user_id, kind == "offline") then
+      return fail("Unable to set event handler: Handler already binded", "ERROR_CORE")
+   end
+   return true, { rows = 1 }
+end
+
+-- event.unbind: rest/lib/api/event.php eventUnbind: EVENT required, HANDLER for an online
+-- binding, AUTH_TYPE narrowing to that user's; deletes what matches and answers { count }.
+local function event_unbind(p, params)
+   if not is_app(p) then return wrong_auth_type() end
+   local query = upper_keys(params)
+   local name = string_upper(text_of(query.EVENT))
+   local kind, err = event_type(query)
+   local handler = text_of(query.HANDLER)
+   if name == "" then return argument_null("EVENT") end
+   if not kind then return nil, err end
+   local user_id
+   if kind == "offline" then
+      handler = ""
+   elseif handler == "" then
+      return argument_null("HANDLER")
+   elseif query.AUTH_TYPE ~= nil then
+      user_id = php_int(query.AUTH_TYPE)
+   end
+   local n = p.events:unbind(name, handler, user_id)
+   if n > 0 then p.dirty = true end
+   return { count = n }, { rows = 1 }
+end
+
+-- event.get: rest/lib/api/event.php eventGet: the application's bindings by ID: an online one
+-- { event, handler, auth_type (USER_ID as text), offline = 0 }, an offline one { event,
+-- connector_id = "", offline = 1 }.
+local function event_get(p)
+   if not is_app(p) then return wrong_auth_type() end
+   local out = {}
+   for _, b in ipairs(p.events.bindings) do
+      if b.offline then
+         out[#out + 1] = { event = b.event, connector_id = "", offline = 1 }
+      else
+         out[#out + 1] = { event = b.event, handler = b.handler, auth_type = tostring(b.user_id), offline = 0 }
+      end
+   end
+   return out, { rows = #out }
+end
+
+-- events: rest/lib/api/event.php eventsList: the names of the events the application may bind
+-- (the documented ones, sorted).
+local function events_list(p)
+   if not is_app(p) then return wrong_auth_type() end
+   local out = {}
+   for name in pairs(documented.names) do out[#out + 1] = name end
+   table_sort(out)
+   return out, { rows = #out }
+end
+
+-- The methods of offline events and event.test: WRONG_AUTH_TYPE for a webhook; for the
+-- application not served yet (the offline queue is the next issue), so ERROR_METHOD_NOT_FOUND.
+local function not_served(p)
+   if not is_app(p) then return wrong_auth_type() end
+   return fail("Method not found!", "ERROR_METHOD_NOT_FOUND", 404)
 end
 
 -- im.notify.system.add: im_rest.php notifyAdd: USER_ID (or TO) and MESSAGE (trimmed) required,
@@ -191,10 +324,13 @@ function _M.register(portal, methods)
    methods["scope"] = scope_list
    methods["app.info"] = app_info
    methods["server.time"] = server_time
-   for _, name in ipairs({ "events", "event.bind", "event.unbind", "event.get", "event.test",
-                           "event.offline.get", "event.offline.clear", "event.offline.error",
+   methods["events"] = events_list
+   methods["event.bind"] = event_bind
+   methods["event.unbind"] = event_unbind
+   methods["event.get"] = event_get
+   for _, name in ipairs({ "event.test", "event.offline.get", "event.offline.clear", "event.offline.error",
                            "event.offline.list" }) do
-      methods[name] = wrong_auth_type
+      methods[name] = not_served
    end
    methods["im.notify.system.add"] = notify_add
    methods["department.get"] = department_get

@@ -2,6 +2,7 @@
 -- usage text, and argv parsed into the options table of emulator.new. A bad option raises
 -- error("b24 emulate: …", 0); a bad secret is never echoed.
 local events = require "b24.emulator.events"
+local oauth = require "b24.emulator.oauth"
 local faults = require "b24.emulator.faults"
 
 local ipairs = ipairs
@@ -30,6 +31,14 @@ local OPTIONS = {
      "the events the --events-to before it gets, e.g. ONCRMLEADADD,ONCRMDEAL* (all by default)" },
    { "--domain", "domain", "text", "DOMAIN", "the portal domain in events (" .. events.DEFAULT_DOMAIN .. ")" },
    { "--member-id", "member_id", "text", "ID", "auth[member_id] in events (derived from the domain)" },
+   { "--app", "app", "app", "CLIENT_ID:SECRET",
+     "an application installed on the portal (OAuth tokens at /oauth/token/, auth= on /rest/METHOD)" },
+   { "--app-code", "app_code", "text", "CODE", "what app.info answers as the application's CODE (its CLIENT_ID)" },
+   { "--install-to", "install_to", "url", "URL",
+     "POST the application's ONAPPINSTALL here at the first request served (repeatable)" },
+   { "--token-ttl", "token_ttl", "positive", "SECONDS", "an access token's life on the portal's clock (3600)" },
+   { "--public-url", "public_url", "url", "URL",
+     "the base URL the portal is reached at (from the first request's Host by default)" },
    { "--seed-leads", "seed_leads", "count", "N", "start with N leads (0)" },
    { "--seed-tasks", "seed_tasks", "count", "N", "start with N tasks (0)" },
    { "--seed-deals", "seed_deals", "count", "N", "start with N deals (0)" },
@@ -105,6 +114,12 @@ local CHECK = {
       return ok and (sign .. h .. ":" .. m) or nil, "a UTC offset like +03:00"
    end,
    secret = function(v) return string_match(v, "^[%w_%-]+$") and v or nil, "letters, digits, - or _" end,
+   -- CLIENT_ID:SECRET, kept as { client_id, secret }; the secret is never echoed
+   app = function(v)
+      local client_id, secret = oauth.parse_app(v)
+      if not client_id then return nil, secret end
+      return { client_id = client_id, secret = secret }, nil
+   end,
    url = function(v)
       return string_match(v, "^[hH][tT][tT][pP][sS]?://[^/%s]+") and v or nil, "an http:// or https:// URL"
    end,
@@ -132,7 +147,7 @@ local CHECK = {
 -- emulator.new (events_to is always a list; events maps an events_to index to the patterns its
 -- --events gave, the target before them).
 function _M.parse(argv)
-   local opts = { events_to = {}, events = {} }
+   local opts = { events_to = {}, events = {}, install_to = {} }
    local i = 1
    while i <= #argv do
       local arg = tostring(argv[i])
@@ -156,11 +171,13 @@ function _M.parse(argv)
          local got, want = CHECK[o[3]](value)
          if got == nil then
             -- secrets are not echoed
-            if o[3] == "secret" then fail(name .. " needs " .. want) end
+            if o[3] == "secret" or o[3] == "app" then fail(name .. " needs " .. want) end
             fail(name .. " needs " .. want .. ", not '" .. value .. "'")
          end
          if o[2] == "events_to" then
             opts.events_to[#opts.events_to + 1] = got
+         elseif o[2] == "install_to" then
+            opts.install_to[#opts.install_to + 1] = got
          elseif o[2] == "events" then
             local target = #opts.events_to
             if target == 0 then fail("--events needs an --events-to before it (the target it applies to)") end
@@ -173,6 +190,9 @@ function _M.parse(argv)
       end
       i = i + 1
    end
+   if #opts.install_to > 0 and not opts.app then fail("--install-to needs --app (the application installed)") end
+   if opts.app_code and not opts.app then fail("--app-code needs --app") end
+   if opts.public_url then opts.public_url = string_match(opts.public_url, "^(.-)/*$") end
    return opts
 end
 

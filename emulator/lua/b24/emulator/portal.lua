@@ -12,6 +12,7 @@ local task_comments = require "b24.emulator.task_comments"
 local batch = require "b24.emulator.batch"
 local methods = require "b24.emulator.methods"
 local events = require "b24.emulator.events"
+local oauth = require "b24.emulator.oauth"
 local faults = require "b24.emulator.faults"
 local limits = require "b24.emulator.limits"
 local persist = require "b24.emulator.persist"
@@ -22,6 +23,7 @@ local dates = require "b24.emulator.dates"
 
 local type = type
 local pcall = pcall
+local pairs = pairs
 local ipairs = ipairs
 local error = error
 local tostring = tostring
@@ -29,6 +31,8 @@ local tonumber = tonumber
 local setmetatable = setmetatable
 local string_sub = string.sub
 local string_match = string.match
+local string_lower = string.lower
+local table_concat = table.concat
 local os_time = os.time
 local equal = core.equal
 local now = core.now
@@ -51,6 +55,13 @@ local BLOCKED = { status = 429, error = "OPERATION_TIME_LIMIT",
                   error_description = "Method is blocked due to operation time limit." }
 local INTERNAL = { status = 500, error = "INTERNAL_SERVER_ERROR", error_description = "Internal server error" }
 local TOO_MANY = { status = 503, error = "QUERY_LIMIT_EXCEEDED", error_description = "Too many requests" }
+-- a token on a portal without --app: no application issued it (rest/lib/oauth/auth.php Auth::check
+-- asks the OAuth server, which knows no such token)
+local INVALID_TOKEN = { status = 401, error = "invalid_token",
+                        error_description = "The access token provided is invalid" }
+-- the emulator's control methods on a portal without --app
+local NO_APP = { status = 400, error = "NO_APPLICATION",
+                 error_description = "The emulator has no application (start it with --app CLIENT_ID:SECRET)" }
 
 -- Creates a portal. opts (the snake_case form of the emulator's options): user_id, code,
 -- seed_leads, seed_tasks, seed_deals, seed_contacts, seed_companies, timezone ("+03:00": the
@@ -59,7 +70,9 @@ local TOO_MANY = { status = 503, error = "QUERY_LIMIT_EXCEEDED", error_descripti
 -- bucket and of the operating window), operating_limit (seconds per method per window),
 -- operating_window (the window's seconds on that clock, 600: ten baskets of a tenth),
 -- events_to (list of URLs), events (events_to index -> the --events patterns of that target),
--- token, domain, member_id, data (a JSON file to persist to); and the
+-- token, domain, member_id, data (a JSON file to persist to), app ({ client_id, secret }: the
+-- installed application, b24.emulator.oauth), app_code, token_ttl, install_to (list of URLs),
+-- public_url (the base URL deliveries name; the first request's Host otherwise); and the
 -- host's services: log (fn(level, msg, fields); stderr by default), post (fn(url, body, headers)
 -- -> true | nil, reason; needed for events_to); for specs: clock (scaled seconds), random (a
 -- [0,1) function). Raises error(msg, 0) for bad options or an unusable --data file.
@@ -91,7 +104,17 @@ function _M.new(opts)
    local dice = self.faults
    self.events = events.new{ urls = opts.events_to, subscriptions = opts.events, token = opts.token,
                              domain = opts.domain, member_id = opts.member_id, post = opts.post, log = log,
-                             drop = function() return dice:roll("drop") end }
+                             drop = function() return dice:roll("drop") end,
+                             app_auth = function(user_id) return self:app_auth(user_id) end }
+   self.public_url = opts.public_url
+   if opts.app then
+      self.app = oauth.new{ client_id = opts.app.client_id, secret = opts.app.secret, code = opts.app_code,
+                            ttl = opts.token_ttl, clock = clock, wall = wall, scale = scale }
+      if opts.install_to and #opts.install_to > 0 then
+         if not opts.post then error("--install-to needs a host that posts (b24 emulate, or a post service)", 0) end
+         self.pending_installs, self.install_urls = opts.install_to, opts.install_to
+      end
+   end
    crm.register(self, self.methods)
    crm_item.register(self, self.methods)
    tasks.register(self, self.methods)
@@ -210,26 +233,137 @@ end
 
 -- handle() before the transport: the JSON answer. The events the request raised leave once it
 -- is computed (rest/lib/event/sender.php: Buffer per hit, Sender::send as a background job).
+-- The first request served tells the portal its address (unless --public-url) and proves it
+-- listens: the --install-to deliveries leave after its answer.
 function _M:answer(request)
+   if not self.public_url and not self.learned_url then
+      local host = (request.headers or {}).host
+      if type(host) == "string" and string_match(host, "^[%w%.%-%[%]:]+$") then
+         self.learned_url = "http://" .. string_lower(host)
+      end
+   end
    self.events:begin()
    local status, headers, body, extra = self:reply(request)
    self.events:flush()
+   local installs = self.pending_installs
+   if installs then
+      self.pending_installs = nil
+      for _, url in ipairs(installs) do self:install(url) end
+   end
    return status, headers, body, extra
+end
+
+-- The portal as an application's deliveries and token answers name it: public (the base URL,
+-- no trailing slash), domain (its host[:port]), member_id, user_id.
+function _M:identity()
+   local public = self.public_url or self.learned_url or ("https://" .. self.events.domain)
+   return { public = public, domain = string_match(public, "^%a[%w+.-]*://([^/?#]+)") or self.events.domain,
+            member_id = self.events.member_id, user_id = self.user_id }
+end
+
+-- The auth pairs of an application's event delivery (rest/lib/event/sender.php: a fresh access
+-- token for the binding's user, or the one who raised the event; no refresh token).
+function _M:app_auth(user_id)
+   local who = self:identity()
+   if user_id and user_id > 0 then who.user_id = user_id end
+   return self.app:auth_fields(self.app:issue(false), who)
+end
+
+-- Posts ONAPPINSTALL to url with a fresh token pair (its refresh token valid), the application
+-- token kept unless new_token (api-reference/common/events/on-app-install.md: data[VERSION],
+-- data[ACTIVE], data[INSTALLED], data[LANGUAGE_ID], ts, auth[…] with the refresh token), encoded
+-- as the application's events are (b24.emulator.events app_body).
+function _M:install(url, new_token)
+   local app = self.app
+   if new_token then app.application_token = app.random(16) end
+   local urlencode = events.urlencode
+   local out = { "event=ONAPPINSTALL" }
+   for _, pair in ipairs({ { "VERSION", "1" }, { "ACTIVE", "Y" }, { "INSTALLED", "Y" }, { "LANGUAGE_ID", "en" } }) do
+      out[#out + 1] = urlencode("data[" .. pair[1] .. "]") .. "=" .. pair[2]
+   end
+   out[#out + 1] = "ts=" .. tostring(os_time())
+   for _, pair in ipairs(app:auth_fields(app:issue(true), self:identity())) do
+      out[#out + 1] = urlencode("auth[" .. pair[1] .. "]") .. "=" .. urlencode(pair[2])
+   end
+   self.events:deliver(url, table_concat(out, "&"), "ONAPPINSTALL")
+end
+
+-- The emulator's own methods, for specs and demos (no platform has them), called with the
+-- webhook: emulator.app.install { url, new_token } posts an install now (to url, else to every
+-- --install-to); emulator.tokens.expire makes every access token issued so far expire;
+-- emulator.oauth.stats counts the OAuth outcomes since the start.
+local CONTROL = {}
+CONTROL["emulator.app.install"] = function(p, params)
+   local urls = {}
+   if type(params.url) == "string" and params.url ~= "" then
+      if not string_match(params.url, "^[hH][tT][tT][pP][sS]?://[^/%s]+") then
+         return nil, { status = 400, error = "ERROR_ARGUMENT", error_description = "url: an http(s) URL expected" }
+      end
+      urls[1] = params.url
+   else
+      urls = p.install_urls or {}
+   end
+   if #urls == 0 then
+      return nil, { status = 400, error = "ERROR_ARGUMENT", error_description = "url: required (no --install-to)" }
+   end
+   local new_token = params.new_token
+   new_token = new_token == true or new_token == "true" or new_token == "1" or new_token == "Y" or new_token == 1
+   for i, url in ipairs(urls) do p:install(url, new_token and i == 1) end
+   return { posted = #urls }
+end
+CONTROL["emulator.tokens.expire"] = function(p)
+   return { expired = p.app:expire_all() }
+end
+CONTROL["emulator.oauth.stats"] = function(p)
+   local out = {}
+   for k, v in pairs(p.app.stats) do out[k] = v end
+   return out
+end
+
+-- Answers a control method (CONTROL) called with the webhook.
+function _M:control(name, request)
+   if not self.app then return respond_error(NO_APP) end
+   local params = request_of.parameters(request)
+   local result, err = CONTROL[name](self, params)
+   if result == nil then return respond_error(err) end
+   return respond(200, { result = result })
 end
 
 -- answer() without the events: the JSON answer.
 function _M:reply(request)
    local user, code, name = request_of.route(request.path)
+   local params, caller
    if not user then
+      if self.app and string_match(request.path or "", "^/oauth/token/?$") then
+         -- the OAuth server (oauth.bitrix.info) on the portal's listener
+         return respond(self.app:token(request_of.parameters(request), self:identity()))
+      end
       -- /rest/METHOD: rest.php CRestServer::processExecution looks the method up (404) before
-      -- checkAuth, which finds no credentials
+      -- checkAuth; rest/lib/oauth/auth.php Auth::onRestCheckAuth takes the token from the
+      -- request (getAuthKey), none is NO_AUTH_FOUND (rest_util.php CRestUtil::checkAuth)
       name = request_of.bare_method(request.path)
-      if name and self.methods[name] then return respond_error(NO_AUTH) end
-      return respond_error(NOT_FOUND)
-   end
-   if not self.methods[name] then return respond_error(NOT_FOUND) end
-   if tonumber(user) ~= self.user_id or #code ~= #self.code or not equal(code, self.code) then
-      return respond_error(UNAUTHORIZED)
+      if not name or not self.methods[name] then return respond_error(NOT_FOUND) end
+      params = request_of.parameters(request)
+      local key = oauth.key_of(request, params)
+      if not key then return respond_error(NO_AUTH) end
+      if not self.app then return respond_error(INVALID_TOKEN) end
+      local ok, err = self.app:check(key)
+      if not ok then return respond_error(err) end
+      -- Auth's parameters_clear: the method never sees the token
+      params.auth, params.access_token = nil, nil
+      caller = "oauth"
+   else
+      if CONTROL[name] then
+         if tonumber(user) ~= self.user_id or #code ~= #self.code or not equal(code, self.code) then
+            return respond_error(UNAUTHORIZED)
+         end
+         return self:control(name, request)
+      end
+      if not self.methods[name] then return respond_error(NOT_FOUND) end
+      if tonumber(user) ~= self.user_id or #code ~= #self.code or not equal(code, self.code) then
+         return respond_error(UNAUTHORIZED)
+      end
+      caller = "webhook"
    end
    local latency = self.latency
    if not self.limits:admit(request.remote_addr or "") then
@@ -241,8 +375,9 @@ function _M:reply(request)
    self.sim, self.t_wall, self.t_mono = 0, arrival + latency, now()
    self.request = request -- batch reads the order of its commands from the raw text
    self.hit_clock = self.limits.clock()
-   local result, meta, time = self:call(name, request_of.parameters(request))
-   self.request, self.hit_clock = nil, nil
+   self.caller = caller -- "webhook" or "oauth" (CRestServer::getAuthType), batch sub-calls included
+   local result, meta, time = self:call(name, params or request_of.parameters(request))
+   self.request, self.hit_clock, self.caller = nil, nil, nil
    local delay = latency + self.sim
    if self.dirty and self.data_path then
       local ok, err = self:save()
