@@ -193,6 +193,7 @@ local function semantics(path)
          { "lease", "size-m", "w", 0 },
          { "put", { member_id = "size-m", access_token = ("y"):rep(4096) } },
          { "get", "size-m" },
+         { "get", "" },
       })
       for i = 1, 6 do
          local r = values(res, i)
@@ -213,6 +214,8 @@ local function semantics(path)
       assert.matches("seconds (more than 0) expected", res[12].error, 1, true)
       assert.equal(1, value(res, 13)) -- 4 KiB exactly is fine
       assert.equal(4096, #value(res, 14).access_token)
+      assert.is_nil(values(res, 15)[1]) -- no portal has an empty key: nil, as for any unknown one
+      assert.is_nil(res[15].error)
       for i = 1, 12 do
          local text = cjson.encode(res[i])
          assert.is_nil(text:find(SECRET, 1, true), text)

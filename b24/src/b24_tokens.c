@@ -93,6 +93,11 @@ static int read_record(lua_State *L, int idx, record *r)
         }
     }
     int t = lua_getfield(L, idx, "expires_at");
+    if (t == LUA_TNUMBER && !isfinite(lua_tonumber(L, -1))) {
+        lua_pushnil(L);
+        lua_pushstring(L, "token store: expires_at is not a finite number");
+        return 2;
+    }
     if (t == LUA_TNUMBER) {
         r->has_expires = 1;
         r->expires_at = lua_tonumber(L, -1);
@@ -113,8 +118,10 @@ static int tokens_get(lua_State *L)
     store *s = check_store(L);
     size_t len;
     const char *key = check_string(L, 2, &len);
-    if (len == 0)
-        return 0;
+    if (len == 0) { /* no portal has an empty member_id or domain */
+        lua_pushnil(L);
+        return 1;
+    }
     if (len > MAX_KEY)
         return bad_key(L, "key", len);
     int rc = s->memory ? b24_tokens_memory_get(L, key, len) : b24_tokens_sqlite_get(L, s, key, len);
