@@ -31,7 +31,7 @@ describe("bitrix24.app on an emulated portal", function()
       dir = b24.tmpdir()
       store = dir .. "/inbox.sqlite"
       portal = b24.emulate{ args = { "--code", emu.CODE, "--app", CLIENT_ID .. ":" .. SECRET,
-                                     "--seed-leads", tostring(LEADS), "--time-scale", "100000" } }
+                                     "--seed-leads", tostring(LEADS) } }
       env = "APP_CLIENT_ID=" .. CLIENT_ID .. " APP_CLIENT_SECRET=" .. SECRET .. " APP_OAUTH=" .. portal.base
       receiver = b24.start{ script_path = b24.root .. "/spec/helpers/app_receiver_main.lua",
                             args = { "--workers", "2", "--inbox", store }, env = env .. " " }

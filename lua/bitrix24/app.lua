@@ -325,7 +325,9 @@ function App:bind(key, events, handler, opts)
    local have = {}
    for _, b in ipairs(type(bound) == "table" and bound or {}) do
       if type(b) == "table" and type(b.event) == "string" then
-         have[string_upper(b.event) .. "|" .. tostring(b.handler or "") .. "|" .. tostring(b.offline or "")] = true
+         -- rest/lib/api/event.php eventGet: offline is 1 for an offline binding, 0 otherwise
+         local off = (b.offline == 1 or b.offline == "1" or b.offline == true) and "1" or ""
+         have[string_upper(b.event) .. "|" .. (off == "1" and "" or tostring(b.handler or "")) .. "|" .. off] = true
       end
    end
    local offline = opts.type == "offline"
