@@ -115,6 +115,31 @@ describe("bitrix24.app on an emulated portal", function()
       assert.equal(0, after.invalid_client - before.invalid_client)
    end)
 
+   it("without single flight (leases that run out at once) every process still gets a valid token", function()
+      assert(admin:call("emulator.tokens.expire"))
+      local before = stats()
+      local tmp = dir .. "/race2"
+      local cmds = {}
+      for i = 1, 8 do
+         cmds[i] = ("APP_LEASE=0.000001 %s %s run %s %s call %s crm.lead.get '{\"id\":%d}' > %s.%d 2>&1"):format(env,
+            b24.quote(b24.bin), b24.quote(b24.root .. "/spec/helpers/app_run.lua"), b24.quote(store), member_id, i,
+            tmp, i)
+      end
+      local _, code = b24.exec("( " .. table.concat(cmds, " & ") .. " & wait )")
+      assert.equal(0, code)
+      for i = 1, 8 do
+         local out = assert(b24.read(tmp .. "." .. i))
+         local got = cjson.decode(out:match("({[^\n]*})%s*$"))
+         assert.equal(tostring(i), tostring(got.result and got.result.ID), out)
+      end
+      local after = stats()
+      -- each refresh the OAuth server took or refused: a spent token is refused, never lost
+      assert.is_true(after.refreshes - before.refreshes >= 1)
+      io.stderr:write(("[app race without leases: 8 processes, %d refreshes, %d invalid_grant, 0 failures]\n")
+         :format(after.refreshes - before.refreshes, after.invalid_grant - before.invalid_grant))
+      assert.equal("1", run("call", member_id, "crm.lead.get", '{"id":1}').result.ID)
+   end)
+
    it("a wrong client secret is a clear error, with no secret in it", function()
       assert(admin:call("emulator.tokens.expire"))
       local wrong = "APP_CLIENT_ID=" .. CLIENT_ID .. " APP_CLIENT_SECRET=wrong0secret0value APP_OAUTH=" .. portal.base

@@ -229,6 +229,21 @@ function App:refresh(member_id, stale)
    end
 end
 
+-- The access token stored once the portal's refresh token is no longer `spent` (another worker
+-- renewed it), polling until refresh_wait passes | nil.
+function App:await_rotation(member_id, spent)
+   local deadline = self.now() + self.refresh_wait
+   local pause = 0.02
+   while true do
+      local record = self.store:get(member_id)
+      if not record then return nil end
+      if record.refresh_token ~= spent then return record.access_token end
+      if self.now() >= deadline then return nil end
+      self.sleep(pause)
+      pause = math_min(pause * 2, 0.5)
+   end
+end
+
 -- The renewal itself, under the lease: re-read (someone may have finished just before the lease
 -- was ours), refresh at the OAuth server, store with compare-and-set.
 function App:renew(member_id, stale)
@@ -239,9 +254,12 @@ function App:renew(member_id, stale)
    local tokens, err = oauth.refresh{ server = self.oauth_server, client_id = self.client_id,
       client_secret = self.client_secret, refresh_token = record.refresh_token, transport = self.transport }
    if not tokens then
-      -- spent meanwhile by a worker whose lease ran out under it: its tokens are the good ones
-      local now_record = store:get(member_id)
-      if now_record and now_record.refresh_token ~= record.refresh_token then return now_record.access_token end
+      -- spent meanwhile by a worker whose lease ran out under it (a refresh slower than the
+      -- lease): its tokens are the good ones, stored as soon as its answer comes
+      if err.code == "invalid_grant" then
+         local token = self:await_rotation(member_id, record.refresh_token)
+         if token then return token end
+      end
       log(self, "error", "bitrix24.app: token refresh failed", { member_id = member_id, error = err.code })
       err.description = self.mask(err.description)
       return nil, err

@@ -1,6 +1,6 @@
 -- `b24 run spec/helpers/app_run.lua STORE MODE [ARGS…]` for spec/app_spec.lua: an application
 -- process on the store file STORE (shared with the receiver), configured from APP_CLIENT_ID,
--- APP_CLIENT_SECRET, APP_OAUTH; prints one JSON line.
+-- APP_CLIENT_SECRET, APP_OAUTH (and APP_LEASE, the refresh lease's seconds); prints one JSON line.
 --   portal                         → { member_id, domain, version, access_token_sha }
 --   bind MEMBER URL EVENT…         → { bound = {…} } | { error }
 --   call MEMBER METHOD [JSON]      → { result } | { error, code }
@@ -15,6 +15,7 @@ local args = { select(3, ...) }
 local app = bitrix24.app{
    client_id = os.getenv("APP_CLIENT_ID"), client_secret = os.getenv("APP_CLIENT_SECRET"),
    oauth_server = os.getenv("APP_OAUTH"), store = host.tokens(store_path), log = host.log,
+   lease = tonumber(os.getenv("APP_LEASE") or "30"), -- a tiny lease lets refreshes race
 }
 
 local function out(t)
