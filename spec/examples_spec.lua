@@ -377,3 +377,42 @@ describe("examples/telegram_notify.lua", function()
       assert_no_secrets(app, portal)
    end)
 end)
+
+describe("examples/app.lua", function()
+   local CLIENT_ID, SECRET = "local.spec0example0app01", "spec0example0app0secret00000001"
+   local dir, mirror, app, portal, admin
+   setup(function()
+      dir = b24.tmpdir()
+      -- the outside system: logs each deal it is sent
+      mirror = b24.start{ args = { "--workers", "1" }, script = [[
+         local host = require "b24.host"
+         local cjson = require "cjson.safe"
+         return function(req)
+            local d = cjson.decode(req.body or "") or {}
+            host.log("info", "mirror got", { id = d.id, title = d.title, portal = d.portal })
+            return 200, { ["Content-Type"] = "application/json" }, '{"ok":true}'
+         end]] }
+      portal = b24.emulate{ args = { "--code", emu.CODE, "--app", CLIENT_ID .. ":" .. SECRET } }
+      local port = free_port()
+      local public = "http://127.0.0.1:" .. port .. "/"
+      app = b24.start{ script_path = b24.root .. "/examples/app.lua",
+         env = table.concat({ "APP_PUBLIC_URL=" .. q(public), "B24_CLIENT_ID=" .. q(CLIENT_ID),
+            "B24_CLIENT_SECRET=" .. q(SECRET), "B24_OAUTH_SERVER=" .. q(portal.base),
+            "MIRROR_URL=" .. q(mirror.base .. "/deals") }, " "),
+         args = { "--listen", "127.0.0.1:" .. port, "--inbox", dir .. "/inbox.sqlite" } }
+      admin = require("bitrix24").client(portal.base .. emu.path(""))
+   end)
+   teardown(function()
+      for _, srv in ipairs({ app, portal, mirror }) do if srv then srv:stop() end end
+      if dir then os.execute("rm -rf " .. q(dir)) end
+   end)
+
+   it("binds on install and mirrors each new deal into the outside system", function()
+      assert(admin:call("emulator.app.install", { url = app.base .. "/" }))
+      assert(wait_line(app, 'msg="app: installed" bound=1'), app:log())
+      local id = emu.str(assert(admin:call("crm.deal.add", { fields = { TITLE = "Mirror me" } })))
+      assert(wait_line(app, 'msg="app: mirrored" .*id=' .. id .. "%f[%D]"), app:log())
+      assert(wait_line(mirror, 'msg="mirror got" id=' .. id .. ' portal=[^ ]+ title="Mirror me"'), mirror:log())
+      assert.not_matches(SECRET, app:log() .. portal:log(), 1, true)
+   end)
+end)
