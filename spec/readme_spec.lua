@@ -50,6 +50,7 @@ end)
 runner("nginx conf", function(b) return b.lang == "nginx" end)
 runner("emulate", function(b) return b.lang == "sh" and b.text:find("b24 emulate --listen", 1, true) end)
 runner("inbox", function(b) return b.lang == "sh" and b.text:find("b24 inbox stats", 1, true) end)
+runner("application", function(b) return b.lang == "sh" and b.text:find("examples/app.lua", 1, true) end)
 runner("rock", function(b) return b.lang == "sh" and b.text:find("luarocks --lua-version=5.4 make", 1, true) end)
 
 local BLOCK = {} -- runner name -> its block
@@ -161,6 +162,42 @@ describe("README", function()
       assert(srv:wait_log("event=ONCRMDEALADD"))
       assert.not_matches(TOKEN, srv:log(), 1, true)
       assert.not_matches(emu.CODE, srv:log(), 1, true)
+   end)
+
+   it("quick start: an application installed from b24 emulate --app mirrors a new deal", function()
+      local block = assert(BLOCK.application)
+      local id, secret = "local.0123456789abcd.01234567", "readme0app0secret0value00000001"
+      local dir = b24.tmpdir()
+      local mirror = b24.start{ args = { "--workers", "1" }, script = [[
+         local host = require "b24.host"
+         return function(req)
+            host.log("info", "mirror got", { body = req.body })
+            return 200, {}, "{}"
+         end]] }
+      local portal = b24.emulate{ args = { "--code", emu.CODE, "--app", id .. ":" .. secret } }
+      local port = b24.free_port()
+      local srv
+      finally(function()
+         if srv then srv:stop() end
+         portal:stop()
+         mirror:stop()
+         os.execute("rm -rf " .. b24.quote(dir))
+      end)
+      local sh = block.text
+      sh = replace(sh, "B24_CLIENT_SECRET=...", "B24_CLIENT_SECRET=" .. secret .. " B24_OAUTH_SERVER=" .. portal.base)
+      sh = replace(sh, "https://app.example.com/", "http://127.0.0.1:" .. port .. "/")
+      sh = replace(sh, "https://erp.example.com/deals", mirror.base .. "/deals")
+      sh = replace(sh, "127.0.0.1:8080", "127.0.0.1:" .. port)
+      sh = replace(sh, "/var/lib/b24/app-inbox.sqlite", dir .. "/inbox.sqlite")
+      sh = replace(sh, "examples/app.lua", ROOT .. "/examples/app.lua")
+      sh = replace(sh, "b24 serve", "exec b24 serve")
+      srv = b24.spawn("cd " .. b24.quote(dir) .. " && " .. path_env() .. "\n" .. sh, { listening = true })
+      local admin = require("bitrix24").client(portal:url(emu.path("")))
+      assert(admin:call("emulator.app.install", { url = "http://127.0.0.1:" .. port .. "/" }))
+      assert(srv:wait_log('msg="app: installed" bound=1'), srv:log()) -- the example's line: bound
+      assert(admin:call("crm.deal.add", { fields = { TITLE = "Readme app deal" } }))
+      assert(mirror:wait_log("Readme app deal"), srv:log())
+      assert.not_matches(secret, srv:log(), 1, true)
    end)
 
    it("quick start: the library in Lua 5.4, LuaJIT and b24 run against b24 emulate", function()
