@@ -299,3 +299,68 @@ describe("emulator as an OAuth portal", function()
       assert.are.equal(403, status)
    end)
 end)
+
+describe("emulator as an OAuth portal behind --public-url", function()
+   local rec, srv
+   setup(function()
+      rec = recorder()
+      srv = b24.emulate{ args = { "--code", emu.CODE, "--app", CLIENT_ID .. ":" .. SECRET, "--app-code", "vendor.app",
+                                  "--token-ttl", "7200", "--public-url", "https://portal.example.test:8443/",
+                                  "--install-to", rec:url("/a"), "--install-to", rec:url("/b") } }
+   end)
+   teardown(function()
+      if srv then srv:stop() end
+      if rec then rec:stop() end
+   end)
+
+   it("names the public URL in deliveries and token answers, answers --app-code, lives --token-ttl", function()
+      assert.are.equal(200, (emu.call(srv, "emulator.oauth.stats")))
+      local first, second = rec.delivery("ONAPPINSTALL", 1), rec.delivery("ONAPPINSTALL", 2)
+      assert.are.same({ "/a", "/b" }, { first.path, second.path })
+      local auth = first.form.auth
+      assert.are.equal("portal.example.test:8443", auth.domain)
+      assert.are.equal("https://portal.example.test:8443/rest/", auth.client_endpoint)
+      assert.are.equal("7200", auth.expires_in)
+      -- each install has its own token pair, one application token
+      assert.are_not.equal(auth.refresh_token, second.form.auth.refresh_token)
+      assert.are.equal(auth.application_token, second.form.auth.application_token)
+      local status, body = refresh(srv, second.form.auth.refresh_token)
+      assert.are.equal(200, status)
+      assert.are.equal("https://portal.example.test:8443/rest/", body.client_endpoint)
+      assert.are.equal("https://portal.example.test:8443/rest/", body.server_endpoint)
+      assert.are.equal("portal.example.test:8443", body.domain)
+      assert.are.equal(7200, body.expires_in)
+      local _, info = rest(srv, "app.info", body.access_token)
+      assert.are.equal("vendor.app", info.result.CODE)
+   end)
+end)
+
+describe("emulator without --app", function()
+   local srv
+   setup(function()
+      srv = b24.emulate{ args = { "--code", emu.CODE } }
+   end)
+   teardown(function()
+      if srv then srv:stop() end
+   end)
+
+   it("knows no token, serves no /oauth/token/ and no control methods", function()
+      local status, body = rest(srv, "profile", "any0token")
+      assert.are.equal(401, status)
+      assert.are.equal("invalid_token", body.error)
+      local res = assert(srv:request{ method = "GET", path = "/oauth/token/?grant_type=refresh_token" })
+      assert.are.equal(404, res.status)
+      status, body = emu.call(srv, "emulator.tokens.expire")
+      assert.are.equal(400, status)
+      assert.are.equal("NO_APPLICATION", body.error)
+   end)
+
+   it("refuses --install-to without --app and never echoes a bad --app secret", function()
+      local out, code = b24.exec(b24.quote(b24.bin) .. " emulate --install-to http://x.test/")
+      assert.are.equal(2, code)
+      assert.matches("needs %-%-app", out)
+      out, code = b24.exec(b24.quote(b24.bin) .. " emulate --app 'local.x:top secret!'")
+      assert.are.equal(2, code)
+      assert.is_nil(out:find("top secret", 1, true))
+   end)
+end)
