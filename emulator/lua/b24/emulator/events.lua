@@ -7,6 +7,8 @@
 -- events one request raises are buffered (rest/lib/event/buffer.php: an identical one is kept
 -- once) and sent after the answer (a background job). Deliveries are never retried; failures
 -- are logged with the URL reduced to its origin; a drop fault loses a delivery after logging it.
+-- The application's bindings (event.bind with its token, `--app`) get the same events, encoded
+-- as http_build_query writes them, with the application's auth fields (a fresh access token).
 local core = require "bitrix24.core"
 local documented = require "bitrix24.events"
 
