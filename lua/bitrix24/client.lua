@@ -424,10 +424,14 @@ local function run(self, jobs)
             if finished then
                done[job] = true
             else
-               self.stats.retries = self.stats.retries + 1
                job.not_before = self.now() + delay
-               log(self, "warn", "bitrix24: retrying", { method = job.method, error = job.err and job.err.code,
-                  attempt = job.attempt, delay = string_format("%.2f", delay) })
+               if job.err then
+                  self.stats.retries = self.stats.retries + 1
+                  log(self, "warn", "bitrix24: retrying", { method = job.method, error = job.err.code,
+                     attempt = job.attempt, delay = string_format("%.2f", delay) })
+               else -- followed a redirect, or renewed the token: the portal ran nothing
+                  log(self, "debug", "bitrix24: sending again", { method = job.method })
+               end
             end
          end
          local keep = {}
