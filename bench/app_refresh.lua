@@ -20,9 +20,10 @@ if #counts == 0 then counts = { 8, 32 } end
 
 local dir = b24.tmpdir()
 local store = dir .. "/inbox.sqlite"
--- the Enterprise bucket (250 at once): the figures are the refreshes', not the rate limit's
+-- the Enterprise bucket (250 at once): the figures are the refreshes', not the rate limit's; an
+-- OAuth server that takes 300 ms, so refreshes started together overlap
 local portal = b24.emulate{ args = { "--code", emu.CODE, "--app", CLIENT_ID .. ":" .. SECRET, "--seed-leads", "50",
-                                     "--enterprise" } }
+                                     "--enterprise", "--oauth-latency", "300" } }
 local env = "APP_CLIENT_ID=" .. CLIENT_ID .. " APP_CLIENT_SECRET=" .. SECRET .. " APP_OAUTH=" .. portal.base
 local receiver = b24.start{ script_path = b24.root .. "/spec/helpers/app_receiver_main.lua",
                             args = { "--workers", "2", "--inbox", store }, env = env .. " " }

@@ -37,6 +37,7 @@ local OPTIONS = {
    { "--install-to", "install_to", "url", "URL",
      "POST the application's ONAPPINSTALL here at the first request served (repeatable)" },
    { "--token-ttl", "token_ttl", "positive", "SECONDS", "an access token's life on the portal's clock (3600)" },
+   { "--oauth-latency", "oauth_latency_ms", "amount", "MS", "milliseconds the OAuth server's answers take (0)" },
    { "--public-url", "public_url", "url", "URL",
      "the base URL the portal is reached at (from the first request's Host by default)" },
    { "--seed-leads", "seed_leads", "count", "N", "start with N leads (0)" },

@@ -71,7 +71,8 @@ local NO_APP = { status = 400, error = "NO_APPLICATION",
 -- operating_window (the window's seconds on that clock, 600: ten baskets of a tenth),
 -- events_to (list of URLs), events (events_to index -> the --events patterns of that target),
 -- token, domain, member_id, data (a JSON file to persist to), app ({ client_id, secret }: the
--- installed application, b24.emulator.oauth), app_code, token_ttl, install_to (list of URLs),
+-- installed application, b24.emulator.oauth), app_code, token_ttl, oauth_latency_ms (the OAuth
+-- server's answers are held that long, after the tokens are issued), install_to (list of URLs),
 -- public_url (the base URL deliveries name; the first request's Host otherwise); and the
 -- host's services: log (fn(level, msg, fields); stderr by default), post (fn(url, body, headers)
 -- -> true | nil, reason; needed for events_to); for specs: clock (scaled seconds), random (a
@@ -87,6 +88,7 @@ function _M.new(opts)
       user_id = tonumber(opts.user_id) or 1,
       code = opts.code or _M.DEFAULT_CODE,
       latency = (tonumber(opts.latency_ms) or 0) / 1000,
+      oauth_latency = (tonumber(opts.oauth_latency_ms) or 0) / 1000,
       row_cost = (tonumber(opts.row_cost_us) or 0) / 1e6,
       count_cost = (tonumber(opts.count_cost_us) or 0) / 1e6,
       slow_delay = tonumber(opts.slow_delay) or 10,
@@ -336,7 +338,10 @@ function _M:reply(request)
    if not user then
       if self.app and string_match(request.path or "", "^/oauth/token/?$") then
          -- the OAuth server (oauth.bitrix.info) on the portal's listener
-         return respond(self.app:token(request_of.parameters(request), self:identity()))
+         -- issued now, answered oauth_latency later: a slow OAuth server, whose answer another
+         -- worker's refresh may overtake
+         local status, headers, body = respond(self.app:token(request_of.parameters(request), self:identity()))
+         return status, headers, body, self.oauth_latency > 0 and { delay = self.oauth_latency } or nil
       end
       -- /rest/METHOD: rest.php CRestServer::processExecution looks the method up (404) before
       -- checkAuth; rest/lib/oauth/auth.php Auth::onRestCheckAuth takes the token from the
