@@ -85,6 +85,18 @@ describe("bitrix24.app on an emulated portal", function()
       assert.matches("id=" .. tostring(id), receiver:log(), 1, true)
    end)
 
+   it("lists its bindings, and unbinds idempotently", function()
+      local hook = receiver.base .. "/"
+      assert.same({ "ONCRMLEADUPDATE" }, run("bind", member_id, hook, "ONCRMLEADUPDATE").bound)
+      local names = {}
+      for _, b in ipairs(run("bindings", member_id).bindings) do names[#names + 1] = b.event end
+      table.sort(names)
+      assert.same({ "ONCRMDEALADD", "ONCRMLEADUPDATE" }, names)
+      assert.equal(1, run("unbind", member_id, hook, "ONCRMLEADUPDATE").count)
+      assert.equal(0, run("unbind", member_id, hook, "ONCRMLEADUPDATE").count) -- nothing left: no error
+      assert.equal(1, #run("bindings", member_id).bindings)
+   end)
+
    it("refreshes once when the token expires in the middle of an export, and the export is exact", function()
       local before = stats()
       local got = run("export", member_id, "crm.lead.list", portal.base .. emu.path(""))

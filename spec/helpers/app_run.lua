@@ -3,6 +3,8 @@
 -- APP_CLIENT_SECRET, APP_OAUTH (and APP_LEASE, the refresh lease's seconds); prints one JSON line.
 --   portal                         → { member_id, domain, version, access_token_sha }
 --   bind MEMBER URL EVENT…         → { bound = {…} } | { error }
+--   unbind MEMBER URL EVENT…       → { count } | { error }
+--   bindings MEMBER                → { bindings = event.get's list } | { error }
 --   call MEMBER METHOD [JSON]      → { result } | { error, code }
 --   export MEMBER METHOD WEBHOOK   → { rows, distinct } : expires every token (through WEBHOOK's
 --                                    emulator.tokens.expire) after the first round
@@ -39,6 +41,16 @@ elseif mode == "bind" then
    local bound, err = app:bind(args[1], events, args[2])
    if not bound then return failure(err) end
    return out({ bound = bound })
+elseif mode == "unbind" then
+   local events = {}
+   for i = 3, #args do events[#events + 1] = args[i] end
+   local count, err = app:unbind(args[1], events, args[2])
+   if not count then return failure(err) end
+   return out({ count = count })
+elseif mode == "bindings" then
+   local list, err = app:bindings(args[1])
+   if not list then return failure(err) end
+   return out({ bindings = list })
 elseif mode == "call" then
    local client, cerr = app:client(args[1])
    if not client then return failure(cerr) end
