@@ -246,6 +246,7 @@ describe("emulator as an OAuth portal", function()
       status, body = rest(srv, "event.bind", auth.access_token, { event = "ONCRMDEALADD" })
       assert.are.equal(400, status)
       assert.are.equal("ERROR_ARGUMENT", body.error)
+      assert.are.equal("HANDLER", body.argument) -- rest/lib/Exceptions/ArgumentException.php
       status, body = rest(srv, "event.bind", auth.access_token, { event = "ONCRMDEALADD",
                                                                    handler = "http://localhost/x" })
       assert.are.equal(400, status)

@@ -75,7 +75,10 @@ end
 
 -- An error answer from { status, error, error_description }.
 function _M.respond_error(err)
-   return _M.respond(err.status, { error = err.error, error_description = err.error_description })
+   -- rest/lib/restexception.php output: error, error_description and the exception's
+   -- additional fields (an ArgumentException's `argument`)
+   return _M.respond(err.status, { error = err.error, error_description = err.error_description,
+                                   argument = err.argument })
 end
 
 return _M

@@ -144,7 +144,7 @@ local function event_type(query)
    local t = string_lower(text_of(query.EVENT_TYPE))
    if t == "" then return "online" end
    if t ~= "online" and t ~= "offline" then
-      return nil, { status = 400, error = "ERROR_ARGUMENT",
+      return nil, { status = 400, error = "ERROR_ARGUMENT", argument = "EVENT_TYPE",
                     error_description = "Value must be one of {online|offline}" }
    end
    return t
@@ -152,7 +152,9 @@ end
 
 -- Exceptions\ArgumentNullException: 400 ERROR_ARGUMENT "Argument 'NAME' is null or empty".
 local function argument_null(name)
-   return fail("Argument '" .. name .. "' is null or empty", "ERROR_ARGUMENT", 400)
+   local _, err = fail("Argument '" .. name .. "' is null or empty", "ERROR_ARGUMENT", 400)
+   err.argument = name -- rest/lib/Exceptions/ArgumentException.php setAdditional
+   return nil, err
 end
 
 -- event.bind: rest/lib/api/event.php eventBind for the application (an admin's token): EVENT
