@@ -52,7 +52,7 @@ local mt = { __index = App }
 
 -- The client options an app passes on to each portal's client.
 local CLIENT_OPTIONS = { "limit", "retries", "connect_retries", "backoff", "max_wait", "operating_wait",
-                         "parallel", "random" }
+                         "parallel", "random", "auth_connector" }
 
 local function check_string(opts, name, required)
    local v = opts[name]
@@ -300,6 +300,8 @@ end
 function App:router(opts)
    local o = {}
    for k, v in pairs(opts or {}) do o[k] = v end
+   local offline = o.offline
+   o.offline = nil
    if o.token ~= nil or o.tokens ~= nil then
       error("bitrix24.app: the app's router takes its tokens from the store", 2)
    end
@@ -320,6 +322,15 @@ function App:router(opts)
       if event.member_id then self.store:delete(event.member_id) end
       log(self, "info", "bitrix24.app: uninstalled", { member_id = event.member_id, domain = event.domain })
    end)
+   if offline ~= nil then
+      -- the offline queue pulled into the host's inbox (bitrix24.offline); its deliveries are
+      -- this router's, dispatched like online ones
+      if type(offline) ~= "table" then error("bitrix24.app: bad option 'offline' (a table expected)", 2) end
+      local o2 = {}
+      for k, v in pairs(offline) do o2[k] = v end
+      if o2.auth_connector == nil then o2.auth_connector = self.client_opts.auth_connector end
+      router.offline = require("bitrix24.offline").attach(self, router, o2)
+   end
    return router
 end
 
@@ -335,7 +346,9 @@ end
 -- events (no handler). → the names bound now | nil, err.
 function App:bind(key, events, handler, opts)
    if type(events) ~= "table" then error("bitrix24.app: a list of event names expected", 2) end
+   if type(handler) == "table" then handler, opts = nil, handler end -- bind(portal, events, { offline = true })
    opts = opts or {}
+   if opts.offline then opts.type = "offline" end
    local client, err = self:client(key)
    if not client then return nil, err end
    local bound, berr = client:call("event.get")

@@ -73,8 +73,9 @@ _M.is_read = is_read
 -- bitrix24.log.use, else none), auth (an OAuth access token, masked too; url is then an
 -- application's endpoint https://PORTAL/rest/), refresh (with auth: function(stale_token) → a
 -- fresh token | nil, err, called on expired_token; bitrix24.app gives one that refreshes
--- single-flight), clock (a function giving unix seconds, os.time by default), random. Raises on
--- misuse.
+-- single-flight), auth_connector (with auth: sent with every call, so the application's own
+-- writes queue no offline events for it), clock (a function giving unix seconds, os.time by
+-- default), random. Raises on misuse.
 function _M.new(opts)
    if type(opts) == "string" then opts = { url = opts } end
    if type(opts) ~= "table" then error("bitrix24.client: a webhook URL or an options table expected", 2) end
@@ -95,6 +96,9 @@ function _M.new(opts)
    end
    if opts.refresh ~= nil and (type(opts.refresh) ~= "function" or not opts.auth) then
       error("bitrix24.client: bad option 'refresh' (a function, with auth, expected)", 2)
+   end
+   if opts.auth_connector ~= nil and (type(opts.auth_connector) ~= "string" or not opts.auth) then
+      error("bitrix24.client: bad option 'auth_connector' (a string, with auth, expected)", 2)
    end
    local code = hook.code
    local now = transport.now or core.now
@@ -125,6 +129,7 @@ function _M.new(opts)
       log = opts.log or log_module.quiet,
       auth = opts.auth,
       refresh = opts.refresh,
+      auth_connector = opts.auth_connector,
       random = opts.random or math_random,
       operating_reset = {},
       stats = { requests = 0, retries = 0 },
@@ -361,6 +366,7 @@ local function http_request(self, job)
    job.token = self.auth
    if self.auth and string_sub(body, 1, 1) == "{" then
       local auth = '"auth":' .. json_encode(self.auth)
+      if self.auth_connector then auth = auth .. ',"auth_connector":' .. json_encode(self.auth_connector) end
       body = body == "{}" and ("{" .. auth .. "}") or ("{" .. auth .. "," .. string_sub(body, 2))
    end
    return { url = self.url .. job.method, method = "POST", headers = headers, body = body,

@@ -126,6 +126,8 @@ function _M.new(fields, raw)
       ts = type(ts) == "string" and ts or nil,
       domain = type(domain) == "string" and domain or nil,
       member_id = type(member_id) == "string" and member_id or nil,
+      -- a row of the offline queue (bitrix24.offline): { id, message_id, process_id, timestamp }
+      offline = type(fields.offline) == "table" and fields.offline or nil,
       raw = raw,
    }
    return setmetatable(event, mt)

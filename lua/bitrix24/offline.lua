@@ -1,0 +1,214 @@
+-- bitrix24.offline: an application's offline event queue pulled into the host's durable inbox,
+-- so a change made while the receiver was down is handled when it returns (issue 16).
+--
+-- The platform (yuliai/bitrix-modules rest/lib/api/event.php eventOfflineGet/Clear/Error/List,
+-- rest/lib/eventoffline.php; bitrix24/b24restdocs api-reference/events/offline-events.md):
+-- - event.bind{event, event_type = "offline"} queues the application's events on the portal
+--   instead of posting them; a row merges with a queued row of the same MESSAGE_ID
+--   (md5(EVENT_NAME|json(EVENT_DATA))) that no process has taken;
+-- - event.offline.get{clear = 1} (the default) returns up to `limit` rows and deletes them in the
+--   same call: an answer lost on the way loses them;
+-- - with the portal feature rest_offline_extended, get{clear = 0} marks the rows with a new
+--   process_id and keeps them; event.offline.clear{process_id} deletes them once they are safe,
+--   event.offline.error{process_id, message_id} parks rows that cannot be taken (ERROR = 1), and
+--   get{process_id} returns a process's rows again (after a crash: event.offline.list shows
+--   rows with their PROCESS_ID); without the feature get{clear = 0} is 403 WRONG_LICENSE;
+-- - ONOFFLINEEVENT, an online event, rings when the queue gains rows.
+--
+-- The puller, per installed portal: get (clear = 0 when the portal has the feature) → commit each
+-- row to the inbox as a delivery the router dispatches like an online one (same keys, so the
+-- same dedup and merge) → clear. A crash before the commit leaves the rows marked: the next start
+-- finds their process ids with event.offline.list and takes them again; after the commit, they
+-- come again and meet the inbox's deduplication. Without the feature (clear = 1) a pull's rows
+-- are gone from the portal as soon as it answers: a crash or a lost answer between that answer
+-- and the inbox commit loses at most one pull (`limit` rows); the mode is warned about at start
+-- and shown in the log and by offline.mode.
+local core = require "bitrix24.core"
+local event_module = require "bitrix24.event"
+local router_module = require "bitrix24.router"
+
+local type = type
+local ipairs = ipairs
+local setmetatable = setmetatable
+local pcall = pcall
+local error = error
+local tostring = tostring
+local os_time = os.time
+local json_encode = core.json_encode
+
+local _M = {}
+
+_M.JOB = "bitrix24.offline"
+
+local function log(app, level, msg, fields)
+   pcall(app.log, level, msg, fields)
+end
+
+-- The delivery a queued row becomes: the body an online delivery of that event has (event, data,
+-- ts, auth with the portal's application token), as JSON, with `offline` = { id, message_id,
+-- process_id, timestamp } beside it. ts is the time of the pull (the row's own time is
+-- offline.timestamp).
+local function delivery(record, row, process_id)
+   return json_encode({
+      event = row.EVENT_NAME, event_handler_id = "offline", data = row.EVENT_DATA, ts = tostring(os_time()),
+      auth = { domain = record.domain, member_id = record.member_id, application_token = record.application_token,
+               client_endpoint = record.client_endpoint, server_endpoint = record.server_endpoint },
+      offline = { id = row.ID, message_id = row.MESSAGE_ID, process_id = process_id, timestamp = row.TIMESTAMP_X },
+   }, { empty = "object" })
+end
+
+-- Commits the rows of one pull to the inbox: the message ids that could not be made a delivery
+-- at all (refused by the inbox's bounds: parked with event.offline.error), or nil, err when the
+-- inbox itself failed (nothing may be cleared then).
+local function commit(self, record, rows, process_id)
+   local refused = {}
+   for _, row in ipairs(rows) do
+      -- a row that cannot be a delivery the router would accept (no JSON, past max_body, no
+      -- event name) is refused here; any failure of the inbox itself stops the pull
+      local ok, body = pcall(delivery, record, row, process_id)
+      local event = ok and #body <= self.router.max_body
+         and event_module.parse(body, "application/json", self.router.limits) or nil
+      if not event then
+         refused[#refused + 1] = row.MESSAGE_ID
+      else
+         local key = (self.router.key_function or router_module.default_key)(event)
+         local got, err = self.host.inbox_put{ key = key, event = event.name, content_type = "application/json",
+                                               body = body, kind = event_module.kind(event.name) }
+         if not got then return nil, err end
+         self.counts.committed = self.counts.committed + 1
+      end
+   end
+   return refused
+end
+
+-- Takes a process's rows (or, with clear = 1, a fresh batch that the get deletes): the number
+-- taken, or nil, err.
+function _M.take(self, client, record, process_id)
+   local confirm = self.modes[record.member_id] ~= "delete"
+   local params = { limit = self.limit, clear = confirm and 0 or 1, auth_connector = self.auth_connector,
+                    process_id = process_id }
+   local res, err = client:call("event.offline.get", params)
+   if res == nil and confirm and err and err.code == "WRONG_LICENSE" then
+      -- the portal lacks rest_offline_extended: rows go as the get answers (see the top)
+      self.modes[record.member_id] = "delete"
+      log(self.app, "warn", "bitrix24.offline: the portal cannot keep rows until they are committed "
+         .. "(no rest_offline_extended): a pull's rows are lost if the receiver dies before the commit",
+         { member_id = record.member_id, limit = self.limit })
+      return _M.take(self, client, record, process_id)
+   end
+   if res == nil then return nil, err end
+   local rows = type(res) == "table" and res.events or nil
+   if type(rows) ~= "table" then return 0 end
+   local pid = res.process_id
+   local refused, cerr = commit(self, record, rows, pid)
+   if not refused then return nil, cerr end
+   if confirm and type(pid) == "string" and pid ~= "" and #rows > 0 then
+      if #refused > 0 then
+         local ok, eerr = client:call("event.offline.error", { process_id = pid, message_id = refused,
+                                                               auth_connector = self.auth_connector })
+         if ok == nil then return nil, eerr end
+         log(self.app, "error", "bitrix24.offline: rows parked as errors (cannot become deliveries)",
+             { member_id = record.member_id, count = #refused })
+      end
+      local ok, clerr = client:call("event.offline.clear", { process_id = pid, auth_connector = self.auth_connector })
+      if ok == nil then return nil, clerr end
+   end
+   self.counts.pulled = self.counts.pulled + #rows
+   return #rows
+end
+
+-- Rows a crashed run left marked (clear = 0): their process ids, from event.offline.list.
+local function stale_processes(self, client)
+   local rows, err = client:all("event.offline.list", { filter = { ["!PROCESS_ID"] = "" },
+                                                        auth_connector = self.auth_connector }, { keyset = false })
+   if not rows then return nil, err end
+   local seen, out = {}, {}
+   for _, row in ipairs(rows) do
+      local pid = type(row) == "table" and row.PROCESS_ID or nil
+      if type(pid) == "string" and pid ~= "" and not seen[pid] then
+         seen[pid] = true
+         out[#out + 1] = pid
+      end
+   end
+   return out
+end
+
+-- One portal: its left-over processes once per start, then pulls while they come back full.
+-- true when more rows may be waiting, or nil, err.
+function _M.drain(self, record)
+   local client, err = self.app:client(record.member_id)
+   if not client then return nil, err end
+   if not self.recovered[record.member_id] and self.modes[record.member_id] ~= "delete" then
+      local pids, lerr = stale_processes(self, client)
+      if pids then
+         for _, pid in ipairs(pids) do
+            local n, terr = _M.take(self, client, record, pid)
+            if not n then return nil, terr end
+            log(self.app, "info", "bitrix24.offline: rows of an unfinished pull taken again",
+                { member_id = record.member_id, rows = n })
+         end
+      elseif lerr and lerr.code ~= "WRONG_LICENSE" then
+         return nil, lerr
+      end
+      self.recovered[record.member_id] = true
+   end
+   local n, terr = _M.take(self, client, record, nil)
+   if not n then return nil, terr end
+   return n >= self.limit
+end
+
+-- The job: every installed portal, one pull each; 0 (run again at once) while some portal came
+-- back full, else nil (the interval).
+function _M.run(self)
+   local more = false
+   for _, record in ipairs(self.app.store:list()) do
+      local ok, got, err = pcall(_M.drain, self, record)
+      if not ok or got == nil then
+         log(self.app, "warn", "bitrix24.offline: pull failed", { member_id = record.member_id,
+            error = ok and tostring(err) or tostring(got) })
+      elseif got then
+         more = true
+      end
+   end
+   self.counts.runs = self.counts.runs + 1
+   if more then return 0 end
+   return nil
+end
+
+-- attach(app, router, opts) → the puller. opts: host (b24.host: job, wake, inbox_put), interval
+-- (seconds between pulls without a ring, 60), limit (rows a pull, 50: the platform's LIST_LIMIT),
+-- auth_connector, confirm = false (pull with clear = 1 even where clear = 0 works). Registers the
+-- host job and the ONOFFLINEEVENT handler that wakes it. Raises on misuse.
+function _M.attach(app, router, opts)
+   if type(opts) ~= "table" or type(opts.host) ~= "table" then
+      error("bitrix24.app: offline needs { host = require('b24.host') } (under b24 serve)", 3)
+   end
+   local host = opts.host
+   for _, f in ipairs({ "job", "wake", "inbox_put" }) do
+      if type(host[f]) ~= "function" then error("bitrix24.app: offline needs host." .. f .. " (b24 serve)", 3) end
+   end
+   local self = {
+      app = app, router = router, host = host,
+      interval = opts.interval or 60, limit = opts.limit or 50, auth_connector = opts.auth_connector,
+      modes = {}, recovered = {}, counts = { runs = 0, pulled = 0, committed = 0 },
+   }
+   if opts.confirm == false then
+      setmetatable(self.modes, { __index = function() return "delete" end })
+      log(app, "warn", "bitrix24.offline: rows are deleted as they are pulled (confirm = false): a pull's "
+         .. "rows are lost if the receiver dies before the commit", { limit = self.limit })
+   end
+   local name = opts.name or _M.JOB
+   router:on("ONOFFLINEEVENT", function() host.wake(name) end)
+   host.job(name, self.interval, function() return _M.run(self) end)
+   self.name = name
+   return self
+end
+
+-- The mode a portal is pulled in: "confirm" (clear = 0, then event.offline.clear) or "delete".
+function _M.mode(self, member_id)
+   return self.modes[member_id] == "delete" and "delete" or "confirm"
+end
+
+_M.delivery = delivery
+
+return _M
