@@ -8,6 +8,7 @@
 #include <lauxlib.h>
 
 #include "b24_hostlib.h"
+#include "b24_jobs.h"
 #include "b24_log.h"
 #include "b24_tokens.h"
 
@@ -107,6 +108,9 @@ int luaopen_b24_host(lua_State *L)
                                      {"once", host_once},
                                      {"isatty", host_isatty},
                                      {"tokens", b24_tokens_open},
+                                     {"job", b24_jobs_job},
+                                     {"wake", b24_jobs_wake},
+                                     {"inbox_put", b24_jobs_inbox_put},
                                      {NULL, NULL}};
     luaL_newlib(L, funcs);
     return 1;

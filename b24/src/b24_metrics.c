@@ -20,6 +20,7 @@ static atomic_long in_flight;
 static atomic_ulong stored_total, duplicates_total, merged_total, rerun_total;
 static atomic_ulong runs_ok, runs_failed, dead_total;
 static long (*depth_fn)(void);
+static char *(*jobs_fn)(size_t *len);
 
 /* A delivery accepted: stored (or run), a duplicate, merged, or one more run asked for. */
 void b24_metrics_delivery(int result)
@@ -47,6 +48,12 @@ void b24_metrics_dead_letter(void)
 void b24_metrics_inbox_depth(long (*depth)(void))
 {
     depth_fn = depth;
+}
+
+/* Turns on the jobs' metrics; render() is called when rendering. */
+void b24_metrics_jobs(char *(*render)(size_t *len))
+{
+    jobs_fn = render;
 }
 
 /* A request answered with status after seconds. */
@@ -172,6 +179,11 @@ char *b24_metrics_render(size_t *len)
             "b24_inbox_depth %ld\n",
             depth_fn());
     }
+    size_t jobs_len = 0;
+    char *jobs_text = jobs_fn ? jobs_fn(&jobs_len) : NULL;
+    if (jobs_text)
+        put(&o, "%.*s", (int)jobs_len, jobs_text);
+    free(jobs_text);
     put(&o, "# HELP b24_request_duration_seconds Time from request start to response queued.\n"
             "# TYPE b24_request_duration_seconds histogram\n");
     unsigned long cumulative = 0;

@@ -24,6 +24,8 @@ void b24_metrics_handler_run(int ok);
 void b24_metrics_dead_letter(void);
 /* Turns on the inbox's metrics, with depth() read as a gauge when rendering. */
 void b24_metrics_inbox_depth(long (*depth)(void));
+/* Turns on the background jobs' metrics: render() gives their lines, malloc'd (b24_jobs.c). */
+void b24_metrics_jobs(char *(*render)(size_t *len));
 /* Renders the Prometheus text format into a malloc'd string. */
 char *b24_metrics_render(size_t *len);
 

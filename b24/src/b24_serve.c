@@ -25,6 +25,7 @@
 #include "b24_deadline.h"
 #include "b24_handlers.h"
 #include "b24_inbox.h"
+#include "b24_jobs.h"
 #include "b24_log.h"
 #include "b24_metrics.h"
 #include "b24_request.h"
@@ -49,8 +50,10 @@ static long inbox_depth(void)
  * inside the request. 0, -1 when the inbox does not open, 2 when --max-body does not fit it. */
 static int open_inbox(const b24_serve_options *o, int kind)
 {
-    if (kind != B24_HANDLER_ROUTER || o->sync)
+    if (kind != B24_HANDLER_ROUTER || o->sync) {
+        b24_jobs_set_inbox(NULL, 0, o->sync ? "--sync" : "the script is not a router");
         return 0;
+    }
     if (o->max_body > B24_MAX_BODY_INBOX) { /* refused up front, not at the first big body */
         fprintf(stderr,
                 "b24 serve: --max-body %zu is over what the SQLite inbox stores in one row "
@@ -66,6 +69,7 @@ static int open_inbox(const b24_serve_options *o, int kind)
         return -1;
     }
     b24_metrics_inbox_depth(inbox_depth);
+    b24_jobs_set_inbox(ctx.inbox, o->max_body, NULL);
     return 0;
 }
 
@@ -95,6 +99,10 @@ static int start_threads(const b24_serve_options *o)
     }
     if (b24_timer_start() != 0) {
         fprintf(stderr, "b24 serve: cannot start the timer thread\n");
+        return -1;
+    }
+    if (b24_jobs_start() != 0) { /* when the script registered a job (host.job) */
+        fprintf(stderr, "b24 serve: cannot start the jobs thread\n");
         return -1;
     }
     return 0;
@@ -352,7 +360,8 @@ static void wait_for_stop(const sigset_t *set, const b24_serve_options *o, int k
             continue;
         if (sig != SIGHUP)
             return;
-        b24_script_load(&o->handler, kind);
+        if (b24_script_load(&o->handler, kind) >= 0 && b24_jobs_reloaded() != 0)
+            b24_log(B24_ERROR, "cannot start the jobs thread", NULL);
     }
 }
 
@@ -383,6 +392,7 @@ static void stop(struct MHD_Daemon *d, const b24_serve_options *o)
     char in_flight_s[24];
     snprintf(in_flight_s, sizeof in_flight_s, "%ld", b24_metrics_in_flight_now());
     b24_log(B24_INFO, "stopping", "in_flight", in_flight_s, NULL);
+    b24_jobs_stop(); /* the run under way ends (by the cap at the latest); no new one starts */
     wait_in_flight(drained);
     long left = b24_metrics_in_flight_now();
     /* what still waits for a commit is answered 503; the Lua cut short at the drain's end
@@ -394,6 +404,7 @@ static void stop(struct MHD_Daemon *d, const b24_serve_options *o)
     if (ctx.inbox) { /* runs under way end by the cap; claimed ones go back to pending */
         b24_handlers_stop();
         b24_inbox_stop(ctx.inbox);
+        b24_jobs_set_inbox(NULL, 0, "stopping");
         b24_inbox_close(ctx.inbox);
         ctx.inbox = NULL;
     }
@@ -416,6 +427,7 @@ int b24_serve(const b24_serve_options *o)
     b24_deadline_set(B24_DEADLINE_HANDLER, o->handler_timeout);
     /* b24.host.tokens() without a path: the inbox's file, or memory (b24_tokens.h) */
     b24_tokens_configure(o->sync || strcmp(o->inbox, "memory") == 0 ? NULL : o->inbox);
+    b24_jobs_configure(); /* host.job registers from the first load on */
     int kind = b24_script_load(&o->handler, 0);
     if (kind < 0) {
         fprintf(stderr, "b24 serve: %s failed to load (see the log line above)\n", handler_name(o));
