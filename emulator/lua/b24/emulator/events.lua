@@ -193,25 +193,32 @@ function _M:app_body(name, handler_id, data, ts, user_id)
 end
 
 -- An application's binding (event.bind; rest/lib/event.php EventTable): a row { id, event,
--- handler ("" for offline), user_id (0: whoever raised the event), offline }, its id from the
--- sequence the --events-to targets use (b_rest_event's). nil when the same row exists
--- (EventTable::checkUniq: application, event, handler, user, connector).
-function _M:bind(event, handler, user_id, offline)
+-- handler ("" for offline), user_id (0: whoever raised the event), offline, connector (the
+-- auth_connector it was bound with, "" for none), options ({ minTimeout } for ONOFFLINEEVENT) },
+-- its id from the sequence the --events-to targets use (b_rest_event's). nil when the same row
+-- exists (EventTable::checkUniq: application, event, handler, user, connector).
+function _M:bind(event, handler, user_id, offline, connector, options)
+   connector = connector or ""
    for _, b in ipairs(self.bindings) do
-      if b.event == event and b.handler == handler and b.user_id == user_id then return nil end
+      if b.event == event and b.handler == handler and b.user_id == user_id and (b.connector or "") == connector then
+         return nil
+      end
    end
    self.last_id = self.last_id + 1
-   local b = { id = self.last_id, event = event, handler = handler, user_id = user_id, offline = offline }
+   local b = { id = self.last_id, event = event, handler = handler, user_id = user_id, offline = offline,
+               connector = connector, options = options }
    self.bindings[#self.bindings + 1] = b
    return b
 end
 
--- Deletes the bindings of event and handler (user_id: only that user's; nil: any): the count
--- (rest/lib/api/event.php eventUnbind).
-function _M:unbind(event, handler, user_id)
+-- Deletes the bindings of event and handler (user_id: only that user's; nil: any; connector:
+-- only that connector's, for an offline one; nil: any): the count (rest/lib/api/event.php
+-- eventUnbind).
+function _M:unbind(event, handler, user_id, connector)
    local kept, n = {}, 0
    for _, b in ipairs(self.bindings) do
-      if b.event == event and b.handler == handler and (user_id == nil or b.user_id == user_id) then
+      if b.event == event and b.handler == handler and (user_id == nil or b.user_id == user_id)
+         and (connector == nil or (b.connector or "") == connector) then
          n = n + 1
       else
          kept[#kept + 1] = b
@@ -251,10 +258,12 @@ function _M:emit(name, data)
          end
       end
    end
-   -- the application's online handlers (sender.php Sender::call: EVENT_HANDLER not empty; an
-   -- offline binding is kept for event.offline.*, which the emulator does not serve yet)
+   -- the application's handlers (sender.php Sender::call: EVENT_HANDLER not empty is an online
+   -- delivery; an offline binding goes to the offline queue: self.offline, set by the portal)
    for _, b in ipairs(self.bindings) do
-      if b.event == name and not b.offline then
+      if b.event == name and b.offline then
+         if self.offline then self.offline(name, data, b) end
+      elseif b.event == name then
          local delivery = { app = true, url = b.handler, name = name, id = b.id, data = data, ts = ts,
                             user_id = b.user_id }
          if buffer then

@@ -163,7 +163,9 @@ end
 -- character) or offline (no handler, no user); AUTH_TYPE the user whose token the deliveries
 -- carry (0: whoever raised the event). An event no scope of the application offers is
 -- ERROR_EVENT_NOT_FOUND; the same binding again is EventTable::checkUniq's "Handler already
--- binded" (ERROR_CORE). Answers true. Offline bindings are stored, nothing is sent for them yet.
+-- binded" (ERROR_CORE). Answers true. An offline binding queues its events (b24.emulator.offline),
+-- for the connector of the call's auth_connector; ONOFFLINEEVENT is online only, with
+-- OPTIONS[minTimeout].
 local function event_bind(p, params)
    if not is_app(p) then return wrong_auth_type() end
    local query = upper_keys(params)
@@ -189,9 +191,22 @@ local function event_bind(p, params)
       end
    end
    if not documented.known(name) then return fail("Event not found", "ERROR_EVENT_NOT_FOUND") end
-   if not p.events:bind(name, handler, user_id, kind == "offline") then
+   -- rest/lib/api/event.php onRestServiceBuildDescription: onOfflineEvent is "disableOffline"
+   -- and allows the option minTimeout (int)
+   local options
+   if name == "ONOFFLINEEVENT" then
+      if handler == "" then
+         return fail("Offline event cannot be registered for this event.", "ERROR_ARGUMENT")
+      end
+      if type(query.OPTIONS) == "table" and query.OPTIONS.minTimeout ~= nil then
+         options = { minTimeout = php_int(query.OPTIONS.minTimeout) }
+      end
+   end
+   -- the connector: the auth_connector the call was made with (rest/lib/oauth/auth.php)
+   if not p.events:bind(name, handler, user_id, kind == "offline", p.auth_connector or "", options) then
       return fail("Unable to set event handler: Handler already binded", "ERROR_CORE")
    end
+   p.dirty = true
    return true, { rows = 1 }
 end
 
@@ -205,28 +220,29 @@ local function event_unbind(p, params)
    local handler = text_of(query.HANDLER)
    if name == "" then return argument_null("EVENT") end
    if not kind then return nil, err end
-   local user_id
+   local user_id, connector
    if kind == "offline" then
-      handler = ""
+      -- an offline binding of the call's connector (filter =CONNECTOR_ID)
+      handler, connector = "", p.auth_connector or ""
    elseif handler == "" then
       return argument_null("HANDLER")
    elseif query.AUTH_TYPE ~= nil then
       user_id = php_int(query.AUTH_TYPE)
    end
-   local n = p.events:unbind(name, handler, user_id)
+   local n = p.events:unbind(name, handler, user_id, connector)
    if n > 0 then p.dirty = true end
    return { count = n }, { rows = 1 }
 end
 
 -- event.get: rest/lib/api/event.php eventGet: the application's bindings by ID: an online one
 -- { event, handler, auth_type (USER_ID as text), offline = 0 }, an offline one { event,
--- connector_id = "", offline = 1 }.
+-- connector_id, offline = 1 }.
 local function event_get(p)
    if not is_app(p) then return wrong_auth_type() end
    local out = {}
    for _, b in ipairs(p.events.bindings) do
       if b.offline then
-         out[#out + 1] = { event = b.event, connector_id = "", offline = 1 }
+         out[#out + 1] = { event = b.event, connector_id = b.connector or "", offline = 1 }
       else
          out[#out + 1] = { event = b.event, handler = b.handler, auth_type = tostring(b.user_id), offline = 0 }
       end
@@ -244,8 +260,8 @@ local function events_list(p)
    return out, { rows = #out }
 end
 
--- The methods of offline events and event.test: WRONG_AUTH_TYPE for a webhook; for the
--- application not served yet (the offline queue is the next issue), so ERROR_METHOD_NOT_FOUND.
+-- event.test: WRONG_AUTH_TYPE for a webhook; for the application not served, so
+-- ERROR_METHOD_NOT_FOUND. (The event.offline.* methods: b24.emulator.offline.)
 local function not_served(p)
    if not is_app(p) then return wrong_auth_type() end
    return fail("Method not found!", "ERROR_METHOD_NOT_FOUND", 404)
@@ -330,10 +346,7 @@ function _M.register(portal, methods)
    methods["event.bind"] = event_bind
    methods["event.unbind"] = event_unbind
    methods["event.get"] = event_get
-   for _, name in ipairs({ "event.test", "event.offline.get", "event.offline.clear", "event.offline.error",
-                           "event.offline.list" }) do
-      methods[name] = not_served
-   end
+   methods["event.test"] = not_served
    methods["im.notify.system.add"] = notify_add
    methods["department.get"] = department_get
 end

@@ -13,6 +13,7 @@ local string_format = string.format
 local string_match = string.match
 local string_gmatch = string.gmatch
 local string_sub = string.sub
+local string_lower = string.lower
 local table_concat = table.concat
 local math_floor = math.floor
 local math_huge = math.huge
@@ -40,6 +41,10 @@ local OPTIONS = {
    { "--oauth-latency", "oauth_latency_ms", "amount", "MS", "milliseconds the OAuth server's answers take (0)" },
    { "--public-url", "public_url", "url", "URL",
      "the base URL the portal is reached at (from the first request's Host by default)" },
+   { "--offline-extended", "offline_extended", "onoff", "on|off",
+     "the feature rest_offline_extended: event.offline.get with clear=0 (on, as on commercial plans)" },
+   { "--offline-retention", "offline_retention", "positive", "SECONDS",
+     "how long an offline event row is kept (2952000, the platform's ~34 days)" },
    { "--seed-leads", "seed_leads", "count", "N", "start with N leads (0)" },
    { "--seed-tasks", "seed_tasks", "count", "N", "start with N tasks (0)" },
    { "--seed-deals", "seed_deals", "count", "N", "start with N deals (0)" },
@@ -107,6 +112,12 @@ local CHECK = {
    positive = function(v)
       local n = tonumber(v)
       return n and n > 0 and n < math_huge and n or nil, "a number > 0"
+   end,
+   -- on|off (also yes/no, true/false, 1/0) as a boolean
+   onoff = function(v)
+      local t = ({ on = true, yes = true, ["true"] = true, ["1"] = true,
+                   off = false, no = false, ["false"] = false, ["0"] = false })[string_lower(v)]
+      return t, "on or off"
    end,
    text = function(v) return v ~= "" and v or nil, "a non-empty value" end,
    offset = function(v)

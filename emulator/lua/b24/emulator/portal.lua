@@ -13,6 +13,7 @@ local batch = require "b24.emulator.batch"
 local methods = require "b24.emulator.methods"
 local events = require "b24.emulator.events"
 local oauth = require "b24.emulator.oauth"
+local offline = require "b24.emulator.offline"
 local faults = require "b24.emulator.faults"
 local limits = require "b24.emulator.limits"
 local persist = require "b24.emulator.persist"
@@ -73,7 +74,9 @@ local NO_APP = { status = 400, error = "NO_APPLICATION",
 -- token, domain, member_id, data (a JSON file to persist to), app ({ client_id, secret }: the
 -- installed application, b24.emulator.oauth), app_code, token_ttl, oauth_latency_ms (the OAuth
 -- server's answers are held that long, after the tokens are issued), install_to (list of URLs),
--- public_url (the base URL deliveries name; the first request's Host otherwise); and the
+-- public_url (the base URL deliveries name; the first request's Host otherwise), offline_extended
+-- (the feature rest_offline_extended: true by default), offline_retention (seconds an offline
+-- row is kept, b24.emulator.offline.RETENTION by default); and the
 -- host's services: log (fn(level, msg, fields); stderr by default), post (fn(url, body, headers)
 -- -> true | nil, reason; needed for events_to); for specs: clock (scaled seconds), random (a
 -- [0,1) function). Raises error(msg, 0) for bad options or an unusable --data file.
@@ -117,11 +120,18 @@ function _M.new(opts)
          self.pending_installs, self.install_urls = opts.install_to, opts.install_to
       end
    end
+   -- the application's offline queue and its bindings, kept with --data (b24.emulator.offline)
+   self.offline = offline.new{ retention = opts.offline_retention, wall = wall }
+   self.offline.extended = opts.offline_extended ~= false
+   self.events.offline = function(name, data, binding) self.offline:raise(self, name, data, binding) end
+   self.stores.offline = self.offline
+   self.stores.bindings = offline.bindings_store(self.events)
    crm.register(self, self.methods)
    crm_item.register(self, self.methods)
    tasks.register(self, self.methods)
    task_comments.register(self, self.methods)
    methods.register(self, self.methods)
+   offline.register(self, self.methods)
    self.methods.batch = batch.run
    local loaded = self.data_path and persist.load(self.data_path, self.stores)
    if not loaded then
@@ -244,9 +254,13 @@ function _M:answer(request)
          self.learned_url = "http://" .. string_lower(host)
       end
    end
+   self.auth_connector = nil
    self.events:begin()
+   self.offline:begin()
    local status, headers, body, extra = self:reply(request)
    self.events:flush()
+   -- ONOFFLINEEVENT after the hit's offline rows (rest/lib/event/provideroffline.php finalize)
+   self.offline:notify(self)
    local installs = self.pending_installs
    if installs then
       self.pending_installs = nil
@@ -293,7 +307,8 @@ end
 -- The emulator's own methods, for specs and demos (no platform has them), called with the
 -- webhook: emulator.app.install { url, new_token } posts an install now (to url, else to every
 -- --install-to); emulator.tokens.expire makes every access token issued so far expire;
--- emulator.oauth.stats counts the OAuth outcomes since the start.
+-- emulator.oauth.stats counts the OAuth outcomes since the start; emulator.offline.stats the
+-- offline queue's (b24.emulator.offline control_stats).
 local CONTROL = {}
 CONTROL["emulator.app.install"] = function(p, params)
    local urls = {}
@@ -320,6 +335,10 @@ CONTROL["emulator.oauth.stats"] = function(p)
    local out = {}
    for k, v in pairs(p.app.stats) do out[k] = v end
    return out
+end
+
+CONTROL["emulator.offline.stats"] = function(p)
+   return p.offline:control_stats()
 end
 
 -- Answers a control method (CONTROL) called with the webhook.
@@ -354,8 +373,13 @@ function _M:reply(request)
       if not self.app then return respond_error(INVALID_TOKEN) end
       local ok, err = self.app:check(key)
       if not ok then return respond_error(err) end
-      -- Auth's parameters_clear: the method never sees the token
+      -- Auth's parameters_clear: the method never sees the token; auth_connector goes to the
+      -- auth data (rest/lib/oauth/auth.php authQueryAdditional), read by the event methods and
+      -- the offline queue's no-echo rule (rest/lib/event/provideroffline.php)
       params.auth, params.access_token = nil, nil
+      local connector = params.auth_connector
+      params.auth_connector = nil
+      if connector ~= nil and type(connector) ~= "table" then self.auth_connector = tostring(connector) end
       caller = "oauth"
    else
       if CONTROL[name] then
@@ -382,7 +406,7 @@ function _M:reply(request)
    self.hit_clock = self.limits.clock()
    self.caller = caller -- "webhook" or "oauth" (CRestServer::getAuthType), batch sub-calls included
    local result, meta, time = self:call(name, params or request_of.parameters(request))
-   self.request, self.hit_clock, self.caller = nil, nil, nil
+   self.request, self.hit_clock, self.caller, self.auth_connector = nil, nil, nil, nil
    local delay = latency + self.sim
    if self.dirty and self.data_path then
       local ok, err = self:save()
