@@ -203,8 +203,15 @@ describe("emulator offline queue", function()
    it("gives two gets with clear=0 disjoint sets, each marked with its process (eventoffline.php markEvents)",
       function()
       add_leads(srv, 10)
-      local a = ok(rest(srv, "event.offline.get", token, { clear = 0, limit = 4 }))
-      local b = ok(rest(srv, "event.offline.get", token, { clear = 0, limit = 4 }))
+      -- two pullers at once: two curl processes started together
+      local dir = b24.tmpdir()
+      local body = b24.quote(cjson.encode({ clear = 0, limit = 4, auth = token }))
+      local one = "curl -s -o %s -H 'Content-Type: application/json' -d " .. body .. " "
+         .. srv:url("/rest/event.offline.get")
+      b24.exec(one:format(dir .. "/a") .. " & " .. one:format(dir .. "/b") .. " & wait")
+      local a = cjson.decode(b24.read(dir .. "/a")).result
+      local b = cjson.decode(b24.read(dir .. "/b")).result
+      os.execute("rm -rf " .. b24.quote(dir))
       assert.matches("^%x+$", a.process_id)
       assert.matches("^%x+$", b.process_id)
       assert.are_not.equal(a.process_id, b.process_id)
