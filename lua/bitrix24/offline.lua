@@ -72,8 +72,9 @@ local function commit(self, record, rows, process_id)
          refused[#refused + 1] = row.MESSAGE_ID
       else
          local key = (self.router.key_function or router_module.default_key)(event)
+         -- the inbox takes the kind (duplicate or merge on a repeat) from the event's name
          local got, err = self.host.inbox_put{ key = key, event = event.name, content_type = "application/json",
-                                               body = body, kind = event_module.kind(event.name) }
+                                               body = body }
          if not got then return nil, err end
          self.counts.committed = self.counts.committed + 1
       end
@@ -119,7 +120,8 @@ end
 
 -- Rows a crashed run left marked (clear = 0): their process ids, from event.offline.list.
 local function stale_processes(self, client)
-   local rows, err = client:all("event.offline.list", { filter = { ["!PROCESS_ID"] = "" },
+   -- rest.php sanitizeFilter takes no "!": a PROCESS_ID greater than "" is one that is set
+   local rows, err = client:all("event.offline.list", { filter = { [">PROCESS_ID"] = "" },
                                                         auth_connector = self.auth_connector }, { keyset = false })
    if not rows then return nil, err end
    local seen, out = {}, {}
@@ -147,10 +149,11 @@ function _M.drain(self, record)
             log(self.app, "info", "bitrix24.offline: rows of an unfinished pull taken again",
                 { member_id = record.member_id, rows = n })
          end
-      elseif lerr and lerr.code ~= "WRONG_LICENSE" then
-         return nil, lerr
+         self.recovered[record.member_id] = true
+      else -- tried again next run; the queue is pulled meanwhile
+         log(self.app, "warn", "bitrix24.offline: cannot look for unfinished pulls",
+             { member_id = record.member_id, error = tostring(lerr) })
       end
-      self.recovered[record.member_id] = true
    end
    local n, terr = _M.take(self, client, record, nil)
    if not n then return nil, terr end

@@ -3,6 +3,7 @@
 -- APP_CLIENT_SECRET, APP_OAUTH (and APP_LEASE, the refresh lease's seconds); prints one JSON line.
 --   portal                         → { member_id, domain, version, access_token_sha }
 --   bind MEMBER URL EVENT…         → { bound = {…} } | { error }
+--   bind_offline MEMBER EVENT…     → { bound = {…} } | { error }   (event_type offline)
 --   unbind MEMBER URL EVENT…       → { count } | { error }
 --   bindings MEMBER                → { bindings = event.get's list } | { error }
 --   call MEMBER METHOD [JSON]      → { result } | { error, code }
@@ -39,6 +40,12 @@ elseif mode == "bind" then
    local events = {}
    for i = 3, #args do events[#events + 1] = args[i] end
    local bound, err = app:bind(args[1], events, args[2])
+   if not bound then return failure(err) end
+   return out({ bound = bound })
+elseif mode == "bind_offline" then
+   local events = {}
+   for i = 2, #args do events[#events + 1] = args[i] end
+   local bound, err = app:bind(args[1], events, { offline = true })
    if not bound then return failure(err) end
    return out({ bound = bound })
 elseif mode == "unbind" then

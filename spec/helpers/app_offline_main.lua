@@ -1,0 +1,52 @@
+-- A `b24 serve` script for spec/app_offline_spec.lua: an application whose router pulls the
+-- portal's offline queue into the inbox (bitrix24.offline) and logs each lead it handles as
+-- "lead handled" with its id and whether it came from the queue. Config from the environment:
+-- APP_CLIENT_ID, APP_CLIENT_SECRET, APP_OAUTH, APP_OFFLINE_INTERVAL (60), APP_OFFLINE_LIMIT (50);
+-- APP_DIE_AT = "put:N" ends the process (as kill -9 would: no drain) at the Nth inbox commit,
+-- before it; "clear:N" right before the Nth event.offline.clear, after its rows were committed.
+local bitrix24 = require "bitrix24"
+local host = require "b24.host"
+
+local die_at, die_n = (os.getenv("APP_DIE_AT") or ""):match("^(%a+):(%d+)$")
+die_n = tonumber(die_n)
+local seen = { put = 0, clear = 0 }
+local function maybe_die(point)
+   seen[point] = seen[point] + 1
+   if die_at == point and seen[point] == die_n then
+      host.log("warn", "dying at " .. point, { n = die_n })
+      os.exit(9, false) -- no close, no drain: as abrupt as a kill -9 for what the inbox has
+   end
+end
+
+-- host.inbox_put as the puller sees it, dying on request
+local put = host.inbox_put
+local hooked = setmetatable({
+   inbox_put = function(d)
+      maybe_die("put")
+      return put(d)
+   end,
+}, { __index = host })
+
+local app = bitrix24.app{
+   client_id = os.getenv("APP_CLIENT_ID"), client_secret = os.getenv("APP_CLIENT_SECRET"),
+   oauth_server = os.getenv("APP_OAUTH"), store = host.tokens(), log = host.log,
+   transport = (function()
+      local t = bitrix24.transport()
+      local request = t.request
+      -- before an event.offline.clear leaves: the point after the commit
+      t.request = function(self, req)
+         if type(req.url) == "string" and req.url:find("/event.offline.clear", 1, true) then maybe_die("clear") end
+         return request(self, req)
+      end
+      return t
+   end)(),
+}
+local router = app:router{ offline = { host = hooked, interval = tonumber(os.getenv("APP_OFFLINE_INTERVAL") or "60"),
+                                       limit = tonumber(os.getenv("APP_OFFLINE_LIMIT") or "50") } }
+router:on("ONAPPINSTALL", function(event)
+   host.log("info", "app installed", { member_id = event.member_id })
+end)
+router:on("ONCRMLEADADD", function(event)
+   host.log("info", "lead handled", { id = event.id, offline = event.offline and "yes" or "no" })
+end)
+return router
