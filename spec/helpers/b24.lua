@@ -82,7 +82,7 @@ function Server:request(req)
 end
 
 function Server:signal(sig)
-   os.execute("kill -" .. sig .. " " .. self.pid)
+   os.execute("kill -" .. sig .. " " .. self.pid .. " 2>/dev/null") -- it may have exited by itself
 end
 
 -- Stops the server with sig (TERM by default), waits for its exit line, returns the status.
