@@ -1,7 +1,10 @@
--- A local Bitrix24 application that mirrors every new deal into an outside system: on install
--- it binds ONCRMDEALADD to its own public URL; on each new deal it fetches the deal with the
--- portal's OAuth client and POSTs it as JSON to MIRROR_URL. Any number of portals may install it;
--- their tokens live in the inbox file of b24 serve (b24.host.tokens), shared by every worker.
+-- A local Bitrix24 application that mirrors every new deal into an outside system, none missed:
+-- on install it binds ONCRMDEALADD to the portal's offline queue and ONOFFLINEEVENT (the queue's
+-- ring) to its own public URL; the puller (bitrix24.offline) takes the queue into the durable
+-- inbox whenever it rings, and once a minute, also after the receiver was down. On each new deal
+-- it fetches the deal with the portal's OAuth client and POSTs it as JSON to MIRROR_URL. Any
+-- number of portals may install it; their tokens live in the inbox file of b24 serve
+-- (b24.host.tokens), shared by every worker.
 --   B24_CLIENT_ID=local.… B24_CLIENT_SECRET=… APP_PUBLIC_URL=https://app.example.com/ \
 --   MIRROR_URL=https://erp.example.com/deals b24 serve examples/app.lua
 -- In the local application's form: "Uses API only", the handler path APP_PUBLIC_URL (the install
@@ -33,12 +36,15 @@ local app = bitrix24.app{
    log = host.log,
 }
 local http = bitrix24.core.http{ connect_timeout = 5, timeout = 20 }
-local router = app:router()
+local router = app:router{ offline = { host = host, interval = 60 } }
 
--- The install was verified and stored before this runs: bind the event this app needs.
+-- The install was verified and stored before this runs: bind what this app needs. Deals queue on
+-- the portal (offline), and the queue's ring comes here.
 router:on("ONAPPINSTALL", function(event)
-   local bound = assert(app:bind(event.member_id, { "ONCRMDEALADD" }, public_url))
-   host.log("info", "app: installed", { domain = event.domain, bound = #bound })
+   local queued = assert(app:bind(event.member_id, { "ONCRMDEALADD" }, { offline = true }))
+   local rings = assert(app:bind(event.member_id, { "ONOFFLINEEVENT" }, public_url))
+   host.log("info", "app: installed", { domain = event.domain, bound = #queued + #rings })
+   host.wake("bitrix24.offline") -- deals made before the bind are not queued; from now on all are
 end)
 
 router:on("ONCRMDEALADD", function(event)

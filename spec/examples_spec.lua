@@ -380,7 +380,7 @@ end)
 
 describe("examples/app.lua", function()
    local CLIENT_ID, SECRET = "local.spec0example0app01", "spec0example0app0secret00000001"
-   local dir, mirror, app, portal, admin
+   local dir, mirror, app, portal, admin, start_app
    setup(function()
       dir = b24.tmpdir()
       -- the outside system: logs each deal it is sent
@@ -395,11 +395,14 @@ describe("examples/app.lua", function()
       portal = b24.emulate{ args = { "--code", emu.CODE, "--app", CLIENT_ID .. ":" .. SECRET } }
       local port = free_port()
       local public = "http://127.0.0.1:" .. port .. "/"
-      app = b24.start{ script_path = b24.root .. "/examples/app.lua",
-         env = table.concat({ "APP_PUBLIC_URL=" .. q(public), "B24_CLIENT_ID=" .. q(CLIENT_ID),
-            "B24_CLIENT_SECRET=" .. q(SECRET), "B24_OAUTH_SERVER=" .. q(portal.base),
-            "MIRROR_URL=" .. q(mirror.base .. "/deals") }, " "),
-         args = { "--listen", "127.0.0.1:" .. port, "--inbox", dir .. "/inbox.sqlite" } }
+      start_app = function()
+         return b24.start{ script_path = b24.root .. "/examples/app.lua",
+            env = table.concat({ "APP_PUBLIC_URL=" .. q(public), "B24_CLIENT_ID=" .. q(CLIENT_ID),
+               "B24_CLIENT_SECRET=" .. q(SECRET), "B24_OAUTH_SERVER=" .. q(portal.base),
+               "MIRROR_URL=" .. q(mirror.base .. "/deals") }, " "),
+            args = { "--listen", "127.0.0.1:" .. port, "--inbox", dir .. "/inbox.sqlite" } }
+      end
+      app = start_app()
       admin = require("bitrix24").client(portal.base .. emu.path(""))
    end)
    teardown(function()
@@ -409,10 +412,24 @@ describe("examples/app.lua", function()
 
    it("binds on install and mirrors each new deal into the outside system", function()
       assert(admin:call("emulator.app.install", { url = app.base .. "/" }))
-      assert(wait_line(app, 'msg="app: installed" bound=1'), app:log())
+      assert(wait_line(app, 'msg="app: installed" bound=2'), app:log())
       local id = emu.str(assert(admin:call("crm.deal.add", { fields = { TITLE = "Mirror me" } })))
       assert(wait_line(app, 'msg="app: mirrored" .*id=' .. id .. "%f[%D]"), app:log())
       assert(wait_line(mirror, 'msg="mirror got" id=' .. id .. ' portal=[^ ]+ title="Mirror me"'), mirror:log())
       assert.not_matches(SECRET, app:log() .. portal:log(), 1, true)
+      assert.is_true(assert(admin:call("emulator.offline.stats")).taken >= 1) -- it came through the queue
+   end)
+
+   it("mirrors the deals made while it was down, once it is back", function()
+      app:stop()
+      local ids = {}
+      for i = 1, 3 do
+         ids[i] = emu.str(assert(admin:call("crm.deal.add", { fields = { TITLE = "While down " .. i } })))
+      end
+      app = start_app()
+      for i = 1, 3 do
+         assert(wait_line(mirror, 'msg="mirror got" id=' .. ids[i] .. ' portal=[^ ]+ title="While down ' .. i .. '"'),
+            mirror:log())
+      end
    end)
 end)

@@ -194,7 +194,7 @@ describe("README", function()
       srv = b24.spawn("cd " .. b24.quote(dir) .. " && " .. path_env() .. "\n" .. sh, { listening = true })
       local admin = require("bitrix24").client(portal:url(emu.path("")))
       assert(admin:call("emulator.app.install", { url = "http://127.0.0.1:" .. port .. "/" }))
-      assert(srv:wait_log('msg="app: installed" bound=1'), srv:log()) -- the example's line: bound
+      assert(srv:wait_log('msg="app: installed" bound=2'), srv:log()) -- the example's line: bound
       assert(admin:call("crm.deal.add", { fields = { TITLE = "Readme app deal" } }))
       assert(mirror:wait_log("Readme app deal"), srv:log())
       assert.not_matches(secret, srv:log(), 1, true)
