@@ -181,9 +181,10 @@ return function() return 200, {}, "ok" end
 local host = require "b24.host"
 host.job("tick", 0.05, function() host.log("info", "tick_%s") end)
 host.job("%s", 3600, function() end)
+host.job("every", %s, function() host.log("info", "every_%s") end)
 return function(req) return 200, {}, tostring(host.wake(req.query:match("name=([^&]*)") or "")) end
 ]]
-      b24.write(path, script:format("v1", "old"))
+      b24.write(path, script:format("v1", "old", "3600", "v1"))
       local srv = b24.start{ script_path = path, env = WATCHDOG,
          args = { "--workers", "1", "--inbox", dir .. "/inbox.sqlite" } }
       finally(function()
@@ -192,10 +193,12 @@ return function(req) return 200, {}, tostring(host.wake(req.query:match("name=([
       end)
       assert(srv:wait_log("msg=tick_v1"))
       assert.equal("true", srv:request{ path = "/?name=old" }.body)
-      b24.write(path, script:format("v2", "new"))
+      b24.write(path, script:format("v2", "new", "0.05", "v2"))
       srv:signal("HUP")
       assert(srv:wait_log("jobs reloaded"))
       assert(srv:wait_log("msg=tick_v2"))
+      assert(srv:wait_log("msg=every_v1")) -- its first run, at start
+      assert(srv:wait_log("msg=every_v2")) -- its interval shortened from an hour: due at once
       assert.equal("false", srv:request{ path = "/?name=old" }.body) -- gone with v1
       assert.equal("true", srv:request{ path = "/?name=new" }.body)
       assert.equal(0, stop(srv))

@@ -103,8 +103,11 @@ static int enrol(const char *name, double interval, unsigned serial)
         jobs[njobs++] = j;
     }
     if (j != NULL) {
+        double now = b24_now();
         if (j->removed) /* new, or back after a reload: its first run at once */
-            j->next_at = b24_now();
+            j->next_at = now;
+        else if (j->next_at > now + interval) /* a reload shortened its interval */
+            j->next_at = now + interval;
         j->removed = 0;
         j->interval = interval;
         j->serial = serial;
