@@ -34,6 +34,7 @@ local pcall = pcall
 local error = error
 local tostring = tostring
 local os_time = os.time
+local string_find = string.find
 local json_encode = core.json_encode
 
 local _M = {}
@@ -75,8 +76,13 @@ local function commit(self, record, rows, process_id)
          -- the inbox takes the kind (duplicate or merge on a repeat) from the event's name
          local got, err = self.host.inbox_put{ key = key, event = event.name, content_type = "application/json",
                                                body = body }
-         if not got then return nil, err end
-         self.counts.committed = self.counts.committed + 1
+         if not got and string_find(tostring(err), "over --max-body", 1, true) then
+            refused[#refused + 1] = row.MESSAGE_ID -- b24 serve's --max-body is below the router's
+         elseif not got then
+            return nil, err
+         else
+            self.counts.committed = self.counts.committed + 1
+         end
       end
    end
    return refused
@@ -115,6 +121,10 @@ function _M.take(self, client, record, process_id)
       if ok == nil then return nil, clerr end
    end
    self.counts.pulled = self.counts.pulled + #rows
+   if #rows > 0 then
+      log(self.app, "info", "bitrix24.offline: pulled", { member_id = record.member_id, rows = #rows,
+         mode = confirm and "confirm" or "delete", refused = #refused > 0 and #refused or nil })
+   end
    return #rows
 end
 
