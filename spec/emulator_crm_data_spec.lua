@@ -314,6 +314,19 @@ describe("emulator CRM data", function()
          assert.is_true(got.total < all.total)
       end)
 
+      -- main/classes/general/sql_util.php GetFilterOperation (=% RLIKE, %= LLIKE) and
+      -- sqlwhere.php operation M: LIKE with the caller's own wildcards, in any case
+      it("reads =% and %= as LIKE with the caller's wildcards, legacy lists and crm.item.list alike", function()
+         local _, got = call(srv, "crm.lead.list", { filter = { ["=%TITLE"] = "Lead #1%" }, select = { "ID" } })
+         assert.equal(11, got.total) -- #1 and #10 … #19 of the 20 seeded
+         _, got = call(srv, "crm.lead.list", { filter = { ["%=TITLE"] = "lead #1_" }, select = { "ID" } })
+         assert.equal(10, got.total)
+         _, got = call(srv, "crm.lead.list", { filter = { ["!=%TITLE"] = "Lead #1%" }, select = { "ID" } })
+         assert.equal(9, got.total)
+         _, got = call(srv, "crm.item.list", { entityTypeId = 1, filter = { ["=%title"] = "Lead #2%" } })
+         assert.equal(2, #got.result.items) -- #2 and #20
+      end)
+
       it("compares a crm_status field with = where a LIKE is asked", function()
          local _, got = call(srv, "crm.lead.list", { filter = { ["%STATUS_ID"] = "PROC" }, select = { "ID" } })
          assert.equal(0, got.total)

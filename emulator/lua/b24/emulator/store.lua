@@ -30,6 +30,7 @@ local string_format = string.format
 local string_lower = string.lower
 local string_upper = string.upper
 local string_sub = string.sub
+local table_concat = table.concat
 local string_find = string.find
 local string_match = string.match
 local table_sort = table.sort
@@ -94,7 +95,24 @@ local function compare(a, b)
 end
 _M.compare = compare
 
-local PREFIXES = { ">=", "<=", "!=", "!@", "!%", ">", "<", "=", "!", "@", "%" }
+-- longest first: "=%"/"%=" (and their negations) are LIKE with the caller's own wildcards
+-- (main/classes/general/sql_util.php GetFilterOperation RLIKE/LLIKE; sqlwhere.php operation M)
+local PREFIXES = { "!=%", "!%=", "=%", "%=", ">=", "<=", "!=", "!@", "!%", ">", "<", "=", "!", "@", "%" }
+local LIKE = { ["=%"] = true, ["%="] = true, ["!=%"] = true, ["!%="] = true }
+
+-- A SQL LIKE pattern (% any run, _ one character) as an anchored Lua pattern.
+local function like_pattern(want)
+   local out = { "^" }
+   for i = 1, #want do
+      local ch = string_sub(want, i, i)
+      if ch == "%" then out[#out + 1] = ".*"
+      elseif ch == "_" then out[#out + 1] = "."
+      elseif string_find(ch, "^[%^%$%(%)%%%.%[%]%*%+%-%?]$") then out[#out + 1] = "%" .. ch
+      else out[#out + 1] = ch end
+   end
+   out[#out + 1] = "$"
+   return table_concat(out)
+end
 
 -- The names of def's date fields: NAME -> "date" or "datetime" (cached in def; def.dates
 -- entries count as "datetime" unless they say "date").
@@ -213,7 +231,7 @@ local function date_matches(have, c)
    return ok
 end
 
-local NEGATIVE = { ["!"] = true, ["!="] = true, ["!@"] = true, ["!%"] = true }
+local NEGATIVE = { ["!"] = true, ["!="] = true, ["!@"] = true, ["!%"] = true, ["!=%"] = true, ["!%="] = true }
 
 -- Whether one value (a string, or nil for none) meets condition c.
 local function meets(have, c)
@@ -221,6 +239,12 @@ local function meets(have, c)
    if c.tz then return date_matches(have, c) end
    if op == "@" then return in_set(have, want) end
    if op == "!@" then return not in_set(have, want) end
+   if LIKE[op] then
+      -- MySQL's collations compare without case
+      local ok = have ~= nil and string_find(string_lower(have), like_pattern(string_lower(want))) ~= nil
+      if NEGATIVE[op] then return not ok end
+      return ok
+   end
    if op == "%" or op == "!%" then
       local ok = have ~= nil and string_find(string_lower(have), string_lower(want), 1, true) ~= nil
       if op == "!%" then return not ok end
