@@ -5,47 +5,12 @@
 -- by a loopback receiver with the application's auth fields, and a webhook's event.bind 403.
 local b24 = require "helpers.b24"
 local emu = require "helpers.emulator"
-local core = require "bitrix24.core"
 local cjson = require "cjson"
 
 local CLIENT_ID = "local.spec0app0000001.12345678"
 local SECRET = "spec0client0secret0000000000000000000000000000001"
 
--- A recording receiver: each body on a line of a file, and a log line
--- msg="recorded EVENT/N" (N: the how-many-th delivery of that event).
-local function recorder()
-   local dir = b24.tmpdir()
-   local file = dir .. "/bodies.txt"
-   local srv = b24.start{ args = { "--workers", "1" }, script = ([[
-      local host = require "b24.host"
-      local seen = {}
-      return function(req)
-         local f = assert(io.open(%q, "ab"))
-         f:write(req.path, "\t", req.headers["content-type"] or "", "\t", req.body, "\n")
-         f:close()
-         local name = req.body:match("^event=([%%w_]+)") or "?"
-         seen[name] = (seen[name] or 0) + 1
-         host.log("info", "recorded " .. name .. "/" .. seen[name])
-         return 200, { ["Content-Type"] = "text/plain" }, "ok"
-      end]]):format(file) }
-   -- waits for the n-th delivery of event name (a bounded wait: the log ends when the
-   -- receiver stops); returns it as { path, content_type, body, form }
-   function srv.delivery(name, n)
-      assert(srv:wait_log("recorded " .. name .. "/" .. (n or 1) .. '"'), name .. " did not arrive")
-      local k = 0
-      for line in io.lines(file) do
-         local path, ct, body = line:match("^([^\t]*)\t([^\t]*)\t(.*)$")
-         if body:match("^event=([%w_]+)") == name then
-            k = k + 1
-            if k == (n or 1) then
-               return { path = path, content_type = ct, body = body, form = core.form_decode(body) }
-            end
-         end
-      end
-      error(name .. "/" .. (n or 1) .. " recorded but not in the file")
-   end
-   return srv
-end
+local recorder = require("helpers.recorder").start
 
 -- The field names of a form body, in their order.
 local function names(body)
@@ -69,15 +34,7 @@ local function refresh(srv, refresh_token, secret)
                        refresh_token = refresh_token })
 end
 
--- POST /rest/METHOD with the access token in the JSON body ("auth"): status, decoded body.
-local function rest(srv, method, access_token, params)
-   local body = {}
-   for k, v in pairs(params or {}) do body[k] = v end
-   body.auth = access_token
-   local res = assert(srv:request{ method = "POST", path = "/rest/" .. method,
-      headers = { ["Content-Type"] = "application/json" }, body = cjson.encode(body) })
-   return res.status, cjson.decode(res.body)
-end
+local rest = emu.rest
 
 describe("emulator as an OAuth portal", function()
    local rec, srv, install

@@ -7,54 +7,14 @@
 -- --data keeping the queue and the bindings. The queue's retention is checked in process.
 local b24 = require "helpers.b24"
 local emu = require "helpers.emulator"
-local core = require "bitrix24.core"
 local cjson = require "cjson"
 
 local CLIENT_ID = "local.spec0offline00001.12345678"
 local SECRET = "spec0offline0secret000000000000000000000000000001"
 
--- A recording receiver: each body on a line of a file, and a log line
--- msg="recorded EVENT/N" (N: the how-many-th delivery of that event).
-local function recorder()
-   local dir = b24.tmpdir()
-   local file = dir .. "/bodies.txt"
-   local srv = b24.start{ args = { "--workers", "1" }, script = ([[
-      local host = require "b24.host"
-      local seen = {}
-      return function(req)
-         local f = assert(io.open(%q, "ab"))
-         f:write(req.path, "\t", req.body, "\n")
-         f:close()
-         local name = req.body:match("^event=([%%w_]+)") or "?"
-         seen[name] = (seen[name] or 0) + 1
-         host.log("info", "recorded " .. name .. "/" .. seen[name])
-         return 200, { ["Content-Type"] = "text/plain" }, "ok"
-      end]]):format(file) }
-   -- waits for the n-th delivery of event name; returns it as { path, body, form }
-   function srv.delivery(name, n)
-      assert(srv:wait_log("recorded " .. name .. "/" .. n .. '"'), name .. " did not arrive")
-      local k = 0
-      for line in io.lines(file) do
-         local path, body = line:match("^([^\t]*)\t(.*)$")
-         if body:match("^event=([%w_]+)") == name then
-            k = k + 1
-            if k == n then return { path = path, body = body, form = core.form_decode(body) } end
-         end
-      end
-      error(name .. "/" .. n .. " recorded but not in the file")
-   end
-   return srv
-end
+local recorder = require("helpers.recorder").start
 
--- POST /rest/METHOD with the access token in the JSON body: status, decoded body.
-local function rest(srv, method, access_token, params)
-   local body = {}
-   for k, v in pairs(params or {}) do body[k] = v end
-   body.auth = access_token
-   local res = assert(srv:request{ method = "POST", path = "/rest/" .. method,
-      headers = { ["Content-Type"] = "application/json" }, body = cjson.encode(body) })
-   return res.status, cjson.decode(res.body)
-end
+local rest = emu.rest
 
 -- The result of a call that must succeed.
 local function ok(status, body)

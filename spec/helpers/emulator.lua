@@ -32,6 +32,17 @@ function M.batch(srv, cmds, extra)
    return M.call(srv, "batch", nil, { body = "{" .. head .. '"cmd":{' .. table.concat(parts, ",") .. "}}" })
 end
 
+-- An application's call: POST /rest/METHOD with the access token in the JSON body (params
+-- copied, auth added). Returns status, decoded body.
+function M.rest(srv, method, access_token, params)
+   local body = {}
+   for k, v in pairs(params or {}) do body[k] = v end
+   body.auth = access_token
+   local res = assert(srv:request{ method = "POST", path = "/rest/" .. method,
+      headers = { ["Content-Type"] = "application/json" }, body = cjson.encode(body) })
+   return res.status, cjson.decode(res.body)
+end
+
 -- One call with a form body (and an optional query string).
 function M.form(srv, method, body, query)
    local res = assert(srv:request{ method = "POST", path = M.path(method) .. (query and "?" .. query or ""),
