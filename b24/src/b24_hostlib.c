@@ -7,9 +7,11 @@
 
 #include <lauxlib.h>
 
+#include "b24_hostdb.h"
 #include "b24_hostlib.h"
 #include "b24_jobs.h"
 #include "b24_log.h"
+#include "b24_smetrics.h"
 #include "b24_tokens.h"
 
 #define MAX_FIELDS 16
@@ -111,6 +113,11 @@ int luaopen_b24_host(lua_State *L)
                                      {"job", b24_jobs_job},
                                      {"wake", b24_jobs_wake},
                                      {"inbox_put", b24_jobs_inbox_put},
+                                     {"kv_get", b24_hostdb_kv_get},
+                                     {"kv_put", b24_hostdb_kv_put},
+                                     {"inbox_mark", b24_hostdb_inbox_mark},
+                                     {"inbox_marks", b24_hostdb_inbox_marks},
+                                     {"metric", b24_smetrics_set},
                                      {NULL, NULL}};
     luaL_newlib(L, funcs);
     return 1;

@@ -50,6 +50,7 @@ struct b24_inbox {
     pthread_cond_t wake; /* the inbox thread sleeps on this */
     b24_put *puts;       /* queued, newest first */
     finish *finishes;
+    b24_op *ops;         /* the script's, queued, newest first */
     waiter *waiters;
     int stopping; /* no more claims; stores and outcomes still go in */
     int closing;  /* the thread ends once the queues are empty */
@@ -223,10 +224,54 @@ static int claimed_key(const b24_job *claimed, int n, const char *key, size_t le
     return 0;
 }
 
+/* A script's operation, inside the batch's transaction: 0, or -1 when SQLite failed. */
+static int run_op(b24_inbox *in, b24_op *op, double now)
+{
+    sqlite3_stmt **st = in->st;
+    op->result = 0;
+    switch (op->kind) {
+    case B24_OP_KV_GET: {
+        sqlite3_bind_text(st[S_KV_GET], 1, op->name, (int)op->name_len, SQLITE_STATIC);
+        int rc = sqlite3_step(st[S_KV_GET]);
+        if (rc == SQLITE_ROW) {
+            op->value_out = dup_column(st[S_KV_GET], 0, &op->value_out_len);
+            if (op->value_out == NULL)
+                op->result = -1;
+        } else if (rc != SQLITE_DONE) {
+            op->result = -1;
+        }
+        sqlite3_reset(st[S_KV_GET]);
+        return op->result;
+    }
+    case B24_OP_KV_PUT:
+        sqlite3_bind_text(st[S_KV_PUT], 1, op->name, (int)op->name_len, SQLITE_STATIC);
+        sqlite3_bind_blob(st[S_KV_PUT], 2, op->value, (int)op->value_len, SQLITE_STATIC);
+        sqlite3_bind_double(st[S_KV_PUT], 3, now);
+        return op->result = step_done(st[S_KV_PUT]);
+    case B24_OP_MARK:
+        sqlite3_bind_text(st[S_MARK], 1, op->name, (int)op->name_len, SQLITE_STATIC);
+        sqlite3_bind_double(st[S_MARK], 2, op->ts);
+        sqlite3_bind_double(st[S_MARK], 3, now + in->opt.dedup_ttl);
+        return op->result = step_done(st[S_MARK]);
+    default: /* B24_OP_MARKS: reads only */
+        for (int i = 0; i < op->nobjects; i++) {
+            sqlite3_stmt *s = st[S_MARK_GET];
+            sqlite3_bind_text(s, 1, op->objects[i], (int)op->object_lens[i], SQLITE_STATIC);
+            sqlite3_bind_double(s, 2, now);
+            int rc = sqlite3_step(s);
+            op->found[i] = rc == SQLITE_ROW ? sqlite3_column_double(s, 0) : NAN;
+            sqlite3_reset(s);
+            if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+                return op->result = -1;
+        }
+        return 0;
+    }
+}
+
 /* One batch: every queued store and outcome, then claims for the idle handler threads, in
  * one transaction. Returns when the next pending delivery becomes ready (0: unknown). */
-static double run_batch(b24_inbox *in, b24_put *puts, finish *fins, int nidle, b24_job *claimed,
-                        int *nclaimed, int *failed)
+static double run_batch(b24_inbox *in, b24_put *puts, finish *fins, b24_op *ops, int nidle,
+                        b24_job *claimed, int *nclaimed, int *failed)
 {
     *failed = 0;
     sqlite3_stmt **st = in->st;
@@ -307,6 +352,8 @@ static double run_batch(b24_inbox *in, b24_put *puts, finish *fins, int nidle, b
             delta -= dropped;
         }
     }
+    for (b24_op *op = ops; op && ok; op = op->next)
+        ok = run_op(in, op, now) == 0;
     *nclaimed = 0;
     if (ok && nidle > 0) {
         sqlite3_stmt *s = st[S_READY];
@@ -346,6 +393,11 @@ static double run_batch(b24_inbox *in, b24_put *puts, finish *fins, int nidle, b
         step_done(st[S_ROLLBACK]);
         for (b24_put *p = puts; p; p = p->next)
             p->result = B24_PUT_FAILED;
+        for (b24_op *op = ops; op; op = op->next) {
+            op->result = -1;
+            free(op->value_out);
+            op->value_out = NULL;
+        }
         for (int i = 0; i < *nclaimed; i++)
             job_free(&claimed[i]);
         *nclaimed = 0;
@@ -374,7 +426,7 @@ static void *inbox_main(void *arg)
         /* claims are due when a retry comes of age, and once a second anyway: `b24 inbox
          * retry` may have made deliveries ready behind this thread's back */
         int due = idle && ((next_ready && next_ready <= now) || now - last_poll >= 1.0);
-        if (!in->puts && !in->finishes && !due) {
+        if (!in->puts && !in->finishes && !in->ops && !due) {
             if (in->closing)
                 break;
             double until = idle ? last_poll + 1.0 : now + 3600;
@@ -388,8 +440,10 @@ static void *inbox_main(void *arg)
         }
         b24_put *puts = in->puts;
         finish *fins = in->finishes;
+        b24_op *ops = in->ops;
         in->puts = NULL;
         in->finishes = NULL;
+        in->ops = NULL;
         waiter *idle_list[64];
         int nidle = 0, want = 0;
         if (!in->stopping)
@@ -407,10 +461,17 @@ static void *inbox_main(void *arg)
             rev = puts;
             puts = n;
         }
+        b24_op *rops = NULL; /* in the order the script made them */
+        while (ops) {
+            b24_op *n = ops->next;
+            ops->next = rops;
+            rops = ops;
+            ops = n;
+        }
         b24_job claimed[MAX_CLAIM];
         int nclaimed = 0;
         int failed;
-        next_ready = run_batch(in, rev, fins, want, claimed, &nclaimed, &failed);
+        next_ready = run_batch(in, rev, fins, rops, want, claimed, &nclaimed, &failed);
         if (now - last_recount >= 1.0) { /* at most once a second */
             recount(in);
             last_recount = now;
@@ -419,12 +480,19 @@ static void *inbox_main(void *arg)
         if (now - last_prune > 60) {
             sqlite3_bind_double(in->st[S_PRUNE], 1, now);
             step_done(in->st[S_PRUNE]);
+            sqlite3_bind_double(in->st[S_PRUNE_MARKS], 1, now);
+            step_done(in->st[S_PRUNE_MARKS]);
             last_prune = now;
         }
         for (b24_put *p = rev; p;) {
             b24_put *n = p->next; /* done() may free p */
             p->done(p);
             p = n;
+        }
+        for (b24_op *op = rops; op;) {
+            b24_op *n = op->next; /* done() may free op */
+            op->done(op);
+            op = n;
         }
 
         if (failed) { /* the disk said no: keep the outcomes, try again in a second */
@@ -497,6 +565,22 @@ void b24_inbox_put(b24_inbox *in, b24_put *put)
     }
     put->next = in->puts;
     in->puts = put;
+    pthread_cond_signal(&in->wake);
+    pthread_mutex_unlock(&in->lock);
+}
+
+/* Queues a script's operation for the next batch. */
+void b24_inbox_op(b24_inbox *in, b24_op *op)
+{
+    pthread_mutex_lock(&in->lock);
+    if (in->closing) {
+        pthread_mutex_unlock(&in->lock);
+        op->result = -1;
+        op->done(op);
+        return;
+    }
+    op->next = in->ops;
+    in->ops = op;
     pthread_cond_signal(&in->wake);
     pthread_mutex_unlock(&in->lock);
 }

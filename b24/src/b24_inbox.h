@@ -49,12 +49,37 @@ typedef struct b24_job {
     size_t key_len, body_len;
 } b24_job;
 
+/* A script's operation on the inbox's database (b24.host kv_get, kv_put, inbox_mark,
+ * inbox_marks), run by the inbox thread inside its next transaction; done() runs after the
+ * commit (or the failure), with result 0 or -1. The strings must live until then. */
+enum { B24_OP_KV_GET, B24_OP_KV_PUT, B24_OP_MARK, B24_OP_MARKS };
+typedef struct b24_op {
+    struct b24_op *next;
+    int kind;
+    const char *name;  /* kv: the name; mark: the object */
+    size_t name_len;
+    const char *value; /* kv_put */
+    size_t value_len;
+    double ts;                            /* mark: the delivery's time (kept: the largest) */
+    const char *const *objects;           /* marks: nobjects objects */
+    const size_t *object_lens;
+    int nobjects;
+    double *found;                        /* marks: each object's time, NAN when none */
+    char *value_out;                      /* kv_get: malloc'd, NULL when the name has none */
+    size_t value_out_len;
+    int result;
+    void (*done)(struct b24_op *op);
+    void *arg;
+} b24_op;
+
 /* Opens (creating) the inbox at path, or an in-memory one for ":memory:"; NULL and a message. */
 b24_inbox *b24_inbox_open(const char *path, const b24_inbox_options *o, char *err, size_t errlen);
 /* Starts the inbox thread; -1 when it cannot. */
 int b24_inbox_start(b24_inbox *in);
 /* Queues a delivery for the next commit; put->done runs once it is stored or refused. */
 void b24_inbox_put(b24_inbox *in, b24_put *put);
+/* Queues a script's operation for the next transaction; op->done runs once committed. */
+void b24_inbox_op(b24_inbox *in, b24_op *op);
 /* Blocks until deliveries are ready: fills up to max jobs and returns how many, or 0 when
  * the inbox stops. */
 int b24_inbox_claim(b24_inbox *in, b24_job *jobs, int max);

@@ -1,6 +1,7 @@
 /* The inbox's SQLite schema and statements: see b24_inbox_sql.h. A delivery is pending,
  * running, or waiting (a repeat that arrived while its key ran: claimable once that run ends);
- * `seen` keeps the keys of adds and deletes for the dedup TTL. */
+ * `seen` keeps the keys of adds and deletes for the dedup TTL; `kv` and `marks` are the script's
+ * (host.kv_put, host.inbox_mark: b24_inbox.h b24_op). */
 #include "b24_inbox_sql.h"
 
 const char b24_inbox_schema[] =
@@ -29,7 +30,13 @@ const char b24_inbox_schema[] =
     "  attempts INTEGER NOT NULL,"
     "  last_error TEXT,"
     "  died_at REAL NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, until REAL NOT NULL);";
+    "CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, until REAL NOT NULL);"
+    /* a script's durable values (host.kv_put: reconciliation checkpoints) */
+    "CREATE TABLE IF NOT EXISTS kv (name TEXT PRIMARY KEY, value BLOB NOT NULL,"
+    "  updated_at REAL NOT NULL);"
+    /* the newest time of a handled delivery per object (host.inbox_mark), for the dedup TTL */
+    "CREATE TABLE IF NOT EXISTS marks (object TEXT PRIMARY KEY, ts REAL NOT NULL,"
+    "  until REAL NOT NULL);";
 
 const char *const b24_inbox_sql[S_COUNT] = {
     [S_BEGIN] = "BEGIN IMMEDIATE",
@@ -60,4 +67,12 @@ const char *const b24_inbox_sql[S_COUNT] = {
     [S_RELEASE] = "UPDATE deliveries SET state = 'pending', attempts = attempts - 1 WHERE id = ?1",
     [S_NEXT] = "SELECT min(next_at) FROM deliveries WHERE state = 'pending'",
     [S_PRUNE] = "DELETE FROM seen WHERE until <= ?1",
+    [S_PRUNE_MARKS] = "DELETE FROM marks WHERE until <= ?1",
+    [S_KV_GET] = "SELECT value FROM kv WHERE name = ?1",
+    [S_KV_PUT] = "INSERT INTO kv (name, value, updated_at) VALUES (?1, ?2, ?3)"
+                 " ON CONFLICT(name) DO UPDATE SET value = excluded.value,"
+                 " updated_at = excluded.updated_at",
+    [S_MARK] = "INSERT INTO marks (object, ts, until) VALUES (?1, ?2, ?3)"
+               " ON CONFLICT(object) DO UPDATE SET ts = max(ts, excluded.ts), until = excluded.until",
+    [S_MARK_GET] = "SELECT ts FROM marks WHERE object = ?1 AND until > ?2",
 };

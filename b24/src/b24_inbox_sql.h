@@ -21,6 +21,11 @@ enum b24_inbox_statement {
     S_RELEASE,
     S_NEXT,
     S_PRUNE,
+    S_PRUNE_MARKS,
+    S_KV_GET,
+    S_KV_PUT,
+    S_MARK,
+    S_MARK_GET,
     S_COUNT
 };
 

@@ -406,6 +406,17 @@ void b24_jobs_set_inbox(b24_inbox *in, size_t max_body, const char *why)
     pthread_mutex_unlock(&put_lock);
 }
 
+/* The inbox scripts write to, or NULL with why there is none. */
+b24_inbox *b24_jobs_inbox(char *why, size_t whylen)
+{
+    pthread_mutex_lock(&put_lock);
+    b24_inbox *in = put_inbox;
+    if (in == NULL)
+        snprintf(why, whylen, "%s", put_none);
+    pthread_mutex_unlock(&put_lock);
+    return in;
+}
+
 /* On the inbox thread, once the put is committed or refused: wakes the caller. */
 static void put_done(b24_put *put)
 {

@@ -45,6 +45,9 @@ void b24_jobs_configure(void);
 /* The inbox host.inbox_put commits to, at most max_body bytes a body; NULL with why, the reason
  * there is none ("--sync", ...). NULL again before the inbox closes. */
 void b24_jobs_set_inbox(b24_inbox *in, size_t max_body, const char *why);
+/* The inbox host.inbox_put (and b24_hostdb.c) writes to, or NULL with why there is none. The
+ * inbox stays valid while an operation queued on it has not completed. */
+b24_inbox *b24_jobs_inbox(char *why, size_t whylen);
 /* Starts the jobs thread when a loaded script registered a job and it is not running yet, and
  * waits for its state to be built; -1 when it cannot start. */
 int b24_jobs_start(void);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "b24_metrics.h"
+#include "b24_smetrics.h"
 
 static const double bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                 0.1,    0.25,  0.5,    1,     2.5,  5,     10};
@@ -184,6 +185,11 @@ char *b24_metrics_render(size_t *len)
     if (jobs_text)
         put(&o, "%.*s", (int)jobs_len, jobs_text);
     free(jobs_text);
+    size_t script_len = 0;
+    char *script_text = b24_smetrics_render(&script_len);
+    if (script_text)
+        put(&o, "%.*s", (int)script_len, script_text);
+    free(script_text);
     put(&o, "# HELP b24_request_duration_seconds Time from request start to response queued.\n"
             "# TYPE b24_request_duration_seconds histogram\n");
     unsigned long cumulative = 0;

@@ -24,6 +24,7 @@
 #include "b24_metrics.h"
 #include "b24_request.h"
 #include "b24_script.h"
+#include "b24_smetrics.h"
 #include "b24_timer.h"
 
 #define DISCARD_MAX ((size_t)16 * 1024 * 1024) /* of an oversized chunked body */
@@ -398,14 +399,25 @@ static enum MHD_Result run_handler(struct MHD_Connection *c, request *r)
 static enum MHD_Result serve_healthz(struct MHD_Connection *c, request *r)
 {
     int stopping = atomic_load(&r->ctx->stopping);
-    char body[320];
-    int n = snprintf(body, sizeof body,
+    size_t script_len = 0;
+    char *script = b24_smetrics_json(&script_len); /* the script's own metrics (host.metric) */
+    size_t cap = 320 + script_len;
+    char *body = malloc(cap);
+    if (body == NULL) {
+        free(script);
+        return respond_error(c, r, 500, "internal error");
+    }
+    int n = snprintf(body, cap,
                      "{\"status\":\"%s\",\"version\":\"%s\",\"in_flight\":%ld,"
-                     "\"uptime_seconds\":%.0f,\"inbox_depth\":%ld}",
+                     "\"uptime_seconds\":%.0f,\"inbox_depth\":%ld,\"script\":{%.*s}}",
                      stopping ? "stopping" : "ok", B24_VERSION, b24_metrics_in_flight_now() - 1,
                      b24_now() - r->ctx->started_at,
-                     r->ctx->inbox ? b24_inbox_depth(r->ctx->inbox) : 0L);
-    return respond(c, r, stopping ? 503 : 200, JSON, body, (size_t)n);
+                     r->ctx->inbox ? b24_inbox_depth(r->ctx->inbox) : 0L, (int)script_len,
+                     script ? script : "");
+    free(script);
+    enum MHD_Result ok = respond(c, r, stopping ? 503 : 200, JSON, body, (size_t)n);
+    free(body);
+    return ok;
 }
 
 static enum MHD_Result serve_metrics(struct MHD_Connection *c, request *r)
