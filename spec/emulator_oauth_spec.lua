@@ -322,3 +322,117 @@ describe("emulator without --app", function()
       assert.is_nil(out:find("top secret", 1, true))
    end)
 end)
+
+describe("two emulated portals sharing one OAuth server (--oauth-server)", function()
+   -- the OAuth server is portal A (an emulator with --app); portal B mints and checks its tokens
+   -- there, as every cloud portal does at oauth.bitrix.info
+   local rec, a, b, install_a, install_b
+   setup(function()
+      rec = recorder()
+      a = b24.emulate{ args = { "--code", emu.CODE, "--app", CLIENT_ID .. ":" .. SECRET, "--member-id", "member0a",
+                                "--install-to", rec:url("/a") } }
+      b = b24.emulate{ args = { "--code", emu.CODE, "--app", CLIENT_ID .. ":" .. SECRET, "--member-id", "member0b",
+                                "--oauth-server", a.base, "--install-to", rec:url("/b") } }
+      assert.are.equal(200, (emu.call(a, "emulator.oauth.stats")))
+      assert.are.equal(200, (emu.call(b, "emulator.oauth.stats")))
+      local first, second = rec.delivery("ONAPPINSTALL", 1), rec.delivery("ONAPPINSTALL", 2)
+      if first.path == "/b" then first, second = second, first end
+      install_a, install_b = first.form.auth, second.form.auth
+   end)
+   teardown(function()
+      if b then b:stop() end
+      if a then a:stop() end
+      if rec then rec:stop() end
+   end)
+
+   it("answers a refresh of B's token at A's /oauth/token/ with B's member_id and endpoints", function()
+      local rest_b = "http://127.0.0.1:" .. b.port .. "/rest/"
+      assert.are.equal("member0b", install_b.member_id)
+      assert.are.equal(rest_b, install_b.client_endpoint)
+      local status, body = refresh(a, install_b.refresh_token)
+      assert.are.equal(200, status)
+      assert.are.equal("member0b", body.member_id)
+      assert.are.equal(rest_b, body.client_endpoint)
+      assert.are.equal(rest_b, body.server_endpoint)
+      assert.are.equal("127.0.0.1:" .. b.port, body.domain)
+      assert.is_nil(body.application_token)
+      -- the token A minted for B works on B (app.info as the application) and nowhere else
+      local got, info = rest(b, "app.info", body.access_token)
+      assert.are.equal(200, got)
+      assert.are.equal(CLIENT_ID, info.result.CODE)
+      local other, err = rest(a, "profile", body.access_token)
+      assert.are.equal(401, other)
+      assert.are.equal("invalid_token", err.error)
+      -- spent by its use, as any refresh token
+      local again, spent = refresh(a, install_b.refresh_token)
+      assert.are.equal(400, again)
+      assert.are.equal("invalid_grant", spent.error)
+      -- A's own refresh still names A
+      local sa, own = refresh(a, install_a.refresh_token)
+      assert.are.equal(200, sa)
+      assert.are.equal("member0a", own.member_id)
+      assert.are.equal(401, (rest(b, "profile", own.access_token)))
+      assert.are.equal(200, (rest(a, "profile", own.access_token)))
+   end)
+
+   it("serves no /oauth/token/ on B, keeps one application token per portal", function()
+      local res = assert(b:request{ method = "GET", path = "/oauth/token/?grant_type=refresh_token" })
+      assert.are.equal(404, res.status)
+      assert.are_not.equal(install_a.application_token, install_b.application_token)
+      -- B's events carry tokens that A minted for B
+      assert.are.equal(200, (rest(b, "profile", install_b.access_token)))
+   end)
+
+   it("expires only B's tokens with B's emulator.tokens.expire, counted on B", function()
+      assert.are.equal(200, (emu.call(b, "emulator.app.install", { url = rec:url("/b") })))
+      local auth_b = rec.delivery("ONAPPINSTALL", 3).form.auth
+      assert.are.equal(200, (emu.call(a, "emulator.app.install", { url = rec:url("/a") })))
+      local auth_a = rec.delivery("ONAPPINSTALL", 4).form.auth
+      local status, body = emu.call(b, "emulator.tokens.expire")
+      assert.are.equal(200, status)
+      assert.is_true(body.result.expired >= 1)
+      local s, err = rest(b, "profile", auth_b.access_token)
+      assert.are.equal(401, s)
+      assert.are.equal("expired_token", err.error)
+      assert.are.equal(200, (rest(a, "profile", auth_a.access_token)))
+      local _, stats = emu.call(b, "emulator.oauth.stats")
+      assert.is_true(stats.result.expired_token >= 1)
+      -- its refresh token, at the shared server, gives B a working token again
+      local rs, fresh = refresh(a, auth_b.refresh_token)
+      assert.are.equal(200, rs)
+      assert.are.equal(200, (rest(b, "profile", fresh.access_token)))
+   end)
+
+   it("answers the portals' calls only with the application's credentials, never echoing them", function()
+      assert.are.equal(200, (emu.call(b, "emulator.app.install", { url = rec:url("/b") })))
+      local auth_b = rec.delivery("ONAPPINSTALL", 5).form.auth
+      local res = assert(a:request{ method = "POST", path = "/oauth/emulator/check/",
+         headers = { ["Content-Type"] = "application/x-www-form-urlencoded" },
+         body = "client_id=" .. CLIENT_ID .. "&client_secret=wrong0secret&token=" .. install_b.access_token
+            .. "&member_id=member0b" })
+      assert.are.equal(401, res.status)
+      assert.are.equal("invalid_client", cjson.decode(res.body).error)
+      assert.is_nil(res.body:find("wrong0secret", 1, true))
+      res = assert(a:request{ method = "POST", path = "/oauth/emulator/check/",
+         headers = { ["Content-Type"] = "application/x-www-form-urlencoded" },
+         body = "client_id=" .. CLIENT_ID .. "&client_secret=" .. SECRET .. "&token=" .. auth_b.access_token
+            .. "&member_id=member0b" })
+      assert.are.equal(200, res.status)
+      assert.is_true(cjson.decode(res.body).result)
+      assert.is_nil((a:log() .. b:log()):find(SECRET, 1, true))
+   end)
+
+   it("refuses --oauth-server without --app; a portal whose server is down answers 500, logged", function()
+      local out, code = b24.exec(b24.quote(b24.bin) .. " emulate --oauth-server http://127.0.0.1:9/")
+      assert.are.equal(2, code)
+      assert.matches("needs %-%-app", out)
+      local lone = b24.emulate{ args = { "--code", emu.CODE, "--app", CLIENT_ID .. ":" .. SECRET,
+                                         "--oauth-server", "http://127.0.0.1:" .. b24.free_port() } }
+      local status, body = rest(lone, "profile", install_b.access_token)
+      assert(lone:wait_log("the OAuth server failed"))
+      lone:stop()
+      assert.are.equal(500, status)
+      assert.are.equal("INTERNAL_SERVER_ERROR", body.error)
+      assert.is_nil(lone:log():find(SECRET, 1, true))
+   end)
+end)

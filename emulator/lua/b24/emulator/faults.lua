@@ -1,7 +1,9 @@
 -- b24.emulator.faults: the --faults option of the emulated portal, what fails and how often
 -- ("503=0.2,500=0.05,reset=0.02,slow=0.01,drop=0.3"), and the dice rolled for each request and
--- each event delivery (drop: the portal sends an event the receiver never gets).
+-- each event delivery (drop: the portal sends an event the receiver never gets); and the answers
+-- held per method (--method-latency, --method-stall: "event.offline.get@3=600000").
 local type = type
+local ipairs = ipairs
 local error = error
 local tonumber = tonumber
 local setmetatable = setmetatable
@@ -9,6 +11,7 @@ local string_gmatch = string.gmatch
 local string_match = string.match
 local string_lower = string.lower
 local math_random = math.random
+local math_floor = math.floor
 
 local _M = {}
 local mt = { __index = _M }
@@ -48,6 +51,49 @@ end
 function _M:roll(fault)
    local p = self.p[fault]
    return p ~= nil and p > 0 and self.random() < p
+end
+
+-- Parses "METHOD[@N]=MS,…" (a method as the portal names it, lower case; @N: only its N-th
+-- call; MS: milliseconds) into a list of { method, call (nil: every call), seconds }; nil, err
+-- when an item does not read so.
+function _M.parse_methods(spec)
+   local out = {}
+   for item in string_gmatch(spec or "", "[^,]+") do
+      local method, call, ms = string_match(item, "^%s*([%w_%.]+)@?(%d*)%s*=%s*([%d.]+)%s*$")
+      local n = tonumber(ms)
+      if not method or not n or n >= 3600000 then
+         return nil, "'" .. item .. "' is not METHOD[@N]=MS (milliseconds below 3600000)"
+      end
+      call = tonumber(call)
+      if call and (call < 1 or call ~= math_floor(call)) then return nil, "'" .. item .. "': N counts from 1" end
+      out[#out + 1] = { method = string_lower(method), call = call, seconds = n / 1000 }
+   end
+   return out
+end
+
+local Holds = {}
+local holds_mt = { __index = Holds }
+
+-- The held answers of a portal: latency (rules of parse_methods: the call runs, its answer
+-- leaves that much later) and stall (the call is held, then refused 503 QUERY_LIMIT_EXCEEDED
+-- without running, as a request stuck in front of the portal).
+function _M.holds(latency, stall)
+   return setmetatable({ latency = latency or {}, stall = stall or {}, calls = {} }, holds_mt)
+end
+
+-- Counts a call of method name (one that passed the credentials and the limits) and returns
+-- its hold { seconds, call, stall = true|nil } or nil; a stall rule wins over a latency one.
+function Holds:take(name)
+   local n = (self.calls[name] or 0) + 1
+   self.calls[name] = n
+   for _, kind in ipairs({ "stall", "latency" }) do
+      for _, r in ipairs(self[kind]) do
+         if r.method == name and (r.call == nil or r.call == n) then
+            return { seconds = r.seconds, call = n, stall = kind == "stall" or nil }
+         end
+      end
+   end
+   return nil
 end
 
 return _M

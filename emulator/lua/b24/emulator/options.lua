@@ -39,6 +39,8 @@ local OPTIONS = {
      "POST the application's ONAPPINSTALL here at the first request served (repeatable)" },
    { "--token-ttl", "token_ttl", "positive", "SECONDS", "an access token's life on the portal's clock (3600)" },
    { "--oauth-latency", "oauth_latency_ms", "amount", "MS", "milliseconds the OAuth server's answers take (0)" },
+   { "--oauth-server", "oauth_server", "url", "URL",
+     "another b24 emulate --app that mints and checks this portal's tokens (as oauth.bitrix.info; needs --app)" },
    { "--public-url", "public_url", "url", "URL",
      "the base URL the portal is reached at (from the first request's Host by default)" },
    { "--offline-extended", "offline_extended", "onoff", "on|off",
@@ -56,6 +58,10 @@ local OPTIONS = {
    { "--count-cost", "count_cost_us", "amount", "US", "microseconds per row counted for a page's total (0)" },
    { "--faults", "faults", "faults", "SPEC", "e.g. 503=0.2,500=0.05,reset=0.02,slow=0.01,drop=0.3 (probabilities)" },
    { "--slow-delay", "slow_delay", "amount", "SECONDS", "seconds a slow fault holds the answer (10)" },
+   { "--method-latency", "method_latency", "methods", "SPEC",
+     "METHOD[@N]=MS,…: the method (its N-th call only) runs, its answer leaves MS later" },
+   { "--method-stall", "method_stall", "methods", "SPEC",
+     "METHOD[@N]=MS,…: the call is held MS, then refused 503 without running" },
    { "--enterprise", "enterprise", "flag", "", "leaky bucket 250/5 instead of 50/2" },
    { "--operating-limit", "operating_limit", "positive", "SECONDS",
      "operating seconds per method per window (420, the platform's default; plans set their own)" },
@@ -140,6 +146,12 @@ local CHECK = {
       if not f then fail("--faults: " .. err) end
       return f
    end,
+   -- METHOD[@N]=MS,… (faults.parse_methods); repeated options add up
+   methods = function(v)
+      local rules, err = faults.parse_methods(v)
+      if not rules then fail("method holds: " .. err) end
+      return rules
+   end,
    -- comma-separated names or prefixes ending in "*", each a documented event (events.pattern)
    events = function(v)
       local list = {}
@@ -190,6 +202,10 @@ function _M.parse(argv)
             opts.events_to[#opts.events_to + 1] = got
          elseif o[2] == "install_to" then
             opts.install_to[#opts.install_to + 1] = got
+         elseif o[3] == "methods" then
+            local list = opts[o[2]] or {}
+            for _, r in ipairs(got) do list[#list + 1] = r end
+            opts[o[2]] = list
          elseif o[2] == "events" then
             local target = #opts.events_to
             if target == 0 then fail("--events needs an --events-to before it (the target it applies to)") end
@@ -204,6 +220,7 @@ function _M.parse(argv)
    end
    if #opts.install_to > 0 and not opts.app then fail("--install-to needs --app (the application installed)") end
    if opts.app_code and not opts.app then fail("--app-code needs --app") end
+   if opts.oauth_server and not opts.app then fail("--oauth-server needs --app (the application it issues for)") end
    if opts.public_url then opts.public_url = string_match(opts.public_url, "^(.-)/*$") end
    return opts
 end

@@ -67,14 +67,17 @@ local NO_APP = { status = 400, error = "NO_APPLICATION",
 -- Creates a portal. opts (the snake_case form of the emulator's options): user_id, code,
 -- seed_leads, seed_tasks, seed_deals, seed_contacts, seed_companies, timezone ("+03:00": the
 -- portal's time zone, as ±HH:MM), enterprise, latency_ms, row_cost_us, count_cost_us, faults (string or
--- table), slow_delay (seconds a slow fault adds), time_scale (speeds up the clock of the leaky
+-- table), slow_delay (seconds a slow fault adds), method_latency and method_stall (rules of
+-- b24.emulator.faults parse_methods: answers held per method), time_scale (speeds up the clock of the leaky
 -- bucket and of the operating window), operating_limit (seconds per method per window),
 -- operating_window (the window's seconds on that clock, 600: ten baskets of a tenth),
 -- events_to (list of URLs), events (events_to index -> the --events patterns of that target),
 -- token, domain, member_id, data (a JSON file to persist to), app ({ client_id, secret }: the
 -- installed application, b24.emulator.oauth), app_code, token_ttl, oauth_latency_ms (the OAuth
 -- server's answers are held that long, after the tokens are issued), install_to (list of URLs),
--- public_url (the base URL deliveries name; the first request's Host otherwise), offline_extended
+-- public_url (the base URL deliveries name; the first request's Host otherwise), oauth_server
+-- (the base URL of another emulator that mints and checks the app's tokens; oauth_request, fn(req)
+-- → res | nil, err, the HTTP client it is asked with), offline_extended
 -- (the feature rest_offline_extended: true by default), offline_retention (seconds an offline
 -- row is kept, b24.emulator.offline.RETENTION by default); and the
 -- host's services: log (fn(level, msg, fields); stderr by default), post (fn(url, body, headers)
@@ -96,6 +99,7 @@ function _M.new(opts)
       count_cost = (tonumber(opts.count_cost_us) or 0) / 1e6,
       slow_delay = tonumber(opts.slow_delay) or 10,
       faults = faults.new(opts.faults, opts.random),
+      holds = faults.holds(opts.method_latency, opts.method_stall),
       limits = limits.new{ enterprise = opts.enterprise, operating_limit = tonumber(opts.operating_limit),
                            operating_window = tonumber(opts.operating_window),
                            clock = clock, wall = wall, scale = scale },
@@ -112,9 +116,21 @@ function _M.new(opts)
                              drop = function() return dice:roll("drop") end,
                              app_auth = function(user_id) return self:app_auth(user_id) end }
    self.public_url = opts.public_url
-   if opts.app then
+   if opts.app and opts.oauth_server then
+      -- another emulator mints and checks this portal's tokens, as oauth.bitrix.info does for
+      -- every cloud portal (b24.emulator.oauth remote)
+      local session
+      self.app = oauth.remote{ url = opts.oauth_server, client_id = opts.app.client_id, secret = opts.app.secret,
+                               code = opts.app_code, log = log, identity = function() return self:identity() end,
+                               request = opts.oauth_request or function(req)
+                                  session = session or core.http{ timeout = 30, connect_timeout = 5 }
+                                  return session:request(req)
+                               end }
+   elseif opts.app then
       self.app = oauth.new{ client_id = opts.app.client_id, secret = opts.app.secret, code = opts.app_code,
                             ttl = opts.token_ttl, clock = clock, wall = wall, scale = scale }
+   end
+   if opts.app then
       if opts.install_to and #opts.install_to > 0 then
          if not opts.post then error("--install-to needs a host that posts (b24 emulate, or a post service)", 0) end
          self.pending_installs, self.install_urls = opts.install_to, opts.install_to
@@ -355,7 +371,13 @@ function _M:reply(request)
    local user, code, name = request_of.route(request.path)
    local params, caller
    if not user then
-      if self.app and string_match(request.path or "", "^/oauth/token/?$") then
+      local local_server = self.app and not self.app.is_remote
+      local action = local_server and string_match(request.path or "", "^/oauth/emulator/(%a+)/?$")
+      if action and request.method == "POST" then
+         -- this emulator as the OAuth server of other emulated portals (--oauth-server)
+         return respond(self.app:serve_portal(action, request_of.parameters(request)))
+      end
+      if local_server and string_match(request.path or "", "^/oauth/token/?$") then
          -- the OAuth server (oauth.bitrix.info) on the portal's listener
          -- issued now, answered oauth_latency later: a slow OAuth server, whose answer another
          -- worker's refresh may overtake
@@ -400,6 +422,11 @@ function _M:reply(request)
    end
    if self.faults:roll(503) then return finish_response(latency, respond_error(TOO_MANY)) end
    if self.limits:blocked(name) then return finish_response(latency, respond_error(BLOCKED)) end
+   local hold = self.holds:take(name)
+   if hold and hold.stall then
+      self.log("info", "emulator answer held", { method = name, call = hold.call, seconds = hold.seconds, ran = "no" })
+      return finish_response(latency + hold.seconds, respond_error(TOO_MANY))
+   end
    local arrival = self.wall()
    self.sim, self.t_wall, self.t_mono = 0, arrival + latency, now()
    self.request = request -- batch reads the order of its commands from the raw text
@@ -419,6 +446,12 @@ function _M:reply(request)
    local reset = self.faults:roll("reset")
    local failed = self.faults:roll(500)
    if self.faults:roll("slow") then delay = delay + self.slow_delay end
+   if hold then
+      -- logged once the call has run (its rows marked, its change made): the answer is on its way
+      self.log("info", "emulator answer held", { method = name, call = hold.call, seconds = hold.seconds,
+                                                 ran = "yes" })
+      delay = delay + hold.seconds
+   end
    -- a reset still carries the answer, for a host that cannot drop connections
    if failed then return finish_response(delay, respond_error(INTERNAL)) end
    if result == nil then
