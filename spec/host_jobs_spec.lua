@@ -204,6 +204,39 @@ return function(req) return 200, {}, tostring(host.wake(req.query:match("name=([
       assert.equal(0, stop(srv))
    end)
 
+   it("runs jobs of distinct threads at once (--jobs 2), each job always in its own Lua state", function()
+      -- a and b each create their file, then wait for the other's: both finish only when they run
+      -- at the same time (one thread would wait forever: the watchdog ends the server, no log line)
+      local dir = b24.tmpdir()
+      local fa, fb = dir .. "/a", dir .. "/b"
+      local srv = start(([[
+local host = require "b24.host"
+local runs = 0
+host.job("a", 3600, function()
+   runs = runs + 1
+   io.open(%q, "w"):close()
+   %s
+   host.log("info", "a done", { runs = runs })
+end)
+host.job("b", 3600, function()
+   io.open(%q, "w"):close()
+   %s
+   host.log("info", "b done")
+end)
+return function(req) return 200, {}, tostring(host.wake(req.query:match("name=([^&]*)") or "")) end
+]]):format(fa, wait_file(fb), fb, wait_file(fa)), { "--jobs", "2" }, dir)
+      assert(srv:wait_log("msg=\"a done\" runs=1"))
+      assert(srv:wait_log("msg=\"b done\""))
+      for i = 2, 4 do -- the same state each time: its upvalue counts every run
+         assert.equal("true", srv:request{ path = "/?name=a" }.body)
+         assert(srv:wait_log("msg=\"a done\" runs=" .. i))
+      end
+      assert.equal(0, stop(srv))
+      local out, code = b24.exec(b24.quote(b24.bin) .. " serve --jobs 0 x.lua")
+      assert.equal(2, code)
+      assert.truthy(out:find("bad value '0' for --jobs", 1, true), out)
+   end)
+
    it("raises under b24 run, and on bad arguments under b24 serve", function()
       local dir = b24.tmpdir()
       local run = b24.write(dir .. "/run.lua", [[

@@ -1,11 +1,15 @@
 /* Background jobs of b24 serve and host.inbox_put: see b24_jobs.h. The jobs live in a table
- * under one mutex (names, intervals, next times, wakes, counters); the jobs thread's Lua state
- * holds their functions in its registry. Each state the jobs thread builds gets a serial when
- * it registers its first job: once the thread runs a state of a new serial (after a reload),
- * the jobs the old state registered and the new one did not are dropped. */
+ * under one mutex (names, intervals, next times, wakes, running flags, counters); each jobs
+ * thread's Lua state holds their functions in its registry (every state loads the same script,
+ * so each registers them all). A state's serial is the generation of the script it loaded:
+ * once a thread adopts a state of a newer serial (after a reload), the jobs the old script
+ * registered and the new one did not are dropped. Each job belongs to one thread (by the order
+ * of first registration), so it never overlaps itself, keeps its Lua data, and jobs of
+ * distinct threads run at once. */
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +27,7 @@
 #include "b24_state.h"
 
 #define MAX_JOBS 64
+#define MAX_THREADS 16
 #define MAX_NAME 128
 #define MAX_KEY 1024
 #define FUNCTIONS "b24.jobs"     /* registry: name -> fn, in every state */
@@ -32,21 +37,24 @@ typedef struct job {
     char name[MAX_NAME + 1];
     double interval, next_at; /* seconds; monotonic */
     unsigned serial;          /* of the state that registered it */
-    int woken, removed;
+    int woken, removed, running;
+    int thread; /* the jobs thread that runs it, always the same (its Lua data stay its own) */
     unsigned long ok, failed;
     double last_run; /* unix time; 0: never */
 } job;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t wake;  /* the jobs thread sleeps on this (monotonic clock) */
+static pthread_cond_t wake;  /* the jobs threads sleep on this (monotonic clock) */
 static pthread_cond_t ready; /* b24_jobs_start waits on this */
 static job *jobs[MAX_JOBS];  /* never freed before b24_jobs_stop: pointers stay valid */
 static int njobs;
 static int serving;         /* under b24 serve */
 static atomic_int declared; /* a state registered a job: the thread is needed */
-static int started, stopping, refresh, is_ready;
-static unsigned next_serial, current_serial;
-static pthread_t thread;
+static int nthreads = 1;       /* --jobs */
+static int started, stopping, nready;
+static unsigned refreshes;     /* reloads: each thread adopts the new state when it moved on */
+static unsigned current_serial; /* the newest script generation a jobs thread adopted */
+static pthread_t thread_ids[MAX_THREADS];
 static __thread int in_jobs_thread;
 /* host.inbox_put's inbox */
 static b24_inbox *put_inbox;
@@ -76,16 +84,14 @@ static const char *bad_name(const char *name, size_t len)
     return NULL;
 }
 
-/* This state's serial in the jobs thread, given on its first registration (0: none yet). */
-static unsigned state_serial(lua_State *L, int give)
+/* This state's serial: the generation of the script it loaded (kept in its registry). */
+static unsigned state_serial(lua_State *L)
 {
     lua_getfield(L, LUA_REGISTRYINDEX, SERIAL);
     unsigned serial = (unsigned)lua_tointeger(L, -1);
     lua_pop(L, 1);
-    if (serial == 0 && give) {
-        pthread_mutex_lock(&lock);
-        serial = ++next_serial;
-        pthread_mutex_unlock(&lock);
+    if (serial == 0) {
+        serial = b24_script_generation();
         lua_pushinteger(L, (lua_Integer)serial);
         lua_setfield(L, LUA_REGISTRYINDEX, SERIAL);
     }
@@ -100,6 +106,7 @@ static int enrol(const char *name, double interval, unsigned serial)
     if (j == NULL && njobs < MAX_JOBS && (j = calloc(1, sizeof *j)) != NULL) {
         snprintf(j->name, sizeof j->name, "%s", name);
         j->removed = 1;
+        j->thread = njobs % nthreads; /* spread in the order of first registration */
         jobs[njobs++] = j;
     }
     if (j != NULL) {
@@ -111,7 +118,7 @@ static int enrol(const char *name, double interval, unsigned serial)
         j->removed = 0;
         j->interval = interval;
         j->serial = serial;
-        pthread_cond_signal(&wake);
+        pthread_cond_broadcast(&wake);
     }
     pthread_mutex_unlock(&lock);
     return j ? 0 : -1;
@@ -145,7 +152,7 @@ int b24_jobs_job(lua_State *L)
     lua_setfield(L, -2, name);
     lua_pop(L, 1);
     atomic_store(&declared, 1);
-    if (in_jobs_thread && enrol(name, seconds, state_serial(L, 1)) != 0)
+    if (in_jobs_thread && enrol(name, seconds, state_serial(L)) != 0)
         return luaL_error(L, "host.job: too many jobs (at most %d)", MAX_JOBS);
     return 0;
 }
@@ -159,7 +166,7 @@ int b24_jobs_wake(lua_State *L)
     int found = j != NULL && !j->removed;
     if (found) {
         j->woken = 1;
-        pthread_cond_signal(&wake);
+        pthread_cond_broadcast(&wake);
     }
     pthread_mutex_unlock(&lock);
     lua_pushboolean(L, found);
@@ -168,16 +175,16 @@ int b24_jobs_wake(lua_State *L)
 
 /* ---- the jobs thread ----------------------------------------------------------------------- */
 
-/* This thread's state (rebuilt when a reload published a new script); when it is one of a new
- * serial, the jobs only the old state had are dropped. */
+/* This thread's state (rebuilt when a reload published a new script); when it is the first of
+ * a newer serial, the jobs only the old script had are dropped. */
 static lua_State *adopt_state(void)
 {
     lua_State *L = b24_script_state();
     if (L == NULL)
         return NULL;
-    unsigned serial = state_serial(L, 1);
+    unsigned serial = state_serial(L);
     pthread_mutex_lock(&lock);
-    if (serial != current_serial) {
+    if (serial > current_serial) {
         int first = current_serial == 0;
         current_serial = serial;
         char names[512] = "";
@@ -223,6 +230,7 @@ static void run(job *j)
             lua_settop(L, 1);
             pthread_mutex_lock(&lock);
             j->removed = 1;
+            j->running = 0;
             pthread_mutex_unlock(&lock);
             return;
         }
@@ -261,22 +269,26 @@ static void run(job *j)
         j->failed++;
     j->last_run = b24_wall_now();
     j->next_at = b24_now() + next;
+    j->running = 0;
+    pthread_cond_broadcast(&wake); /* woken while it ran: another thread may take it now */
     pthread_mutex_unlock(&lock);
 }
 
 static void *jobs_main(void *arg)
 {
-    (void)arg;
+    int self = (int)(intptr_t)arg;
     in_jobs_thread = 1;
+    adopt_state(); /* the first state: its load registers the jobs */
     pthread_mutex_lock(&lock);
+    unsigned seen = refreshes;
+    nready++;
+    pthread_cond_broadcast(&ready);
     while (!stopping) {
-        if (refresh) { /* the first state, or a reload's */
-            refresh = 0;
+        if (seen != refreshes) { /* a reload's state */
+            seen = refreshes;
             pthread_mutex_unlock(&lock);
             adopt_state();
             pthread_mutex_lock(&lock);
-            is_ready = 1;
-            pthread_cond_broadcast(&ready);
             continue;
         }
         double now = b24_now(), when = INFINITY;
@@ -284,11 +296,12 @@ static void *jobs_main(void *arg)
         for (int i = 0; i < njobs; i++) {
             job *j = jobs[i];
             double at = j->woken ? now : j->next_at;
-            if (!j->removed && at < when)
+            if (j->thread == self && !j->removed && !j->running && at < when)
                 when = at, due = j;
         }
         if (due && when <= now) {
             due->woken = 0; /* a wake from now on is one more run after this one */
+            due->running = 1;
             pthread_mutex_unlock(&lock);
             run(due);
             pthread_mutex_lock(&lock);
@@ -330,8 +343,8 @@ static char *render(size_t *len)
     return out;
 }
 
-/* Under b24 serve from now on. */
-void b24_jobs_configure(void)
+/* Under b24 serve from now on, with threads jobs threads. */
+void b24_jobs_configure(int threads)
 {
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
@@ -339,50 +352,49 @@ void b24_jobs_configure(void)
     pthread_cond_init(&wake, &attr);
     pthread_condattr_destroy(&attr);
     pthread_cond_init(&ready, NULL);
+    nthreads = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
     serving = 1;
     b24_metrics_jobs(render);
 }
 
-/* Starts the thread if a job was registered, and waits for its first state. */
+/* Starts the threads if a job was registered, and waits for their first states. */
 int b24_jobs_start(void)
 {
     if (!atomic_load(&declared) || started)
         return 0;
     pthread_mutex_lock(&lock);
-    refresh = 1;
-    is_ready = 0;
-    if (pthread_create(&thread, NULL, jobs_main, NULL) != 0) {
-        pthread_mutex_unlock(&lock);
-        return -1;
-    }
-    started = 1;
-    while (!is_ready)
+    nready = 0;
+    for (; started < nthreads; started++)
+        if (pthread_create(&thread_ids[started], NULL, jobs_main, (void *)(intptr_t)started) != 0)
+            break;
+    int want = started;
+    while (nready < want)
         pthread_cond_wait(&ready, &lock);
     pthread_mutex_unlock(&lock);
-    return 0;
+    return want == nthreads ? 0 : -1;
 }
 
-/* The new script's state, built by the jobs thread at once. */
+/* Each jobs thread adopts the new script's state at once. */
 int b24_jobs_reloaded(void)
 {
     if (!started)
         return b24_jobs_start();
     pthread_mutex_lock(&lock);
-    refresh = 1;
-    pthread_cond_signal(&wake);
+    refreshes++;
+    pthread_cond_broadcast(&wake);
     pthread_mutex_unlock(&lock);
     return 0;
 }
 
-/* Ends the thread after its run under way, and forgets the jobs. */
+/* Ends the threads after their runs under way, and forgets the jobs. */
 void b24_jobs_stop(void)
 {
     pthread_mutex_lock(&lock);
     stopping = 1;
-    pthread_cond_signal(&wake);
+    pthread_cond_broadcast(&wake);
     pthread_mutex_unlock(&lock);
-    if (started)
-        pthread_join(thread, NULL);
+    for (int i = 0; i < started; i++)
+        pthread_join(thread_ids[i], NULL);
     started = 0;
     pthread_mutex_lock(&lock);
     for (int i = 0; i < njobs; i++)

@@ -2,15 +2,18 @@
  *
  *   host.job(name, seconds, fn)
  *     Registers a background job while the script loads. The script is loaded in every Lua state
- *     the host makes; only the registrations made in the jobs thread's own state count (the
+ *     the host makes; only the registrations made in the jobs threads' states count (the
  *     others are checked and kept aside), so a script calls it unconditionally at load. name is
  *     1..128 printable ASCII characters without spaces, '"' or '\'; seconds a number > 0; fn a
- *     function. A name registered twice in one state raises. The host runs fn() in ONE jobs
- *     thread with its own Lua state (built like a worker's, rebuilt after SIGHUP, when the new
- *     script's jobs replace the old ones): the first run as soon as the server starts, then
- *     every `seconds` after the end of the previous run, and as soon as possible after
- *     host.wake(name) (wakes during a run coalesce into one more run after it). Runs never
- *     overlap; several jobs run one after another. Each run is under the handler deadline
+ *     function. A name registered twice in one state raises. The host runs the jobs in
+ *     --jobs threads (2 by default), each with its own Lua state (built like a worker's,
+ *     rebuilt after SIGHUP, when the new script's jobs replace the old ones): the first run as
+ *     soon as the server starts, then every `seconds` after the end of the previous run, and
+ *     as soon as possible after host.wake(name) (wakes during a run coalesce into one more run
+ *     after it). Each job belongs to one thread, always the same (so it keeps its Lua data):
+ *     the jobs are dealt over the threads in the order of their first registration (job k to
+ *     thread k mod --jobs). A job's runs never overlap; jobs of one thread run one after
+ *     another, jobs of distinct threads at once. Each run is under the handler deadline
  *     (--handler-timeout) that a script cannot catch; a raise or a deadline is logged (warn
  *     "job failed", masked, with the job's name) and the job runs again at its next time. fn may
  *     return a number >= 0: seconds until its next run (0: at once), else the interval applies.
@@ -40,18 +43,20 @@
 
 #include "b24_inbox.h"
 
-/* Under b24 serve: host.job registers; call before the script first loads. */
-void b24_jobs_configure(void);
+/* Under b24 serve, with threads jobs threads (1..16): host.job registers; call before the
+ * script first loads. */
+void b24_jobs_configure(int threads);
 /* The inbox host.inbox_put commits to, at most max_body bytes a body; NULL with why, the reason
  * there is none ("--sync", ...). NULL again before the inbox closes. */
 void b24_jobs_set_inbox(b24_inbox *in, size_t max_body, const char *why);
 /* The inbox host.inbox_put (and b24_hostdb.c) writes to, or NULL with why there is none. The
  * inbox stays valid while an operation queued on it has not completed. */
 b24_inbox *b24_jobs_inbox(char *why, size_t whylen);
-/* Starts the jobs thread when a loaded script registered a job and it is not running yet, and
- * waits for its state to be built; -1 when it cannot start. */
+/* Starts the jobs threads when a loaded script registered a job and they are not running yet,
+ * and waits for their states to be built; -1 when one cannot start. */
 int b24_jobs_start(void);
-/* After a reload: the jobs thread rebuilds its state now (started if the new script has jobs). */
+/* After a reload: the jobs threads rebuild their states now (started if the new script has
+ * jobs). */
 int b24_jobs_reloaded(void);
 /* Lets the run under way finish (the stop caps its deadline), starts no new one, ends the
  * thread and forgets the jobs. */

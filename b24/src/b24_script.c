@@ -169,8 +169,17 @@ typedef struct worker {
 } worker;
 
 static __thread worker *this_worker;
+static __thread unsigned loading_generation; /* of the script this thread is loading */
 static pthread_mutex_t workers_lock = PTHREAD_MUTEX_INITIALIZER;
 static worker *workers;
+
+/* The generation of the script this thread is loading now, else of its state (0: none). */
+unsigned b24_script_generation(void)
+{
+    if (loading_generation)
+        return loading_generation;
+    return this_worker ? this_worker->generation : 0;
+}
 
 /* This thread's state, built or rebuilt when the published generation moved on. */
 lua_State *b24_script_state(void)
@@ -182,7 +191,9 @@ lua_State *b24_script_state(void)
     script *s = script_take();
     char err[2048];
     int kind;
+    loading_generation = s->generation;
     lua_State *L = load_state(s, err, sizeof err, &kind);
+    loading_generation = 0;
     unsigned sgen = s->generation;
     script_release(s);
     if (L == NULL) {

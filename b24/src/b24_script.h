@@ -25,6 +25,10 @@ enum { B24_HANDLER_FUNCTION = 1, B24_HANDLER_TABLE = 2, B24_HANDLER_ROUTER = 3 }
 int b24_script_load(const b24_script_source *source, int required);
 /* This thread's state with the handler at index 1, (re)built as needed; NULL on failure. */
 lua_State *b24_script_state(void);
+/* The generation of the script this thread's state is being built from (while
+ * b24_script_state loads it), else of the state it has (a reload publishes the next one); 0
+ * before any. */
+unsigned b24_script_generation(void);
 /* Closes every thread's state and lets the published source go. */
 void b24_script_close_all(void);
 

@@ -427,7 +427,7 @@ int b24_serve(const b24_serve_options *o)
     b24_deadline_set(B24_DEADLINE_HANDLER, o->handler_timeout);
     /* b24.host.tokens() without a path: the inbox's file, or memory (b24_tokens.h) */
     b24_tokens_configure(o->sync || strcmp(o->inbox, "memory") == 0 ? NULL : o->inbox);
-    b24_jobs_configure(); /* host.job registers from the first load on */
+    b24_jobs_configure((int)o->jobs); /* host.job registers from the first load on */
     int kind = b24_script_load(&o->handler, 0);
     if (kind < 0) {
         fprintf(stderr, "b24 serve: %s failed to load (see the log line above)\n", handler_name(o));

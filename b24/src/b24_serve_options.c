@@ -19,7 +19,7 @@ static void usage(FILE *f)
           "                 [--log-format logfmt|json] [--log-level debug|info|warn|error]\n"
           "                 [--inbox PATH|memory] [--sync] [--handler-threads N]\n"
           "                 [--max-attempts N] [--retry-base SECONDS] [--retry-max SECONDS]\n"
-          "                 [--dedup-ttl SECONDS] [--handler-timeout SECONDS]\n"
+          "                 [--dedup-ttl SECONDS] [--handler-timeout SECONDS] [--jobs N]\n"
           "                 [--request-timeout SECONDS] SCRIPT.lua\n"
           "environment: B24_LISTEN, B24_WORKERS, B24_MAX_BODY, B24_LOG_FORMAT, B24_LOG_LEVEL,\n"
           "             B24_INBOX\n",
@@ -121,6 +121,7 @@ int b24_serve_options_init(b24_serve_options *o, const char *who)
     o->inbox = (env = getenv("B24_INBOX")) && *env ? env : "b24-inbox.sqlite";
     o->handler_threads = nproc > 0 ? nproc : 2;
     o->handler_timeout = 60;
+    o->jobs = 2; /* background job threads (host.job), when the script has jobs */
     o->request_timeout = 30;
     o->inbox_opt.max_attempts = 10;
     o->inbox_opt.retry_base = 1;
@@ -152,6 +153,8 @@ int b24_serve_options_set(b24_serve_options *o, const char *name, const char *va
         o->listen = value;
     else if (strcmp(name, "workers") == 0)
         return parse_long(value, 1, 1024, &o->workers);
+    else if (strcmp(name, "jobs") == 0)
+        return parse_long(value, 1, 16, &o->jobs);
     else if (strcmp(name, "max-body") == 0)
         return parse_size(value, &o->max_body);
     else if (strcmp(name, "client-timeout") == 0) {
@@ -228,6 +231,7 @@ int b24_serve_options_parse(b24_serve_options *o, int argc, char **argv)
         {"dedup-ttl", required_argument, NULL, 0},
         {"handler-timeout", required_argument, NULL, 0},
         {"request-timeout", required_argument, NULL, 0},
+        {"jobs", required_argument, NULL, 0},
         {NULL, 0, NULL, 0},
     };
     int rc = b24_serve_options_init(o, "b24 serve");
@@ -252,7 +256,7 @@ int b24_serve_options_parse(b24_serve_options *o, int argc, char **argv)
                         "optional K or M)\n",
                         optarg, B24_MAX_BODY_LIMIT);
             else
-                fprintf(stderr, "b24 serve: bad value '%s' for %s\n", optarg, argv[optind - 1]);
+                fprintf(stderr, "b24 serve: bad value '%s' for --%s\n", optarg, name);
             usage(stderr);
             return 2;
         }

@@ -30,6 +30,7 @@ typedef struct b24_serve_options {
     int sync;                  /* handlers inside the request, no inbox */
     long handler_threads;
     double handler_timeout; /* of an inbox handler run's Lua */
+    long jobs;              /* threads running background jobs (host.job) */
     double request_timeout; /* of the Lua inside a request, and of a script's load */
     b24_inbox_options inbox_opt;
 } b24_serve_options;
