@@ -422,3 +422,55 @@ describe("emulator offline queue in process", function()
       assert.are.equal(1, q:count())
    end)
 end)
+
+describe("emulator answers held per method (--method-latency, --method-stall)", function()
+   local srv, rec, token
+   setup(function()
+      srv, rec, token = start({ "--method-latency", "event.offline.get@2=300",
+                                "--method-stall", "event.offline.clear@1=200" })
+      assert.is_true(ok(rest(srv, "event.bind", token, { event = "ONCRMLEADADD", event_type = "offline" })))
+      add_leads(srv, 3)
+   end)
+   teardown(function()
+      if srv then srv:stop() end
+      if rec then rec:stop() end
+   end)
+
+   it("runs the N-th call and holds its answer, logged once it ran; a stall refuses 503 without running", function()
+      local first = ok(rest(srv, "event.offline.get", token, { clear = 0, limit = 1 }))
+      local second = ok(rest(srv, "event.offline.get", token, { clear = 0, limit = 1 }))
+      assert.are.equal(1, #second.events)
+      local line = assert(srv:wait_log("emulator answer held"))
+      assert.matches("method=event.offline.get", line, 1, true)
+      assert.matches("call=2", line, 1, true)
+      assert.matches("ran=yes", line, 1, true)
+      -- the held call ran: its row is marked with its process
+      local marked = ok(rest(srv, "event.offline.list", token, { filter = { PROCESS_ID = second.process_id } }))
+      assert.are.equal(1, #marked)
+      -- the first clear stalls: 503 QUERY_LIMIT_EXCEEDED, and the process keeps its row
+      local status, body = rest(srv, "event.offline.clear", token, { process_id = first.process_id })
+      assert.are.equal(503, status)
+      assert.are.equal("QUERY_LIMIT_EXCEEDED", body.error)
+      assert(srv:wait_log("ran=no"))
+      assert.are.equal(1, #ok(rest(srv, "event.offline.list", token, { filter = { PROCESS_ID = first.process_id } })))
+      -- the next clear is not held and runs
+      assert.is_true(ok(rest(srv, "event.offline.clear", token, { process_id = first.process_id })))
+      assert.are.same({}, ok(rest(srv, "event.offline.list", token, { filter = { PROCESS_ID = first.process_id } })))
+      -- a third get is not held: two held lines in all, one per rule
+      ok(rest(srv, "event.offline.get", token, { clear = 0, limit = 1 }))
+      ok(emu.call(srv, "emulator.offline.stats"))
+      local held = 0
+      for _, l in ipairs(srv.lines) do
+         if l:find("emulator answer held", 1, true) then held = held + 1 end
+      end
+      assert.are.equal(2, held)
+   end)
+
+   it("refuses a hold that does not read METHOD[@N]=MS", function()
+      for _, bad in ipairs({ "event.offline.get", "event.offline.get@0=5", "event.offline.get=3600000" }) do
+         local out, code = b24.exec(b24.quote(b24.bin) .. " emulate --method-latency " .. b24.quote(bad))
+         assert.are.equal(2, code, out)
+         assert.matches("METHOD%[@N%]=MS", out)
+      end
+   end)
+end)

@@ -65,7 +65,9 @@ function _M.parse_methods(spec)
          return nil, "'" .. item .. "' is not METHOD[@N]=MS (milliseconds below 3600000)"
       end
       call = tonumber(call)
-      if call and (call < 1 or call ~= math_floor(call)) then return nil, "'" .. item .. "': N counts from 1" end
+      if call and (call < 1 or call ~= math_floor(call)) then
+         return nil, "'" .. item .. "' is not METHOD[@N]=MS: N counts from 1"
+      end
       out[#out + 1] = { method = string_lower(method), call = call, seconds = n / 1000 }
    end
    return out
