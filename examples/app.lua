@@ -44,7 +44,7 @@ router:on("ONAPPINSTALL", function(event)
    local queued = assert(app:bind(event.member_id, { "ONCRMDEALADD" }, { offline = true }))
    local rings = assert(app:bind(event.member_id, { "ONOFFLINEEVENT" }, public_url))
    host.log("info", "app: installed", { domain = event.domain, bound = #queued + #rings })
-   host.wake("bitrix24.offline") -- deals made before the bind are not queued; from now on all are
+   router.offline:wake(event.member_id) -- deals made before the bind are not queued; from now on all are
 end)
 
 router:on("ONCRMDEALADD", function(event)

@@ -115,8 +115,13 @@ describe("bitrix24.app offline queue (clear = 0)", function()
       assert.equal(1000, w.queued())
       local srv = w.receiver()
       local ids, count = handled(srv, 1000)
+      local metrics = srv:request{ path = "/metrics" }.body
       srv:stop()
       assert.equal(1000, count)
+      assert.truthy(metrics:find(('b24_offline_mode{member_id="%s",mode="confirm"} 1\n'):format(w.member_id), 1, true))
+      -- published after each pull's clear: the last pull's 50 may be handled before it is counted
+      local rows = tonumber(metrics:match(('b24_offline_rows_total{member_id="%s"} (%%d+)'):format(w.member_id)))
+      assert.is_true(rows >= 950 and rows <= 1000, tostring(rows))
       for _, id in ipairs(added) do assert.is_true(ids[tostring(id)], "lead " .. tostring(id)) end
       assert.equal(0, w.queued())
    end)
@@ -183,6 +188,10 @@ describe("bitrix24.app offline queue without rest_offline_extended (clear = 1)",
       local srv = w.receiver()
       -- a pull is 50 rows; the dead one had committed 29 of them
       local ids = handled(srv, 200 - 50 + 29, before)
+      -- the mode is never silent: /metrics and /healthz name it for the portal
+      local series = ('b24_offline_mode{member_id="%s",mode="delete"}'):format(w.member_id)
+      assert.truthy(srv:request{ path = "/metrics" }.body:find(series .. " 1\n", 1, true))
+      assert.equal(1, cjson.decode(srv:request{ path = "/healthz" }.body).script[series])
       srv:stop()
       local missing = 0
       for _, id in ipairs(added) do

@@ -22,7 +22,13 @@
 -- come again and meet the inbox's deduplication. Without the feature (clear = 1) a pull's rows
 -- are gone from the portal as soon as it answers: a crash or a lost answer between that answer
 -- and the inbox commit loses at most one pull (`limit` rows); the mode is warned about at start
--- and shown in the log and by offline.mode.
+-- (the first pull runs at start) and shown in the log, in /metrics and /healthz
+-- (b24_offline_mode{member_id, mode}, by host.metric) and by offline:mode(member_id).
+--
+-- Portals are dealt over `parallel` host jobs ("bitrix24.offline/1" … "/N", each portal always
+-- in the same one, by a hash of its member_id); under `b24 serve --jobs N` (N >= parallel)
+-- they run in distinct threads, so portals are pulled at once, each by one job and one client:
+-- within its own rate limit.
 local core = require "bitrix24.core"
 local event_module = require "bitrix24.event"
 local router_module = require "bitrix24.router"
@@ -35,6 +41,7 @@ local error = error
 local tostring = tostring
 local os_time = os.time
 local string_find = string.find
+local string_byte = string.byte
 local json_encode = core.json_encode
 
 local _M = {}
@@ -43,6 +50,24 @@ _M.JOB = "bitrix24.offline"
 
 local function log(app, level, msg, fields)
    pcall(app.log, level, msg, fields)
+end
+
+-- The shard (1..n) of a portal: a hash of its member_id, the same in every Lua state.
+local function shard_of(member_id, n)
+   local h = 5381
+   local s = tostring(member_id)
+   for i = 1, #s do h = (h * 33 + string_byte(s, i)) % 4294967296 end
+   return h % n + 1
+end
+
+-- Publishes a portal's mode (and its rows pulled) in /metrics and /healthz when the host can.
+local function publish(self, member_id, mode)
+   local metric = self.host.metric
+   if type(metric) ~= "function" then return end
+   local other = mode == "delete" and "confirm" or "delete"
+   pcall(metric, "b24_offline_mode", { member_id = member_id, mode = other }, nil)
+   pcall(metric, "b24_offline_mode", { member_id = member_id, mode = mode }, 1)
+   pcall(metric, "b24_offline_rows_total", { member_id = member_id }, self.pulled[member_id] or 0, "counter")
 end
 
 -- The delivery a queued row becomes: the body an online delivery of that event has (event, data,
@@ -121,9 +146,12 @@ function _M.take(self, client, record, process_id)
       if ok == nil then return nil, clerr end
    end
    self.counts.pulled = self.counts.pulled + #rows
+   self.pulled[record.member_id] = (self.pulled[record.member_id] or 0) + #rows
+   publish(self, record.member_id, confirm and "confirm" or "delete")
    if #rows > 0 then
       log(self.app, "info", "bitrix24.offline: pulled", { member_id = record.member_id, rows = #rows,
-         mode = confirm and "confirm" or "delete", refused = #refused > 0 and #refused or nil })
+         mode = confirm and "confirm" or "delete", refused = #refused > 0 and #refused or nil,
+         job = self.job_name })
    end
    return #rows
 end
@@ -170,12 +198,14 @@ function _M.drain(self, record)
    return n >= self.limit
 end
 
--- The job: every installed portal, one pull each; 0 (run again at once) while some portal came
--- back full, else nil (the interval).
-function _M.run(self)
+-- One job (shard k of n): each installed portal of the shard, one pull each; 0 (run again at
+-- once) while some portal came back full, else nil (the interval).
+function _M.run(self, k, n)
    local more = false
+   self.job_name = self.names[k]
    for _, record in ipairs(self.app.store:list()) do
-      local ok, got, err = pcall(_M.drain, self, record)
+      local ok, got, err = true, false, nil
+      if shard_of(record.member_id, n) == k then ok, got, err = pcall(_M.drain, self, record) end
       if not ok or got == nil then
          log(self.app, "warn", "bitrix24.offline: pull failed", { member_id = record.member_id,
             error = ok and tostring(err) or tostring(got) })
@@ -188,10 +218,12 @@ function _M.run(self)
    return nil
 end
 
--- attach(app, router, opts) → the puller. opts: host (b24.host: job, wake, inbox_put), interval
--- (seconds between pulls without a ring, 60), limit (rows a pull, 50: the platform's LIST_LIMIT),
--- auth_connector, confirm = false (pull with clear = 1 even where clear = 0 works). Registers the
--- host job and the ONOFFLINEEVENT handler that wakes it. Raises on misuse.
+-- attach(app, router, opts) → the puller. opts: host (b24.host: job, wake, inbox_put; metric
+-- when it has it), interval (seconds between pulls without a ring, 60), limit (rows a pull, 50:
+-- the platform's LIST_LIMIT), parallel (host jobs the portals are dealt over, 2: at most b24
+-- serve's --jobs run at once), auth_connector, confirm = false (pull with clear = 1 even where
+-- clear = 0 works), name (of the jobs: name/1 … name/parallel). Registers the host jobs and the
+-- ONOFFLINEEVENT handler that wakes the ringing portal's job. Raises on misuse.
 function _M.attach(app, router, opts)
    if type(opts) ~= "table" or type(opts.host) ~= "table" then
       error("bitrix24.app: offline needs { host = require('b24.host') } (under b24 serve)", 3)
@@ -200,21 +232,42 @@ function _M.attach(app, router, opts)
    for _, f in ipairs({ "job", "wake", "inbox_put" }) do
       if type(host[f]) ~= "function" then error("bitrix24.app: offline needs host." .. f .. " (b24 serve)", 3) end
    end
-   local self = {
+   local parallel = opts.parallel or 2
+   if type(parallel) ~= "number" or parallel < 1 or parallel > 16 or parallel % 1 ~= 0 then
+      error("bitrix24.app: bad offline option 'parallel' (an integer 1 to 16 expected)", 3)
+   end
+   local self = setmetatable({
       app = app, router = router, host = host,
       interval = opts.interval or 60, limit = opts.limit or 50, auth_connector = opts.auth_connector,
-      modes = {}, recovered = {}, counts = { runs = 0, pulled = 0, committed = 0 },
-   }
+      modes = {}, recovered = {}, pulled = {}, counts = { runs = 0, pulled = 0, committed = 0 },
+      parallel = parallel, names = {},
+   }, { __index = _M })
    if opts.confirm == false then
       setmetatable(self.modes, { __index = function() return "delete" end })
-      log(app, "warn", "bitrix24.offline: rows are deleted as they are pulled (confirm = false): a pull's "
-         .. "rows are lost if the receiver dies before the commit", { limit = self.limit })
+      -- the script loads in every state of the host: the warning once a process
+      if type(host.once) ~= "function" or host.once("bitrix24.offline: confirm = false") then
+         log(app, "warn", "bitrix24.offline: rows are deleted as they are pulled (confirm = false): a pull's "
+            .. "rows are lost if the receiver dies before the commit", { limit = self.limit })
+      end
    end
    local name = opts.name or _M.JOB
-   router:on("ONOFFLINEEVENT", function() host.wake(name) end)
-   host.job(name, self.interval, function() return _M.run(self) end)
+   for k = 1, parallel do
+      self.names[k] = name .. "/" .. k
+      host.job(self.names[k], self.interval, function() return _M.run(self, k, parallel) end)
+   end
+   router:on("ONOFFLINEEVENT", function(event) self:wake(event.member_id) end)
    self.name = name
    return self
+end
+
+-- Pulls a portal's queue soon (its job is woken), or every portal's when member_id is nil or
+-- not a string.
+function _M.wake(self, member_id)
+   if type(member_id) == "string" and member_id ~= "" then
+      self.host.wake(self.names[shard_of(member_id, self.parallel)])
+      return
+   end
+   for k = 1, self.parallel do self.host.wake(self.names[k]) end
 end
 
 -- The mode a portal is pulled in: "confirm" (clear = 0, then event.offline.clear) or "delete".
@@ -223,5 +276,6 @@ function _M.mode(self, member_id)
 end
 
 _M.delivery = delivery
+_M.shard_of = shard_of
 
 return _M
