@@ -65,6 +65,7 @@ build = {
       ["bitrix24.appstore"] = "lua/bitrix24/appstore.lua",
       ["bitrix24.oauth"] = "lua/bitrix24/oauth.lua",
       ["bitrix24.offline"] = "lua/bitrix24/offline.lua",
+      ["bitrix24.reconcile"] = "lua/bitrix24/reconcile.lua",
       ["bitrix24.ngx"] = "lua/bitrix24/ngx.lua",
       ["bitrix24.transport.curl"] = "lua/bitrix24/transport/curl.lua",
       ["bitrix24.transport.ngx"] = "lua/bitrix24/transport/ngx.lua",

@@ -128,6 +128,8 @@ function _M.new(fields, raw)
       member_id = type(member_id) == "string" and member_id or nil,
       -- a row of the offline queue (bitrix24.offline): { id, message_id, process_id, timestamp }
       offline = type(fields.offline) == "table" and fields.offline or nil,
+      -- a delivery bitrix24.reconcile synthesized for a change the push channel lost (reconciled=1)
+      reconciled = (fields.reconciled == "1" or fields.reconciled == 1 or fields.reconciled == true) or nil,
       raw = raw,
    }
    return setmetatable(event, mt)

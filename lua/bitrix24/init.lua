@@ -29,6 +29,9 @@ function _M.app(opts)
    return require("bitrix24.app").new(opts)
 end
 
+-- bitrix24.reconcile: the reconciler behind the router's `reconcile` option (its dates and states)
+_M.reconcile = require "bitrix24.reconcile"
+
 -- Whether this Lua state runs inside nginx's http subsystem (ngx_lua).
 _M.in_nginx = ngx_adapter.available
 

@@ -149,7 +149,8 @@ end
 -- function(level, msg, fields): ctx.log and the router's own lines; bitrix24.log.default (the
 -- host's writer, else stderr), or bitrix24.ngx.log in handle_ngx, when nil), max_running
 -- (handle_ngx: at most this many nginx timers running or pending in the worker when an event
--- comes, else 503; 200).
+-- comes, else 503; 200), reconcile (bitrix24.reconcile: the entity kinds a pass lists and its
+-- options; router:reconcile_once() runs a pass, and b24 serve runs them as a job with host = …).
 -- Raises on misuse, including no verification unless insecure = true.
 function _M.new(opts)
    if opts == nil then opts = {} end
@@ -242,7 +243,19 @@ function _M.new(opts)
       handlers = {},
       store = opts.store or (default_store and default_store(dedup_max)) or memory_store(dedup_max),
    }
-   return setmetatable(self, mt)
+   setmetatable(self, mt)
+   if opts.reconcile ~= nil then
+      -- the raw token (or tokens) goes into synthesized bodies only, never into a log
+      self.reconciler = require("bitrix24.reconcile").attach(self, opts.reconcile, opts.token or opts.tokens)
+   end
+   return self
+end
+
+-- One reconciliation pass (bitrix24.reconcile) now: its summary { requests, seconds, entities,
+-- counts, failed } | nil, err. Raises when the router has no reconcile option.
+function _M.reconcile_once(self)
+   if not self.reconciler then error("router:reconcile_once: the router has no 'reconcile' option", 2) end
+   return self.reconciler:pass()
 end
 
 -- Registers fn(event, ctx) for an event name (case-insensitive), a prefix ending in "*", or "*".
@@ -530,6 +543,12 @@ function _M.dispatch(self, stored, ctx)
    if failures then
       return nil, Error.new{ code = "handler_failed", description = table_concat(failures, "\n"),
                              traceback = table_concat(tracebacks, "\n") }
+   end
+   if self.reconciler then
+      -- the object's mark: the time of the last delivery handled for it (bitrix24.reconcile); a
+      -- mark that fails to be kept only makes a later pass commit the change once more
+      local ok, err = pcall(self.reconciler.handled, self.reconciler, event)
+      if not ok then pcall(ctx.log, "warn", "bitrix24.reconcile: mark not kept", { error = tostring(err) }) end
    end
    return true, matched
 end
