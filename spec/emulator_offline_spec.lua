@@ -425,6 +425,20 @@ end)
 
 describe("emulator answers held per method (--method-latency, --method-stall)", function()
    local srv, rec, token
+   -- the "emulator answer held" lines so far: counted once the portal has logged the request
+   -- of a unique method (404) sent after every earlier one
+   local syncs = 0
+   local function held_lines(from)
+      syncs = syncs + 1
+      local tag = "spec.sync" .. syncs
+      assert.are.equal(404, (emu.call(srv, tag)))
+      assert(srv:wait_log(tag .. " "))
+      local n = 0
+      for i = from or 1, #srv.lines do
+         if srv.lines[i]:find("emulator answer held", 1, true) then n = n + 1 end
+      end
+      return n
+   end
    setup(function()
       srv, rec, token = start({ "--method-latency", "event.offline.get@2=300",
                                 "--method-stall", "event.offline.clear@1=200" })
@@ -458,12 +472,25 @@ describe("emulator answers held per method (--method-latency, --method-stall)", 
       assert.are.same({}, ok(rest(srv, "event.offline.list", token, { filter = { PROCESS_ID = first.process_id } })))
       -- a third get is not held: two held lines in all, one per rule
       ok(rest(srv, "event.offline.get", token, { clear = 0, limit = 1 }))
-      ok(emu.call(srv, "emulator.offline.stats"))
-      local held = 0
-      for _, l in ipairs(srv.lines) do
-         if l:find("emulator answer held", 1, true) then held = held + 1 end
-      end
-      assert.are.equal(2, held)
+      assert.are.equal(2, held_lines())
+   end)
+
+   it("replaces the holds at run time with emulator.holds.set, counting calls afresh", function()
+      local before = #srv.lines
+      ok(emu.call(srv, "emulator.holds.set", { stall = "event.offline.list@2=100" }))
+      ok(rest(srv, "event.offline.list", token))
+      local status, body = rest(srv, "event.offline.list", token)
+      assert.are.equal(503, status)
+      assert.are.equal("QUERY_LIMIT_EXCEEDED", body.error)
+      local line = assert(srv:wait_log("method=event.offline.list"))
+      assert.matches("call=2", line, 1, true)
+      -- none: nothing held any more (the --method-latency of the start included)
+      ok(emu.call(srv, "emulator.holds.set"))
+      for _ = 1, 3 do ok(rest(srv, "event.offline.get", token, { clear = 0, limit = 1 })) end
+      assert.are.equal(1, held_lines(before + 1))
+      status, body = emu.call(srv, "emulator.holds.set", { latency = "nonsense" })
+      assert.are.equal(400, status)
+      assert.are.equal("ERROR_ARGUMENT", body.error)
    end)
 
    it("refuses a hold that does not read METHOD[@N]=MS", function()

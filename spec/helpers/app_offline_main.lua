@@ -1,7 +1,9 @@
--- A `b24 serve` script for spec/app_offline_spec.lua: an application whose router pulls the
--- portal's offline queue into the inbox (bitrix24.offline) and logs each lead it handles as
--- "lead handled" with its id and whether it came from the queue. Config from the environment:
--- APP_CLIENT_ID, APP_CLIENT_SECRET, APP_OAUTH, APP_OFFLINE_INTERVAL (60), APP_OFFLINE_LIMIT (50);
+-- A `b24 serve` script for spec/app_offline_spec.lua, app_offline_kill_spec.lua and
+-- app_offline_portals_spec.lua: an application whose router pulls its portals' offline queues
+-- into the inbox (bitrix24.offline) and logs each lead it handles as "lead handled" with its id,
+-- whether it came from the queue and its portal (member_id). Config from the environment:
+-- APP_CLIENT_ID, APP_CLIENT_SECRET, APP_OAUTH, APP_OFFLINE_INTERVAL (60), APP_OFFLINE_LIMIT (50),
+-- APP_OFFLINE_PARALLEL (the puller's parallel: portals sharded over that many jobs; unset: none);
 -- APP_DIE_AT = "put:N" ends the process (as kill -9 would: no drain) at the Nth inbox commit,
 -- before it; "clear:N" right before the Nth event.offline.clear, after its rows were committed.
 local bitrix24 = require "bitrix24"
@@ -42,11 +44,13 @@ local app = bitrix24.app{
    end)(),
 }
 local router = app:router{ offline = { host = hooked, interval = tonumber(os.getenv("APP_OFFLINE_INTERVAL") or "60"),
-                                       limit = tonumber(os.getenv("APP_OFFLINE_LIMIT") or "50") } }
+                                       limit = tonumber(os.getenv("APP_OFFLINE_LIMIT") or "50"),
+                                       parallel = tonumber(os.getenv("APP_OFFLINE_PARALLEL") or "") } }
 router:on("ONAPPINSTALL", function(event)
    host.log("info", "app installed", { member_id = event.member_id })
 end)
 router:on("ONCRMLEADADD", function(event)
-   host.log("info", "lead handled", { id = event.id, offline = event.offline and "yes" or "no" })
+   host.log("info", "lead handled", { id = event.id, offline = event.offline and "yes" or "no",
+                                      portal = event.member_id })
 end)
 return router

@@ -324,7 +324,8 @@ end
 -- webhook: emulator.app.install { url, new_token } posts an install now (to url, else to every
 -- --install-to); emulator.tokens.expire makes every access token issued so far expire;
 -- emulator.oauth.stats counts the OAuth outcomes since the start; emulator.offline.stats the
--- offline queue's (b24.emulator.offline control_stats).
+-- offline queue's (b24.emulator.offline control_stats); emulator.holds.set replaces the held
+-- answers.
 local CONTROL = {}
 CONTROL["emulator.app.install"] = function(p, params)
    local urls = {}
@@ -351,6 +352,22 @@ CONTROL["emulator.oauth.stats"] = function(p)
    local out = {}
    for k, v in pairs(p.app.stats) do out[k] = v end
    return out
+end
+
+-- emulator.holds.set { latency = "METHOD[@N]=MS,…", stall = … }: the held answers from now on
+-- (as --method-latency and --method-stall; an absent one is none), each call counted afresh
+CONTROL["emulator.holds.set"] = function(p, params)
+   local rules = {}
+   local function bad(text) return nil, { status = 400, error = "ERROR_ARGUMENT", error_description = text } end
+   for _, kind in ipairs({ "latency", "stall" }) do
+      local spec = params[kind]
+      if spec ~= nil and type(spec) ~= "string" then return bad(kind .. ": METHOD[@N]=MS,… expected") end
+      local got, err = faults.parse_methods(spec)
+      if not got then return bad(kind .. ": " .. err) end
+      rules[kind] = got
+   end
+   p.holds = faults.holds(rules.latency, rules.stall)
+   return { latency = #rules.latency, stall = #rules.stall }
 end
 
 CONTROL["emulator.offline.stats"] = function(p)
