@@ -307,6 +307,33 @@ describe("bitrix24.reconcile against b24 emulate", function()
       assert.are_not.equal(company_cp, st:get("bitrix24.reconcile|127.0.0.1|checkpoint|crm.company"))
    end)
 
+   it("sweeps IDs when asked: a deletion whose delivery was lost becomes …DELETE, a handled one does not", function()
+      local w = world({ "crm.deal", sweep = 1e-6 }) -- a sweep with every pass
+      add("crm.deal.add", { TITLE = "keep" }) -- stays: never in the deletes below
+      local lost = add("crm.deal.add", { TITLE = "lost" })
+      local told = add("crm.deal.add", { TITLE = "told" })
+      assert(w.router:reconcile_once()) -- the first sweep: what the portal has
+      local between = add("crm.deal.add", { TITLE = "between" })
+      assert(w.router:reconcile_once()) -- listed by a pass, not yet by a sweep
+      assert(client:call("crm.deal.delete", { id = lost }))
+      assert(client:call("crm.deal.delete", { id = told }))
+      assert(client:call("crm.deal.delete", { id = between }))
+      w.deliver("ONCRMDEALDELETE", told, os.time())
+      w.seen = {}
+      local got = assert(w.router:reconcile_once())
+      local want = { "ONCRMDEALDELETE:" .. between, "ONCRMDEALDELETE:" .. lost }
+      table.sort(want)
+      assert.same(want, w.take("ONCRMDEALDELETE"))
+      assert.equal(3, got.counts["crm.deal/delete"]) -- committed; the one already handled met the dedup
+      assert.is_nil(next(got.failed))
+      local ids = w.router.reconciler.state:get("bitrix24.reconcile|" .. DOMAIN .. "|ids|crm.deal")
+      assert.matches("^[%w,]+$", ids) -- the IDs the sweep found, as base-36 differences
+      w.seen = {}
+      got = assert(w.router:reconcile_once()) -- nothing deleted since
+      assert.same({}, w.take("ONCRMDEALDELETE"))
+      assert.is_nil(got.counts["crm.deal/delete"])
+   end)
+
    it("runs one pass at a time in a Lua state", function()
       local w = world({ "crm.lead" })
       local inner

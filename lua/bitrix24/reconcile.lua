@@ -46,6 +46,7 @@ local string_lower = string.lower
 local string_gmatch = string.gmatch
 local string_match = string.match
 local string_gsub = string.gsub
+local string_sub = string.sub
 local table_concat = table.concat
 local table_sort = table.sort
 local math_floor = math.floor
@@ -376,7 +377,7 @@ function Reconciler:body(kind, action, id, ts)
    return table_concat({
       form_encode({ event = kind.stem .. action }),
       form_encode({ data = data_of(kind, action, id) }),
-      form_encode({ ts = string_format("%d", ts) }),
+      form_encode({ ts = string_format("%d", math_floor(ts)) }),
       form_encode({ auth = auth }),
       "reconciled=1",
    }, "&")
@@ -545,12 +546,32 @@ function Reconciler:pass_once()
    return summary
 end
 
+-- The totals kept across reloads and restarts (in the state): "entity/kind=n,…" and the runs.
+function Reconciler:load_totals()
+   if self.totals_loaded then return end
+   self.totals_loaded = true
+   local text = self.state:get(self.prefix .. "totals")
+   if type(text) ~= "string" then return end
+   for key, n in string_gmatch(text, "([^,=]+)=(%d+)") do
+      if key == "runs" or key == "failures" then self[key] = tonumber(n) else self.totals[key] = tonumber(n) end
+   end
+end
+
+function Reconciler:save_totals()
+   local parts = { "runs=" .. self.runs, "failures=" .. self.failures }
+   for key, n in pairs(self.totals) do parts[#parts + 1] = key .. "=" .. string_format("%d", n) end
+   table_sort(parts)
+   self.state:put(self.prefix .. "totals", table_concat(parts, ","))
+end
+
 -- Counts, the log line and the metrics of a pass.
 function Reconciler:report(summary, err)
+   pcall(self.load_totals, self)
    self.runs = self.runs + 1
    if not summary then
       self.failures = self.failures + 1
       log(self, "warn", "bitrix24.reconcile: pass failed", { error = tostring(err) })
+      pcall(self.save_totals, self)
       self:metrics(nil)
       return
    end
@@ -573,6 +594,7 @@ function Reconciler:report(summary, err)
       checkpoint = latest and _M.format_date(latest, self.offset or 0) or nil,
       failed = #failed > 0 and table_concat(failed, "; ") or nil,
    })
+   pcall(self.save_totals, self)
    self:metrics(summary)
 end
 
@@ -584,10 +606,10 @@ function Reconciler:metrics(summary)
    pcall(function()
       for key, n in pairs(self.totals) do
          local entity, kind = string_match(key, "^(.*)/(%a+)$")
-         metric("b24_reconciled_total", { entity = entity, kind = kind }, n)
+         metric("b24_reconciled_total", { entity = entity, kind = kind }, n, "counter")
       end
-      metric("b24_reconcile_passes_total", { outcome = "failed" }, self.failures)
-      metric("b24_reconcile_passes_total", { outcome = "ok" }, self.runs - self.failures)
+      metric("b24_reconcile_passes_total", { outcome = "failed" }, self.failures, "counter")
+      metric("b24_reconcile_passes_total", { outcome = "ok" }, self.runs - self.failures, "counter")
       if summary then
          metric("b24_reconcile_pass_seconds", {}, summary.seconds)
          metric("b24_reconcile_pass_requests", {}, summary.requests)
@@ -601,16 +623,47 @@ function Reconciler:pass()
       return nil, Error.new{ code = "busy", description = "a reconciliation pass is running" }
    end
    self.running = true
+   local stats, t0 = self.client.stats, self.clock()
+   local requests0 = stats and stats.requests or 0
    local ok, summary, err = pcall(self.pass_once, self)
-   self.running = false
    if not ok then summary, err = nil, Error.new{ code = "failed", description = tostring(summary) } end
-   if summary and summary.start and self.sweep and (self.clock() - (self.swept_at or -1e18)) >= self.sweep then
-      local sok, serr = self:sweep_ids(summary)
-      if sok then self.swept_at = self.clock() else summary.failed.sweep = serr end
+   if summary and summary.start and self.sweep then
+      -- due by the portal's clock, kept in the state so a restart does not sweep at once
+      local last = tonumber(self.state:get(self.prefix .. "swept_at"))
+      if not last or summary.start - last >= self.sweep then
+         local called, sok, serr = pcall(self.sweep_ids, self, summary)
+         if not called then sok, serr = nil, sok end
+         if sok then
+            self.state:put(self.prefix .. "swept_at", string_format("%.6f", summary.start))
+         else
+            summary.failed.sweep = serr
+         end
+      end
+   end
+   self.running = false
+   if summary then
+      summary.requests = (stats and stats.requests or 0) - requests0
+      summary.seconds = self.clock() - t0
    end
    self:report(summary, err)
    if not summary then return nil, err end
    return summary
+end
+
+local DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+-- A whole number >= 0 in base 36.
+local function base36(n)
+   if n < 36 then return string_sub(DIGITS, n + 1, n + 1) end
+   local out = {}
+   while n > 0 do
+      local d = n % 36
+      out[#out + 1] = string_sub(DIGITS, d + 1, d + 1)
+      n = math_floor(n / 36)
+   end
+   local r = {}
+   for i = #out, 1, -1 do r[#r + 1] = out[i] end
+   return table_concat(r)
 end
 
 -- The ID sweep: every ID the portal has now, per kind (a keyset scan of IDs alone: N/2,500
@@ -631,7 +684,11 @@ function Reconciler:sweep_ids(summary)
       end
       local name = self.prefix .. "ids|" .. kind.entity
       local before = self.seen[kind.entity] or {}
-      for id in string_gmatch(self.state:get(name) or "", "%d+") do before[id] = true end
+      local prev = 0
+      for delta in string_gmatch(self.state:get(name) or "", "[%w]+") do
+         prev = prev + tonumber(delta, 36)
+         before[plans.fmt_id(prev)] = true
+      end
       local start = summary.start
       local gone = {}
       for id in pairs(before) do
@@ -644,9 +701,14 @@ function Reconciler:sweep_ids(summary)
          local key = kind.entity .. "/delete"
          summary.counts[key] = (summary.counts[key] or 0) + 1
       end
+      -- kept as the differences of the sorted IDs in base 36: ~2 bytes an ID where IDs are dense
       table_sort(list)
       local text = {}
-      for i, id in ipairs(list) do text[i] = plans.fmt_id(id) end
+      prev = 0
+      for i, id in ipairs(list) do
+         text[i] = base36(id - prev)
+         prev = id
+      end
       local ok, perr = self.state:put(name, table_concat(text, ","))
       if not ok then return nil, perr end
       self.seen[kind.entity] = {}
