@@ -22,7 +22,8 @@ HOST_HDR := $(wildcard b24/src/*.h emulator/src/*.h)
 LUA_SRC  := $(sort $(wildcard lua/bitrix24/*.lua lua/bitrix24/*/*.lua b24/lua/b24/*.lua \
               emulator/lua/b24/*.lua emulator/lua/b24/*/*.lua))
 PREFIX ?= /usr/local
-HOST_LIBS := -llua5.4 -lmicrohttpd -lsqlite3
+HOST_LIBS := -llua5.4 -lmicrohttpd -lsqlite3 -lpq
+PQ_INC    := $(shell pkg-config --cflags libpq 2>/dev/null || echo -I/usr/include/postgresql)
 ASAN  := $(BUILD)/asan/bitrix24/core.so
 
 .PHONY: all b24 test check install fuzz fuzz-run bench clean format lint lint-lua lint-c \
@@ -44,7 +45,7 @@ $(BUILD)/b24_embedded.c: $(LUA_SRC) scripts/embed.lua Makefile
 	lua5.4 scripts/embed.lua $(LUA_SRC) > $@
 
 $(B24): $(SRC) $(HDR) $(HOST_SRC) $(HOST_HDR) $(BUILD)/b24_embedded.c
-	$(CC) $(BASE) -fvisibility=default $(CFLAGS) $(LUA54_INC) -Icsrc -Ib24/src -Iemulator/src -o $@ \
+	$(CC) $(BASE) -fvisibility=default $(CFLAGS) $(LUA54_INC) $(PQ_INC) -Icsrc -Ib24/src -Iemulator/src -o $@ \
 	  $(SRC) $(HOST_SRC) $(BUILD)/b24_embedded.c $(LIBS) $(HOST_LIBS) -Wl,-E
 
 # The program alone: `make b24` builds build/b24, `make install` puts it in $(DESTDIR)$(BINDIR)
@@ -73,7 +74,7 @@ ASAN_B24 := $(BUILD)/asan/b24
 $(ASAN_B24): $(SRC) $(HDR) $(HOST_SRC) $(HOST_HDR) $(BUILD)/b24_embedded.c
 	@mkdir -p $(@D)
 	$(CC) $(BASE) -fvisibility=default -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
-	  -fno-sanitize-recover=all $(LUA54_INC) -Icsrc -Ib24/src -Iemulator/src -o $@ \
+	  -fno-sanitize-recover=all $(LUA54_INC) $(PQ_INC) -Icsrc -Ib24/src -Iemulator/src -o $@ \
 	  $(SRC) $(HOST_SRC) $(BUILD)/b24_embedded.c $(LIBS) $(HOST_LIBS)
 
 check: $(ASAN) $(ASAN_B24)

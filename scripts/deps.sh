@@ -6,12 +6,13 @@ set -euo pipefail
 
 build=(build-essential pkg-config ca-certificates
        lua5.4 liblua5.4-dev liblua5.1-0-dev luajit2 libluajit2-5.1-dev lua-cjson luarocks
-       libcurl4-openssl-dev libssl-dev libmicrohttpd-dev libsqlite3-dev)
+       libcurl4-openssl-dev libssl-dev libmicrohttpd-dev libsqlite3-dev libpq-dev)
 # nginx + libnginx-mod-http-lua (which pulls lua-resty-core, lua-resty-lrucache and OpenResty's
 # libluajit2) for spec/openresty_spec.lua; lua-check (luacheck), cppcheck and clang-format for
-# `make lint`, which scripts/test.sh runs first
+# `make lint`, which scripts/test.sh runs first; postgresql (its server binaries, initdb and
+# postgres, started by the specs on a private port; the cluster Debian may start is left alone)
 test=("${build[@]}" lua-busted lua-socket lua-sec openssl curl sqlite3 php-cli clang libclang-rt-14-dev
-      nginx libnginx-mod-http-lua lua-check cppcheck clang-format)
+      nginx libnginx-mod-http-lua lua-check cppcheck clang-format postgresql)
 bench=("${test[@]}" wrk nodejs linux-perf)
 
 case "${1:-}" in
