@@ -570,9 +570,10 @@ function Reconciler:report(summary, err)
    self.runs = self.runs + 1
    if not summary then
       self.failures = self.failures + 1
-      log(self, "warn", "bitrix24.reconcile: pass failed", { error = tostring(err) })
-      pcall(self.save_totals, self)
+      -- the metrics and the kept totals first: once the line is out, they tell the same
       self:metrics(nil)
+      pcall(self.save_totals, self)
+      log(self, "warn", "bitrix24.reconcile: pass failed", { error = tostring(err) })
       return
    end
    local parts, failed, listed, latest = {}, {}, 0, nil
@@ -588,14 +589,14 @@ function Reconciler:report(summary, err)
    table_sort(parts)
    table_sort(failed)
    if #failed > 0 then self.failures = self.failures + 1 end
+   self:metrics(summary)
+   pcall(self.save_totals, self)
    log(self, #failed > 0 and "warn" or "info", "bitrix24.reconcile: pass", {
       listed = listed, reconciled = #parts > 0 and table_concat(parts, ",") or "none",
       requests = summary.requests, seconds = string_format("%.3f", summary.seconds),
       checkpoint = latest and _M.format_date(latest, self.offset or 0) or nil,
       failed = #failed > 0 and table_concat(failed, "; ") or nil,
    })
-   pcall(self.save_totals, self)
-   self:metrics(summary)
 end
 
 -- host.metric lines, when the host has them: b24_reconciled_total{entity,kind}, the last pass's
