@@ -18,6 +18,11 @@ typedef struct b24_inbox_options {
     double retry_base; /* seconds before the second run; doubles each time, with jitter */
     double retry_max;  /* cap of one backoff */
     double dedup_ttl;  /* seconds a processed delivery's key is remembered */
+    /* PostgreSQL (a fleet): seconds a host's claim lasts without renewal (renewed every third
+     * of it; a dead host's runs are taken over after it), and the host's name in its claims
+     * (NULL: hostname:pid) */
+    double lease;
+    const char *owner;
 } b24_inbox_options;
 
 /* A delivery a request thread wants stored; done() runs in the inbox thread after the
@@ -72,7 +77,9 @@ typedef struct b24_op {
     void *arg;
 } b24_op;
 
-/* Opens (creating) the inbox at path, or an in-memory one for ":memory:"; NULL and a message. */
+/* Opens (creating) the inbox at path: a PostgreSQL database for a postgresql:// URL (shared by
+ * any number of hosts), an in-memory one for ":memory:", else a SQLite file; NULL and a
+ * message (a URL's password masked). */
 b24_inbox *b24_inbox_open(const char *path, const b24_inbox_options *o, char *err, size_t errlen);
 /* Starts the inbox thread; -1 when it cannot. */
 int b24_inbox_start(b24_inbox *in);

@@ -21,6 +21,8 @@ static atomic_long in_flight;
 static atomic_ulong stored_total, duplicates_total, merged_total, rerun_total;
 static atomic_ulong runs_ok, runs_failed, dead_total;
 static long (*depth_fn)(void);
+static atomic_int inbox_up = 1;
+static atomic_ulong inbox_refused;
 static char *(*jobs_fn)(size_t *len);
 
 /* A delivery accepted: stored (or run), a duplicate, merged, or one more run asked for. */
@@ -49,6 +51,18 @@ void b24_metrics_dead_letter(void)
 void b24_metrics_inbox_depth(long (*depth)(void))
 {
     depth_fn = depth;
+}
+
+/* The inbox's database up or down. */
+void b24_metrics_inbox_up(int up)
+{
+    atomic_store_explicit(&inbox_up, up, memory_order_relaxed);
+}
+
+/* Deliveries the inbox could not commit. */
+void b24_metrics_inbox_refused(long n)
+{
+    atomic_fetch_add_explicit(&inbox_refused, (unsigned long)n, memory_order_relaxed);
 }
 
 /* Turns on the jobs' metrics; render() is called when rendering. */
@@ -177,8 +191,16 @@ char *b24_metrics_render(size_t *len)
         put(&o,
             "# HELP b24_inbox_depth Stored deliveries not yet handled.\n"
             "# TYPE b24_inbox_depth gauge\n"
-            "b24_inbox_depth %ld\n",
-            depth_fn());
+            "b24_inbox_depth %ld\n"
+            "# HELP b24_inbox_up Whether the inbox's database is reachable (1) or not (0).\n"
+            "# TYPE b24_inbox_up gauge\n"
+            "b24_inbox_up %d\n"
+            "# HELP b24_inbox_refused_total Deliveries answered 503 because the inbox could not "
+            "commit them (Bitrix24 does not send them again).\n"
+            "# TYPE b24_inbox_refused_total counter\n"
+            "b24_inbox_refused_total %lu\n",
+            depth_fn(), atomic_load_explicit(&inbox_up, memory_order_relaxed),
+            atomic_load_explicit(&inbox_refused, memory_order_relaxed));
     }
     size_t jobs_len = 0;
     char *jobs_text = jobs_fn ? jobs_fn(&jobs_len) : NULL;

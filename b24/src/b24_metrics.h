@@ -22,6 +22,10 @@ void b24_metrics_delivery(int result);
 void b24_metrics_handler_run(int ok);
 /* A delivery moved to the dead letters. */
 void b24_metrics_dead_letter(void);
+/* Whether the inbox's database is reachable (PostgreSQL): b24_inbox_up 1 or 0. */
+void b24_metrics_inbox_up(int up);
+/* Deliveries refused because the inbox could not commit them (answered 503: lost to Bitrix24). */
+void b24_metrics_inbox_refused(long n);
 /* Turns on the inbox's metrics, with depth() read as a gauge when rendering. */
 void b24_metrics_inbox_depth(long (*depth)(void));
 /* Turns on the background jobs' metrics: render() gives their lines, malloc'd (b24_jobs.c). */

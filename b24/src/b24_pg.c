@@ -61,6 +61,13 @@ void b24_pg_error(PGconn *c, char *out, size_t outlen)
     b24_mask(m, len, out, outlen);
 }
 
+/* libpq prints a server's notices (NOTICE: relation exists, skipping) on stderr: not here. */
+static void no_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
 /* A new connection, or NULL and why. */
 PGconn *b24_pg_connect(const char *url, int statement_timeout_ms, char *err, size_t errlen)
 {
@@ -76,6 +83,7 @@ PGconn *b24_pg_connect(const char *url, int statement_timeout_ms, char *err, siz
         PQfinish(c);
         return NULL;
     }
+    PQsetNoticeProcessor(c, no_notice, NULL);
     if (PQserverVersion(c) < 130000) {
         snprintf(err, errlen, "%s is PostgreSQL %d; 13 or later is needed", masked,
                  PQserverVersion(c) / 10000);
@@ -110,20 +118,22 @@ int b24_pg_exec(PGconn *c, const char *sql, char *err, size_t errlen)
  * unix seconds of the database server's clock (extract(epoch from now())), so every host of a
  * fleet compares leases and retries on one clock. The inbox has no 'waiting' state here: at
  * most one pending row per key (a unique index: ON CONFLICT merges), and a pending row whose
- * key runs is not claimable until that run ends — the same rules as the SQLite inbox. */
+ * key runs is not claimable until that run ends — the same rules as the SQLite inbox. Keys,
+ * content types, bodies, errors, kv names and mark objects are bytea: a script's bytes are
+ * stored as given, whatever the database's encoding. */
 static const char *const migrations[] = {
     /* 1: the inbox, its dead letters and dedup memory, the script's kv and marks, tokens */
     "CREATE TABLE b24_deliveries ("
     "  id bigserial PRIMARY KEY,"
-    "  key text NOT NULL,"
+    "  key bytea NOT NULL," /* bytes as the router or the script made them */
     "  event text NOT NULL,"
-    "  content_type text NOT NULL,"
+    "  content_type bytea NOT NULL,"
     "  body bytea NOT NULL,"
     "  received_at double precision NOT NULL,"
     "  state text NOT NULL DEFAULT 'pending'," /* pending | running */
     "  attempts integer NOT NULL DEFAULT 0,"
     "  next_at double precision NOT NULL,"
-    "  last_error text,"
+    "  last_error bytea,"
     "  owner text," /* the host running it */
     "  lease_until double precision);"
     "CREATE UNIQUE INDEX b24_deliveries_pending ON b24_deliveries(key) WHERE state = 'pending';"
@@ -131,18 +141,18 @@ static const char *const migrations[] = {
     "CREATE INDEX b24_deliveries_ready ON b24_deliveries(next_at, id) WHERE state = 'pending';"
     "CREATE TABLE b24_dead ("
     "  id bigserial PRIMARY KEY,"
-    "  key text NOT NULL,"
+    "  key bytea NOT NULL,"
     "  event text NOT NULL,"
-    "  content_type text NOT NULL,"
+    "  content_type bytea NOT NULL,"
     "  body bytea NOT NULL,"
     "  received_at double precision NOT NULL,"
     "  attempts integer NOT NULL,"
-    "  last_error text,"
+    "  last_error bytea,"
     "  died_at double precision NOT NULL);"
-    "CREATE TABLE b24_seen (key text PRIMARY KEY, until double precision NOT NULL);"
-    "CREATE TABLE b24_kv (name text PRIMARY KEY, value bytea NOT NULL,"
+    "CREATE TABLE b24_seen (key bytea PRIMARY KEY, until double precision NOT NULL);"
+    "CREATE TABLE b24_kv (name bytea PRIMARY KEY, value bytea NOT NULL,"
     "  updated_at double precision NOT NULL);"
-    "CREATE TABLE b24_marks (object text PRIMARY KEY, ts double precision NOT NULL,"
+    "CREATE TABLE b24_marks (object bytea PRIMARY KEY, ts double precision NOT NULL,"
     "  until double precision NOT NULL);"
     "CREATE TABLE b24_app_portals ("
     "  member_id text PRIMARY KEY, domain text, client_id text, client_endpoint text,"

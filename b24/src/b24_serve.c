@@ -26,6 +26,7 @@
 #include "b24_handlers.h"
 #include "b24_inbox.h"
 #include "b24_jobs.h"
+#include "b24_pg.h"
 #include "b24_log.h"
 #include "b24_metrics.h"
 #include "b24_request.h"
@@ -56,14 +57,26 @@ static int open_inbox(const b24_serve_options *o, int kind)
     }
     if (o->max_body > B24_MAX_BODY_INBOX) { /* refused up front, not at the first big body */
         fprintf(stderr,
-                "b24 serve: --max-body %zu is over what the SQLite inbox stores in one row "
+                "b24 serve: --max-body %zu is over what the inbox stores in one row "
                 "(%llu bytes); lower it, or use --sync\n",
                 o->max_body, B24_MAX_BODY_INBOX);
         return 2;
     }
-    char err[512];
+    char err[1024];
     const char *path = strcmp(o->inbox, "memory") == 0 ? ":memory:" : o->inbox;
-    ctx.inbox = b24_inbox_open(path, &o->inbox_opt, err, sizeof err);
+    /* a fleet host's name in its claims: stable across its restarts (hostname and port), so a
+     * restarted host takes its own interrupted runs back at once; with port 0 the pid */
+    char owner[160], host[64] = "host";
+    gethostname(host, sizeof host - 1);
+    const char *port = strrchr(o->listen, ':');
+    if (port && strcmp(port, ":0") != 0 && port[1] != '\0')
+        snprintf(owner, sizeof owner, "%s%s", host, port);
+    else
+        snprintf(owner, sizeof owner, "%s:pid%ld", host, (long)getpid());
+    b24_inbox_options io = o->inbox_opt;
+    if (io.owner == NULL)
+        io.owner = owner;
+    ctx.inbox = b24_inbox_open(path, &io, err, sizeof err);
     if (ctx.inbox == NULL) {
         fprintf(stderr, "b24 serve: %s\n", err);
         return -1;
@@ -346,8 +359,10 @@ static struct MHD_Daemon *start_daemon(const b24_serve_options *o)
     snprintf(where, sizeof where, o->addr.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", host,
              di ? (unsigned)di->port : 0u);
     snprintf(workers_s, sizeof workers_s, "%ld", o->workers);
+    char inbox[512];
+    b24_pg_mask(o->inbox, inbox, sizeof inbox); /* a postgresql:// URL's password */
     b24_log(B24_INFO, "listening", "address", where, "workers", workers_s, "script",
-            handler_name(o), "inbox", ctx.inbox ? o->inbox : "none", "version", B24_VERSION, NULL);
+            handler_name(o), "inbox", ctx.inbox ? inbox : "none", "version", B24_VERSION, NULL);
     return d;
 }
 

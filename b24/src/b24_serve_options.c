@@ -20,6 +20,7 @@ static void usage(FILE *f)
           "                 [--inbox PATH|memory] [--sync] [--handler-threads N]\n"
           "                 [--max-attempts N] [--retry-base SECONDS] [--retry-max SECONDS]\n"
           "                 [--dedup-ttl SECONDS] [--handler-timeout SECONDS] [--jobs N]\n"
+          "                 [--lease SECONDS]\n"
           "                 [--request-timeout SECONDS] SCRIPT.lua\n"
           "environment: B24_LISTEN, B24_WORKERS, B24_MAX_BODY, B24_LOG_FORMAT, B24_LOG_LEVEL,\n"
           "             B24_INBOX\n",
@@ -127,6 +128,7 @@ int b24_serve_options_init(b24_serve_options *o, const char *who)
     o->inbox_opt.retry_base = 1;
     o->inbox_opt.retry_max = 3600;
     o->inbox_opt.dedup_ttl = 86400;
+    o->inbox_opt.lease = 30;
     if ((env = getenv("B24_WORKERS")) && *env && parse_long(env, 1, 1024, &o->workers)) {
         fprintf(stderr, "%s: bad B24_WORKERS '%s' (1 to 1024)\n", who, env);
         return 2;
@@ -155,6 +157,8 @@ int b24_serve_options_set(b24_serve_options *o, const char *name, const char *va
         return parse_long(value, 1, 1024, &o->workers);
     else if (strcmp(name, "jobs") == 0)
         return parse_long(value, 1, 16, &o->jobs);
+    else if (strcmp(name, "lease") == 0)
+        return parse_seconds(value, 0.3, 3600, &o->inbox_opt.lease);
     else if (strcmp(name, "max-body") == 0)
         return parse_size(value, &o->max_body);
     else if (strcmp(name, "client-timeout") == 0) {
@@ -232,6 +236,7 @@ int b24_serve_options_parse(b24_serve_options *o, int argc, char **argv)
         {"handler-timeout", required_argument, NULL, 0},
         {"request-timeout", required_argument, NULL, 0},
         {"jobs", required_argument, NULL, 0},
+        {"lease", required_argument, NULL, 0},
         {NULL, 0, NULL, 0},
     };
     int rc = b24_serve_options_init(o, "b24 serve");

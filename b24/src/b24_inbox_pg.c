@@ -1,0 +1,758 @@
+/* The inbox on PostgreSQL: one database shared by a fleet of `b24 serve` hosts (b24_inbox_impl.h,
+ * the schema in b24_pg.c). Each host's inbox thread owns one connection and runs each batch of
+ * stores, outcomes, script operations and claims as one transaction (group commit, with
+ * synchronous_commit on: durable before the 200); a listener thread holds a second connection
+ * that LISTENs, so a host wakes when another stored or freed deliveries.
+ *
+ * The rules are the SQLite inbox's, kept by the database across hosts:
+ * - at most one pending row per key (a unique partial index): a repeat of an update's key merges
+ *   by ON CONFLICT DO NOTHING; an add's or delete's key seen (stored, or handled within the
+ *   dedup TTL: b24_seen) is a duplicate;
+ * - a pending row is claimable when no row of its key runs (so a repeat that arrived during a
+ *   run is that run's one more run), claimed with FOR UPDATE SKIP LOCKED: no two hosts take one;
+ * - a running row carries its host (owner) and a lease the host renews every lease/3; a row
+ *   whose lease ran out (its host died) goes back to pending (or to the dead letters when out of
+ *   attempts), on whichever host notices first; a host's own rows at its start at once;
+ * - a recorded success deletes the row: nothing runs again after it. Retries and dead letters
+ *   only touch a row the host still owns.
+ * Times are the database server's (extract(epoch from now())), one clock for the fleet. A lost
+ * connection fails the batch (its deliveries are answered 503: never a 200 without a commit) and
+ * is retried with backoff (0.1 s doubling to 5 s); the log says so once per outage. */
+#include <arpa/inet.h>
+#include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+
+#include "b24_clock.h"
+#include "b24_dedup.h"
+#include "b24_inbox_impl.h"
+#include "b24_log.h"
+#include "b24_metrics.h"
+#include "b24_pg.h"
+
+#define NOW "extract(epoch from now())"
+#define STATEMENT_TIMEOUT_MS 30000
+#define CHANNEL "b24_inbox"
+
+enum {
+    P_KNOWN,
+    P_INSERT,
+    P_DONE,
+    P_REMEMBER,
+    P_BURY,
+    P_DROP_PENDING,
+    P_RETRY,
+    P_RELEASE_MERGED,
+    P_RELEASE,
+    P_CLAIM,
+    P_NEXT,
+    P_KV_GET,
+    P_KV_PUT,
+    P_MARK,
+    P_MARKS,
+    P_RENEW,
+    P_EXPIRED_BURY,
+    P_EXPIRED_MERGED,
+    P_EXPIRED_PENDING,
+    P_PRUNE_SEEN,
+    P_PRUNE_MARKS,
+    P_COUNT_ROWS,
+    P_COUNT
+};
+
+static const char *const sql[P_COUNT] = {
+    /* an add's or delete's key is known: handled within the TTL, or stored */
+    [P_KNOWN] = "SELECT 1 FROM b24_seen WHERE key = $1 AND until > " NOW
+                " UNION ALL SELECT 1 FROM b24_deliveries WHERE key = $1 LIMIT 1",
+    /* a row back: stored (its value: rows of the key running, so a rerun); none: merged */
+    [P_INSERT] = "INSERT INTO b24_deliveries (key, event, content_type, body, received_at, next_at)"
+                 " VALUES ($1, $2, $3, $4, " NOW ", " NOW ")"
+                 " ON CONFLICT (key) WHERE state = 'pending' DO NOTHING"
+                 " RETURNING (SELECT count(*) FROM b24_deliveries r"
+                 " WHERE r.key = $1 AND r.state = 'running')",
+    [P_DONE] = "DELETE FROM b24_deliveries WHERE id = $1",
+    [P_REMEMBER] = "INSERT INTO b24_seen (key, until) VALUES ($1, " NOW " + $2)"
+                   " ON CONFLICT (key) DO UPDATE SET until = excluded.until",
+    [P_BURY] = "WITH d AS (DELETE FROM b24_deliveries WHERE id = $1 AND owner = $3 RETURNING *)"
+               " INSERT INTO b24_dead (key, event, content_type, body, received_at, attempts,"
+               " last_error, died_at) SELECT key, event, content_type, body, received_at,"
+               " attempts, $2, " NOW " FROM d",
+    /* a retry is the one more run of a repeat that arrived during the run: that row goes */
+    [P_DROP_PENDING] = "DELETE FROM b24_deliveries d WHERE key = $1 AND state = 'pending'"
+                       " AND EXISTS (SELECT 1 FROM b24_deliveries r WHERE r.id = $2"
+                       " AND r.owner = $3)",
+    [P_RETRY] = "UPDATE b24_deliveries SET state = 'pending', next_at = " NOW " + $2,"
+                " last_error = $3, owner = NULL, lease_until = NULL WHERE id = $1 AND owner = $4",
+    /* a run not made (stopping): a pending repeat covers it, else it is pending again */
+    [P_RELEASE_MERGED] = "DELETE FROM b24_deliveries d WHERE id = $1 AND owner = $2 AND EXISTS"
+                         " (SELECT 1 FROM b24_deliveries p WHERE p.key = d.key"
+                         " AND p.state = 'pending')",
+    [P_RELEASE] = "UPDATE b24_deliveries SET state = 'pending', attempts = attempts - 1,"
+                  " owner = NULL, lease_until = NULL WHERE id = $1 AND owner = $2",
+    [P_CLAIM] = "WITH c AS (SELECT id FROM b24_deliveries d WHERE state = 'pending'"
+                " AND next_at <= " NOW " AND NOT EXISTS (SELECT 1 FROM b24_deliveries r"
+                " WHERE r.key = d.key AND r.state = 'running')"
+                " ORDER BY next_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)"
+                " UPDATE b24_deliveries d SET state = 'running', attempts = d.attempts + 1,"
+                " owner = $2, lease_until = " NOW " + $3 FROM c WHERE d.id = c.id"
+                " RETURNING d.id, d.attempts, d.key, d.event, d.content_type, d.body",
+    [P_NEXT] = "SELECT min(next_at) - " NOW " FROM b24_deliveries WHERE state = 'pending'",
+    [P_KV_GET] = "SELECT value FROM b24_kv WHERE name = $1",
+    [P_KV_PUT] = "INSERT INTO b24_kv (name, value, updated_at) VALUES ($1, $2, " NOW ")"
+                 " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
+                 " updated_at = excluded.updated_at",
+    [P_MARK] = "INSERT INTO b24_marks (object, ts, until) VALUES ($1, $2, " NOW " + $3)"
+               " ON CONFLICT (object) DO UPDATE SET ts = greatest(b24_marks.ts, excluded.ts),"
+               " until = excluded.until",
+    [P_MARKS] = "SELECT object, ts FROM b24_marks WHERE object = ANY($1::bytea[]) AND until > " NOW,
+    [P_RENEW] = "UPDATE b24_deliveries SET lease_until = " NOW " + $2"
+                " WHERE owner = $1 AND state = 'running'",
+    /* rows whose host died (lease out; or this host's own, from before its start: $3) */
+    [P_EXPIRED_BURY] = "WITH d AS (DELETE FROM b24_deliveries WHERE state = 'running'"
+                       " AND (lease_until < " NOW " OR owner = $2) AND attempts >= $1"
+                       " RETURNING *) INSERT INTO b24_dead (key, event, content_type, body,"
+                       " received_at, attempts, last_error, died_at) SELECT key, event,"
+                       " content_type, body, received_at, attempts,"
+                       " 'the host stopped during the run', " NOW " FROM d",
+    [P_EXPIRED_MERGED] = "DELETE FROM b24_deliveries d WHERE state = 'running'"
+                         " AND (lease_until < " NOW " OR owner = $1) AND EXISTS"
+                         " (SELECT 1 FROM b24_deliveries p WHERE p.key = d.key"
+                         " AND p.state = 'pending')",
+    [P_EXPIRED_PENDING] = "UPDATE b24_deliveries SET state = 'pending', owner = NULL,"
+                          " lease_until = NULL WHERE state = 'running'"
+                          " AND (lease_until < " NOW " OR owner = $1)",
+    [P_PRUNE_SEEN] = "DELETE FROM b24_seen WHERE until <= " NOW,
+    [P_PRUNE_MARKS] = "DELETE FROM b24_marks WHERE until <= " NOW,
+    [P_COUNT_ROWS] = "SELECT count(*) FROM b24_deliveries",
+};
+
+typedef struct pg {
+    PGconn *c;
+    char *url; /* holds the password: never logged */
+    char masked[512];
+    b24_inbox_options opt;
+    unsigned seed;
+    char owner[160];
+    int down;                /* the connection was lost; retried from retry_at */
+    double retry_at, retry_wait;
+    double last_renew, last_prune;
+    /* the listener */
+    pthread_t listener;
+    int listening;
+    atomic_int stop;
+    void (*wake)(void *arg);
+    void *wake_arg;
+} pg;
+
+/* ---- statements ---------------------------------------------------------------------------- */
+
+/* Prepares every statement on a new connection: 0, or -1 with why. */
+static int prepare(pg *p, char *err, size_t errlen)
+{
+    for (int i = 0; i < P_COUNT; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "b24_%d", i);
+        PGresult *r = PQprepare(p->c, name, sql[i], 0, NULL);
+        int ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
+        PQclear(r);
+        if (!ok) {
+            b24_pg_error(p->c, err, errlen);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Runs statement i with n text parameters (lens[k] < 0: a C string; formats: binary where
+ * given) and returns its result, or NULL when it failed (the result cleared). */
+static PGresult *exec_stmt(pg *p, int i, int n, const char *const *values, const int *lens,
+                           const int *formats, int binary_result)
+{
+    char name[16];
+    snprintf(name, sizeof name, "b24_%d", i);
+    PGresult *r = PQexecPrepared(p->c, name, n, values, lens, formats, binary_result);
+    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        PQclear(r);
+        return NULL;
+    }
+    return r;
+}
+
+/* Runs statement i for its effect: 0, or -1. */
+static int run_stmt(pg *p, int i, int n, const char *const *values)
+{
+    PGresult *r = exec_stmt(p, i, n, values, NULL, NULL, 0);
+    PQclear(r);
+    return r ? 0 : -1;
+}
+
+static int plain(pg *p, const char *q)
+{
+    PGresult *r = PQexec(p->c, q);
+    int ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    return ok ? 0 : -1;
+}
+
+/* ---- connection ---------------------------------------------------------------------------- */
+
+/* (Re)connects: 0, or -1 with why. */
+static int connect_db(pg *p, char *err, size_t errlen)
+{
+    if (p->c)
+        PQfinish(p->c);
+    p->c = b24_pg_connect(p->url, STATEMENT_TIMEOUT_MS, err, errlen);
+    if (p->c == NULL)
+        return -1;
+    if (prepare(p, err, errlen) != 0) {
+        PQfinish(p->c);
+        p->c = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* The connection is usable, reconnecting once its backoff is over: 0, or -1 (still down). */
+static int ensure_up(pg *p)
+{
+    if (!p->down)
+        return 0;
+    double now = b24_now();
+    if (now < p->retry_at)
+        return -1;
+    char err[600];
+    if (connect_db(p, err, sizeof err) != 0) {
+        p->retry_wait = p->retry_wait < 0.1 ? 0.1 : p->retry_wait * 2 > 5 ? 5 : p->retry_wait * 2;
+        p->retry_at = now + p->retry_wait;
+        b24_log(B24_DEBUG, "inbox database still unreachable", "error", err, NULL);
+        return -1;
+    }
+    p->down = 0;
+    p->retry_wait = 0;
+    b24_metrics_inbox_up(1);
+    b24_log(B24_WARN, "inbox database reachable again", "inbox", p->masked, NULL);
+    return 0;
+}
+
+/* After a failed statement: whether the connection is gone (then marked down and logged). */
+static void check_lost(pg *p, const char *what)
+{
+    if (p->c && PQstatus(p->c) == CONNECTION_OK)
+        return;
+    if (!p->down) {
+        char err[512];
+        b24_pg_error(p->c, err, sizeof err);
+        b24_log(B24_ERROR,
+                "inbox database unreachable: deliveries are answered 503 (Bitrix24 does not send "
+                "them again) until it is back",
+                "inbox", p->masked, "during", what, "error", err, NULL);
+        b24_metrics_inbox_up(0);
+    }
+    p->down = 1;
+    p->retry_wait = 0.1;
+    p->retry_at = b24_now() + p->retry_wait;
+}
+
+/* ---- one batch ----------------------------------------------------------------------------- */
+
+static int64_t get_int8(const char *v)
+{
+    uint32_t hi, lo;
+    memcpy(&hi, v, 4);
+    memcpy(&lo, v + 4, 4);
+    return (int64_t)(((uint64_t)ntohl(hi) << 32) | ntohl(lo));
+}
+
+static int32_t get_int4(const char *v)
+{
+    uint32_t x;
+    memcpy(&x, v, 4);
+    return (int32_t)ntohl(x);
+}
+
+static char *dup_value(const PGresult *r, int row, int col, size_t *len)
+{
+    size_t n = (size_t)PQgetlength(r, row, col);
+    char *d = malloc(n + 1);
+    if (d) {
+        memcpy(d, PQgetvalue(r, row, col), n);
+        d[n] = '\0';
+    }
+    if (len)
+        *len = n;
+    return d;
+}
+
+/* One store: its result. -1 when a statement failed. */
+static int put_one(pg *p, b24_put *put)
+{
+    int klen = (int)put->key_len;
+    if (b24_dedup_is_duplicate_kind(put->event)) {
+        const char *v[1] = {put->key};
+        const int lens[1] = {klen};
+        const int fmts[1] = {1};
+        PGresult *r = exec_stmt(p, P_KNOWN, 1, v, lens, fmts, 0);
+        if (r == NULL)
+            return -1;
+        int known = PQntuples(r) > 0;
+        PQclear(r);
+        if (known) {
+            put->result = B24_PUT_DUPLICATE;
+            return 0;
+        }
+    }
+    const char *v[4] = {put->key, put->event, put->content_type, put->body};
+    const int lens[4] = {klen, 0, (int)strlen(put->content_type), (int)put->body_len};
+    const int fmts[4] = {1, 0, 1, 1}; /* bytea in binary: the bytes as they are */
+    PGresult *r = exec_stmt(p, P_INSERT, 4, v, lens, fmts, 0);
+    if (r == NULL)
+        return -1;
+    if (PQntuples(r) == 0) /* a pending row of the key: merged, or a duplicate add racing */
+        put->result = b24_dedup_is_duplicate_kind(put->event) ? B24_PUT_DUPLICATE : B24_PUT_MERGED;
+    else
+        put->result = atol(PQgetvalue(r, 0, 0)) > 0 ? B24_PUT_RERUN : B24_PUT_STORED;
+    PQclear(r);
+    return 0;
+}
+
+/* One outcome: 0, or -1. */
+static int finish_one(pg *p, finish *f, long *delta)
+{
+    b24_job *j = &f->job;
+    char id[24], ttl[32], wait[32];
+    snprintf(id, sizeof id, "%lld", (long long)j->id);
+    if (f->release) {
+        const char *v[2] = {id, p->owner};
+        return run_stmt(p, P_RELEASE_MERGED, 2, v) || run_stmt(p, P_RELEASE, 2, v);
+    }
+    if (f->error == NULL) {
+        if (b24_dedup_is_duplicate_kind(j->event)) {
+            snprintf(ttl, sizeof ttl, "%.3f", p->opt.dedup_ttl);
+            const char *v[2] = {j->key, ttl};
+            const int lens[2] = {(int)j->key_len, 0};
+            const int fmts[2] = {1, 0};
+            PGresult *r = exec_stmt(p, P_REMEMBER, 2, v, lens, fmts, 0);
+            if (r == NULL)
+                return -1;
+            PQclear(r);
+        }
+        const char *v[1] = {id};
+        (*delta)--;
+        return run_stmt(p, P_DONE, 1, v);
+    }
+    if (j->attempt >= p->opt.max_attempts) {
+        f->buried = 1; /* logged once committed */
+        const char *v[3] = {id, f->error, p->owner};
+        const int lens[3] = {0, (int)strlen(f->error), 0};
+        const int fmts[3] = {0, 1, 0};
+        (*delta)--;
+        PGresult *r = exec_stmt(p, P_BURY, 3, v, lens, fmts, 0);
+        PQclear(r);
+        return r ? 0 : -1;
+    }
+    const char *dv[3] = {j->key, id, p->owner};
+    const int dlens[3] = {(int)j->key_len, 0, 0};
+    const int dfmts[3] = {1, 0, 0};
+    PGresult *r = exec_stmt(p, P_DROP_PENDING, 3, dv, dlens, dfmts, 0);
+    if (r == NULL)
+        return -1;
+    *delta -= atol(PQcmdTuples(r));
+    PQclear(r);
+    snprintf(wait, sizeof wait, "%.3f", b24_inbox_backoff(&p->opt, &p->seed, j->attempt));
+    const char *v[4] = {id, wait, f->error, p->owner};
+    const int lens[4] = {0, 0, (int)strlen(f->error), 0};
+    const int fmts[4] = {0, 0, 1, 0};
+    r = exec_stmt(p, P_RETRY, 4, v, lens, fmts, 0);
+    PQclear(r);
+    return r ? 0 : -1;
+}
+
+/* The array literal {"\\x6162",...} of the objects as bytea (hex), malloc'd. */
+static char *bytea_array(const b24_op *op)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t cap = 3;
+    for (int i = 0; i < op->nobjects; i++)
+        cap += 6 + 2 * op->object_lens[i];
+    char *out = malloc(cap), *w = out;
+    if (out == NULL)
+        return NULL;
+    *w++ = '{';
+    for (int i = 0; i < op->nobjects; i++) {
+        if (i)
+            *w++ = ',';
+        memcpy(w, "\"\\\\x", 4); /* "\\x: the array's escape of the backslash */
+        w += 4;
+        for (size_t k = 0; k < op->object_lens[i]; k++) {
+            unsigned char ch = (unsigned char)op->objects[i][k];
+            *w++ = hex[ch >> 4];
+            *w++ = hex[ch & 15];
+        }
+        *w++ = '"';
+    }
+    *w++ = '}';
+    *w = '\0';
+    return out;
+}
+
+/* A script's operation: 0, or -1. */
+static int op_one(pg *p, b24_op *op)
+{
+    op->result = 0;
+    switch (op->kind) {
+    case B24_OP_KV_GET: {
+        const char *v[1] = {op->name};
+        const int lens[1] = {(int)op->name_len};
+        const int fmts[1] = {1};
+        PGresult *r = exec_stmt(p, P_KV_GET, 1, v, lens, fmts, 1);
+        if (r == NULL)
+            return op->result = -1;
+        if (PQntuples(r) > 0 && (op->value_out = dup_value(r, 0, 0, &op->value_out_len)) == NULL)
+            op->result = -1;
+        PQclear(r);
+        return op->result;
+    }
+    case B24_OP_KV_PUT: {
+        const char *v[2] = {op->name, op->value};
+        const int lens[2] = {(int)op->name_len, (int)op->value_len};
+        const int fmts[2] = {1, 1};
+        PGresult *r = exec_stmt(p, P_KV_PUT, 2, v, lens, fmts, 0);
+        PQclear(r);
+        return op->result = r ? 0 : -1;
+    }
+    case B24_OP_MARK: {
+        char ts[40], ttl[32];
+        snprintf(ts, sizeof ts, "%.17g", op->ts);
+        snprintf(ttl, sizeof ttl, "%.3f", p->opt.dedup_ttl);
+        const char *v[3] = {op->name, ts, ttl};
+        const int lens[3] = {(int)op->name_len, 0, 0};
+        const int fmts[3] = {1, 0, 0};
+        PGresult *r = exec_stmt(p, P_MARK, 3, v, lens, fmts, 0);
+        PQclear(r);
+        return op->result = r ? 0 : -1;
+    }
+    default: { /* B24_OP_MARKS */
+        for (int i = 0; i < op->nobjects; i++)
+            op->found[i] = NAN;
+        char *arr = bytea_array(op);
+        if (arr == NULL)
+            return op->result = -1;
+        const char *v[1] = {arr};
+        PGresult *r = exec_stmt(p, P_MARKS, 1, v, NULL, NULL, 1);
+        free(arr);
+        if (r == NULL)
+            return op->result = -1;
+        for (int row = 0; row < PQntuples(r); row++) { /* binary: the bytes, a float8 */
+            const char *obj = PQgetvalue(r, row, 0);
+            size_t olen = (size_t)PQgetlength(r, row, 0);
+            uint64_t bits = (uint64_t)get_int8(PQgetvalue(r, row, 1));
+            double ts;
+            memcpy(&ts, &bits, sizeof ts);
+            for (int i = 0; i < op->nobjects; i++)
+                if (op->object_lens[i] == olen && memcmp(op->objects[i], obj, olen) == 0)
+                    op->found[i] = ts;
+        }
+        PQclear(r);
+        return 0;
+    }
+    }
+}
+
+/* Claims up to b->want deliveries: 0, or -1. */
+static int claim(pg *p, batch *b)
+{
+    char limit[16], lease[32];
+    snprintf(limit, sizeof limit, "%d", b->want);
+    snprintf(lease, sizeof lease, "%.3f", p->opt.lease);
+    const char *v[3] = {limit, p->owner, lease};
+    PGresult *r = exec_stmt(p, P_CLAIM, 3, v, NULL, NULL, 1);
+    if (r == NULL)
+        return -1;
+    int n = PQntuples(r);
+    for (int i = 0; i < n && b->nclaimed < b->want; i++) {
+        b24_job *j = &b->claimed[b->nclaimed];
+        memset(j, 0, sizeof *j);
+        j->id = get_int8(PQgetvalue(r, i, 0));
+        j->attempt = get_int4(PQgetvalue(r, i, 1));
+        j->key = dup_value(r, i, 2, &j->key_len);
+        j->event = dup_value(r, i, 3, NULL);
+        j->content_type = dup_value(r, i, 4, NULL);
+        j->body = dup_value(r, i, 5, &j->body_len);
+        if (!j->key || !j->event || !j->content_type || !j->body) {
+            b24_inbox_job_free(j);
+            continue; /* still 'running' with a lease: it goes back when the lease runs out */
+        }
+        b->nclaimed++;
+    }
+    PQclear(r);
+    return 0;
+}
+
+/* The batch in one transaction. */
+static void pg_run(void *db, batch *b)
+{
+    pg *p = db;
+    b->nclaimed = 0;
+    b->delta = 0;
+    b->failed = 0;
+    b->next = 0;
+    const char *what = "begin";
+    int ok = ensure_up(p) == 0 && plain(p, "BEGIN") == 0;
+    int notify = 0;
+    for (b24_put *put = b->puts; put && ok; put = put->next) {
+        what = "store";
+        ok = put_one(p, put) == 0;
+        if (put->result == B24_PUT_STORED || put->result == B24_PUT_RERUN) {
+            b->delta++;
+            notify = 1;
+        }
+    }
+    for (finish *f = b->fins; f && ok; f = f->next) {
+        what = "outcome";
+        ok = finish_one(p, f, &b->delta) == 0;
+        notify = 1; /* a pending row of its key may be claimable now, on any host */
+    }
+    for (b24_op *op = b->ops; op && ok; op = op->next) {
+        what = "script operation";
+        ok = op_one(p, op) == 0;
+    }
+    if (ok && b->want > 0) {
+        what = "claim";
+        ok = claim(p, b) == 0;
+    }
+    if (ok && notify) {
+        what = "notify";
+        ok = plain(p, "NOTIFY " CHANNEL) == 0;
+    }
+    if (ok) {
+        what = "commit";
+        ok = plain(p, "COMMIT") == 0;
+    }
+    if (!ok) {
+        if (!p->down) { /* a statement failed with the connection up: say which */
+            char err[512];
+            b24_pg_error(p->c, err, sizeof err);
+            check_lost(p, what);
+            if (!p->down) {
+                b24_log(B24_ERROR, "inbox transaction failed", "during", what, "error", err, NULL);
+                plain(p, "ROLLBACK");
+            }
+        }
+        for (finish *f = b->fins; f; f = f->next)
+            f->buried = 0;
+        for (b24_put *put = b->puts; put; put = put->next)
+            put->result = B24_PUT_FAILED;
+        for (b24_op *op = b->ops; op; op = op->next) {
+            op->result = -1;
+            free(op->value_out);
+            op->value_out = NULL;
+        }
+        for (int i = 0; i < b->nclaimed; i++)
+            b24_inbox_job_free(&b->claimed[i]);
+        b->nclaimed = 0;
+        b->delta = 0;
+        b->failed = 1;
+        b->next = b24_wall_now() + 1;
+        return;
+    }
+    PGresult *r = exec_stmt(p, P_NEXT, 0, NULL, NULL, NULL, 0);
+    if (r && PQntuples(r) > 0 && !PQgetisnull(r, 0, 0))
+        b->next = b24_wall_now() + strtod(PQgetvalue(r, 0, 0), NULL);
+    PQclear(r);
+}
+
+/* ---- leases and housekeeping ---------------------------------------------------------------- */
+
+/* Rows whose host died go back to pending (or to the dead letters): own_too also takes this
+ * host's own running rows (at its start, from before it). 0, or -1. */
+static int take_over(pg *p, int own_too)
+{
+    char max[16];
+    snprintf(max, sizeof max, "%d", p->opt.max_attempts);
+    const char *own = own_too ? p->owner : "";
+    const char *v2[2] = {max, own};
+    const char *v1[1] = {own};
+    if (plain(p, "BEGIN") != 0)
+        return -1;
+    PGresult *bury = exec_stmt(p, P_EXPIRED_BURY, 2, v2, NULL, NULL, 0);
+    long buried = bury ? atol(PQcmdTuples(bury)) : 0;
+    PQclear(bury);
+    PGresult *merged = bury ? exec_stmt(p, P_EXPIRED_MERGED, 1, v1, NULL, NULL, 0) : NULL;
+    PQclear(merged);
+    PGresult *back = merged ? exec_stmt(p, P_EXPIRED_PENDING, 1, v1, NULL, NULL, 0) : NULL;
+    long n = back ? atol(PQcmdTuples(back)) : 0;
+    PQclear(back);
+    if (back == NULL || (n > 0 && plain(p, "NOTIFY " CHANNEL) != 0) || plain(p, "COMMIT") != 0) {
+        plain(p, "ROLLBACK");
+        return -1;
+    }
+    for (long i = 0; i < buried; i++)
+        b24_metrics_dead_letter();
+    if (n > 0 || buried > 0) {
+        char ns[24], bs[24];
+        snprintf(ns, sizeof ns, "%ld", n);
+        snprintf(bs, sizeof bs, "%ld", buried);
+        b24_log(B24_WARN, "inbox: runs of a stopped host taken over", "pending_again", ns,
+                "dead_letters", bs, NULL);
+    }
+    return 0;
+}
+
+/* About once a second: renew this host's leases (every lease/3), take over rows of dead hosts,
+ * prune the dedup memory and marks once a minute; the depth. */
+static long pg_maintain(void *db, double now)
+{
+    pg *p = db;
+    if (ensure_up(p) != 0)
+        return -1;
+    if (now - p->last_renew >= p->opt.lease / 3) {
+        char lease[32];
+        snprintf(lease, sizeof lease, "%.3f", p->opt.lease);
+        const char *v[2] = {p->owner, lease};
+        if (run_stmt(p, P_RENEW, 2, v) != 0 || take_over(p, 0) != 0) {
+            check_lost(p, "lease");
+            return -1;
+        }
+        p->last_renew = now;
+    }
+    if (now - p->last_prune > 60) {
+        if (run_stmt(p, P_PRUNE_SEEN, 0, NULL) != 0 || run_stmt(p, P_PRUNE_MARKS, 0, NULL) != 0) {
+            check_lost(p, "prune");
+            return -1;
+        }
+        p->last_prune = now;
+    }
+    PGresult *r = exec_stmt(p, P_COUNT_ROWS, 0, NULL, NULL, NULL, 0);
+    if (r == NULL) {
+        check_lost(p, "count");
+        return -1;
+    }
+    long depth = atol(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return depth;
+}
+
+/* ---- the listener ----------------------------------------------------------------------------- */
+
+/* Holds a LISTEN connection and wakes the inbox on each notification; reconnects every second
+ * while the database is away. */
+static void *listen_main(void *arg)
+{
+    pg *p = arg;
+    PGconn *c = NULL;
+    while (!atomic_load(&p->stop)) {
+        if (c == NULL || PQstatus(c) != CONNECTION_OK) {
+            PQfinish(c);
+            char err[600];
+            c = b24_pg_connect(p->url, 0, err, sizeof err);
+            PGresult *r = c ? PQexec(c, "LISTEN " CHANNEL) : NULL;
+            int ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
+            PQclear(r);
+            if (!ok) {
+                PQfinish(c);
+                c = NULL;
+                for (int i = 0; i < 10 && !atomic_load(&p->stop); i++)
+                    usleep(100000);
+                continue;
+            }
+            p->wake(p->wake_arg); /* what was stored meanwhile */
+        }
+        struct pollfd fd = {.fd = PQsocket(c), .events = POLLIN};
+        if (poll(&fd, 1, 200) > 0) {
+            if (!PQconsumeInput(c))
+                continue; /* reconnects above */
+            int woke = 0;
+            PGnotify *n;
+            while ((n = PQnotifies(c)) != NULL) {
+                woke = 1;
+                PQfreemem(n);
+            }
+            if (woke)
+                p->wake(p->wake_arg);
+        }
+    }
+    PQfinish(c);
+    return NULL;
+}
+
+static int pg_listen(void *db, void (*wake)(void *arg), void *arg)
+{
+    pg *p = db;
+    p->wake = wake;
+    p->wake_arg = arg;
+    if (pthread_create(&p->listener, NULL, listen_main, p) != 0)
+        return -1;
+    p->listening = 1;
+    return 0;
+}
+
+/* ---- open and close ----------------------------------------------------------------------- */
+
+static void pg_close(void *db)
+{
+    pg *p = db;
+    if (p == NULL)
+        return;
+    if (p->listening) {
+        atomic_store(&p->stop, 1);
+        pthread_join(p->listener, NULL);
+    }
+    PQfinish(p->c);
+    if (p->url) {
+        memset(p->url, 0, strlen(p->url));
+        free(p->url);
+    }
+    free(p);
+}
+
+static void *pg_open(const char *path, const b24_inbox_options *o, char *err, size_t errlen)
+{
+    pg *p = calloc(1, sizeof *p);
+    if (p == NULL || (p->url = strdup(path)) == NULL) {
+        free(p);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    p->opt = *o;
+    if (!(p->opt.lease > 0))
+        p->opt.lease = 30;
+    p->seed = (unsigned)time(NULL) ^ (unsigned)(uintptr_t)p;
+    b24_pg_mask(path, p->masked, sizeof p->masked);
+    if (o->owner && *o->owner)
+        snprintf(p->owner, sizeof p->owner, "%s", o->owner);
+    else {
+        char host[64] = "host";
+        gethostname(host, sizeof host - 1);
+        snprintf(p->owner, sizeof p->owner, "%s:%ld", host, (long)getpid());
+    }
+    char why[600] = "";
+    p->c = b24_pg_connect(p->url, STATEMENT_TIMEOUT_MS, why, sizeof why);
+    if (p->c == NULL || b24_pg_migrate(p->c, why, sizeof why) != 0 ||
+        prepare(p, why, sizeof why) != 0 || take_over(p, 1) != 0) {
+        if (p->c && PQstatus(p->c) == CONNECTION_OK && why[0] == '\0')
+            b24_pg_error(p->c, why, sizeof why);
+        snprintf(err, errlen, "cannot open the inbox %s: %s", p->masked, why);
+        pg_close(p);
+        return NULL;
+    }
+    b24_metrics_inbox_up(1);
+    return p;
+}
+
+const inbox_backend b24_inbox_pg = {
+    .open = pg_open,
+    .run = pg_run,
+    .maintain = pg_maintain,
+    .listen = pg_listen,
+    .close = pg_close,
+};
