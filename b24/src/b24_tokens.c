@@ -1,10 +1,11 @@
-/* The application token store of b24.host: see b24_tokens.h. One userdata type for both
+/* The application token store of b24.host: see b24_tokens.h. One userdata type for the three
  * stores: a SQLite connection of this Lua state (short transactions, a busy timeout:
- * b24_tokens_sqlite.c), or the process-wide memory store (one sorted array under one mutex, as
- * b24_dedup.c: b24_tokens_memory.c). This file is the Lua binding: it checks the arguments and
- * calls one store or the other (b24_tokens_impl.h). No Lua call is made under the mutex or
- * inside a transaction that could be left open: what a call reads is copied out first (into a
- * userdata buffer, or kept in SQLite's row until it is pushed). */
+ * b24_tokens_sqlite.c), a PostgreSQL connection of this Lua state (one statement a call, a
+ * fleet's shared tables: b24_tokens_pg.c), or the process-wide memory store (one sorted array
+ * under one mutex, as b24_dedup.c: b24_tokens_memory.c). This file is the Lua binding: it
+ * checks the arguments and calls one store (b24_tokens_impl.h). No Lua call is made under the
+ * mutex or inside a transaction that could be left open: what a call reads is copied out first
+ * (into a userdata buffer), or kept in SQLite's row or libpq's result until it is pushed. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 #include <lauxlib.h>
 
 #include "b24_clock.h"
+#include "b24_pg.h"
 #include "b24_tokens.h"
 #include "b24_tokens_impl.h"
 
@@ -23,7 +25,7 @@
 static store *check_store(lua_State *L)
 {
     store *s = luaL_checkudata(L, 1, STORE_TYPE);
-    if (!s->memory && s->db == NULL)
+    if (!s->memory && s->db == NULL && s->url == NULL)
         luaL_error(L, "the token store is closed");
     return s;
 }
@@ -124,7 +126,9 @@ static int tokens_get(lua_State *L)
     }
     if (len > MAX_KEY)
         return bad_key(L, "key", len);
-    int rc = s->memory ? b24_tokens_memory_get(L, key, len) : b24_tokens_sqlite_get(L, s, key, len);
+    int rc = s->memory ? b24_tokens_memory_get(L, key, len)
+             : s->url  ? b24_tokens_pg_get(L, s, key, len)
+                       : b24_tokens_sqlite_get(L, s, key, len);
     if (rc < 0)
         return push_failure(L, s->err);
     if (rc == 0)
@@ -140,7 +144,7 @@ static int tokens_list(lua_State *L)
         b24_tokens_memory_list(L);
         return 1;
     }
-    if (b24_tokens_sqlite_list(L, s) < 0)
+    if ((s->url ? b24_tokens_pg_list(L, s) : b24_tokens_sqlite_list(L, s)) < 0)
         return push_failure(L, s->err);
     return 1;
 }
@@ -152,6 +156,7 @@ static int write_record(lua_State *L, store *s, record *r, int partial, long lon
     long long version = 0;
     const char *err = s->err;
     int rc = s->memory ? b24_tokens_memory_write(r, partial, expect, now, &version, &err)
+             : s->url  ? b24_tokens_pg_write(s, r, partial, expect, &version)
                        : b24_tokens_sqlite_write(s, r, partial, expect, now, &version);
     if (rc < 0)
         return push_failure(L, err);
@@ -213,7 +218,8 @@ static int tokens_delete(lua_State *L)
         return n;
     if (s->memory)
         b24_tokens_memory_delete(member_id, len);
-    else if (b24_tokens_sqlite_delete(s, member_id, len) < 0)
+    else if ((s->url ? b24_tokens_pg_delete(s, member_id, len)
+                     : b24_tokens_sqlite_delete(s, member_id, len)) < 0)
         return push_failure(L, s->err);
     lua_pushboolean(L, 1);
     return 1;
@@ -237,6 +243,8 @@ static int tokens_lease(lua_State *L)
     const char *err = s->err;
     int rc = s->memory ? b24_tokens_memory_lease(member_id, len, holder, holder_len, now,
                                                  now + seconds, held, &held_until, &err)
+             : s->url  ? b24_tokens_pg_lease(s, member_id, len, holder, holder_len, seconds, held,
+                                             &held_until)
                        : b24_tokens_sqlite_lease(s, member_id, len, holder, holder_len, now,
                                                  now + seconds, held, &held_until);
     if (rc < 0)
@@ -262,6 +270,7 @@ static int tokens_release(lua_State *L)
     if (n || (n = bad_key(L, "holder", holder_len)))
         return n;
     int released = s->memory ? b24_tokens_memory_release(member_id, len, holder, holder_len)
+                   : s->url  ? b24_tokens_pg_release(s, member_id, len, holder, holder_len)
                              : b24_tokens_sqlite_release(s, member_id, len, holder, holder_len);
     if (released < 0)
         return push_failure(L, s->err);
@@ -274,6 +283,7 @@ static int tokens_close(lua_State *L)
 {
     store *s = luaL_checkudata(L, 1, STORE_TYPE);
     b24_tokens_sqlite_close(s);
+    b24_tokens_pg_close(s);
     return 0;
 }
 
@@ -281,14 +291,17 @@ static int tokens_close(lua_State *L)
 static int tokens_tostring(lua_State *L)
 {
     store *s = luaL_checkudata(L, 1, STORE_TYPE);
-    lua_pushstring(L, s->memory ? "b24 token store (memory)" : "b24 token store (SQLite)");
+    lua_pushstring(L, s->memory ? "b24 token store (memory)"
+                      : s->url  ? "b24 token store (PostgreSQL)"
+                                : "b24 token store (SQLite)");
     return 1;
 }
 
 static char *configured_path;
 static int configured;
 
-/* What tokens() without a path gets; called once, before any state runs a script. */
+/* What tokens() without a path gets (a file, a postgresql:// URL, or NULL: memory); called
+ * once, before any state runs a script. */
 void b24_tokens_configure(const char *path)
 {
     free(configured_path);
@@ -307,11 +320,12 @@ int b24_tokens_open(lua_State *L)
     if (lua_isnoneornil(L, 1)) {
         if (!configured)
             return luaL_error(L, "b24.host.tokens: no token store: give the path of a SQLite file "
-                                 "(or \"memory\"); only b24 serve has one of its own");
+                                 "(or a postgresql:// URL, or \"memory\"); only b24 serve has one "
+                                 "of its own");
         path = configured_path ? configured_path : "memory";
     } else {
         path = check_string(L, 1, NULL);
-        luaL_argcheck(L, *path, 1, "a path (or \"memory\") expected");
+        luaL_argcheck(L, *path, 1, "a path (or a postgresql:// URL, or \"memory\") expected");
     }
     int memory = strcmp(path, "memory") == 0;
     lua_settop(L, 1);                                  /* [1] keeps path alive */
@@ -333,7 +347,8 @@ int b24_tokens_open(lua_State *L)
         lua_setfield(L, -2, "__tostring");
     }
     lua_setmetatable(L, -2);
-    if (!memory && b24_tokens_sqlite_open(s, path) != 0)
+    if (!memory &&
+        (b24_pg_is_url(path) ? b24_tokens_pg_open(s, path) : b24_tokens_sqlite_open(s, path)) != 0)
         return luaL_error(L, "b24.host.tokens: %s", s->err);
     lua_pushvalue(L, -1);
     lua_setfield(L, 2, path);

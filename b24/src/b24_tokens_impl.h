@@ -1,8 +1,8 @@
-/* What the token store's three files share (private; the interface is b24_tokens.h): the record
- * and the store userdata, the SQLite store (b24_tokens_sqlite.c), the process-wide memory store
- * (b24_tokens_memory.c), and pushing a record, which both stores' get and list do. The Lua
- * binding (b24_tokens.c) checks the arguments and calls one store or the other; neither store
- * calls into the binding or into the other. */
+/* What the token store's files share (private; the interface is b24_tokens.h): the record and
+ * the store userdata, the SQLite store (b24_tokens_sqlite.c), the PostgreSQL store
+ * (b24_tokens_pg.c), the process-wide memory store (b24_tokens_memory.c), and pushing a record,
+ * which every store's get and list do. The Lua binding (b24_tokens.c) checks the arguments and
+ * calls one store; no store calls into the binding or into another. */
 #ifndef B24_TOKENS_IMPL_H
 #define B24_TOKENS_IMPL_H
 
@@ -45,14 +45,25 @@ typedef struct record {
 
 struct sqlite3;
 struct sqlite3_stmt;
+struct pg_conn;
+struct pg_result;
 #define STORE_STATEMENTS 15 /* b24_tokens_sqlite.c's S_COUNT */
 
-/* The userdata of both stores; the memory store's state is process-wide, not in it. */
+/* The userdata of every store; the memory store's state is process-wide, not in it. */
 typedef struct store {
-    struct sqlite3 *db; /* NULL: the memory store (or closed) */
+    struct sqlite3 *db; /* the SQLite store's connection; NULL: another store (or closed) */
     struct sqlite3_stmt *st[STORE_STATEMENTS];
     int memory;
-    char err[320]; /* the last failure's message */
+    /* the PostgreSQL store: its URL (malloc'd; NULL: not this store, or closed), connection
+     * (NULL between a lost one and the next try), the last result (freed by the next call or
+     * the close, so a raise while it is pushed leaks nothing), and when a connection may next
+     * be tried after a failed one (monotonic seconds), with the backoff that doubles */
+    char *url;
+    struct pg_conn *conn;
+    struct pg_result *res;
+    double retry_at, backoff;
+    char lost[256]; /* why the last connection failed */
+    char err[320];  /* the last failure's message */
 } store;
 
 /* Pushes r as a record table: its present fields, version and updated_at. */
@@ -99,6 +110,30 @@ int b24_tokens_sqlite_lease(store *s, const char *member_id, size_t len, const c
 /* Lets go of member_id's lease when holder holds it: 1 released, 0 not held by holder, -1. */
 int b24_tokens_sqlite_release(store *s, const char *member_id, size_t len, const char *holder,
                               size_t holder_len);
+
+/* ---- the PostgreSQL store (b24_tokens_pg.c): the same contract as the SQLite store's -------- */
+
+/* Connects to url (a postgresql:// URL) and creates or migrates b24's schema: 0, or -1 with the
+ * message in s->err (the URL's password masked). */
+int b24_tokens_pg_open(store *s, const char *url);
+/* Closes the connection and forgets the URL; idempotent. */
+void b24_tokens_pg_close(store *s);
+/* As b24_tokens_sqlite_get. */
+int b24_tokens_pg_get(lua_State *L, store *s, const char *key, size_t len);
+/* As b24_tokens_sqlite_list. */
+int b24_tokens_pg_list(lua_State *L, store *s);
+/* As b24_tokens_sqlite_write; updated_at is the database server's clock. */
+int b24_tokens_pg_write(store *s, const record *r, int partial, long long expect,
+                        long long *version);
+/* As b24_tokens_sqlite_delete. */
+int b24_tokens_pg_delete(store *s, const char *member_id, size_t len);
+/* As b24_tokens_sqlite_lease, but until `seconds` from now on the database server's clock, the
+ * one clock every host of a fleet compares leases on. */
+int b24_tokens_pg_lease(store *s, const char *member_id, size_t len, const char *holder,
+                        size_t holder_len, double seconds, char *held, double *held_until);
+/* As b24_tokens_sqlite_release. */
+int b24_tokens_pg_release(store *s, const char *member_id, size_t len, const char *holder,
+                          size_t holder_len);
 
 /* ---- the memory store (b24_tokens_memory.c): -1 on failure sets *err ---------------------- */
 
