@@ -91,6 +91,30 @@ print(host.inbox_mark("o", 1))
    end)
 end)
 
+describe("b24 serve: host.kv_claim", function()
+   it("gives a named claim to one host of those sharing the inbox database until it runs out", function()
+      local dir = b24.tmpdir()
+      finally(function() os.execute("rm -rf " .. b24.quote(dir)) end)
+      local body = [[
+         local a, b = host.kv_claim("pass", 3600), host.kv_claim("pass", 3600) -- renewed by its holder
+         local ok, err = pcall(host.kv_claim, "pass", 0)
+         return ("%s,%s,%s"):format(tostring(a), tostring(b), tostring(err):gsub("^[^ ]-:%d+: ", "", 1))
+      ]]
+      local first = start(script(body), dir, { "--listen", "127.0.0.1:" .. b24.free_port() })
+      assert.equal("true,true,host.kv_claim: seconds must be > 0 and at most 86400", result(first))
+      local second = start(script(body), dir, { "--listen", "127.0.0.1:" .. b24.free_port() })
+      assert.equal("false,false,host.kv_claim: seconds must be > 0 and at most 86400", result(second))
+      assert.equal(0, second:stop("TERM"))
+      assert.equal(0, first:stop("TERM"))
+      local short = start(script([[ return tostring(host.kv_claim("brief", 0.001)) ]]), dir)
+      assert.equal("true", result(short))
+      assert.equal(0, short:stop("TERM"))
+      local later = start(script([[ return tostring(host.kv_claim("brief", 60)) ]]), dir) -- run out: free
+      assert.equal("true", result(later))
+      assert.equal(0, later:stop("TERM"))
+   end)
+end)
+
 describe("b24 serve: host.inbox_mark and host.inbox_marks", function()
    it("keeps the newest time per object, durably, and answers only for marked objects", function()
       local dir = b24.tmpdir()

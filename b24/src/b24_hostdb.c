@@ -110,6 +110,29 @@ int b24_hostdb_kv_put(lua_State *L)
     return 1;
 }
 
+/* host.kv_claim(name, seconds) -> true (this host holds it until seconds from now) | false
+ * (another host holds it) | nil, err */
+int b24_hostdb_kv_claim(lua_State *L)
+{
+    size_t len;
+    const char *name = check_name(L, 1, MAX_NAME - 6, "kv_claim", &len);
+    double seconds = luaL_checknumber(L, 2);
+    if (!(seconds > 0 && seconds <= 86400))
+        return luaL_error(L, "host.kv_claim: seconds must be > 0 and at most 86400");
+    b24_inbox *in;
+    if (no_inbox(L, "kv_claim", &in))
+        return 2;
+    char full[MAX_NAME + 1];
+    memcpy(full, "claim:", 6); /* apart from the names of host.kv_put */
+    memcpy(full + 6, name, len);
+    b24_op op = {.kind = B24_OP_CLAIM, .name = full, .name_len = len + 6, .ts = seconds};
+    int got = run_blocking(in, &op);
+    if (got < 0)
+        return failed(L, "kv_claim");
+    lua_pushboolean(L, got == 1);
+    return 1;
+}
+
 /* On the inbox thread: a mark is nobody's to wait for; it frees itself. */
 static void mark_done(b24_op *op)
 {

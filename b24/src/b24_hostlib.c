@@ -115,6 +115,7 @@ int luaopen_b24_host(lua_State *L)
                                      {"inbox_put", b24_jobs_inbox_put},
                                      {"kv_get", b24_hostdb_kv_get},
                                      {"kv_put", b24_hostdb_kv_put},
+                                     {"kv_claim", b24_hostdb_kv_claim},
                                      {"inbox_mark", b24_hostdb_inbox_mark},
                                      {"inbox_marks", b24_hostdb_inbox_marks},
                                      {"metric", b24_smetrics_set},

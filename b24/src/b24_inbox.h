@@ -57,7 +57,7 @@ typedef struct b24_job {
 /* A script's operation on the inbox's database (b24.host kv_get, kv_put, inbox_mark,
  * inbox_marks), run by the inbox thread inside its next transaction; done() runs after the
  * commit (or the failure), with result 0 or -1. The strings must live until then. */
-enum { B24_OP_KV_GET, B24_OP_KV_PUT, B24_OP_MARK, B24_OP_MARKS };
+enum { B24_OP_KV_GET, B24_OP_KV_PUT, B24_OP_MARK, B24_OP_MARKS, B24_OP_CLAIM };
 typedef struct b24_op {
     struct b24_op *next;
     int kind;
@@ -65,14 +65,14 @@ typedef struct b24_op {
     size_t name_len;
     const char *value; /* kv_put */
     size_t value_len;
-    double ts;                            /* mark: the delivery's time (kept: the largest) */
+    double ts; /* mark: the delivery's time (kept: the largest); claim: seconds it lasts */
     const char *const *objects;           /* marks: nobjects objects */
     const size_t *object_lens;
     int nobjects;
     double *found;                        /* marks: each object's time, NAN when none */
     char *value_out;                      /* kv_get: malloc'd, NULL when the name has none */
     size_t value_out_len;
-    int result;
+    int result; /* claim: 1 held by this host, 0 by another */
     void (*done)(struct b24_op *op);
     void *arg;
 } b24_op;

@@ -59,6 +59,7 @@ enum {
     P_KV_PUT,
     P_MARK,
     P_MARKS,
+    P_CLAIM_NAME,
     P_RENEW,
     P_EXPIRED_BURY,
     P_EXPIRED_MERGED,
@@ -114,6 +115,11 @@ static const char *const sql[P_COUNT] = {
                " ON CONFLICT (object) DO UPDATE SET ts = greatest(b24_marks.ts, excluded.ts),"
                " until = excluded.until",
     [P_MARKS] = "SELECT object, ts FROM b24_marks WHERE object = ANY($1::bytea[]) AND until > " NOW,
+    /* a named claim (host.kv_claim): its holder in value, its end in updated_at */
+    [P_CLAIM_NAME] = "INSERT INTO b24_kv (name, value, updated_at) VALUES ($1, $2, " NOW " + $3)"
+                     " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
+                     " updated_at = excluded.updated_at WHERE b24_kv.updated_at < " NOW
+                     " OR b24_kv.value = excluded.value RETURNING 1",
     [P_RENEW] = "UPDATE b24_deliveries SET lease_until = " NOW " + $2"
                 " WHERE owner = $1 AND state = 'running'",
     /* rows whose host died (lease out; or this host's own, from before its start: $3) */
@@ -440,6 +446,19 @@ static int op_one(pg *p, b24_op *op)
         PGresult *r = exec_stmt(p, P_MARK, 3, v, lens, fmts, 0);
         PQclear(r);
         return op->result = r ? 0 : -1;
+    }
+    case B24_OP_CLAIM: {
+        char secs[32];
+        snprintf(secs, sizeof secs, "%.3f", op->ts);
+        const char *v[3] = {op->name, p->owner, secs};
+        const int lens[3] = {(int)op->name_len, (int)strlen(p->owner), 0};
+        const int fmts[3] = {1, 1, 0};
+        PGresult *r = exec_stmt(p, P_CLAIM_NAME, 3, v, lens, fmts, 0);
+        if (r == NULL)
+            return op->result = -1;
+        op->result = PQntuples(r) > 0;
+        PQclear(r);
+        return 0;
     }
     default: { /* B24_OP_MARKS */
         for (int i = 0; i < op->nobjects; i++)

@@ -26,6 +26,7 @@ enum b24_inbox_statement {
     S_KV_PUT,
     S_MARK,
     S_MARK_GET,
+    S_CLAIM_NAME,
     S_COUNT
 };
 

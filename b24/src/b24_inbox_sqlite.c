@@ -24,6 +24,7 @@ typedef struct sq {
     b24_inbox_options opt;
     unsigned seed;
     double last_prune;
+    char owner[160]; /* this host's name in host.kv_claim */
 } sq;
 
 static void sqlite_close(void *db);
@@ -65,6 +66,8 @@ static void *sqlite_open(const char *path, const b24_inbox_options *o, char *err
         return NULL;
     }
     in->opt = *o;
+    snprintf(in->owner, sizeof in->owner, "%s", o->owner ? o->owner : "");
+    in->opt.owner = in->owner; /* the caller's string need not outlive the open */
     in->seed = (unsigned)time(NULL) ^ (unsigned)(uintptr_t)in;
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
     /* the file, its -wal and -shm hold raw bodies with the application token: 0600. SQLite
@@ -196,6 +199,20 @@ static int run_op(sq *in, b24_op *op, double now)
         sqlite3_bind_double(st[S_MARK], 2, op->ts);
         sqlite3_bind_double(st[S_MARK], 3, now + in->opt.dedup_ttl);
         return op->result = step_done(st[S_MARK]);
+    case B24_OP_CLAIM: {
+        sqlite3_stmt *s = st[S_CLAIM_NAME];
+        const char *owner = in->owner;
+        sqlite3_bind_blob(s, 1, op->name, (int)op->name_len, SQLITE_STATIC);
+        sqlite3_bind_blob(s, 2, owner, (int)strlen(owner), SQLITE_STATIC);
+        sqlite3_bind_double(s, 3, now);
+        sqlite3_bind_double(s, 4, op->ts);
+        int rc = sqlite3_step(s);
+        op->result = rc == SQLITE_ROW;
+        while (rc == SQLITE_ROW)
+            rc = sqlite3_step(s);
+        sqlite3_reset(s);
+        return rc == SQLITE_DONE ? 0 : (op->result = -1);
+    }
     default: /* B24_OP_MARKS: reads only */
         for (int i = 0; i < op->nobjects; i++) {
             sqlite3_stmt *s = st[S_MARK_GET];
