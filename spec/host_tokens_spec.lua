@@ -1,10 +1,12 @@
 -- b24.host.tokens, the application token store of the b24 host (issue 15), over real files and
--- real processes: `b24 run` scripts (spec/helpers/tokens_run.lua) on a temp SQLite file and on
--- the memory store, several processes at once on one file (the lease, compare-and-set), and
--- `b24 serve` with a router whose handler writes the store while its inbox works, the store read
--- and written over HTTP (spec/helpers/tokens_serve_main.lua) with --inbox FILE, memory and --sync.
+-- real processes: `b24 run` scripts (spec/helpers/tokens_run.lua) on a temp SQLite file, on a
+-- real PostgreSQL server (helpers/pg.lua; issue 18) and on the memory store, several processes at
+-- once on one file or database (the lease, compare-and-set), and `b24 serve` with a router whose
+-- handler writes the store while its inbox works, the store read and written over HTTP
+-- (spec/helpers/tokens_serve_main.lua) with --inbox FILE, URL, memory and --sync.
 -- Waits are on log lines and process exits, never sleeps.
 local b24 = require "helpers.b24"
+local pg = require "helpers.pg"
 local core = require "bitrix24.core"
 local cjson = require "cjson"
 
@@ -49,9 +51,25 @@ local PORTAL = {
    application_token = "app-tok-1", scope = "crm,user", user_id = "1",
 }
 
--- Every method of the contract, on the store `path` names (a file, or "memory").
-local function semantics(path)
+-- The PostgreSQL server of this file's PostgreSQL groups, started by the first that needs it.
+local db
+
+-- The URL of a new, empty database on that server (each group its own: member_ids repeat).
+local function new_database(name)
+   if not db then db = pg.start() end
+   db:psql(("CREATE DATABASE %s OWNER b24"):format(name), "postgres")
+   return (db.url:gsub("/b24$", "/" .. name))
+end
+
+-- Every method of the contract, on the store `where` names (a file, a URL or "memory"; or a
+-- function giving one when the test runs).
+local function semantics(where)
+   local function store_path()
+      if type(where) == "function" then return where() end
+      return where
+   end
    it("put stores every field, get finds it by member_id or domain, version counts from 1", function()
+      local path = store_path()
       local res = run(path, {
          { "get", PORTAL.member_id },
          { "put", PORTAL },
@@ -83,6 +101,7 @@ local function semantics(path)
    end)
 
    it("swap applies the fields given only at the stored version, and keeps the others", function()
+      local path = store_path()
       local m = PORTAL.member_id
       local res = run(path, {
          { "delete", m },
@@ -121,6 +140,7 @@ local function semantics(path)
    end)
 
    it("list gives every portal ordered by member_id; delete drops one and its lease", function()
+      local path = store_path()
       local res = run(path, {
          { "put", { member_id = "zz-list" } },
          { "put", { member_id = "aa-list" } },
@@ -150,6 +170,7 @@ local function semantics(path)
    end)
 
    it("lease: taken when free, refused to another holder, extended by its holder, released", function()
+      local path = store_path()
       local res = run(path, {
          { "lease", "lease-m", "w1", 30 },
          { "lease", "lease-m", "w2", 30 },
@@ -177,6 +198,7 @@ local function semantics(path)
    end)
 
    it("refuses oversized values and empty keys with nil, err, raises on misuse, never echoes a value", function()
+      local path = store_path()
       local big = SECRET .. ("x"):rep(4097)
       local res = run(path, {
          { "put", { member_id = "size-m", access_token = big } },
@@ -320,12 +342,14 @@ local function run_at_once(path, ops_of, n)
    return results
 end
 
-describe("b24.host.tokens across processes on one file", function()
+-- The contract across processes on one store; fresh() gives a store not used yet (a file, a
+-- URL) and a function that removes it.
+local function across_processes(fresh)
    local N = 8
 
    it("lease: of " .. N .. " processes at once exactly one gets it; after release another can", function()
-      local path, dir = tmpfile() -- a fresh file: the processes also race to create it
-      finally(function() rmdir(dir) end)
+      local path, remove = fresh() -- a fresh file: the processes also race to create it
+      finally(remove)
       local results = run_at_once(path, function(i) return { { "lease", "portal-1", "proc-" .. i, 30 } } end, N)
       local winners, winner = 0, nil
       for i, res in ipairs(results) do
@@ -355,8 +379,8 @@ describe("b24.host.tokens across processes on one file", function()
    end)
 
    it("lease: an expired lease is taken over by the next holder, a live one is not", function()
-      local path, dir = tmpfile()
-      finally(function() rmdir(dir) end)
+      local path, remove = fresh()
+      finally(remove)
       assert.same({ true }, values(run(path, { { "lease", "portal-2", "short", 0.001 } }), 1))
       assert.same({ true }, values(run(path, { { "lease", "portal-3", "long", 30 } }), 1))
       local res = run(path, {
@@ -374,8 +398,8 @@ describe("b24.host.tokens across processes on one file", function()
    end)
 
    it("swap is compare-and-set: " .. N .. " processes x 50 increments lose none", function()
-      local path, dir = tmpfile()
-      finally(function() rmdir(dir) end)
+      local path, remove = fresh()
+      finally(remove)
       assert.equal(1, value(run(path, { { "put", { member_id = "cas", scope = "0" } } }), 1))
       local results = run_at_once(path, function(i) return { { "swap_loop", "cas", 50, "proc-" .. i } } end, N)
       for _, res in ipairs(results) do
@@ -385,6 +409,13 @@ describe("b24.host.tokens across processes on one file", function()
       assert.equal(1 + N * 50, rec.version)
       assert.equal(tostring(N * 50), rec.scope)
       assert.matches("^proc%-%d$", rec.access_token)
+   end)
+end
+
+describe("b24.host.tokens across processes on one file", function()
+   across_processes(function()
+      local path, dir = tmpfile()
+      return path, function() rmdir(dir) end
    end)
 end)
 
@@ -503,4 +534,47 @@ describe("b24.host.tokens under b24 serve", function()
          assert_no_secret(srv)
       end)
    end
+end)
+
+describe("b24.host.tokens on PostgreSQL", function()
+   teardown(function() if db then db:stop() end end)
+
+   describe("under b24 run", function()
+      local url
+      semantics(function()
+         url = url or new_database("tokens_semantics")
+         return url
+      end)
+   end)
+
+   describe("across processes on one database", function()
+      local n = 0
+      across_processes(function()
+         n = n + 1
+         return new_database("tokens_across_" .. n), function() end
+      end)
+   end)
+
+   it("--inbox URL under b24 serve: the store is the inbox's database, written beside the inbox", function()
+      local url = new_database("tokens_serve")
+      local srv = serve{ "--inbox", url, "--workers", "2", "--handler-threads", "2" }
+      finally(function() srv:stop() end)
+      serve_semantics(srv, 1)
+      -- another process sees what the server wrote, in the inbox's own database
+      local res = run(url, { { "get", "portal-3" }, { "lease", PORTAL.member_id, "outside", 30 } })
+      assert.equal(SECRET .. "-ev3", value(res, 1).access_token)
+      assert.same({ true }, values(res, 2))
+      local held = values(over_http(srv, { { "lease", PORTAL.member_id, "req-9", 30 } }), 1)
+      assert.same({ false, "outside" }, { held[1], held[2] })
+      -- in the tables b24_pg.c made, read by psql
+      assert.equal("7", db:psql("SELECT count(*) FROM b24_app_portals", "tokens_serve"):match("%d+"))
+      local out, code = b24.exec(b24.quote(b24.bin) .. " inbox stats --inbox " .. b24.quote(url))
+      assert.equal(0, code, out)
+      local stats = cjson.decode(out)
+      assert.equal(0, stats.pending)
+      assert.equal(0, stats.dead)
+      assert.equal(0, srv:stop())
+      assert_no_secret(srv)
+      assert.is_nil(srv:log():find(db.password, 1, true))
+   end)
 end)
