@@ -28,7 +28,8 @@
 -- Portals are dealt over `parallel` host jobs ("bitrix24.offline/1" … "/N", each portal always
 -- in the same one, by a hash of its member_id); under `b24 serve --jobs N` (N >= parallel)
 -- they run in distinct threads, so portals are pulled at once, each by one job and one client:
--- within its own rate limit.
+-- within its own rate limit. Hosts of a fleet sharing one inbox database pull each portal on
+-- one host at a time (host.kv_claim, renewed each run, taken over when its holder stops).
 local core = require "bitrix24.core"
 local event_module = require "bitrix24.event"
 local router_module = require "bitrix24.router"
@@ -176,6 +177,13 @@ end
 -- One portal: its left-over processes once per start, then pulls while they come back full.
 -- true when more rows may be waiting, or nil, err.
 function _M.drain(self, record)
+   -- a fleet on one database pulls each portal on one host at a time: the host holding the
+   -- portal's claim (renewed each run; a dead host's runs out); without a shared inbox, nil
+   local claim = self.host.kv_claim
+   if type(claim) == "function" then
+      local held = claim("bitrix24.offline:" .. record.member_id, self.interval * 2 + 60)
+      if held == false then return false end
+   end
    local client, err = self.app:client(record.member_id)
    if not client then return nil, err end
    if not self.recovered[record.member_id] and self.modes[record.member_id] ~= "delete" then
