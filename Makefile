@@ -81,8 +81,9 @@ check: $(ASAN) $(ASAN_B24)
 	scripts/test.sh sanitizers
 
 # libFuzzer targets (clang): the form parser, the hex/base64 decoders, the log masker and the JSON
-# decoder (json_decode: the scan against a reference validator, and the Lua round trips).
-FUZZ_TARGETS := form_decode base64_decode hex_decode mask json_decode
+# decoder (json_decode: the scan against a reference validator, and the Lua round trips), and the
+# PostgreSQL URL masker (pg_mask).
+FUZZ_TARGETS := form_decode base64_decode hex_decode mask json_decode pg_mask
 FUZZ_BIN := $(FUZZ_TARGETS:%=$(BUILD)/fuzz/%)
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS := -std=c11 -D_DEFAULT_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined $(LUA54_INC)
@@ -91,6 +92,12 @@ FUZZ_FLAGS := -std=c11 -D_DEFAULT_SOURCE -g -O1 -fsanitize=fuzzer,address,undefi
 $(BUILD)/fuzz/mask: fuzz/fuzz_mask.c fuzz/fuzz.h csrc/b24_logline.c csrc/b24.h
 	@mkdir -p $(@D)
 	clang $(FUZZ_FLAGS) -Icsrc -Ifuzz -o $@ $< csrc/b24_logline.c -llua5.4
+
+# the PostgreSQL URL masker (b24/src/b24_pg.c), before any log line or error names a URL
+$(BUILD)/fuzz/pg_mask: fuzz/fuzz_pg_mask.c fuzz/fuzz.h b24/src/b24_pg.c b24/src/b24_pg.h csrc/b24_logline.c
+	@mkdir -p $(@D)
+	clang $(FUZZ_FLAGS) $(PQ_INC) -Icsrc -Ib24/src -Ifuzz -o $@ $< b24/src/b24_pg.c \
+	  csrc/b24_logline.c -lpq -llua5.4
 
 $(BUILD)/fuzz/%: fuzz/fuzz_%.c fuzz/fuzz.h fuzz/fuzz_lua.h $(SRC) $(HDR)
 	@mkdir -p $(@D)

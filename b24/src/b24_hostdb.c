@@ -12,10 +12,10 @@
 #include "b24_inbox.h"
 #include "b24_jobs.h"
 
-#define MAX_NAME 256         /* a kv name */
-#define MAX_VALUE (1 << 20)  /* a kv value */
-#define MAX_OBJECT 1024      /* a mark's object */
-#define MAX_OBJECTS 10000    /* objects of one host.inbox_marks */
+#define MAX_NAME 256        /* a kv name */
+#define MAX_VALUE (1 << 20) /* a kv value */
+#define MAX_OBJECT 1024     /* a mark's object */
+#define MAX_OBJECTS 10000   /* objects of one host.inbox_marks */
 
 static pthread_mutex_t wait_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wait_cond = PTHREAD_COND_INITIALIZER;
@@ -34,6 +34,8 @@ static int run_blocking(b24_inbox *in, b24_op *op)
 {
     int done = 0;
     op->done = op_done;
+    /* on this stack until op_done set it, which is before this returns */
+    // cppcheck-suppress autoVariables
     op->arg = &done;
     b24_inbox_op(in, op);
     pthread_mutex_lock(&wait_lock);
@@ -102,8 +104,8 @@ int b24_hostdb_kv_put(lua_State *L)
     b24_inbox *in;
     if (no_inbox(L, "kv_put", &in))
         return 2;
-    b24_op op = {.kind = B24_OP_KV_PUT, .name = name, .name_len = len, .value = value,
-                 .value_len = vlen};
+    b24_op op = {
+        .kind = B24_OP_KV_PUT, .name = name, .name_len = len, .value = value, .value_len = vlen};
     if (run_blocking(in, &op) != 0)
         return failed(L, "kv_put");
     lua_pushboolean(L, 1);
@@ -192,8 +194,11 @@ int b24_hostdb_inbox_marks(lua_State *L)
     lua_createtable(L, 0, 0);
     if (n == 0)
         return 1;
-    b24_op op = {.kind = B24_OP_MARKS, .objects = objects, .object_lens = lens,
-                 .nobjects = (int)n, .found = found};
+    b24_op op = {.kind = B24_OP_MARKS,
+                 .objects = objects,
+                 .object_lens = lens,
+                 .nobjects = (int)n,
+                 .found = found};
     if (run_blocking(in, &op) != 0)
         return failed(L, "inbox_marks");
     for (lua_Integer i = 0; i < n; i++) {

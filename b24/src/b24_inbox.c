@@ -34,7 +34,7 @@ struct b24_inbox {
     pthread_cond_t wake; /* the inbox thread sleeps on this */
     b24_put *puts;       /* queued, newest first */
     finish *finishes;
-    b24_op *ops;         /* the script's, queued, newest first */
+    b24_op *ops; /* the script's, queued, newest first */
     waiter *waiters;
     int stopping; /* no more claims; stores and outcomes still go in */
     int closing;  /* the thread ends once the queues are empty */
@@ -115,7 +115,8 @@ static void *inbox_main(void *arg)
         double now = b24_wall_now();
         /* claims are due when a retry comes of age, and once a second anyway: `b24 inbox
          * retry` may have made deliveries ready behind this thread's back */
-        int due = idle && (in->poked || (next_ready && next_ready <= now) || now - last_poll >= 1.0);
+        int due =
+            idle && (in->poked || (next_ready && next_ready <= now) || now - last_poll >= 1.0);
         if (!in->puts && !in->finishes && !in->ops && !due) {
             if (in->closing)
                 break;

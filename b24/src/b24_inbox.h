@@ -61,16 +61,16 @@ enum { B24_OP_KV_GET, B24_OP_KV_PUT, B24_OP_MARK, B24_OP_MARKS, B24_OP_CLAIM };
 typedef struct b24_op {
     struct b24_op *next;
     int kind;
-    const char *name;  /* kv: the name; mark: the object */
+    const char *name; /* kv: the name; mark: the object */
     size_t name_len;
     const char *value; /* kv_put */
     size_t value_len;
     double ts; /* mark: the delivery's time (kept: the largest); claim: seconds it lasts */
-    const char *const *objects;           /* marks: nobjects objects */
+    const char *const *objects; /* marks: nobjects objects */
     const size_t *object_lens;
     int nobjects;
-    double *found;                        /* marks: each object's time, NAN when none */
-    char *value_out;                      /* kv_get: malloc'd, NULL when the name has none */
+    double *found;   /* marks: each object's time, NAN when none */
+    char *value_out; /* kv_get: malloc'd, NULL when the name has none */
     size_t value_out_len;
     int result; /* claim: 1 held by this host, 0 by another */
     void (*done)(struct b24_op *op);

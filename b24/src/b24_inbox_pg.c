@@ -148,7 +148,7 @@ typedef struct pg {
     b24_inbox_options opt;
     unsigned seed;
     char owner[160];
-    int down;                /* the connection was lost; retried from retry_at */
+    int down; /* the connection was lost; retried from retry_at */
     double retry_at, retry_wait;
     double last_renew, last_prune;
     /* the listener */
@@ -661,7 +661,8 @@ static long pg_maintain(void *db, double now)
     return depth;
 }
 
-/* ---- the listener ----------------------------------------------------------------------------- */
+/* ---- the listener -----------------------------------------------------------------------------
+ */
 
 /* Holds a LISTEN connection and wakes the inbox on each notification; reconnects every second
  * while the database is away. */

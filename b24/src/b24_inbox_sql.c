@@ -72,8 +72,9 @@ const char *const b24_inbox_sql[S_COUNT] = {
     [S_KV_PUT] = "INSERT INTO kv (name, value, updated_at) VALUES (?1, ?2, ?3)"
                  " ON CONFLICT(name) DO UPDATE SET value = excluded.value,"
                  " updated_at = excluded.updated_at",
-    [S_MARK] = "INSERT INTO marks (object, ts, until) VALUES (?1, ?2, ?3)"
-               " ON CONFLICT(object) DO UPDATE SET ts = max(ts, excluded.ts), until = excluded.until",
+    [S_MARK] =
+        "INSERT INTO marks (object, ts, until) VALUES (?1, ?2, ?3)"
+        " ON CONFLICT(object) DO UPDATE SET ts = max(ts, excluded.ts), until = excluded.until",
     [S_MARK_GET] = "SELECT ts FROM marks WHERE object = ?1 AND until > ?2",
     /* a named claim (host.kv_claim): its holder in value, its end in updated_at */
     [S_CLAIM_NAME] = "INSERT INTO kv (name, value, updated_at) VALUES (?1, ?2, ?3 + ?4)"

@@ -152,7 +152,6 @@ static char *dup_column(sqlite3_stmt *s, int col, size_t *len)
     return d;
 }
 
-
 /* The waiting delivery of a finished one's key becomes claimable now. */
 static int promote(sq *in, const b24_job *j, double now)
 {
@@ -307,7 +306,8 @@ static void sqlite_run(void *db, batch *bt)
             delta--;
         } else {
             sqlite3_bind_int64(st[S_RETRY], 1, j->id);
-            sqlite3_bind_double(st[S_RETRY], 2, now + b24_inbox_backoff(&in->opt, &in->seed, j->attempt));
+            sqlite3_bind_double(st[S_RETRY], 2,
+                                now + b24_inbox_backoff(&in->opt, &in->seed, j->attempt));
             sqlite3_bind_text(st[S_RETRY], 3, f->error, -1, SQLITE_STATIC);
             /* the retry starts after the waiting delivery of its key arrived: it is that
              * delivery's one more run */
@@ -340,7 +340,8 @@ static void sqlite_run(void *db, batch *bt)
                 break;
             }
             if (claimed_key(claimed, *nclaimed, j->key, j->key_len)) {
-                b24_inbox_job_free(j); /* two pending rows of one key (a dead letter retried): later */
+                b24_inbox_job_free(
+                    j); /* two pending rows of one key (a dead letter retried): later */
                 continue;
             }
             (*nclaimed)++;
@@ -379,7 +380,6 @@ static void sqlite_run(void *db, batch *bt)
     sqlite3_reset(st[S_NEXT]);
     bt->next = next;
 }
-
 
 /* Once a second: the depth from the table (`b24 inbox retry` adds rows behind this process's
  * back), and once a minute the dedup memory and marks past their TTL go. */

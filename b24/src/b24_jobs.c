@@ -50,9 +50,9 @@ static job *jobs[MAX_JOBS];  /* never freed before b24_jobs_stop: pointers stay 
 static int njobs;
 static int serving;         /* under b24 serve */
 static atomic_int declared; /* a state registered a job: the thread is needed */
-static int nthreads = 1;       /* --jobs */
+static int nthreads = 1;    /* --jobs */
 static int started, stopping, nready;
-static unsigned refreshes;     /* reloads: each thread adopts the new state when it moved on */
+static unsigned refreshes;      /* reloads: each thread adopts the new state when it moved on */
 static unsigned current_serial; /* the newest script generation a jobs thread adopted */
 static pthread_t thread_ids[MAX_THREADS];
 static __thread int in_jobs_thread;

@@ -10,7 +10,8 @@
 /* Whether s names a PostgreSQL database. */
 int b24_pg_is_url(const char *s)
 {
-    return s != NULL && (strncmp(s, "postgresql://", 13) == 0 || strncmp(s, "postgres://", 11) == 0);
+    return s != NULL &&
+           (strncmp(s, "postgresql://", 13) == 0 || strncmp(s, "postgres://", 11) == 0);
 }
 
 /* The URL with the password of its user part and of a password= parameter masked. */

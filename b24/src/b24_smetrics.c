@@ -112,8 +112,9 @@ int b24_smetrics_set(lua_State *L)
     size_t name_len;
     const char *name = luaL_checklstring(L, 1, &name_len);
     if (!good_name(name, name_len, 1))
-        return luaL_error(L, "host.metric: a metric's name is [a-zA-Z_:][a-zA-Z0-9_:]*, at most "
-                             "%d bytes",
+        return luaL_error(L,
+                          "host.metric: a metric's name is [a-zA-Z_:][a-zA-Z0-9_:]*, at most "
+                          "%d bytes",
                           MAX_NAME);
     if (!lua_isnoneornil(L, 2))
         luaL_checktype(L, 2, LUA_TTABLE);
@@ -207,8 +208,8 @@ char *b24_smetrics_json(size_t *len)
             for (const unsigned char *c = (const unsigned char *)table[i].text; *c; c++)
                 n += (size_t)snprintf(out + n, cap - n,
                                       *c == '"' || *c == '\\' ? "\\%c"
-                                      : *c < 0x20           ? "\\u%04x"
-                                                            : "%c",
+                                      : *c < 0x20             ? "\\u%04x"
+                                                              : "%c",
                                       *c);
             n += (size_t)snprintf(out + n, cap - n, "\":%.17g", table[i].value);
         }
