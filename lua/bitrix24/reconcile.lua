@@ -165,8 +165,10 @@ function _M.memory_state(opts)
                          kind = "memory" }, memory_mt)
 end
 
+-- The value kept under name (a checkpoint, the member_id, totals, swept IDs), or nil.
 function Memory:get(name) return self.kv[name] end
 
+-- Keeps value under name: true.
 function Memory:put(name, value)
    self.kv[name] = value
    return true
@@ -225,10 +227,16 @@ function _M.host_state(host)
    return setmetatable({ host = host, kind = "host" }, host_mt)
 end
 
+-- A value of the inbox database (nil when none; nil, err without an inbox).
 function Host:get(name) return self.host.kv_get(name) end
+
+-- Keeps a value in the inbox database, durable when it returns: true | nil, err.
 function Host:put(name, value) return self.host.kv_put(name, value) end
+
+-- Queues object's mark into the inbox's next commit (the inbox keeps the newest ts).
 function Host:mark(object, ts) return self.host.inbox_mark(object, ts) end
 
+-- { [object] = ts } of the objects the inbox has a mark for, asked 10,000 at a time | nil, err.
 function Host:marked(objects)
    local out = {}
    for first = 1, #objects, MARKS_MAX do
@@ -307,6 +315,7 @@ end
 local Reconciler = {}
 local reconciler_mt = { __index = Reconciler }
 
+-- A line in the router's log (its log option, else the host's writer or stderr).
 local function log(self, level, msg, fields)
    pcall(self.router.log or log_module.default, level, msg, fields)
 end
@@ -557,6 +566,7 @@ function Reconciler:load_totals()
    end
 end
 
+-- Keeps the totals in the state (see load_totals).
 function Reconciler:save_totals()
    local parts = { "runs=" .. self.runs, "failures=" .. self.failures }
    for key, n in pairs(self.totals) do parts[#parts + 1] = key .. "=" .. string_format("%d", n) end
