@@ -131,6 +131,23 @@ local function wait_handled(srv, want, before)
    end
 end
 
+-- Reads srv's log until its "bitrix24.offline: pulled" lines sum to rows (each is logged once its
+-- pull is committed and, with clear = 0, cleared); raises with the log if it ends first.
+local function wait_pulled(srv, rows)
+   local sum, i = 0, 1
+   while sum < rows do
+      local line = srv.lines[i]
+      if not line then
+         line = srv.stream:read("l")
+         assert(line and not line:match("^b24%-exit="), "the receiver ended before " .. rows .. " rows:\n" .. srv:log())
+         srv.lines[#srv.lines + 1] = line
+      end
+      if line:find('msg="bitrix24.offline: pulled"', 1, true) then sum = sum + tonumber(line:match("rows=(%d+)")) end
+      i = i + 1
+   end
+   assert.equal(rows, sum)
+end
+
 -- A set of a list.
 local function set_of(list)
    local s = {}
@@ -172,7 +189,11 @@ describe("bitrix24.app offline queue: kill -9 during a pull, clear = 0", functio
       assert.equal(N, w.queued())
       -- the third get runs (its rows are marked with its process) and its answer never leaves
       w.hold("latency", "event.offline.get@3=" .. HOLD)
-      local dying = w.receiver()
+      local dying, srv = w.receiver(), nil
+      finally(function() -- a failed assert leaves no receiver behind
+         dying:stop("KILL")
+         if srv then srv:stop() end
+      end)
       kill_when_held(w, dying, "method=event.offline.get ran=yes")
       local before = runs_of(dying)
       -- the held pull (the leads added 101st to 150th) never reached the dead receiver
@@ -181,11 +202,14 @@ describe("bitrix24.app offline queue: kill -9 during a pull, clear = 0", functio
       -- two pulls cleared; the dead pull's rows are still on the portal (marked), and the rest
       assert.equal(N - 2 * LIMIT, w.queued())
       w.hold()
-      local srv = w.receiver()
+      srv = w.receiver()
       wait_handled(srv, set_of(added), set_of(before))
       -- the rows the dead pull had marked came back through event.offline.list and get{process_id}
       local again = assert(srv:wait_log("rows of an unfinished pull taken again"), srv:log())
       assert.matches("rows=" .. LIMIT, again, 1, true)
+      -- pulled after the restart: the dead pull's rows again, then the last pull
+      wait_pulled(srv, N - 2 * LIMIT)
+      assert.equal(0, w.queued())
       srv:stop()
       local after = runs_of(srv)
       local all = {}
@@ -193,7 +217,6 @@ describe("bitrix24.app offline queue: kill -9 during a pull, clear = 0", functio
       for _, id in ipairs(after) do all[#all + 1] = id end
       assert.equal(N, size(set_of(all)))  -- every lead handled
       assert.is_true(repeats(all) <= WORKERS, "runs repeated: " .. repeats(all))
-      assert.equal(0, w.queued())
       print(("# kill before the commit: %d of %d handled; runs %d before the kill, %d after it, %d repeated")
          :format(size(set_of(all)), N, #before, #after, repeats(all)))
    end)
@@ -203,14 +226,21 @@ describe("bitrix24.app offline queue: kill -9 during a pull, clear = 0", functio
       assert.equal(N, w.queued())
       -- the second clear is held and never runs: its process's rows stay marked, committed
       w.hold("stall", "event.offline.clear@2=" .. HOLD)
-      local dying = w.receiver()
+      local dying, srv = w.receiver(), nil
+      finally(function() -- a failed assert leaves no receiver behind
+         dying:stop("KILL")
+         if srv then srv:stop() end
+      end)
       kill_when_held(w, dying, "method=event.offline.clear ran=no")
       local before = runs_of(dying)
       w.hold()
-      local srv = w.receiver()
+      srv = w.receiver()
       wait_handled(srv, set_of(added), set_of(before))
       local again = assert(srv:wait_log("rows of an unfinished pull taken again"), srv:log())
       assert.matches("rows=" .. LIMIT, again, 1, true)
+      -- pulled after the restart: the committed rows whose clear never ran, then the two last pulls
+      wait_pulled(srv, N - LIMIT)
+      assert.equal(0, w.queued())
       srv:stop()
       local after = runs_of(srv)
       local all = {}
@@ -219,7 +249,6 @@ describe("bitrix24.app offline queue: kill -9 during a pull, clear = 0", functio
       assert.equal(N, size(set_of(all)))
       -- the 50 rows committed twice ran once: only runs in flight at the kill may repeat
       assert.is_true(repeats(all) <= WORKERS, "runs repeated: " .. repeats(all))
-      assert.equal(0, w.queued())
       print(("# kill after the commit: %d of %d handled; runs %d before the kill, %d after it, %d repeated")
          :format(size(set_of(all)), N, #before, #after, repeats(all)))
    end)
@@ -235,7 +264,11 @@ describe("bitrix24.app offline queue: kill -9 during a pull, clear = 1 (no rest_
       -- get 1 asks clear = 0 and is refused (WRONG_LICENSE); gets 2 and 3 take a pull each; the
       -- fourth deletes its rows (clear = 1) and its answer never leaves
       w.hold("latency", "event.offline.get@4=" .. HOLD)
-      local dying = w.receiver()
+      local dying, srv = w.receiver(), nil
+      finally(function() -- a failed assert leaves no receiver behind
+         dying:stop("KILL")
+         if srv then srv:stop() end
+      end)
       kill_when_held(w, dying, "method=event.offline.get ran=yes")
       assert.matches("no rest_offline_extended", dying:log(), 1, true)
       local before = runs_of(dying)
@@ -248,9 +281,10 @@ describe("bitrix24.app offline queue: kill -9 during a pull, clear = 1 (no rest_
       for _, id in ipairs(added) do
          if not lost[id] then want[id] = true end
       end
-      local srv = w.receiver()
+      srv = w.receiver()
       wait_handled(srv, want, set_of(before))
-      -- the queue is empty once the receiver pulls nothing more: then no lost lead can come
+      wait_pulled(srv, N - 3 * LIMIT) -- the last pull, and nothing else
+      -- the queue is empty: no lost lead can come any more
       assert.equal(0, w.queued())
       srv:stop()
       local after = runs_of(srv)
