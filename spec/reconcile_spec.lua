@@ -344,6 +344,26 @@ describe("bitrix24.reconcile against b24 emulate", function()
       assert.equal("busy", inner[2].code)
    end)
 
+   it("runs no pass where another host of a fleet holds the portal's claim", function()
+      local st = reconcile.memory_state()
+      local asked = {}
+      function st.claim(_, name, seconds)
+         asked[#asked + 1] = { name, seconds }
+         return false
+      end
+      local w = world({ "crm.lead" }, { state = st })
+      add("crm.lead.add", { TITLE = "elsewhere" })
+      local requests = client.stats.requests
+      local ok, err = w.router:reconcile_once()
+      assert.is_nil(ok)
+      assert.equal("elsewhere", err.code)
+      assert.equal(requests, client.stats.requests) -- not one request: the holder runs it
+      assert.same({}, w.take())
+      assert.equal(1, #asked)
+      assert.truthy(asked[1][1]:find("|pass", 1, true))
+      assert.is_true(asked[1][2] > 300) -- longer than the interval: the holder keeps it
+   end)
+
    it("refuses a bad reconcile option when the router is made", function()
       local function make(r) return function() bitrix24.router{ token = TOKEN, client = client, reconcile = r } end end
       assert.has_error(make({}), "bad option 'reconcile' (no entity to reconcile)")

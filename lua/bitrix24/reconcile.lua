@@ -236,6 +236,14 @@ function Host:put(name, value) return self.host.kv_put(name, value) end
 -- Queues object's mark into the inbox's next commit (the inbox keeps the newest ts).
 function Host:mark(object, ts) return self.host.inbox_mark(object, ts) end
 
+-- Whether this host may run a pass now: the claim of name on the inbox database (every host
+-- of a fleet sharing it asks; one holds it for seconds, renewed at each of its passes) | true
+-- where the host has no claims.
+function Host:claim(name, seconds)
+   if type(self.host.kv_claim) ~= "function" then return true end
+   return self.host.kv_claim(name, seconds) ~= false
+end
+
 -- { [object] = ts } of the objects the inbox has a mark for, asked 10,000 at a time | nil, err.
 function Host:marked(objects)
    local out = {}
@@ -628,10 +636,14 @@ function Reconciler:metrics(summary)
    end)
 end
 
--- One pass, never two at once in this Lua state: the summary | nil, err.
+-- One pass, never two at once in this Lua state, nor in a fleet sharing a state with claims
+-- (state:claim: one host runs a portal's passes while it lives): the summary | nil, err.
 function Reconciler:pass()
    if self.running then
       return nil, Error.new{ code = "busy", description = "a reconciliation pass is running" }
+   end
+   if self.state.claim and not self.state:claim(self.prefix .. "pass", self.every * 2 + 60) then
+      return nil, Error.new{ code = "elsewhere", description = "another host runs this portal's passes" }
    end
    self.running = true
    local stats, t0 = self.client.stats, self.clock()
