@@ -38,7 +38,10 @@ local RUNNERS = {} -- name -> predicate on a block
 local function runner(name, pred) RUNNERS[#RUNNERS + 1] = { name = name, pred = pred } end
 runner("setup", function(b) return b.lang == "sh" and b.text:find("./dev run", 1, true) end)
 runner("handlers script", function(b) return b.lang == "lua" and b.text:find("-- handlers.lua", 1, true) end)
-runner("serve command", function(b) return b.lang == "sh" and b.text:find("b24 serve --listen", 1, true) end)
+runner("serve command", function(b)
+   return b.lang == "sh" and b.text:find("b24 serve --listen", 1, true) and not b.text:find("B24_INBOX=", 1, true)
+end)
+runner("fleet", function(b) return b.lang == "sh" and b.text:find("B24_INBOX='postgresql://", 1, true) end)
 runner("library", function(b) return b.lang == "lua" and b.text:find("b24:list(", 1, true) end)
 runner("cli", function(b) return b.lang == "sh" and b.text:find("b24 call crm.lead.add", 1, true) end)
 runner("nginx command", function(b)
@@ -162,6 +165,49 @@ describe("README", function()
       assert(srv:wait_log("event=ONCRMDEALADD"))
       assert.not_matches(TOKEN, srv:log(), 1, true)
       assert.not_matches(emu.CODE, srv:log(), 1, true)
+   end)
+
+   it("operations: two hosts of a fleet on one PostgreSQL database, each delivery handled once", function()
+      if rawget(_G, "jit") then return end -- a PostgreSQL server per run: the Lua 5.4 passes
+      local pg = require "helpers.pg"
+      local block = assert(BLOCK.fleet)
+      local script = assert(BLOCK["handlers script"])
+      local db = pg.start()
+      local dir = b24.tmpdir()
+      local hosts = {}
+      finally(function()
+         for _, h in ipairs(hosts) do h:stop() end
+         db:stop()
+         os.execute("rm -rf " .. b24.quote(dir))
+      end)
+      b24.write(dir .. "/handlers.lua", script.text)
+      for i = 1, 2 do
+         local sh = block.text
+         sh = replace(sh, "postgresql://b24:PASSWORD@db.internal:5432/b24", db.url)
+         sh = replace(sh, "0.0.0.0:8080", "127.0.0.1:" .. b24.free_port())
+         -- the deal handler makes no REST call: the webhook is only configured
+         sh = replace(sh, "b24 serve", "B24_APP_TOKEN=" .. TOKEN
+            .. " B24_WEBHOOK_URL=http://127.0.0.1:9/rest/1/readme0code/ exec b24 serve")
+         hosts[i] = b24.spawn("cd " .. b24.quote(dir) .. " && " .. path_env() .. "\n" .. sh, { listening = true })
+      end
+      -- the same delivery to both hosts (a load balancer's retry): one run in the fleet
+      for i = 1, 2 do assert.equal(200, post_event(hosts[i]:url("/"), TOKEN, "ONCRMDEALADD", "77").status) end
+      for i = 1, 2 do assert.equal(200, post_event(hosts[i]:url("/"), TOKEN, "ONCRMDEALADD", tostring(80 + i)).status) end
+      -- each handled add's key is remembered (b24_seen) once its run succeeded, on either host
+      local deadline = os.time() + 60
+      while db:psql("SELECT count(*) FROM b24_seen"):match("%d+") ~= "3" do
+         assert(os.time() < deadline, "the fleet did not handle the 3 deliveries")
+         os.execute("sleep 0.05")
+      end
+      local runs = 0
+      for i = 1, 2 do
+         assert.equal(0, hosts[i]:stop("TERM")) -- its whole log read
+         for _, line in ipairs(hosts[i].lines) do
+            if line:find('msg="deal event" event=ONCRMDEALADD id=77', 1, true) then runs = runs + 1 end
+         end
+         assert.not_matches(db.password, hosts[i]:log(), 1, true)
+      end
+      assert.equal(1, runs)
    end)
 
    it("quick start: an application installed from b24 emulate --app mirrors a new deal", function()
