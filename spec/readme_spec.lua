@@ -192,7 +192,9 @@ describe("README", function()
       end
       -- the same delivery to both hosts (a load balancer's retry): one run in the fleet
       for i = 1, 2 do assert.equal(200, post_event(hosts[i]:url("/"), TOKEN, "ONCRMDEALADD", "77").status) end
-      for i = 1, 2 do assert.equal(200, post_event(hosts[i]:url("/"), TOKEN, "ONCRMDEALADD", tostring(80 + i)).status) end
+      for i = 1, 2 do
+         assert.equal(200, post_event(hosts[i]:url("/"), TOKEN, "ONCRMDEALADD", tostring(80 + i)).status)
+      end
       -- each handled add's key is remembered (b24_seen) once its run succeeded, on either host
       local deadline = os.time() + 60
       while db:psql("SELECT count(*) FROM b24_seen"):match("%d+") ~= "3" do
