@@ -46,30 +46,55 @@ local function media_type(content_type)
    return string_lower(string_match(content_type, "^%s*(.-)%s*$"))
 end
 
+-- The last content type seen and its kind: a router asks three times a delivery (accept, the
+-- token's scan, the parse), and a sender sends one value (docs/performance.md).
+local last_type, last_kind
+
 -- "form", "json", or nil for a content type events do not come in.
 function _M.content_kind(content_type)
+   if content_type == last_type and content_type ~= nil then return last_kind end
    local media = media_type(content_type)
-   if media == FORM then return "form" end
-   if media == JSON then return "json" end
-   return nil
+   local kind = nil
+   if media == FORM then
+      kind = "form"
+   elseif media == JSON then
+      kind = "json"
+   end
+   if type(content_type) == "string" then last_type, last_kind = content_type, kind end
+   return kind
 end
+
+-- Kinds of the names seen, so the three matches run once a name; bounded, as names come from
+-- senders (verified ones, but a portal has hundreds of events at most).
+local kinds, kinds_count = {}, 0
 
 -- "add", "update", "delete" or "other", from the tail of an event name (upper case).
 function _M.kind(name)
    if type(name) ~= "string" then return "other" end
-   if string_match(name, "ADD$") then return "add" end
-   if string_match(name, "UPDATE$") then return "update" end
-   if string_match(name, "DELETE$") then return "delete" end
-   return "other"
+   local kind = kinds[name]
+   if kind then return kind end
+   if string_match(name, "ADD$") then
+      kind = "add"
+   elseif string_match(name, "UPDATE$") then
+      kind = "update"
+   elseif string_match(name, "DELETE$") then
+      kind = "delete"
+   else
+      kind = "other"
+   end
+   if kinds_count >= 1000 then kinds, kinds_count = {}, 0 end
+   kinds[name], kinds_count = kind, kinds_count + 1
+   return kind
 end
 
 -- The section naming the object an event is about: FIELDS for CRM, FIELDS_AFTER (tasks),
 -- then FIELDS_BEFORE (task deletes); nil when none has an ID.
+local SECTIONS = { "FIELDS", "FIELDS_AFTER", "FIELDS_BEFORE" }
+
 local function object_fields(data)
    if type(data) ~= "table" then return nil end
-   local sections = { "FIELDS", "FIELDS_AFTER", "FIELDS_BEFORE" }
-   for i = 1, #sections do
-      local section = data[sections[i]]
+   for i = 1, #SECTIONS do
+      local section = data[SECTIONS[i]]
       if type(section) == "table" and type(section.ID) == "string" then return section end
    end
    return nil
@@ -140,9 +165,24 @@ local function cjson_scalar(raw)
    return json_decode(raw, { max_size = #raw + 1 }) ~= nil
 end
 
+-- The decoders' options made for a limits table, by only and form: a router passes the same
+-- limits with every delivery, so its options are built once, not twice a delivery. Weak keys:
+-- a limits table dropped takes its options with it; one changed since is seen and made anew.
+local options_cache = setmetatable({}, { __mode = "k" })
+
 -- The decoders' options for limits (and only: the one top-level name to build).
 local function options(limits, only, form)
-   return {
+   local slot = only or ""
+   if form then slot = slot .. "|form" end
+   local made = options_cache[limits]
+   local opts = made and made[slot]
+   if opts and opts.max_depth == (limits.max_depth or DEFAULT_LIMITS.max_depth)
+      and opts.max_pairs == (limits.max_pairs or DEFAULT_LIMITS.max_pairs)
+      and opts.max_size == (limits.max_size or DEFAULT_LIMITS.max_size)
+      and opts.max_memory == limits.max_memory then
+      return opts
+   end
+   opts = {
       form = form,
       only = only,
       max_depth = limits.max_depth or DEFAULT_LIMITS.max_depth,
@@ -150,6 +190,12 @@ local function options(limits, only, form)
       max_size = limits.max_size or DEFAULT_LIMITS.max_size,
       max_memory = limits.max_memory,
    }
+   if not made then
+      made = {}
+      options_cache[limits] = made
+   end
+   made[slot] = opts
+   return opts
 end
 
 -- Decodes a JSON body into the table its form body would give (form_decode of its

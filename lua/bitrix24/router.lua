@@ -527,8 +527,8 @@ function _M.dispatch(self, stored, ctx)
       local entry = handlers[i]
       if matches(entry, event.name) then
          matched = matched + 1
-         local fn = entry.fn
-         local ok, err = xpcall(function() return fn(event, ctx) end, error_with_traceback)
+         -- xpcall passes the arguments (Lua 5.2+, LuaJIT): no closure made per handler run
+         local ok, err = xpcall(entry.fn, error_with_traceback, event, ctx)
          if not ok then
             local what = "handler " .. i .. " (" .. entry.pattern .. ") for " .. event.name .. " failed: "
             if type(err) ~= "table" then -- a memory error skips the message handler
@@ -649,8 +649,9 @@ function _M.handle(self, request)
       _M.log_not_run(ctx.log, outcome, verdict.event)
       return 200, json_headers(), NOT_RUN[outcome][1]
    end
-   if not self:run_verdict(verdict, ctx) then return 500, json_headers(), HANDLER_FAILED_BODY end
-   return 200, json_headers(), OK_BODY
+   -- the verdict's own headers table (made for this delivery) is the answer's
+   if not self:run_verdict(verdict, ctx) then return 500, verdict.headers, HANDLER_FAILED_BODY end
+   return 200, verdict.headers, OK_BODY
 end
 
 -- Inside nginx (content_by_lua*): reads the request (413 over max_body), answers at once, and
