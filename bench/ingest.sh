@@ -5,6 +5,7 @@
 #   bench/ingest.sh                  all of it, in one run
 #   bench/ingest.sh --durable-only   only the durable mode (also INGEST_DURABLE_ONLY=1); for a quick
 #                                    figure: INGEST_ROUNDS=1 INGEST_DURATION=5s bench/ingest.sh --durable-only
+#   bench/ingest.sh --fleet-only     only the fleet mode (also INGEST_FLEET_ONLY=1)
 #
 # Every server decodes the same form-encoded event (bench/ingest/app-oncrmcontactadd.form, a copy
 # of ../shared/vectors/events/) and checks auth.application_token: 200 {"success":true}, 401 on a
@@ -42,10 +43,19 @@
 # works. Target: durable >= 0.5x sync in requests/s. When it is missed (or with INGEST_PERF=1), a
 # perf profile of the durable server and an strace count of its fsyncs under the same load follow.
 #
+# The fleet mode (bench/ingest/fleet.sh, after the durable mode in a whole run): the same durable
+# ingest on one b24 serve host on SQLite, one host on PostgreSQL and two hosts on one PostgreSQL
+# database, in one run, round after round. Both really durable and on the repository's disk: the
+# SQLite file (synchronous=FULL) and the PostgreSQL server's data (started for the run by initdb
+# under INGEST_DB_DIR, fsync = on, synchronous_commit = on; as the postgres user when run as root)
+# under build/; the settings, read back, and the filesystems are printed. Two hosts get two wrk
+# processes at once, one per host, with half the connections each (a balancer's spread). Target:
+# two hosts on PostgreSQL >= 0.5x one host on SQLite, in requests/s (the ratio line says it).
+#
 # Environment: INGEST_WORKERS (2) INGEST_THREADS (wrk -t, 2) INGEST_CONNECTIONS (wrk -c, 64)
 # INGEST_DURATION (10s) INGEST_WARMUP (3s) INGEST_ROUNDS (3) INGEST_TOTAL (1000000)
 # INGEST_HANDLER_THREADS (b24's default: one per CPU) INGEST_DRAIN_TIMEOUT (900 seconds)
-# INGEST_DB_DIR (build/) INGEST_DURABLE_ONLY=1
+# INGEST_DB_DIR (build/) INGEST_DURABLE_ONLY=1 INGEST_FLEET_ONLY=1 INGEST_PG_BIN (/usr/lib/postgresql/15/bin)
 # INGEST_PERF=1 (always profile b24) INGEST_KEEP=1 (keep the temp dirs with logs, wrk reports, inbox).
 # Servers listen on 127.0.0.1 only, on ports free at run time; all are stopped on exit.
 # Exits non-zero when a server gives a wrong answer, wrk sees errors, a durable run stores fewer
@@ -68,6 +78,7 @@ HANDLER_THREADS=${INGEST_HANDLER_THREADS:-}
 DRAIN_TIMEOUT=${INGEST_DRAIN_TIMEOUT:-900}
 DB_DIR=${INGEST_DB_DIR:-$root/build}
 DURABLE_ONLY=${INGEST_DURABLE_ONLY:-0}
+FLEET_ONLY=${INGEST_FLEET_ONLY:-0}
 BODY=$here/ingest/app-oncrmcontactadd.form
 FORM=application/x-www-form-urlencoded
 
@@ -77,11 +88,14 @@ die() { printf 'ingest.sh: %s\n' "$*" >&2; exit 1; }
 for arg; do
   case $arg in
     --durable-only) DURABLE_ONLY=1 ;;
+    --fleet-only) FLEET_ONLY=1 ;;
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d; s/^# \{0,1\}//; p}' "${BASH_SOURCE[0]}"; exit 0 ;;
-    *) die "unknown argument '$arg' (--durable-only or nothing expected)" ;;
+    *) die "unknown argument '$arg' (--durable-only, --fleet-only or nothing expected)" ;;
   esac
 done
 [[ "$DURABLE_ONLY" == 0 || "$DURABLE_ONLY" == 1 ]] || die "INGEST_DURABLE_ONLY is 0 or 1"
+[[ "$FLEET_ONLY" == 0 || "$FLEET_ONLY" == 1 ]] || die "INGEST_FLEET_ONLY is 0 or 1"
+[[ "$DURABLE_ONLY$FLEET_ONLY" != 11 ]] || die "--durable-only and --fleet-only exclude each other"
 [[ -z "$HANDLER_THREADS" || "$HANDLER_THREADS" =~ ^[1-9][0-9]*$ ]] || die "INGEST_HANDLER_THREADS is a number"
 [[ "$DRAIN_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "INGEST_DRAIN_TIMEOUT is a number of seconds"
 
@@ -89,8 +103,10 @@ done
 
 if [[ $DURABLE_ONLY == 1 ]]; then
   need_debs=(wrk curl)
+elif [[ $FLEET_ONLY == 1 ]]; then
+  need_debs=(wrk curl postgresql sqlite3 lua-socket)
 else
-  need_debs=(wrk nginx libnginx-mod-http-lua nodejs npm curl)
+  need_debs=(wrk nginx libnginx-mod-http-lua nodejs npm curl postgresql sqlite3 lua-socket)
 fi
 missing=()
 for p in "${need_debs[@]}"; do
@@ -114,7 +130,7 @@ fi
 
 make -s all
 
-if [[ $DURABLE_ONLY == 0 ]]; then
+if [[ $DURABLE_ONLY == 0 && $FLEET_ONLY == 0 ]]; then
   express_pin=$(node -p 'require(process.argv[1]).dependencies.express' "$root/bench/package.json")
   express_have=$(node -p 'try { require(process.argv[1]).version } catch (e) { "" }' \
     "$root/bench/node_modules/express/package.json" 2>/dev/null || true)
@@ -142,10 +158,14 @@ stop_pid() {
   wait "$pid" 2>/dev/null || true
 }
 
+# shellcheck source=bench/ingest/fleet.sh
+source "$here/ingest/fleet.sh"
+
 cleanup() {
   local pid
   trap - EXIT INT TERM
   for pid in "${pids[@]}"; do stop_pid "$pid"; done
+  fleet_cleanup
   if [[ "${INGEST_KEEP:-}" == 1 ]]; then
     echo "kept $tmp${dbdir:+ and $dbdir}" >&2
   else
@@ -585,6 +605,16 @@ durable_diagnose() {
   ((d1 == d0)) || die "durable: $((d1 - d0)) of the distinct deliveries sent for the diagnosis were duplicates"
 }
 
+if [[ $FLEET_ONLY == 1 ]]; then
+  preamble " (fleet mode only)"
+  fleet_mode
+  say ""
+  say "$FLEET_VERDICT"
+  say "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+  ((fleet_failed == 0)) || exit 1
+  exit 0
+fi
+
 if [[ $DURABLE_ONLY == 1 ]]; then
   preamble " (durable mode only)"
   durable_mode
@@ -822,9 +852,10 @@ hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$b24_main_pid/status")
 say "   VmRSS after the warm-up $(mb "$rss_after_warm"), after $n requests $(mb "$rss_end"): $((rss_end - rss_after_warm)) kB change; peak VmHWM $(mb "$hwm")"
 say "   b24 wrote $(wc -l < "$tmp/b24.log") log lines ($(du -h "$tmp/b24.log" | cut -f1)) to its stderr file"
 
-# ---- the durable mode, in the same run ----------------------------------------------------------
+# ---- the durable mode and the fleet, in the same run --------------------------------------------
 
 durable_mode
+fleet_mode
 
 say ""
 if ((missed > 0)); then
@@ -833,6 +864,7 @@ else
   say "b24 met the 3 throughput targets (headline rows)"
 fi
 say "$DURABLE_VERDICT"
+say "$FLEET_VERDICT"
 ((not_drained == 0)) || say "the inbox did NOT drain $not_drained time(s) within $DRAIN_TIMEOUT s"
 say "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
-((not_drained == 0)) || exit 1
+((not_drained == 0 && fleet_failed == 0)) || exit 1
