@@ -81,9 +81,11 @@ function DB:postmaster_pid()
    return text and tonumber(text:match("^(%d+)"))
 end
 
--- The postmaster's pid and those of its children (every backend and auxiliary process).
+-- The postmaster's pid and those of its children (every backend and auxiliary process), from
+-- /proc (a minimal Debian has no procps, so no pgrep): "pid (comm) state ppid …" per process.
 local function server_pids(pid)
-   local out = b24.exec("pgrep -P " .. pid)
+   local out = b24.exec("cat /proc/[0-9]*/stat 2>/dev/null | sed 's/^\\([0-9]*\\) (.*) /\\1 /'"
+      .. " | awk -v p=" .. pid .. " '$3 == p { print $1 }'")
    local pids = { pid }
    for child in out:gmatch("%d+") do pids[#pids + 1] = tonumber(child) end
    return pids
