@@ -32,6 +32,7 @@ local event_module = require "bitrix24.event"
 local export = require "bitrix24.export"
 local plans = require "bitrix24.listplan"
 local log_module = require "bitrix24.log"
+local ngx_adapter = require "bitrix24.ngx"
 
 local type = type
 local pairs = pairs
@@ -323,9 +324,17 @@ end
 local Reconciler = {}
 local reconciler_mt = { __index = Reconciler }
 
--- A line in the router's log (its log option, else the host's writer or stderr).
+-- The router's log: its log option, else nginx's error log inside nginx (bitrix24.ngx.log, as
+-- handle_ngx logs), else the host's writer or stderr (bitrix24.log.default).
+local function log_of(router)
+   if router.log then return router.log end
+   if ngx_adapter.available() then return ngx_adapter.log end
+   return log_module.default
+end
+
+-- A line in the router's log (log_of).
 local function log(self, level, msg, fields)
-   pcall(self.router.log or log_module.default, level, msg, fields)
+   pcall(log_of(self.router), level, msg, fields)
 end
 
 -- The host of a client's webhook URL (the portal's domain as deliveries name it).
@@ -417,8 +426,13 @@ function Reconciler:commit(kind, action, id, ts)
    verdict.dedup = router.dedup_of(verdict.kind)
    local outcome = router:begin(verdict)
    if outcome ~= "run" then return true end
-   local ctx = { attempt = 1, log = router.log or log_module.default, client = router.client }
-   return router:run_verdict(verdict, ctx)
+   local ctx = { attempt = 1, log = log_of(router), client = router.client }
+   -- the handlers' own calls on the pass's client are theirs, not the pass's (summary.requests)
+   local stats = self.client.stats
+   local before = stats and stats.requests or 0
+   local ok, err = router:run_verdict(verdict, ctx)
+   self.handler_requests = self.handler_requests + (stats and stats.requests or 0) - before
+   return ok, err
 end
 
 -- The sub-call listing kind's rows changed since `since` (ISO), from after ID `after`.
@@ -558,7 +572,7 @@ function Reconciler:pass_once()
       end
       if err then summary.failed[kind.entity] = err end
    end
-   summary.requests = (client.stats and client.stats.requests or 0) - requests0
+   summary.requests = (client.stats and client.stats.requests or 0) - requests0 - self.handler_requests
    summary.seconds = self.clock() - t0
    return summary
 end
@@ -636,16 +650,42 @@ function Reconciler:metrics(summary)
    end)
 end
 
+-- Phases of ngx_lua where a pass can talk to the portal (cosockets, ngx.run_worker_thread);
+-- in the others (init_worker_by_lua*, log_by_lua*, …) those calls are disabled
+-- (lua-nginx-module README: "context" of ngx.socket.tcp, ngx.run_worker_thread).
+local NGX_YIELDING = { rewrite = true, access = true, content = true, timer = true }
+
+-- Inside nginx, why no pass can run here: an Error (code "context": a phase that cannot yield,
+-- such as init_worker_by_lua, where a pass must be started from ngx.timer.at; code "exiting":
+-- a worker shutting down or reloaded, whose timers run once more with premature = true), or nil.
+local function ngx_refusal()
+   if not ngx_adapter.available() then return nil end
+   local ngx = _G.ngx
+   local phase = type(ngx.get_phase) == "function" and ngx.get_phase() or nil
+   if phase and not NGX_YIELDING[phase] then
+      return Error.new{ code = "context", description = "a reconciliation pass cannot run in nginx's " .. phase
+                        .. " phase: start it from ngx.timer.at or ngx.timer.every (or a location)" }
+   end
+   if type(ngx.worker) == "table" and type(ngx.worker.exiting) == "function" and ngx.worker.exiting() then
+      return Error.new{ code = "exiting", description = "the nginx worker is exiting: no reconciliation pass" }
+   end
+   return nil
+end
+
 -- One pass, never two at once in this Lua state, nor in a fleet sharing a state with claims
--- (state:claim: one host runs a portal's passes while it lives): the summary | nil, err.
+-- (state:claim: one host runs a portal's passes while it lives): the summary | nil, err. Inside
+-- nginx no pass starts in a phase that cannot yield nor in an exiting worker (ngx_refusal).
 function Reconciler:pass()
    if self.running then
       return nil, Error.new{ code = "busy", description = "a reconciliation pass is running" }
    end
+   local refused = ngx_refusal()
+   if refused then return nil, refused end
    if self.state.claim and not self.state:claim(self.prefix .. "pass", self.every * 2 + 60) then
       return nil, Error.new{ code = "elsewhere", description = "another host runs this portal's passes" }
    end
    self.running = true
+   self.handler_requests = 0
    local stats, t0 = self.client.stats, self.clock()
    local requests0 = stats and stats.requests or 0
    local ok, summary, err = pcall(self.pass_once, self)
@@ -665,7 +705,7 @@ function Reconciler:pass()
    end
    self.running = false
    if summary then
-      summary.requests = (stats and stats.requests or 0) - requests0
+      summary.requests = (stats and stats.requests or 0) - requests0 - self.handler_requests
       summary.seconds = self.clock() - t0
    end
    self:report(summary, err)
@@ -796,7 +836,7 @@ function _M.attach(router, opts, tokens)
       every = every, overlap = overlap, lookback = seconds("lookback", every + overlap), sweep = sweep or nil,
       domain = string_lower(domain), member_id = opts.member_id, tokens = tokens,
       prefix = "bitrix24.reconcile|" .. string_lower(domain) .. "|",
-      clock = client.now or os_time, seen = {}, totals = {}, runs = 0, failures = 0,
+      clock = client.now or os_time, seen = {}, totals = {}, runs = 0, failures = 0, handler_requests = 0,
    }, reconciler_mt)
    if sweep then
       for _, kind in ipairs(kinds) do self.seen[kind.entity] = {} end
