@@ -15,13 +15,18 @@
 --   * the memory state's limits (docs/api.md "Reconciliation"): a call in init_worker_by_lua is
 --     refused with code `context` (no REST there); state and marks live in the worker and are lost
 --     on a reload (the new worker's first pass asks server.time and commits every change inside
---     lookback again, as …ADD); the old worker's premature timer runs no pass (code `exiting`).
+--     lookback again, as …ADD); the old worker's premature timer runs no pass (code `exiting`);
+--   * with `reconcile.shared_dict` (two workers, reuseport): the state is one for every worker —
+--     a pass in one worker commits exactly what the marks of deliveries handled in either left
+--     out, the other worker's next pass starts from the same checkpoint (one request, nothing
+--     committed), and a pass does not run while another worker holds the claim (`elsewhere`).
 local b24 = require "helpers.b24"
 local emu = require "helpers.emulator"
 local bitrix24 = require "bitrix24"
 local reconcile = require "bitrix24.reconcile"
 local core = require "bitrix24.core"
 local cjson = require "cjson"
+local socket = require "socket"
 
 local NGINX = "/usr/sbin/nginx"
 local ROOT = (b24.exec("cd " .. b24.quote(b24.root) .. " && pwd")):match("^(.-)%s*$")
@@ -37,10 +42,14 @@ local FORM = { ["Content-Type"] = "application/x-www-form-urlencoded" }
 local MODULE = [[
 local bitrix24 = require "bitrix24"
 local M = {}
+-- B24_SHARED=1: every worker shares the dedup store and the reconciler's state (lua_shared_dict)
+local shared = os.getenv("B24_SHARED") == "1"
+M.shared = shared
 local client = bitrix24.client{ url = os.getenv("B24_WEBHOOK_URL"), limit = false }
 local router = bitrix24.router{ token = os.getenv("B24_APP_TOKEN"), client = client,
+   shared_dict = shared and "b24_dedup" or nil,
    reconcile = { "crm.lead", "crm.deal", every = 3600, overlap = 120, lookback = 3600,
-                 domain = os.getenv("B24_DOMAIN") } }
+                 domain = os.getenv("B24_DOMAIN"), shared_dict = shared and "b24_reconcile" or nil } }
 M.router = router
 local ENTITY = { ONCRMLEAD = "lead", ONCRMDEAL = "deal" }
 router:on("*", function(event, ctx)
@@ -51,13 +60,14 @@ router:on("*", function(event, ctx)
    local dict = ngx.shared.spec
    local n = dict:incr("n", 1, 0)
    dict:set("h" .. n, table.concat({ entity, event.id, object.TITLE, tostring(event.reconciled == true),
-                                     event.name, event.ts }, "|"))
+                                     event.name, event.ts, ngx.worker.pid() }, "|"))
 end)
 
 -- init_worker_by_lua: a pass called here is refused (no REST in this phase); the first pass is
 -- started from a timer, then one an hour from ngx.timer.every as the docs show it (premature
 -- not looked at: the pass itself refuses to run in an exiting worker).
 function M.init_worker()
+   if shared then return end -- passes from /t/reconcile only
    local ok, err = router:reconcile_once()
    ngx.log(ngx.INFO, "spec: pass in init_worker: ", ok and "ran" or (err.code .. ": " .. err.description))
    ngx.timer.at(0, function() router:reconcile_once() end)
@@ -81,12 +91,13 @@ return M
 local CONF = [[
 load_module /usr/lib/nginx/modules/ndk_http_module.so;
 load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
-worker_processes 1;
+worker_processes WORKERS;
 error_log stderr info;
 pid build/nginx.pid;
 env B24_APP_TOKEN;
 env B24_WEBHOOK_URL;
 env B24_DOMAIN;
+env B24_SHARED;
 thread_pool bitrix24 threads=16;
 events { worker_connections 1024; }
 http {
@@ -99,9 +110,11 @@ http {
   lua_package_path "$prefix/lua/?.lua;$prefix/lua/?/init.lua;$prefix/?.lua;;";
   lua_package_cpath "$prefix/build/5.1/?.so;;";
   lua_shared_dict spec 1m;
+  lua_shared_dict b24_dedup 1m;
+  lua_shared_dict b24_reconcile 1m;
   init_worker_by_lua_block { require("spec_reconcile").init_worker() }
   server {
-    listen 127.0.0.1:PORT;
+    listen 127.0.0.1:PORT @REUSE@;
     location = /bitrix24/events {
       content_by_lua_block { require("spec_reconcile").router:handle_ngx() }
     }
@@ -114,6 +127,9 @@ http {
     }
     location = /t/reconcile {
       content_by_lua_block {
+        -- ?pid=N: only in that worker ("other" elsewhere, no pass)
+        local pid = tonumber(ngx.var.arg_pid)
+        if pid and pid ~= ngx.worker.pid() then return ngx.say("other") end
         local m = require "spec_reconcile"
         ngx.say(require("cjson").encode(m.plain(m.router:reconcile_once())))
       }
@@ -131,6 +147,15 @@ http {
       content_by_lua_block {
         local dict = ngx.shared.spec
         for i = 1, dict:get("n") or 0 do ngx.say(dict:get("h" .. i)) end
+      }
+    }
+    location = /t/claim {
+      content_by_lua_block {
+        -- the pass's claim in the shared state: ?set=OWNER takes it for another, ?clear=1 drops it
+        local dict, key = ngx.shared.b24_reconcile, "c|bitrix24.reconcile|" .. os.getenv("B24_DOMAIN") .. "|pass"
+        if ngx.var.arg_set then dict:set(key, ngx.var.arg_set, 60) end
+        if ngx.var.arg_clear then dict:delete(key) end
+        ngx.say(tostring(dict:get(key)))
       }
     }
     location = /t/pid {
@@ -157,8 +182,9 @@ local function wait_from(srv, needle, from)
 end
 
 -- Starts nginx with CONF and MODULE under a fresh prefix on port: lua/ and build/5.1 link to the
--- checkout. A b24.spawn Server (wait_log, lines, stop) with base, dir and its master's pid file.
-local function start_nginx(port, env)
+-- checkout; workers: worker processes (1; more listen with reuseport, so the kernel spreads new
+-- connections over them). A b24.spawn Server (wait_log, lines, stop) with base and prefix.
+local function start_nginx(port, env, workers)
    local _, present = b24.exec("test -x " .. NGINX .. " && test -f /usr/lib/nginx/modules/ngx_http_lua_module.so")
    assert(present == 0, "nginx with ngx_lua is missing: scripts/deps.sh test installs nginx and libnginx-mod-http-lua")
    local dir = b24.tmpdir()
@@ -166,7 +192,8 @@ local function start_nginx(port, env)
    os.execute("ln -s " .. b24.quote(ROOT .. "/lua") .. " " .. b24.quote(dir .. "/lua"))
    os.execute("ln -s " .. b24.quote(ROOT .. "/build/5.1") .. " " .. b24.quote(dir .. "/build/5.1"))
    b24.write(dir .. "/spec_reconcile.lua", MODULE)
-   b24.write(dir .. "/nginx.conf", (CONF:gsub("PORT", tostring(port))))
+   local conf = CONF:gsub("PORT", tostring(port)):gsub("WORKERS", tostring(workers or 1))
+   b24.write(dir .. "/nginx.conf", (conf:gsub("@REUSE@", (workers or 1) > 1 and "reuseport" or "")))
    local globals = "daemon off;"
    -- as root the workers would run as nobody, who cannot enter the private prefix
    if b24.exec("id -u"):match("^0%s*$") then globals = globals .. " user root;" end
@@ -179,132 +206,173 @@ local function start_nginx(port, env)
    return srv
 end
 
+-- The world of the running describe: its emulator, nginx and REST client (set by its setup).
+local portal, srv, admin, port
+local zone = ZONE
+
+local function get(path)
+   local res = assert(srv:request{ method = "GET", path = path })
+   assert.equal(200, res.status, res.body)
+   return res.body
+end
+
+-- The handled records in order: { entity, id, key, title, reconciled, name, ts }.
+local function handled()
+   local out = {}
+   for line in get("/t/handled"):gmatch("[^\n]+") do
+      local entity, id, title, rec, name, ts, pid = line:match("^(%a+)|(%d+)|(.*)|(%a+)|(%u+)|(%d+)|(%d+)$")
+      assert(entity, line)
+      out[#out + 1] = { entity = entity, id = id, key = entity .. "|" .. id, title = title,
+                        reconciled = rec == "true", name = name, ts = tonumber(ts), pid = pid }
+   end
+   return out
+end
+
+-- Deliveries the emulator lost so far (its debug line for each).
+local function dropped()
+   local n = 0
+   for _ in (b24.read(portal.dir .. "/b24.log") or ""):gmatch("lost by the drop fault") do n = n + 1 end
+   return n
+end
+
+-- Waits (a poll with a watchdog) until every delivery the emulator sent was lost or handled:
+-- real runs + lost deliveries = sent.
+local function settled(sent)
+   local deadline = os.time() + 60
+   while true do
+      local real = 0
+      for _, r in ipairs(handled()) do if not r.reconciled then real = real + 1 end end
+      if real + dropped() == sent then return end
+      assert(real + dropped() < sent, "more deliveries than changes")
+      assert(os.time() < deadline, "deliveries not settled: " .. real .. " + " .. dropped() .. " of " .. sent
+             .. "\n" .. srv:log())
+      core.sleep(0.05) -- a poll's pace
+   end
+end
+
+-- The portal's clock (server.time's time.start).
+local function portal_now()
+   local env = assert(admin:request("server.time", {}))
+   assert.matches(zone:gsub("[%+%-]", "%%%0") .. "$", env.result) -- printed in the portal's zone
+   return env.time.start
+end
+
+-- Waits (a poll of the portal's clock) for the portal's second after t: a row changed in the
+-- second a pass starts is listed by the next pass once more (docs/api.md).
+local function after(t)
+   local deadline = os.time() + 10
+   while math.floor(portal_now()) <= math.floor(t) do
+      assert(os.time() < deadline, "the portal's clock stands")
+      core.sleep(0.05) -- a poll's pace
+   end
+end
+
+-- { [key] = { modified, created } } of every lead and deal, read with the offsets printed.
+local function rows()
+   local out = {}
+   for entity, method in pairs({ lead = "crm.lead.list", deal = "crm.deal.list" }) do
+      local list = assert(admin:call(method, { select = { "ID", "DATE_MODIFY", "DATE_CREATE" } }))
+      for _, r in ipairs(list) do
+         assert.matches(zone:gsub("[%+%-]", "%%%0") .. "$", r.DATE_MODIFY)
+         out[entity .. "|" .. r.ID] = { modified = reconcile.parse_date(r.DATE_MODIFY),
+                                        created = reconcile.parse_date(r.DATE_CREATE) }
+      end
+   end
+   return out
+end
+
+-- What a pass must commit, from the records so far: { [key] = "ADD" | "UPDATE" } for each
+-- object with no handled run, or modified at or after the newest ts handled for it.
+local function expected(records, current)
+   local marks = {}
+   for _, r in ipairs(records) do
+      if not marks[r.key] or r.ts > marks[r.key] then marks[r.key] = r.ts end
+   end
+   local out = {}
+   for key, row in pairs(current) do
+      if not marks[key] then out[key] = "ADD"
+      elseif row.modified >= marks[key] then out[key] = "UPDATE" end
+   end
+   return out
+end
+
+-- { [key] = "ADD" | "UPDATE" } of the reconciled records from position `from` on.
+local function reconciled_from(records, from)
+   local out = {}
+   for i = from, #records do
+      local r = records[i]
+      assert.is_true(r.reconciled, "a delivery came during a pass: " .. r.key)
+      assert.is_nil(out[r.key], "committed twice: " .. r.key)
+      out[r.key] = r.name:sub(-3) == "ADD" and "ADD" or "UPDATE"
+   end
+   return out
+end
+
+local function many(calls)
+   local results, errors = admin:call_many(calls)
+   assert.is_nil(errors)
+   return results
+end
+
+-- Adds leads and deals (title "… v0"), then changes every title `rounds` times: objects gets
+-- { entity, id } of each, final[entity|id] its last title.
+local function make_changes(leads, deals, rounds, objects, final)
+   local adds = {}
+   for i = 1, leads do adds[#adds + 1] = { "crm.lead.add", { fields = { TITLE = "lead " .. i .. " v0" } } } end
+   for i = 1, deals do adds[#adds + 1] = { "crm.deal.add", { fields = { TITLE = "deal " .. i .. " v0" } } } end
+   for i, id in ipairs(many(adds)) do
+      local entity = adds[i][1]:match("^crm%.(%a+)%.add$")
+      objects[#objects + 1] = { entity = entity, id = string.format("%d", id) }
+   end
+   for round = 1, rounds do
+      -- each round in a later second of the portal's clock than the one before: a delivery's
+      -- ts comes from another clock than DATE_MODIFY (sender.php: time(); crm_lead.php Update:
+      -- the database's CurrentTimeFunction; the emulator's portal clock lags its os.time() by
+      -- the fraction of a second it started in), so one clock may be a second ahead of the
+      -- other, and a change made in the second of a handled delivery of the same object
+      -- could read as older than it
+      after(portal_now())
+      local updates = {}
+      for _, o in ipairs(objects) do
+         local title = o.entity .. " " .. o.id .. " v" .. round
+         final[o.entity .. "|" .. o.id] = title
+         updates[#updates + 1] = { "crm." .. o.entity .. ".update", { id = o.id, fields = { TITLE = title } } }
+      end
+      many(updates)
+   end
+end
+
+-- Starts the world: an emulator in zone z (drop=0.5, dice seeded with seed) posting its events
+-- to an nginx of `workers` workers (shared: B24_SHARED=1) on a free port.
+local function start_world(z, seed, workers, shared)
+   zone = z
+   port = b24.free_port()
+   portal = b24.emulate{ args = { "--code", emu.CODE, "--token", TOKEN, "--domain", DOMAIN, "--events-to",
+                                  "http://127.0.0.1:" .. port .. "/bitrix24/events", "--faults", "drop=0.5",
+                                  "--random-seed", seed, "--timezone", zone, "--enterprise", "--log-level", "debug" } }
+   admin = bitrix24.client{ url = portal.base .. emu.path(""), limit = false }
+   srv = start_nginx(port, "B24_APP_TOKEN=" .. TOKEN .. " B24_DOMAIN=" .. DOMAIN .. " B24_WEBHOOK_URL="
+                     .. b24.quote(portal.base .. emu.path("")) .. (shared and " B24_SHARED=1" or ""), workers)
+end
+
+-- Stops the world (B24_NGINX_LOG=FILE keeps nginx's log, for a look after a failure).
+local function stop_world()
+   if srv then
+      local keep = os.getenv("B24_NGINX_LOG")
+      srv:stop("QUIT")
+      if keep then
+         local f = io.open(keep, "ab")
+         if f then f:write(srv:log(), "\n"); f:close() end
+      end
+      os.execute("rm -rf " .. b24.quote(srv.prefix))
+   end
+   if portal then portal:stop() end
+   srv, portal, admin = nil, nil, nil
+end
+
 describe("the reconciler inside nginx (ngx.timer, memory state) with events lost on the way", function()
-   local portal, srv, admin, port
-
-   setup(function()
-      port = b24.free_port()
-      portal = b24.emulate{ args = { "--code", emu.CODE, "--token", TOKEN, "--domain", DOMAIN, "--events-to",
-                                     "http://127.0.0.1:" .. port .. "/bitrix24/events", "--faults", "drop=0.5",
-                                     "--random-seed", "17", "--timezone", ZONE, "--enterprise",
-                                     "--log-level", "debug" } }
-      admin = bitrix24.client{ url = portal.base .. emu.path(""), limit = false }
-      srv = start_nginx(port, "B24_APP_TOKEN=" .. TOKEN .. " B24_DOMAIN=" .. DOMAIN .. " B24_WEBHOOK_URL="
-                        .. b24.quote(portal.base .. emu.path("")))
-   end)
-   teardown(function()
-      if srv then
-         local keep = os.getenv("B24_NGINX_LOG") -- FILE: the run's nginx log, for a look after a failure
-         srv:stop("QUIT")
-         if keep then b24.write(keep, srv:log()) end
-         os.execute("rm -rf " .. b24.quote(srv.prefix))
-      end
-      if portal then portal:stop() end
-   end)
-
-   local function get(path)
-      local res = assert(srv:request{ method = "GET", path = path })
-      assert.equal(200, res.status, res.body)
-      return res.body
-   end
-
-   -- The handled records in order: { entity, id, key, title, reconciled, name, ts }.
-   local function handled()
-      local out = {}
-      for line in get("/t/handled"):gmatch("[^\n]+") do
-         local entity, id, title, rec, name, ts = line:match("^(%a+)|(%d+)|(.*)|(%a+)|(%u+)|(%d+)$")
-         assert(entity, line)
-         out[#out + 1] = { entity = entity, id = id, key = entity .. "|" .. id, title = title,
-                           reconciled = rec == "true", name = name, ts = tonumber(ts) }
-      end
-      return out
-   end
-
-   -- Deliveries the emulator lost so far (its debug line for each).
-   local function dropped()
-      local n = 0
-      for _ in (b24.read(portal.dir .. "/b24.log") or ""):gmatch("lost by the drop fault") do n = n + 1 end
-      return n
-   end
-
-   -- Waits (a poll with a watchdog) until every delivery the emulator sent was lost or handled:
-   -- real runs + lost deliveries = sent.
-   local function settled(sent)
-      local deadline = os.time() + 60
-      while true do
-         local real = 0
-         for _, r in ipairs(handled()) do if not r.reconciled then real = real + 1 end end
-         if real + dropped() == sent then return end
-         assert(real + dropped() < sent, "more deliveries than changes")
-         assert(os.time() < deadline, "deliveries not settled: " .. real .. " + " .. dropped() .. " of " .. sent
-                .. "\n" .. srv:log())
-         core.sleep(0.05) -- a poll's pace
-      end
-   end
-
-   -- The portal's clock (server.time's time.start).
-   local function portal_now()
-      local env = assert(admin:request("server.time", {}))
-      assert.matches(ZONE:gsub("%+", "%%+") .. "$", env.result) -- printed in the portal's zone
-      return env.time.start
-   end
-
-   -- Waits (a poll of the portal's clock) for the portal's second after t: a row changed in the
-   -- second a pass starts is listed by the next pass once more (docs/api.md).
-   local function after(t)
-      local deadline = os.time() + 10
-      while math.floor(portal_now()) <= math.floor(t) do
-         assert(os.time() < deadline, "the portal's clock stands")
-         core.sleep(0.05) -- a poll's pace
-      end
-   end
-
-   -- { [key] = { modified, created } } of every lead and deal, read with the offsets printed.
-   local function rows()
-      local out = {}
-      for entity, method in pairs({ lead = "crm.lead.list", deal = "crm.deal.list" }) do
-         local list = assert(admin:call(method, { select = { "ID", "DATE_MODIFY", "DATE_CREATE" } }))
-         for _, r in ipairs(list) do
-            assert.matches(ZONE:gsub("%+", "%%+") .. "$", r.DATE_MODIFY)
-            out[entity .. "|" .. r.ID] = { modified = reconcile.parse_date(r.DATE_MODIFY),
-                                           created = reconcile.parse_date(r.DATE_CREATE) }
-         end
-      end
-      return out
-   end
-
-   -- What a pass must commit, from the records so far: { [key] = "ADD" | "UPDATE" } for each
-   -- object with no handled run, or modified at or after the newest ts handled for it.
-   local function expected(records, current)
-      local marks = {}
-      for _, r in ipairs(records) do
-         if not marks[r.key] or r.ts > marks[r.key] then marks[r.key] = r.ts end
-      end
-      local out = {}
-      for key, row in pairs(current) do
-         if not marks[key] then out[key] = "ADD"
-         elseif row.modified >= marks[key] then out[key] = "UPDATE" end
-      end
-      return out
-   end
-
-   -- { [key] = "ADD" | "UPDATE" } of the reconciled records from position `from` on.
-   local function reconciled_from(records, from)
-      local out = {}
-      for i = from, #records do
-         local r = records[i]
-         assert.is_true(r.reconciled, "a delivery came during a pass: " .. r.key)
-         assert.is_nil(out[r.key], "committed twice: " .. r.key)
-         out[r.key] = r.name:sub(-3) == "ADD" and "ADD" or "UPDATE"
-      end
-      return out
-   end
-
-   local function many(calls)
-      local results, errors = admin:call_many(calls)
-      assert.is_nil(errors)
-      return results
-   end
+   setup(function() start_world(ZONE, "17", 1) end)
+   teardown(stop_world)
 
    local final, objects = {}, {}
    local pass_line_at = 1
@@ -324,29 +392,7 @@ describe("the reconciler inside nginx (ngx.timer, memory state) with events lost
    end)
 
    it("heals every change lost on the way with one pass from a timer", function()
-      local adds = {}
-      for i = 1, LEADS do adds[#adds + 1] = { "crm.lead.add", { fields = { TITLE = "lead " .. i .. " v0" } } } end
-      for i = 1, DEALS do adds[#adds + 1] = { "crm.deal.add", { fields = { TITLE = "deal " .. i .. " v0" } } } end
-      for i, id in ipairs(many(adds)) do
-         local entity = adds[i][1]:match("^crm%.(%a+)%.add$")
-         objects[#objects + 1] = { entity = entity, id = string.format("%d", id) }
-      end
-      for round = 1, 2 do
-         -- each round in a later second of the portal's clock than the one before: a delivery's
-         -- ts comes from another clock than DATE_MODIFY (sender.php: time(); crm_lead.php Update:
-         -- the database's CurrentTimeFunction; the emulator's portal clock lags its os.time() by
-         -- the fraction of a second it started in), so one clock may be a second ahead of the
-         -- other, and a change made in the second of a handled delivery of the same object
-         -- could read as older than it
-         after(portal_now())
-         local updates = {}
-         for _, o in ipairs(objects) do
-            local title = o.entity .. " " .. o.id .. " v" .. round
-            final[o.entity .. "|" .. o.id] = title
-            updates[#updates + 1] = { "crm." .. o.entity .. ".update", { id = o.id, fields = { TITLE = title } } }
-         end
-         many(updates)
-      end
+      make_changes(LEADS, DEALS, 2, objects, final)
       local sent = 3 * #objects
       settled(sent)
       assert.is_true(dropped() > 0, "no delivery was lost")
@@ -472,5 +518,82 @@ describe("the reconciler inside nginx (ngx.timer, memory state) with events lost
       local got = reconciled_from(records, before + 1)
       for key in pairs(final) do assert.equal("ADD", got[key], key) end
       assert.is_nil(srv:log():find("pass failed", 1, true))
+   end)
+end)
+
+describe("the reconciler's state in a lua_shared_dict, shared by every nginx worker", function()
+   setup(function() start_world("-03:30", "18", 2, true) end)
+   teardown(stop_world)
+
+   -- A GET on a connection of its own (the kernel picks the worker): the body.
+   local function get_fresh(path)
+      local c = assert(socket.connect("127.0.0.1", port))
+      c:settimeout(30)
+      assert(c:send("GET " .. path .. " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"))
+      local text = assert(c:receive("*a"))
+      c:close()
+      assert.matches("^HTTP/1%.%d 200", text)
+      return text:match("\r\n\r\n(.*)$")
+   end
+
+   -- The pids of the two workers (fresh connections until both answered; bounded).
+   local function workers()
+      local seen, list = {}, {}
+      for _ = 1, 200 do
+         local pid = get_fresh("/t/pid"):match("%d+")
+         if not seen[pid] then seen[pid], list[#list + 1] = true, pid end
+         if #list == 2 then return list end
+      end
+      error("one worker took every connection")
+   end
+
+   -- A pass run in worker pid (fresh connections until that worker answers; bounded): its summary.
+   local function pass_in(pid)
+      for _ = 1, 200 do
+         local body = get_fresh("/t/reconcile?pid=" .. pid)
+         if body ~= "other\n" then return cjson.decode(body) end
+      end
+      error("worker " .. pid .. " never answered")
+   end
+
+   it("sees in one worker the deliveries another handled, and keeps one checkpoint and one claim", function()
+      local pids = workers()
+      local first = pass_in(pids[1])
+      assert.equal(2, first.requests) -- server.time, one batch
+      assert.same({}, first.counts)
+      local objects, final = {}, {}
+      make_changes(8, 4, 1, objects, final)
+      settled(2 * #objects)
+      assert.is_true(dropped() > 0, "no delivery was lost")
+      after(portal_now())
+      local before = handled()
+      -- the worker that handled fewer deliveries runs the pass: only the shared marks keep the
+      -- changes the other one handled out of it
+      local by = {}
+      for _, r in ipairs(before) do by[r.pid] = (by[r.pid] or 0) + 1 end
+      local target = (by[pids[1]] or 0) <= (by[pids[2]] or 0) and pids[1] or pids[2]
+      local other = target == pids[1] and pids[2] or pids[1]
+      local want = expected(before, rows())
+      local summary = pass_in(target)
+      assert.same({}, summary.failed)
+      assert.equal(1, summary.requests) -- the checkpoint of the first pass, in the other worker
+      local records = handled()
+      assert.same(want, reconciled_from(records, #before + 1))
+      local last = {}
+      for _, r in ipairs(records) do last[r.key] = r end
+      for key, title in pairs(final) do assert.equal(title, last[key].title, key) end
+      -- the other worker: the same checkpoint and marks, nothing to commit
+      after(portal_now())
+      local quiet = pass_in(other)
+      assert.equal(1, quiet.requests)
+      assert.same({}, quiet.counts)
+      assert.equal(#records, #handled())
+      -- the claim: given back after each pass; while another holds it, no pass runs
+      assert.equal("nil\n", get("/t/claim"))
+      assert.equal("someone\n", get("/t/claim?set=someone"))
+      assert.equal("elsewhere", pass_in(target).error)
+      assert.equal("nil\n", get("/t/claim?clear=1"))
+      assert.equal(1, pass_in(target).requests)
+      assert.is_nil(srv:log():find(TOKEN, 1, true))
    end)
 end)

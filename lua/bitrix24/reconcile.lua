@@ -211,6 +211,64 @@ function Memory:marked(objects)
    return out
 end
 
+-- A state in a lua_shared_dict (OpenResty), one for every worker of an nginx: checkpoints and
+-- values as keys "v|name", marks as "m|object" living ttl seconds (the dict's exptime); when the
+-- dict is full nginx drops its least recently used keys (lua-nginx-module README, ngx.shared.DICT.set:
+-- "forcibly"): a forgotten mark makes a pass commit a delivery once more, a forgotten checkpoint
+-- makes the next pass a first one. The claim keeps a pass from running in two workers at once.
+local Shared = {}
+local shared_mt = { __index = Shared }
+
+-- shared_state{ dict (ngx.shared.NAME or a dict-like table), ttl } → a shared-dict state.
+function _M.shared_state(opts)
+   if type(opts) ~= "table" or opts.dict == nil then error("bitrix24.reconcile.shared_state: no dict", 2) end
+   return setmetatable({ dict = opts.dict, ttl = opts.ttl or MARK_TTL, kind = "shared",
+                         owner = opts.owner or tostring(os_time()) .. "." .. tostring({}) }, shared_mt)
+end
+
+-- The value kept under name, or nil.
+function Shared:get(name) return (self.dict:get("v|" .. name)) end
+
+-- Keeps value under name: true | nil, err.
+function Shared:put(name, value)
+   local ok, err = self.dict:set("v|" .. name, value)
+   if not ok then return nil, err end
+   return true
+end
+
+-- Keeps max(ts) for object, for ttl seconds from now (two workers marking at once may keep the
+-- older ts: the change is committed once more, never missed).
+function Shared:mark(object, ts)
+   local key = "m|" .. object
+   local old = tonumber(self.dict:get(key))
+   if old and old > ts then ts = old end
+   return self.dict:set(key, ts, self.ttl)
+end
+
+-- { [object] = ts } of the objects marked and not expired.
+function Shared:marked(objects)
+   local out, dict = {}, self.dict
+   for _, object in ipairs(objects) do
+      local ts = tonumber(dict:get("m|" .. object))
+      if ts then out[object] = ts end
+   end
+   return out
+end
+
+-- Whether this worker may run a pass now: name taken for seconds (a bound on a pass) unless
+-- another worker holds it; given back by release when the pass ends.
+function Shared:claim(name, seconds)
+   local ok, err = self.dict:add("c|" .. name, self.owner, seconds)
+   if ok then return true end
+   if err ~= "exists" then return true end -- the dict is full: a pass twice beats none
+   return self.dict:get("c|" .. name) == self.owner
+end
+
+-- Gives back a claim this worker holds.
+function Shared:release(name)
+   if self.dict:get("c|" .. name) == self.owner then self.dict:delete("c|" .. name) end
+end
+
 -- A state on b24 serve's inbox database (b24.host: kv_get, kv_put, inbox_mark, inbox_marks,
 -- inbox_put): checkpoints durable, marks kept by the inbox for --dedup-ttl seconds.
 local Host = {}
@@ -421,6 +479,11 @@ function Reconciler:commit(kind, action, id, ts)
       local got, err = self.state.host.inbox_put{ key = key, event = event.name, body = body, content_type = FORM }
       if not got then return nil, Error.new{ code = "inbox", description = tostring(err) } end
       return true
+   end
+   if router.shared_dict and not router.shared_store and ngx_adapter.available() then
+      -- the store every worker shares, as handle_ngx sets it on its first delivery
+      router.shared_store = ngx_adapter.shared_store(router.shared_dict)
+      router.store = router.shared_store
    end
    local verdict = { event = event, key = key, kind = event_module.kind(event.name) }
    verdict.dedup = router.dedup_of(verdict.kind)
@@ -682,7 +745,7 @@ function Reconciler:pass()
    local refused = ngx_refusal()
    if refused then return nil, refused end
    if self.state.claim and not self.state:claim(self.prefix .. "pass", self.every * 2 + 60) then
-      return nil, Error.new{ code = "elsewhere", description = "another host runs this portal's passes" }
+      return nil, Error.new{ code = "elsewhere", description = "another host or worker runs this portal's passes" }
    end
    self.running = true
    self.handler_requests = 0
@@ -704,6 +767,7 @@ function Reconciler:pass()
       end
    end
    self.running = false
+   if self.state.release then pcall(self.state.release, self.state, self.prefix .. "pass") end
    if summary then
       summary.requests = (stats and stats.requests or 0) - requests0 - self.handler_requests
       summary.seconds = self.clock() - t0
@@ -779,13 +843,30 @@ function Reconciler:sweep_ids(summary)
    return true
 end
 
+-- The shared-dict state of lua_shared_dict name (option shared_dict). Raises outside nginx and
+-- when nginx.conf has no such dict.
+local function shared_of(name, ttl)
+   if type(name) ~= "string" or name == "" then
+      error("bad option 'reconcile.shared_dict' (the name of a lua_shared_dict expected)", 4)
+   end
+   if not ngx_adapter.available() then
+      error("bad option 'reconcile.shared_dict' (a lua_shared_dict needs nginx)", 4)
+   end
+   local dict = _G.ngx.shared[name]
+   if dict == nil then
+      error("bad option 'reconcile.shared_dict' (no lua_shared_dict " .. name .. " in nginx.conf)", 4)
+   end
+   return _M.shared_state{ dict = dict, ttl = ttl, owner = tostring(_G.ngx.worker.pid()) }
+end
+
 -- attach(router, opts, tokens) → the router's reconciler. opts: a list of kinds ("crm.lead",
 -- "crm.deal", "crm.contact", "crm.company", "tasks.task", { "crm.item", entityTypeId = N }), every
 -- (seconds between passes, 300), overlap (seconds re-read before the checkpoint, 120), lookback
 -- (how far back the first pass looks, every + overlap), sweep (false, or seconds between ID
 -- sweeps), client (the router's by default), host (b24.host under b24 serve: the host state and a
 -- job), state (a state object of one's own), domain (the portal's, from the client's URL),
--- member_id, ttl and max (the memory state's marks: the router's dedup_ttl and dedup_max).
+-- member_id, ttl and max (the memory state's marks: the router's dedup_ttl and dedup_max),
+-- shared_dict (inside nginx: the lua_shared_dict of a state every worker shares).
 -- tokens: the router's token or tokens. Raises on misuse.
 function _M.attach(router, opts, tokens)
    if type(opts) ~= "table" then error("bad option 'reconcile' (a table expected)", 3) end
@@ -827,6 +908,8 @@ function _M.attach(router, opts, tokens)
    if state == nil then
       if host ~= nil then
          state = _M.host_state(host)
+      elseif opts.shared_dict ~= nil then
+         state = shared_of(opts.shared_dict, opts.ttl or router.dedup_ttl)
       else
          state = _M.memory_state{ ttl = opts.ttl or router.dedup_ttl, max = opts.max or router.dedup_max }
       end
