@@ -120,7 +120,16 @@ static void *inbox_main(void *arg)
         if (!in->puts && !in->finishes && !in->ops && !due) {
             if (in->closing)
                 break;
-            double until = idle ? last_poll + 1.0 : now + 3600;
+            if (now - last_maintain >= 1.0) { /* leases are renewed even with nothing to do */
+                pthread_mutex_unlock(&in->lock);
+                long depth = in->be->maintain(in->db, now);
+                if (depth >= 0)
+                    atomic_store(&in->depth, depth);
+                last_maintain = now;
+                pthread_mutex_lock(&in->lock);
+                continue;
+            }
+            double until = idle ? last_poll + 1.0 : last_maintain + 1.0;
             if (idle && next_ready && next_ready < until)
                 until = next_ready;
             struct timespec ts;

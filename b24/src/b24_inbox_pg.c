@@ -44,10 +44,8 @@
 #define CHANNEL "b24_inbox"
 
 enum {
-    P_KNOWN,
-    P_INSERT,
-    P_DONE,
-    P_REMEMBER,
+    P_PUT,
+    P_SUCCESS,
     P_BURY,
     P_DROP_PENDING,
     P_RETRY,
@@ -71,18 +69,23 @@ enum {
 };
 
 static const char *const sql[P_COUNT] = {
-    /* an add's or delete's key is known: handled within the TTL, or stored */
-    [P_KNOWN] = "SELECT 1 FROM b24_seen WHERE key = $1 AND until > " NOW
-                " UNION ALL SELECT 1 FROM b24_deliveries WHERE key = $1 LIMIT 1",
-    /* a row back: stored (its value: rows of the key running, so a rerun); none: merged */
-    [P_INSERT] = "INSERT INTO b24_deliveries (key, event, content_type, body, received_at, next_at)"
-                 " VALUES ($1, $2, $3, $4, " NOW ", " NOW ")"
-                 " ON CONFLICT (key) WHERE state = 'pending' DO NOTHING"
-                 " RETURNING (SELECT count(*) FROM b24_deliveries r"
-                 " WHERE r.key = $1 AND r.state = 'running')",
-    [P_DONE] = "DELETE FROM b24_deliveries WHERE id = $1",
-    [P_REMEMBER] = "INSERT INTO b24_seen (key, until) VALUES ($1, " NOW " + $2)"
-                   " ON CONFLICT (key) DO UPDATE SET until = excluded.until",
+    /* a store: an add's or delete's key ($5) known (handled within the TTL, or stored: each
+     * state by its partial index) is not
+     * inserted; a pending row of the key is merged into (ON CONFLICT); a row back: stored, its
+     * value the rows of the key running (so a rerun) */
+    [P_PUT] = "INSERT INTO b24_deliveries (key, event, content_type, body, received_at, next_at)"
+              " SELECT $1::bytea, $2::text, $3::bytea, $4::bytea, " NOW ", " NOW
+              " WHERE NOT ($5::boolean AND (EXISTS (SELECT 1 FROM b24_seen WHERE key = $1::bytea"
+              " AND until > " NOW ") OR EXISTS (SELECT 1 FROM b24_deliveries"
+              " WHERE key = $1::bytea AND state = 'pending') OR EXISTS (SELECT 1 FROM"
+              " b24_deliveries WHERE key = $1::bytea AND state = 'running')))"
+              " ON CONFLICT (key) WHERE state = 'pending' DO NOTHING"
+              " RETURNING (SELECT count(*) FROM b24_deliveries r"
+              " WHERE r.key = $1::bytea AND r.state = 'running')",
+    /* a recorded success: the row goes, an add's or delete's key ($3) is remembered */
+    [P_SUCCESS] = "WITH d AS (DELETE FROM b24_deliveries WHERE id = $1 RETURNING key)"
+                  " INSERT INTO b24_seen (key, until) SELECT key, " NOW " + $2 FROM d"
+                  " WHERE $3::boolean ON CONFLICT (key) DO UPDATE SET until = excluded.until",
     [P_BURY] = "WITH d AS (DELETE FROM b24_deliveries WHERE id = $1 AND owner = $3 RETURNING *)"
                " INSERT INTO b24_dead (key, event, content_type, body, received_at, attempts,"
                " last_error, died_at) SELECT key, event, content_type, body, received_at,"
@@ -270,6 +273,10 @@ static void check_lost(pg *p, const char *what)
 }
 
 /* ---- one batch ----------------------------------------------------------------------------- */
+/* A batch is one pipeline (libpq's pipeline mode): BEGIN, one statement per store, outcome and
+ * script operation, the claim, NOTIFY, COMMIT, all sent at once and their results read in order,
+ * so a batch costs one round trip to the server (and its one commit) whatever its size. No
+ * statement depends on another's result inside the batch. */
 
 static int64_t get_int8(const char *v)
 {
@@ -299,62 +306,84 @@ static char *dup_value(const PGresult *r, int row, int col, size_t *len)
     return d;
 }
 
-/* One store: its result. -1 when a statement failed. */
-static int put_one(pg *p, b24_put *put)
+/* What a pipelined statement's result is for. */
+enum { E_NONE, E_PUT, E_DROPPED, E_KV_GET, E_MARKS, E_CLAIM_NAME, E_CLAIM, E_NEXT };
+
+typedef struct expect {
+    int kind;
+    void *what; /* the put or the op */
+} expect;
+
+typedef struct pipeline {
+    pg *p;
+    expect *ex;
+    int n, cap;
+    int failed; /* a send failed: the rest is not sent */
+} pipeline;
+
+/* Sends statement i (or the SQL text when i < 0) with its parameters, expecting kind. */
+static void send_stmt(pipeline *pl, int i, const char *text, int n, const char *const *values,
+                      const int *lens, const int *formats, int binary, int kind, void *what)
 {
-    int klen = (int)put->key_len;
-    if (b24_dedup_is_duplicate_kind(put->event)) {
-        const char *v[1] = {put->key};
-        const int lens[1] = {klen};
-        const int fmts[1] = {1};
-        PGresult *r = exec_stmt(p, P_KNOWN, 1, v, lens, fmts, 0);
-        if (r == NULL)
-            return -1;
-        int known = PQntuples(r) > 0;
-        PQclear(r);
-        if (known) {
-            put->result = B24_PUT_DUPLICATE;
-            return 0;
+    if (pl->failed)
+        return;
+    if (pl->n == pl->cap) {
+        int cap = pl->cap ? pl->cap * 2 : 64;
+        expect *ex = realloc(pl->ex, sizeof *ex * (size_t)cap);
+        if (ex == NULL) {
+            pl->failed = 1;
+            return;
         }
+        pl->ex = ex;
+        pl->cap = cap;
     }
-    const char *v[4] = {put->key, put->event, put->content_type, put->body};
-    const int lens[4] = {klen, 0, (int)strlen(put->content_type), (int)put->body_len};
-    const int fmts[4] = {1, 0, 1, 1}; /* bytea in binary: the bytes as they are */
-    PGresult *r = exec_stmt(p, P_INSERT, 4, v, lens, fmts, 0);
-    if (r == NULL)
-        return -1;
-    if (PQntuples(r) == 0) /* a pending row of the key: merged, or a duplicate add racing */
-        put->result = b24_dedup_is_duplicate_kind(put->event) ? B24_PUT_DUPLICATE : B24_PUT_MERGED;
-    else
-        put->result = atol(PQgetvalue(r, 0, 0)) > 0 ? B24_PUT_RERUN : B24_PUT_STORED;
-    PQclear(r);
-    return 0;
+    int ok;
+    if (i < 0) {
+        ok = PQsendQueryParams(pl->p->c, text, 0, NULL, NULL, NULL, NULL, 0);
+    } else {
+        char name[16];
+        snprintf(name, sizeof name, "b24_%d", i);
+        ok = PQsendQueryPrepared(pl->p->c, name, n, values, lens, formats, binary);
+    }
+    if (!ok) {
+        pl->failed = 1;
+        return;
+    }
+    pl->ex[pl->n].kind = kind;
+    pl->ex[pl->n].what = what;
+    pl->n++;
 }
 
-/* One outcome: 0, or -1. */
-static int finish_one(pg *p, finish *f, long *delta)
+/* One store: one statement that checks an add's or delete's key and inserts. */
+static void send_put(pipeline *pl, b24_put *put)
 {
+    const char *v[5] = {put->key, put->event, put->content_type, put->body,
+                        b24_dedup_is_duplicate_kind(put->event) ? "t" : "f"};
+    const int lens[5] = {(int)put->key_len, 0, (int)strlen(put->content_type), (int)put->body_len,
+                         0};
+    const int fmts[5] = {1, 0, 1, 1, 0}; /* bytea in binary: the bytes as they are */
+    send_stmt(pl, P_PUT, NULL, 5, v, lens, fmts, 0, E_PUT, put);
+}
+
+/* One outcome. */
+static void send_finish(pipeline *pl, finish *f, long *delta)
+{
+    pg *p = pl->p;
     b24_job *j = &f->job;
-    char id[24], ttl[32], wait[32];
+    char id[24], num[32];
     snprintf(id, sizeof id, "%lld", (long long)j->id);
     if (f->release) {
         const char *v[2] = {id, p->owner};
-        return run_stmt(p, P_RELEASE_MERGED, 2, v) || run_stmt(p, P_RELEASE, 2, v);
+        send_stmt(pl, P_RELEASE_MERGED, NULL, 2, v, NULL, NULL, 0, E_DROPPED, NULL);
+        send_stmt(pl, P_RELEASE, NULL, 2, v, NULL, NULL, 0, E_NONE, NULL);
+        return;
     }
     if (f->error == NULL) {
-        if (b24_dedup_is_duplicate_kind(j->event)) {
-            snprintf(ttl, sizeof ttl, "%.3f", p->opt.dedup_ttl);
-            const char *v[2] = {j->key, ttl};
-            const int lens[2] = {(int)j->key_len, 0};
-            const int fmts[2] = {1, 0};
-            PGresult *r = exec_stmt(p, P_REMEMBER, 2, v, lens, fmts, 0);
-            if (r == NULL)
-                return -1;
-            PQclear(r);
-        }
-        const char *v[1] = {id};
+        snprintf(num, sizeof num, "%.3f", p->opt.dedup_ttl);
+        const char *v[3] = {id, num, b24_dedup_is_duplicate_kind(j->event) ? "t" : "f"};
         (*delta)--;
-        return run_stmt(p, P_DONE, 1, v);
+        send_stmt(pl, P_SUCCESS, NULL, 3, v, NULL, NULL, 0, E_NONE, NULL);
+        return;
     }
     if (j->attempt >= p->opt.max_attempts) {
         f->buried = 1; /* logged once committed */
@@ -362,25 +391,18 @@ static int finish_one(pg *p, finish *f, long *delta)
         const int lens[3] = {0, (int)strlen(f->error), 0};
         const int fmts[3] = {0, 1, 0};
         (*delta)--;
-        PGresult *r = exec_stmt(p, P_BURY, 3, v, lens, fmts, 0);
-        PQclear(r);
-        return r ? 0 : -1;
+        send_stmt(pl, P_BURY, NULL, 3, v, lens, fmts, 0, E_NONE, NULL);
+        return;
     }
     const char *dv[3] = {j->key, id, p->owner};
     const int dlens[3] = {(int)j->key_len, 0, 0};
     const int dfmts[3] = {1, 0, 0};
-    PGresult *r = exec_stmt(p, P_DROP_PENDING, 3, dv, dlens, dfmts, 0);
-    if (r == NULL)
-        return -1;
-    *delta -= atol(PQcmdTuples(r));
-    PQclear(r);
-    snprintf(wait, sizeof wait, "%.3f", b24_inbox_backoff(&p->opt, &p->seed, j->attempt));
-    const char *v[4] = {id, wait, f->error, p->owner};
+    send_stmt(pl, P_DROP_PENDING, NULL, 3, dv, dlens, dfmts, 0, E_DROPPED, NULL);
+    snprintf(num, sizeof num, "%.3f", b24_inbox_backoff(&p->opt, &p->seed, j->attempt));
+    const char *v[4] = {id, num, f->error, p->owner};
     const int lens[4] = {0, 0, (int)strlen(f->error), 0};
     const int fmts[4] = {0, 0, 1, 0};
-    r = exec_stmt(p, P_RETRY, 4, v, lens, fmts, 0);
-    PQclear(r);
-    return r ? 0 : -1;
+    send_stmt(pl, P_RETRY, NULL, 4, v, lens, fmts, 0, E_NONE, NULL);
 }
 
 /* The array literal {"\\x6162",...} of the objects as bytea (hex), malloc'd. */
@@ -411,66 +433,100 @@ static char *bytea_array(const b24_op *op)
     return out;
 }
 
-/* A script's operation: 0, or -1. */
-static int op_one(pg *p, b24_op *op)
+/* A script's operation. */
+static void send_op(pipeline *pl, b24_op *op)
 {
+    pg *p = pl->p;
     op->result = 0;
+    char num[40], ttl[32];
     switch (op->kind) {
     case B24_OP_KV_GET: {
         const char *v[1] = {op->name};
         const int lens[1] = {(int)op->name_len};
         const int fmts[1] = {1};
-        PGresult *r = exec_stmt(p, P_KV_GET, 1, v, lens, fmts, 1);
-        if (r == NULL)
-            return op->result = -1;
-        if (PQntuples(r) > 0 && (op->value_out = dup_value(r, 0, 0, &op->value_out_len)) == NULL)
-            op->result = -1;
-        PQclear(r);
-        return op->result;
+        send_stmt(pl, P_KV_GET, NULL, 1, v, lens, fmts, 1, E_KV_GET, op);
+        return;
     }
     case B24_OP_KV_PUT: {
         const char *v[2] = {op->name, op->value};
         const int lens[2] = {(int)op->name_len, (int)op->value_len};
         const int fmts[2] = {1, 1};
-        PGresult *r = exec_stmt(p, P_KV_PUT, 2, v, lens, fmts, 0);
-        PQclear(r);
-        return op->result = r ? 0 : -1;
+        send_stmt(pl, P_KV_PUT, NULL, 2, v, lens, fmts, 0, E_NONE, op);
+        return;
     }
     case B24_OP_MARK: {
-        char ts[40], ttl[32];
-        snprintf(ts, sizeof ts, "%.17g", op->ts);
+        snprintf(num, sizeof num, "%.17g", op->ts);
         snprintf(ttl, sizeof ttl, "%.3f", p->opt.dedup_ttl);
-        const char *v[3] = {op->name, ts, ttl};
+        const char *v[3] = {op->name, num, ttl};
         const int lens[3] = {(int)op->name_len, 0, 0};
         const int fmts[3] = {1, 0, 0};
-        PGresult *r = exec_stmt(p, P_MARK, 3, v, lens, fmts, 0);
-        PQclear(r);
-        return op->result = r ? 0 : -1;
+        send_stmt(pl, P_MARK, NULL, 3, v, lens, fmts, 0, E_NONE, op);
+        return;
     }
     case B24_OP_CLAIM: {
-        char secs[32];
-        snprintf(secs, sizeof secs, "%.3f", op->ts);
-        const char *v[3] = {op->name, p->owner, secs};
+        snprintf(num, sizeof num, "%.3f", op->ts);
+        const char *v[3] = {op->name, p->owner, num};
         const int lens[3] = {(int)op->name_len, (int)strlen(p->owner), 0};
         const int fmts[3] = {1, 1, 0};
-        PGresult *r = exec_stmt(p, P_CLAIM_NAME, 3, v, lens, fmts, 0);
-        if (r == NULL)
-            return op->result = -1;
-        op->result = PQntuples(r) > 0;
-        PQclear(r);
-        return 0;
+        send_stmt(pl, P_CLAIM_NAME, NULL, 3, v, lens, fmts, 0, E_CLAIM_NAME, op);
+        return;
     }
     default: { /* B24_OP_MARKS */
         for (int i = 0; i < op->nobjects; i++)
             op->found[i] = NAN;
         char *arr = bytea_array(op);
-        if (arr == NULL)
-            return op->result = -1;
+        if (arr == NULL) {
+            pl->failed = 1;
+            return;
+        }
         const char *v[1] = {arr};
-        PGresult *r = exec_stmt(p, P_MARKS, 1, v, NULL, NULL, 1);
+        send_stmt(pl, P_MARKS, NULL, 1, v, NULL, NULL, 1, E_MARKS, op);
         free(arr);
-        if (r == NULL)
-            return op->result = -1;
+        return;
+    }
+    }
+}
+
+/* Takes one expected result: 0, or -1 (the statement failed or was skipped). */
+static int take_result(pg *p, batch *b, const expect *e)
+{
+    PGresult *r = PQgetResult(p->c);
+    if (r == NULL)
+        return -1;
+    PGresult *extra;
+    while ((extra = PQgetResult(p->c)) != NULL) /* the NULL that ends each result */
+        PQclear(extra);
+    ExecStatusType st = PQresultStatus(r);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        PQclear(r);
+        return -1;
+    }
+    switch (e->kind) {
+    case E_PUT: {
+        b24_put *put = e->what;
+        if (PQntuples(r) == 0) /* known (an add's key), or a pending row of the key: merged */
+            put->result =
+                b24_dedup_is_duplicate_kind(put->event) ? B24_PUT_DUPLICATE : B24_PUT_MERGED;
+        else
+            put->result = atol(PQgetvalue(r, 0, 0)) > 0 ? B24_PUT_RERUN : B24_PUT_STORED;
+        if (put->result == B24_PUT_STORED || put->result == B24_PUT_RERUN)
+            b->delta++;
+        break;
+    }
+    case E_DROPPED:
+        b->delta -= atol(PQcmdTuples(r));
+        break;
+    case E_KV_GET: {
+        b24_op *op = e->what;
+        if (PQntuples(r) > 0 && (op->value_out = dup_value(r, 0, 0, &op->value_out_len)) == NULL)
+            op->result = -1;
+        break;
+    }
+    case E_CLAIM_NAME:
+        ((b24_op *)e->what)->result = PQntuples(r) > 0;
+        break;
+    case E_MARKS: {
+        b24_op *op = e->what;
         for (int row = 0; row < PQntuples(r); row++) { /* binary: the bytes, a float8 */
             const char *obj = PQgetvalue(r, row, 0);
             size_t olen = (size_t)PQgetlength(r, row, 0);
@@ -481,43 +537,37 @@ static int op_one(pg *p, b24_op *op)
                 if (op->object_lens[i] == olen && memcmp(op->objects[i], obj, olen) == 0)
                     op->found[i] = ts;
         }
-        PQclear(r);
-        return 0;
+        break;
     }
-    }
-}
-
-/* Claims up to b->want deliveries: 0, or -1. */
-static int claim(pg *p, batch *b)
-{
-    char limit[16], lease[32];
-    snprintf(limit, sizeof limit, "%d", b->want);
-    snprintf(lease, sizeof lease, "%.3f", p->opt.lease);
-    const char *v[3] = {limit, p->owner, lease};
-    PGresult *r = exec_stmt(p, P_CLAIM, 3, v, NULL, NULL, 1);
-    if (r == NULL)
-        return -1;
-    int n = PQntuples(r);
-    for (int i = 0; i < n && b->nclaimed < b->want; i++) {
-        b24_job *j = &b->claimed[b->nclaimed];
-        memset(j, 0, sizeof *j);
-        j->id = get_int8(PQgetvalue(r, i, 0));
-        j->attempt = get_int4(PQgetvalue(r, i, 1));
-        j->key = dup_value(r, i, 2, &j->key_len);
-        j->event = dup_value(r, i, 3, NULL);
-        j->content_type = dup_value(r, i, 4, NULL);
-        j->body = dup_value(r, i, 5, &j->body_len);
-        if (!j->key || !j->event || !j->content_type || !j->body) {
-            b24_inbox_job_free(j);
-            continue; /* still 'running' with a lease: it goes back when the lease runs out */
+    case E_CLAIM:
+        for (int i = 0; i < PQntuples(r) && b->nclaimed < b->want; i++) {
+            b24_job *j = &b->claimed[b->nclaimed];
+            memset(j, 0, sizeof *j);
+            j->id = get_int8(PQgetvalue(r, i, 0));
+            j->attempt = get_int4(PQgetvalue(r, i, 1));
+            j->key = dup_value(r, i, 2, &j->key_len);
+            j->event = dup_value(r, i, 3, NULL);
+            j->content_type = dup_value(r, i, 4, NULL);
+            j->body = dup_value(r, i, 5, &j->body_len);
+            if (!j->key || !j->event || !j->content_type || !j->body) {
+                b24_inbox_job_free(j); /* still claimed: back when its lease runs out */
+                continue;
+            }
+            b->nclaimed++;
         }
-        b->nclaimed++;
+        break;
+    case E_NEXT:
+        if (PQntuples(r) > 0 && !PQgetisnull(r, 0, 0))
+            b->next = b24_wall_now() + strtod(PQgetvalue(r, 0, 0), NULL);
+        break;
+    default:
+        break;
     }
     PQclear(r);
     return 0;
 }
 
-/* The batch in one transaction. */
+/* The batch in one transaction, sent as one pipeline. */
 static void pg_run(void *db, batch *b)
 {
     pg *p = db;
@@ -525,45 +575,61 @@ static void pg_run(void *db, batch *b)
     b->delta = 0;
     b->failed = 0;
     b->next = 0;
-    const char *what = "begin";
-    int ok = ensure_up(p) == 0 && plain(p, "BEGIN") == 0;
-    int notify = 0;
-    for (b24_put *put = b->puts; put && ok; put = put->next) {
-        what = "store";
-        ok = put_one(p, put) == 0;
-        if (put->result == B24_PUT_STORED || put->result == B24_PUT_RERUN) {
-            b->delta++;
+    int ok = ensure_up(p) == 0 && PQenterPipelineMode(p->c) == 1;
+    pipeline pl = {.p = p};
+    int sent = 0, commit_at = -1;
+    if (ok) {
+        int notify = 0;
+        send_stmt(&pl, -1, "BEGIN", 0, NULL, NULL, NULL, 0, E_NONE, NULL);
+        for (b24_put *put = b->puts; put; put = put->next) {
+            send_put(&pl, put);
             notify = 1;
         }
+        long delta = 0;
+        for (finish *f = b->fins; f; f = f->next) {
+            send_finish(&pl, f, &delta);
+            notify = 1; /* a pending row of its key may be claimable now, on any host */
+        }
+        for (b24_op *op = b->ops; op; op = op->next)
+            send_op(&pl, op);
+        if (b->want > 0) {
+            char limit[16], lease[32];
+            snprintf(limit, sizeof limit, "%d", b->want);
+            snprintf(lease, sizeof lease, "%.3f", p->opt.lease);
+            const char *v[3] = {limit, p->owner, lease};
+            send_stmt(&pl, P_CLAIM, NULL, 3, v, NULL, NULL, 1, E_CLAIM, NULL);
+        }
+        if (notify)
+            send_stmt(&pl, -1, "NOTIFY " CHANNEL, 0, NULL, NULL, NULL, 0, E_NONE, NULL);
+        commit_at = pl.n;
+        send_stmt(&pl, -1, "COMMIT", 0, NULL, NULL, NULL, 0, E_NONE, NULL);
+        send_stmt(&pl, P_NEXT, NULL, 0, NULL, NULL, NULL, 0, E_NEXT, NULL);
+        sent = pl.n;
+        /* synced even when a send failed: the server then answers what it got, and every
+         * result is read, a failure or not, so the connection is clean for the next batch */
+        int synced = PQpipelineSync(p->c) == 1;
+        ok = !pl.failed && synced;
+        b->delta += delta;
+        for (int k = 0; k < sent && synced; k++)
+            if (take_result(p, b, &pl.ex[k]) != 0 && k <= commit_at)
+                ok = 0;
+        if (synced) {
+            PGresult *r = PQgetResult(p->c); /* PGRES_PIPELINE_SYNC */
+            if (r == NULL || PQresultStatus(r) != PGRES_PIPELINE_SYNC)
+                ok = 0;
+            PQclear(r);
+        }
+        if (PQexitPipelineMode(p->c) != 1)
+            ok = 0;
     }
-    for (finish *f = b->fins; f && ok; f = f->next) {
-        what = "outcome";
-        ok = finish_one(p, f, &b->delta) == 0;
-        notify = 1; /* a pending row of its key may be claimable now, on any host */
-    }
-    for (b24_op *op = b->ops; op && ok; op = op->next) {
-        what = "script operation";
-        ok = op_one(p, op) == 0;
-    }
-    if (ok && b->want > 0) {
-        what = "claim";
-        ok = claim(p, b) == 0;
-    }
-    if (ok && notify) {
-        what = "notify";
-        ok = plain(p, "NOTIFY " CHANNEL) == 0;
-    }
-    if (ok) {
-        what = "commit";
-        ok = plain(p, "COMMIT") == 0;
-    }
+    free(pl.ex);
     if (!ok) {
-        if (!p->down) { /* a statement failed with the connection up: say which */
+        if (!p->down) { /* a statement failed with the connection up: say why */
             char err[512];
             b24_pg_error(p->c, err, sizeof err);
-            check_lost(p, what);
+            check_lost(p, "batch");
             if (!p->down) {
-                b24_log(B24_ERROR, "inbox transaction failed", "during", what, "error", err, NULL);
+                b24_log(B24_ERROR, "inbox transaction failed", "error", err, NULL);
                 plain(p, "ROLLBACK");
             }
         }
@@ -582,12 +648,7 @@ static void pg_run(void *db, batch *b)
         b->delta = 0;
         b->failed = 1;
         b->next = b24_wall_now() + 1;
-        return;
     }
-    PGresult *r = exec_stmt(p, P_NEXT, 0, NULL, NULL, NULL, 0);
-    if (r && PQntuples(r) > 0 && !PQgetisnull(r, 0, 0))
-        b->next = b24_wall_now() + strtod(PQgetvalue(r, 0, 0), NULL);
-    PQclear(r);
 }
 
 /* ---- leases and housekeeping ---------------------------------------------------------------- */
