@@ -404,9 +404,16 @@ function Fleet:drained()
       return count(self.db, "SELECT count(*) FROM b24_deliveries") == 0
    end, 120)
    if not ok then
-      error(err .. "; left (id|event|state|attempts|owner|lease_until|now):\n" .. self.db:psql("SELECT id,"
-         .. " event, state, attempts, owner, lease_until, extract(epoch from now()) FROM b24_deliveries"
-         .. " ORDER BY id LIMIT 20"), 2)
+      local left = self.db:psql("SELECT id, event, state, attempts, owner, lease_until, extract(epoch from now())"
+         .. " FROM b24_deliveries ORDER BY id LIMIT 20")
+      -- and the runs the handler recorded of those (a run whose outcome never reached the database)
+      local runs, lines = runs_of(b24.read(self.record) or ""), {}
+      for id in left:gmatch("|ONPGLOAD(%d+)ADD|") do
+         for _, r in ipairs(runs[tonumber(id)] or {}) do
+            lines[#lines + 1] = ("delivery %s ran: attempt %d on host %s"):format(id, r.attempt, r.host)
+         end
+      end
+      error(err .. "; left (id|event|state|attempts|owner|lease_until|now):\n" .. left .. table.concat(lines, "\n"), 2)
    end
 end
 
