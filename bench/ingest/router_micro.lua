@@ -46,5 +46,11 @@ local function request(i)
 end
 time("request table + body", request)
 time("router:accept", function(i) return router:accept(request(i)) end)
+-- a store that keeps nothing (b24 serve's is in C): the router's own Lua, without the memory store
+local plain = bitrix24.router{ token = token, store = { begin = function() return "run" end,
+                                                       finish = function() return false end } }
+plain:on("*", function() end)
+plain.log = quiet
+time("router:handle (a store that keeps nothing)", function(i) return plain:handle(request(i)) end)
 local off = 10 * n
 time("router:handle (memory store, distinct)", function(i) return router:handle(request(off + i)) end)
