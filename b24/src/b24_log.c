@@ -1,20 +1,25 @@
 /* Structured logs on stderr, lines from threads never interleaved. The line itself is the
  * core's (b24_logline.c): the same format and masking as the library's.
  *
- * Writing is combined (docs/performance.md, "Logging"): a thread appends its line to a shared
- * buffer under a mutex; if no thread is writing, it becomes the writer and write(2)s the buffer
- * until it is empty, otherwise it returns at once and the writer under way takes its line with
- * the next write. So a line is on its way before b24_log returns (no thread of its own to wait
- * for, nothing to flush at exit), a burst from many threads goes out in few write(2)s, and the
- * threads never queue on the file's lock in the kernel, which is what one write(2) per line
- * cost under load (measured: 0.4x the requests/s of --log-level warn with two workers). */
+ * Writing (docs/performance.md, "Logging"): a line is written at once, by the thread that logs
+ * it, unless the last write(2) was less than DEFER ago or lines are already queued; then it is
+ * queued, and a writer thread (started on first need) writes what is queued DEFER later in one
+ * write(2). So at a few lines a second every line is out before b24_log returns, in order with
+ * anything else written to stderr, as before; under load (a line per request, tens of
+ * thousands a second) the lines go out in batches, one write(2) a millisecond instead of one a
+ * line, and the threads never queue on the file's lock in the kernel. Lines stay in order; a
+ * kill -9 under load can lose at most the last DEFER of them; exit() writes what is queued. */
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "b24.h" /* b24_logline */
+#include "b24_clock.h"
 #include "b24_log.h"
 
 static int json_format = 0;
@@ -54,15 +59,27 @@ int b24_log_enabled(b24_level level)
  * line that does not fit waits until the writer has taken the filling one (backpressure, as a
  * slow stderr gave before: nothing is dropped). */
 #define PENDING_MAX (64 * 1024)
+#define DEFER 0.001 /* seconds a queued line may wait, and the closest two writes come */
 
 static struct {
     pthread_mutex_t lock;
-    pthread_cond_t taken; /* the writer took the filling buffer: there is room again */
+    pthread_cond_t taken; /* the queued lines were taken, or a write ended */
+    pthread_cond_t wake;  /* lines were queued: the writer thread waits on this */
     char bufs[2][PENDING_MAX];
-    int filling;    /* index of the buffer lines are appended to */
-    size_t pending; /* bytes in it */
-    int writing;    /* a thread is the writer */
-} out = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, {{0}}, 0, 0, 0};
+    int filling;       /* index of the buffer lines are appended to */
+    size_t pending;    /* bytes in it */
+    int writing;       /* a write(2) of log lines is under way */
+    double last_write; /* when the last one began (b24_now) */
+    int started;       /* the writer thread runs */
+} out = {PTHREAD_MUTEX_INITIALIZER,
+         PTHREAD_COND_INITIALIZER,
+         PTHREAD_COND_INITIALIZER,
+         {{0}},
+         0,
+         0,
+         0,
+         0,
+         0};
 
 /* write(2) of all n bytes (a short write or EINTR goes on; any other failure drops the rest,
  * as a failed write(2) of a line did before). */
@@ -79,57 +96,94 @@ static void write_all(const char *p, size_t n)
     }
 }
 
-/* Queues one whole line, and writes every queued line unless another thread is writing. */
+/* (under the lock) Writes the queued lines, once no other write is under way. */
+static void write_queued(void)
+{
+    while (out.writing)
+        pthread_cond_wait(&out.taken, &out.lock);
+    if (out.pending == 0)
+        return;
+    int mine = out.filling;
+    size_t n = out.pending;
+    out.filling = !out.filling;
+    out.pending = 0;
+    out.writing = 1;
+    out.last_write = b24_now();
+    pthread_cond_broadcast(&out.taken);
+    pthread_mutex_unlock(&out.lock);
+    write_all(out.bufs[mine], n);
+    pthread_mutex_lock(&out.lock);
+    out.writing = 0;
+    pthread_cond_broadcast(&out.taken);
+}
+
+/* The writer thread: waits for queued lines, lets DEFER pass so more join them, writes. */
+static void *writer_main(void *arg)
+{
+    (void)arg;
+    sigset_t all;
+    sigfillset(&all); /* signals are b24 serve's main thread's (sigwait) */
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    pthread_mutex_lock(&out.lock);
+    for (;;) {
+        while (out.pending == 0)
+            pthread_cond_wait(&out.wake, &out.lock);
+        pthread_mutex_unlock(&out.lock);
+        struct timespec ts = {0, (long)(DEFER * 1e9)};
+        nanosleep(&ts, NULL);
+        pthread_mutex_lock(&out.lock);
+        write_queued();
+    }
+    return NULL;
+}
+
+/* At exit: what is queued is written. */
+static void flush_at_exit(void)
+{
+    pthread_mutex_lock(&out.lock);
+    write_queued();
+    pthread_mutex_unlock(&out.lock);
+}
+
+/* (under the lock) The writer thread, on first need; 0, or -1 when it cannot start. */
+static int start_writer(void)
+{
+    if (out.started)
+        return 0;
+    pthread_t t;
+    if (pthread_create(&t, NULL, writer_main, NULL) != 0)
+        return -1;
+    pthread_detach(t);
+    atexit(flush_at_exit);
+    out.started = 1;
+    return 0;
+}
+
+/* One whole line: written now, or queued for the writer thread (see the top of the file). */
 static void emit(const char *line, size_t len)
 {
     pthread_mutex_lock(&out.lock);
-    while (out.pending + len > PENDING_MAX && out.pending > 0) {
-        if (!out.writing) /* nobody to take it: this thread writes what is queued first */
-            break;
-        pthread_cond_wait(&out.taken, &out.lock);
-    }
-    if (out.pending + len > PENDING_MAX) { /* a line larger than the buffer, or none taking it */
-        if (out.writing || out.pending > 0) {
-            /* write the queue, then this line, as the writer, in order */
-            while (out.writing)
-                pthread_cond_wait(&out.taken, &out.lock);
-        }
-        out.writing = 1;
-        int mine = out.filling;
-        size_t n = out.pending;
-        out.filling = !out.filling;
-        out.pending = 0;
-        pthread_mutex_unlock(&out.lock);
-        write_all(out.bufs[mine], n);
-        write_all(line, len);
-        pthread_mutex_lock(&out.lock);
-        out.writing = 0;
-        pthread_cond_broadcast(&out.taken);
-        if (out.pending == 0) {
-            pthread_mutex_unlock(&out.lock);
-            return;
-        }
-        line = NULL, len = 0; /* lines queued meanwhile: write them below */
-    }
-    if (len) {
+    double now = b24_now();
+    int queue = out.writing || out.pending > 0 || now - out.last_write < DEFER;
+    if (queue && len <= PENDING_MAX && start_writer() == 0) {
+        while (out.pending + len > PENDING_MAX) /* full: wait until the writer takes it */
+            pthread_cond_wait(&out.taken, &out.lock);
         memcpy(out.bufs[out.filling] + out.pending, line, len);
+        if (out.pending == 0)
+            pthread_cond_signal(&out.wake);
         out.pending += len;
-    }
-    if (out.writing) { /* the writer under way takes it with its next write */
         pthread_mutex_unlock(&out.lock);
         return;
     }
+    write_queued(); /* in order: what is queued first (nothing, unless the writer could not start)
+                     */
+    while (out.writing)
+        pthread_cond_wait(&out.taken, &out.lock);
     out.writing = 1;
-    while (out.pending > 0) {
-        int mine = out.filling;
-        size_t n = out.pending;
-        out.filling = !out.filling;
-        out.pending = 0;
-        pthread_cond_broadcast(&out.taken);
-        pthread_mutex_unlock(&out.lock);
-        write_all(out.bufs[mine], n);
-        pthread_mutex_lock(&out.lock);
-    }
+    out.last_write = now;
+    pthread_mutex_unlock(&out.lock);
+    write_all(line, len);
+    pthread_mutex_lock(&out.lock);
     out.writing = 0;
     pthread_cond_broadcast(&out.taken);
     pthread_mutex_unlock(&out.lock);
