@@ -407,8 +407,10 @@ function Fleet:drained()
       local left = self.db:psql("SELECT id, event, state, attempts, owner, lease_until, extract(epoch from now())"
          .. " FROM b24_deliveries ORDER BY id LIMIT 20")
       -- and the runs the handler recorded of those (a run whose outcome never reached the database)
-      local runs, lines = runs_of(b24.read(self.record) or ""), {}
+      local runs, lines, answers = runs_of(b24.read(self.record) or ""), {}, self:answers()
       for id in left:gmatch("|ONPGLOAD(%d+)ADD|") do
+         lines[#lines + 1] = ("delivery %s was answered %s; runs recorded: %d"):format(id,
+            tostring(answers[tonumber(id)]), #(runs[tonumber(id)] or {}))
          for _, r in ipairs(runs[tonumber(id)] or {}) do
             lines[#lines + 1] = ("delivery %s ran: attempt %d on host %s"):format(id, r.attempt, r.host)
          end
