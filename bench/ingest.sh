@@ -68,6 +68,7 @@
 # INGEST_DURATION (10s) INGEST_WARMUP (3s) INGEST_ROUNDS (3) INGEST_TOTAL (1000000)
 # INGEST_HANDLER_THREADS (b24's default: one per CPU) INGEST_DRAIN_TIMEOUT (900 seconds)
 # INGEST_DB_DIR (build/) INGEST_DURABLE_ONLY=1 INGEST_FLEET_ONLY=1 INGEST_PG_BIN (/usr/lib/postgresql/15/bin)
+# INGEST_PG_SQL (SQL run on the fleet's database once the hosts made the schema: to try an index)
 # INGEST_PERF=1 (always profile b24) INGEST_KEEP=1 (keep the temp dirs with logs, wrk reports, inbox).
 # INGEST_FLEET=0 (a whole run without the fleet mode, for a quicker look).
 # Servers listen on 127.0.0.1 only, on ports free at run time; all are stopped on exit.

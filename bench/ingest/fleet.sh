@@ -279,6 +279,9 @@ fleet_mode() {
   B24_INBOX=$pg_url fleet_host pg1 "$tmp/fleet-pg1.log"
   B24_INBOX=$pg_url fleet_host pg2 "$tmp/fleet-pg2a.log"
   B24_INBOX=$pg_url fleet_host pg2 "$tmp/fleet-pg2b.log"
+  if [[ -n "${INGEST_PG_SQL:-}" ]]; then # an experiment on the schema the hosts made (an index, a setting)
+    pg_psql "$INGEST_PG_SQL" > /dev/null || die "INGEST_PG_SQL failed"
+  fi
   FDESC[sqlite]="1 host, SQLite"
   FDESC[pg1]="1 host, PostgreSQL"
   FDESC[pg2]="2 hosts, PostgreSQL (one database)"
@@ -293,6 +296,7 @@ fleet_mode() {
   say "            (b24/src/b24_inbox_sql.c sets PRAGMA synchronous=FULL on every connection); group commit, the 200 after the commit"
   say "            filesystem: $fsql"
   say "PostgreSQL: $("$PG_BIN/postgres" --version), $pg_masked, data in $pgdir/data"
+  [[ -z "${INGEST_PG_SQL:-}" ]] || say "            INGEST_PG_SQL run after the hosts made the schema: $INGEST_PG_SQL"
   say "            as the server reports: fsync=$(pg_psql 'SHOW fsync') synchronous_commit=$(pg_psql 'SHOW synchronous_commit') full_page_writes=$(pg_psql 'SHOW full_page_writes') wal_sync_method=$(pg_psql 'SHOW wal_sync_method') shared_buffers=$(pg_psql 'SHOW shared_buffers')"
   say "            filesystem: $fpg"
   say "            the device's write cache: $(cat /sys/block/"$(basename "$(findmnt -n -T "$pgdir" -o SOURCE 2> /dev/null || echo none)")"/queue/write_cache 2> /dev/null || echo unknown)"
