@@ -10,7 +10,8 @@
  *   dedup TTL: b24_seen) is a duplicate;
  * - a pending row is claimable when no row of its key runs (so a repeat that arrived during a
  *   run is that run's one more run), claimed with FOR UPDATE SKIP LOCKED: no two hosts take one;
- * - a running row carries its host (owner) and a lease the host renews every lease/3; a row
+ * - a running row carries its host (owner) and a lease the host renews every lease/3 while one
+ *   of its handler threads has it (a claim whose commit's answer was lost is not renewed); a row
  *   whose lease ran out (its host died) goes back to pending (or to the dead letters when out of
  *   attempts), on whichever host notices first; a host's own rows at its start at once;
  * - a recorded success deletes the row: nothing runs again after it. Retries and dead letters
@@ -123,8 +124,9 @@ static const char *const sql[P_COUNT] = {
                      " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
                      " updated_at = excluded.updated_at WHERE b24_kv.updated_at < " NOW
                      " OR b24_kv.value = excluded.value RETURNING 1",
+    /* only the runs this host has: a claim whose commit's answer was lost is left to expire */
     [P_RENEW] = "UPDATE b24_deliveries SET lease_until = " NOW " + $2"
-                " WHERE owner = $1 AND state = 'running'",
+                " WHERE owner = $1 AND state = 'running' AND id = ANY($3::bigint[])",
     /* rows whose host died (lease out; or this host's own, from before its start: $3) */
     [P_EXPIRED_BURY] = "WITH d AS (DELETE FROM b24_deliveries WHERE state = 'running'"
                        " AND (lease_until < " NOW " OR owner = $2) AND attempts >= $1"
@@ -154,6 +156,8 @@ typedef struct pg {
     int down; /* the connection was lost; retried from retry_at */
     double retry_at, retry_wait;
     double last_renew, last_prune;
+    int64_t *running; /* the ids of the runs this host's handler threads have (leases renewed) */
+    int nrunning, caprunning;
     /* the listener */
     pthread_t listener;
     int listening;
@@ -272,6 +276,45 @@ static void check_lost(pg *p, const char *what)
     p->retry_at = b24_now() + p->retry_wait;
 }
 
+/* ---- the runs this host has ------------------------------------------------------------------ */
+
+static void running_add(pg *p, int64_t id)
+{
+    if (p->nrunning == p->caprunning) {
+        int cap = p->caprunning ? p->caprunning * 2 : 256;
+        int64_t *r = realloc(p->running, sizeof *r * (size_t)cap);
+        if (r == NULL)
+            return; /* not renewed: the run's lease may run out, and it runs again elsewhere */
+        p->running = r;
+        p->caprunning = cap;
+    }
+    p->running[p->nrunning++] = id;
+}
+
+static void running_remove(pg *p, int64_t id)
+{
+    for (int i = 0; i < p->nrunning; i++)
+        if (p->running[i] == id) {
+            p->running[i] = p->running[--p->nrunning];
+            return;
+        }
+}
+
+/* The ids as an array literal {1,2,3}, malloc'd. */
+static char *running_array(const pg *p)
+{
+    size_t cap = 3 + (size_t)p->nrunning * 21;
+    char *out = malloc(cap);
+    if (out == NULL)
+        return NULL;
+    size_t n = 0;
+    out[n++] = '{';
+    for (int i = 0; i < p->nrunning; i++)
+        n += (size_t)snprintf(out + n, cap - n, "%s%lld", i ? "," : "", (long long)p->running[i]);
+    snprintf(out + n, cap - n, "}");
+    return out;
+}
+
 /* ---- one batch ----------------------------------------------------------------------------- */
 /* A batch is one pipeline (libpq's pipeline mode): BEGIN, one statement per store, outcome and
  * script operation, the claim, NOTIFY, COMMIT, all sent at once and their results read in order,
@@ -372,6 +415,7 @@ static void send_finish(pipeline *pl, finish *f, long *delta)
     b24_job *j = &f->job;
     char id[24], num[32];
     snprintf(id, sizeof id, "%lld", (long long)j->id);
+    running_remove(p, j->id); /* its outcome goes now: no more renewals */
     if (f->release) {
         const char *v[2] = {id, p->owner};
         send_stmt(pl, P_RELEASE_MERGED, NULL, 2, v, NULL, NULL, 0, E_DROPPED, NULL);
@@ -623,6 +667,8 @@ static void pg_run(void *db, batch *b)
             ok = 0;
     }
     free(pl.ex);
+    for (int i = 0; ok && i < b->nclaimed; i++) /* committed: this host's runs now */
+        running_add(p, b->claimed[i].id);
     if (!ok) {
         if (!p->down) { /* a statement failed with the connection up: say why */
             char err[512];
@@ -698,8 +744,11 @@ static long pg_maintain(void *db, double now)
     if (now - p->last_renew >= p->opt.lease / 3) {
         char lease[32];
         snprintf(lease, sizeof lease, "%.3f", p->opt.lease);
-        const char *v[2] = {p->owner, lease};
-        if (run_stmt(p, P_RENEW, 2, v) != 0 || take_over(p, 0) != 0) {
+        char *ids = running_array(p);
+        const char *v[3] = {p->owner, lease, ids ? ids : "{}"};
+        int renewed = run_stmt(p, P_RENEW, 3, v);
+        free(ids);
+        if (renewed != 0 || take_over(p, 0) != 0) {
             check_lost(p, "lease");
             return -1;
         }
@@ -789,6 +838,7 @@ static void pg_close(void *db)
         pthread_join(p->listener, NULL);
     }
     PQfinish(p->c);
+    free(p->running);
     if (p->url) {
         memset(p->url, 0, strlen(p->url));
         free(p->url);
