@@ -154,13 +154,15 @@ describe("bitrix24.reconcile against b24 emulate", function()
       for _, id in ipairs({ a, bb, c }) do
          assert(client:call("crm.lead.update", { id = id, fields = { TITLE = "x" } }))
       end
-      w.deliver("ONCRMLEADUPDATE", a, modified(a) + 1)  -- handled after the change: nothing to do
-      w.deliver("ONCRMLEADUPDATE", bb, modified(bb))    -- the same second: a later change may hide in it
+      w.deliver("ONCRMLEADUPDATE", a, modified(a) + 2)  -- handled after the change: nothing to do
+      -- ts one second past DATE_MODIFY: the web server's clock may run a second ahead of the
+      -- database's (skew 1), so a later change may hide in it, as in the same second
+      w.deliver("ONCRMLEADUPDATE", bb, modified(bb) + 1)
       w.deliver("ONCRMLEADUPDATE", d, modified(d) + 5)  -- handled, and no change since
       -- c: its update's delivery was lost; e: added, its ADD lost; f: added and its ADD handled
       local e = add("crm.lead.add", { TITLE = "E" })
       local f = add("crm.lead.add", { TITLE = "F" })
-      w.deliver("ONCRMLEADADD", f, modified(f) + 1)
+      w.deliver("ONCRMLEADADD", f, modified(f) + 2)
       w.seen = {}
       local second = assert(w.router:reconcile_once())
       assert.same({ "ONCRMLEADADD:" .. e, "ONCRMLEADUPDATE:" .. bb, "ONCRMLEADUPDATE:" .. c }, w.take())

@@ -417,6 +417,9 @@ function Reconciler:handled(event)
    end
    local ts = tonumber(event.ts)
    if not ts or type(event.id) ~= "string" or not string_match(event.id, "^[1-9]%d*$") then return end
+   -- a synthesized delivery's ts is its pass's start, the time its listing saw the row (the
+   -- same clock as the answer's): no skew to allow for, so its mark is ts + skew
+   if event.reconciled then ts = ts + self.skew end
    local entity = entity_of(event)
    if entity then self.state:mark(self:object(entity, event.id), ts) end
 end
@@ -545,7 +548,10 @@ function Reconciler:settle(kind, rows, checkpoint, start, tally)
       if id and self.seen[kind.entity] then self.seen[kind.entity][id] = true end
       if id and modified then
          local mark = marks[self:object(kind.entity, id)]
-         if not mark or modified >= mark then
+         -- the delivery's ts is the web server's clock, DATE_MODIFY the database's (rest/lib/
+         -- event/sender.php time(); crm_lead.php CurrentTimeFunction): a change up to `skew`
+         -- seconds before the mark may be one the handled delivery did not see
+         if not mark or modified >= mark - self.skew then
             local created = _M.parse_date(row[kind.created], self.offset)
             -- created in the checkpoint's second or later (dates have whole seconds), nothing handled
             local action = (not mark and created and created >= math_floor(checkpoint)) and "ADD" or "UPDATE"
@@ -865,7 +871,9 @@ end
 -- (how far back the first pass looks, every + overlap), sweep (false, or seconds between ID
 -- sweeps), client (the router's by default), host (b24.host under b24 serve: the host state and a
 -- job), state (a state object of one's own), domain (the portal's, from the client's URL),
--- member_id, ttl and max (the memory state's marks: the router's dedup_ttl and dedup_max),
+-- member_id, ttl and max (the memory state's marks: the router's dedup_ttl and dedup_max), skew
+-- (seconds the portal's web and database clocks may differ, 1: a row modified up to that long
+-- before its last handled delivery's ts is committed again),
 -- shared_dict (inside nginx: the lua_shared_dict of a state every worker shares).
 -- tokens: the router's token or tokens. Raises on misuse.
 function _M.attach(router, opts, tokens)
@@ -895,6 +903,7 @@ function _M.attach(router, opts, tokens)
    local every = seconds("every", EVERY)
    if every <= 0 then error("bad option 'reconcile.every' (seconds > 0 expected)", 3) end
    local overlap = seconds("overlap", OVERLAP)
+   local skew = seconds("skew", 1)
    local sweep = opts.sweep
    if sweep ~= nil and sweep ~= false and (type(sweep) ~= "number" or sweep <= 0) then
       error("bad option 'reconcile.sweep' (false or seconds > 0 expected)", 3)
@@ -916,7 +925,7 @@ function _M.attach(router, opts, tokens)
    end
    local self = setmetatable({
       router = router, client = client, runner = client:_runner(), kinds = kinds, state = state, host = host,
-      every = every, overlap = overlap, lookback = seconds("lookback", every + overlap), sweep = sweep or nil,
+      every = every, overlap = overlap, skew = skew, lookback = seconds("lookback", every + overlap), sweep = sweep or nil,
       domain = string_lower(domain), member_id = opts.member_id, tokens = tokens,
       prefix = "bitrix24.reconcile|" .. string_lower(domain) .. "|",
       clock = client.now or os_time, seen = {}, totals = {}, runs = 0, failures = 0, handler_requests = 0,
