@@ -94,7 +94,8 @@ end
 -- Whether any of pids lives.
 local function any_alive(pids)
    for _, pid in ipairs(pids) do
-      if os.execute("kill -0 " .. pid .. " 2>/dev/null") == true then return true end
+      local r = os.execute("kill -0 " .. pid .. " 2>/dev/null")
+      if r == true or r == 0 then return true end -- Lua 5.4: true; LuaJIT: 0
    end
    return false
 end
