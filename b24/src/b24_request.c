@@ -65,13 +65,58 @@ typedef struct request {
     char response_inline[INLINE_RESPONSE]; /* lives until the response has been sent */
 } request;
 
+/* Each thread keeps the last request it freed, with its body buffer, for its next one: a
+ * request's state (about 1.6 KiB, past glibc's per-thread cache) and its body were two mallocs
+ * and two frees a request, a visible share of the profile (docs/performance.md). The key's
+ * destructor frees a thread's spare when it ends. */
+#define SPARE_BODY_MAX ((size_t)64 * 1024) /* a larger body buffer is not kept */
+
+static pthread_key_t spare_key;
+static pthread_once_t spare_once = PTHREAD_ONCE_INIT;
+
+static void spare_destroy(void *p)
+{
+    request *r = p;
+    free(r->body);
+    free(r);
+}
+
+static int spare_ok; /* the key exists (no spares kept when it could not be made) */
+
+static void spare_init(void)
+{
+    spare_ok = pthread_key_create(&spare_key, spare_destroy) == 0;
+}
+
+/* This thread's spare request, taken; NULL when it has none. */
+static request *spare_take(void)
+{
+    pthread_once(&spare_once, spare_init);
+    if (!spare_ok)
+        return NULL;
+    request *r = pthread_getspecific(spare_key);
+    if (r)
+        pthread_setspecific(spare_key, NULL);
+    return r;
+}
+
 /* A request begins: its state, with the URI as sent. */
 void *b24_request_begin(void *cls, const char *uri, struct MHD_Connection *c)
 {
-    request *r = malloc(sizeof *r);
-    if (r == NULL)
-        return NULL;
+    request *r = spare_take();
+    char *body = NULL;
+    size_t body_cap = 0;
+    if (r) {
+        body = r->body;
+        body_cap = r->body_cap;
+    } else {
+        r = malloc(sizeof *r);
+        if (r == NULL)
+            return NULL;
+    }
     memset(r, 0, offsetof(request, uri_inline));
+    r->body = body;
+    r->body_cap = body_cap;
     r->ctx = cls;
     size_t len = strlen(uri);
     r->uri = len < INLINE_URI ? memcpy(r->uri_inline, uri, len + 1) : strdup(uri);
@@ -86,10 +131,14 @@ static void request_free(request *r)
         free(r->uri);
     if (r->headers != r->headers_inline)
         free(r->headers);
-    free(r->body);
     free(r->put_mem);
     if (r->pending)
         MHD_destroy_response(r->pending);
+    pthread_once(&spare_once, spare_init);
+    if (spare_ok && r->body_cap <= SPARE_BODY_MAX && pthread_getspecific(spare_key) == NULL &&
+        pthread_setspecific(spare_key, r) == 0)
+        return; /* this thread's next request takes it */
+    free(r->body);
     free(r);
 }
 
@@ -505,22 +554,33 @@ enum MHD_Result b24_request_access(void *cls, struct MHD_Connection *c, const ch
     return run_handler(c, r);
 }
 
-/* v in decimal into out (24 bytes at least), with a '.' before its last point digits when
- * point >= 0 (microseconds as milliseconds: 1234 -> "1.234"): the request line's numbers without
- * snprintf, whose floating-point path was a visible part of a logged request's cost. */
-static void decimal(char *out, unsigned long long v, int point)
+/* v in decimal into out (21 bytes at least); returns the end (the NUL). The request line's
+ * numbers are written here, not by snprintf, whose floating-point path was a visible part of a
+ * logged request's cost. */
+static char *decimal(char *out, unsigned long long v)
 {
     char tmp[24];
     int n = 0;
     do {
-        if (n == point)
-            tmp[n++] = '.';
         tmp[n++] = (char)('0' + v % 10);
         v /= 10;
-    } while (v > 0 || n <= point);
-    for (int i = 0; i < n; i++)
-        out[i] = tmp[n - 1 - i];
-    out[n] = '\0';
+    } while (v > 0);
+    while (n > 0)
+        *out++ = tmp[--n];
+    *out = '\0';
+    return out;
+}
+
+/* Microseconds as milliseconds with three decimals (1234 -> "1.234"), as "%.3f" of ms. */
+static void millis(char *out, unsigned long long us)
+{
+    unsigned frac = (unsigned)(us % 1000);
+    char *p = decimal(out, us / 1000);
+    p[0] = '.';
+    p[1] = (char)('0' + frac / 100);
+    p[2] = (char)('0' + frac / 10 % 10);
+    p[3] = (char)('0' + frac % 10);
+    p[4] = '\0';
 }
 
 /* The request ended, answered or not: counted, logged, freed. */
@@ -539,9 +599,9 @@ void b24_request_end(void *cls, struct MHD_Connection *c, void **con_cls,
         b24_level level = internal ? B24_DEBUG : r->status >= 500 ? B24_WARN : B24_INFO;
         if (b24_log_enabled(level)) {
             char status[24], ms[32], bytes[24];
-            decimal(status, (unsigned long long)r->status, -1);
-            decimal(ms, d > 0 ? (unsigned long long)(d * 1e6 + 0.5) : 0, 3);
-            decimal(bytes, r->body_len, -1);
+            decimal(status, (unsigned long long)r->status);
+            millis(ms, d > 0 ? (unsigned long long)(d * 1e6 + 0.5) : 0);
+            decimal(bytes, r->body_len);
             b24_log(level,
                     toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "request" : "request aborted",
                     "method", r->method, "path", r->uri, "status", status, "duration_ms", ms,
