@@ -64,7 +64,7 @@ local function world()
       for _, a in ipairs({ ... }) do parts[#parts + 1] = b24.quote(a) end
       local out, code = b24.exec(w.env .. " " .. table.concat(parts, " "))
       assert.equal(0, code, out)
-      return assert(cjson.decode(out:match("({[^\n]*})%s*$")), out)
+      return assert(cjson.decode((out:match("^({[^\n]*})") or out:match("\n({[^\n]*})"))), out)
    end
 
    function w.stop()

@@ -31,7 +31,7 @@ local function world(extra)
       for _, a in ipairs({ ... }) do parts[#parts + 1] = b24.quote(a) end
       local out, code = b24.exec(w.env .. " " .. table.concat(parts, " "))
       assert.equal(0, code, out)
-      return assert(cjson.decode(out:match("({[^\n]*})%s*$")), out)
+      return assert(cjson.decode((out:match("^({[^\n]*})") or out:match("\n({[^\n]*})"))), out)
    end
 
    -- the receiver on its fixed port and inbox; more: environment

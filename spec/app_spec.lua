@@ -19,7 +19,7 @@ describe("bitrix24.app on an emulated portal", function()
       for _, a in ipairs({ ... }) do parts[#parts + 1] = b24.quote(a) end
       local out, code = b24.exec(env .. " " .. table.concat(parts, " "))
       assert.equal(0, code, out)
-      local line = out:match("({[^\n]*})%s*$")
+      local line = (out:match("^({[^\n]*})") or out:match("\n({[^\n]*})"))
       return assert(cjson.decode(line), out)
    end
 
@@ -43,7 +43,7 @@ describe("bitrix24.app on an emulated portal", function()
       assert.equal(0, code)
       for i = 1, n do
          local out = assert(b24.read(tmp .. "." .. i))
-         local got = cjson.decode(out:match("({[^\n]*})%s*$"))
+         local got = cjson.decode((out:match("^({[^\n]*})") or out:match("\n({[^\n]*})")))
          assert.equal(tostring(i), tostring(got.result and got.result.ID), out)
       end
       return before
@@ -150,7 +150,7 @@ describe("bitrix24.app on an emulated portal", function()
       assert.equal(0, code)
       for i = 1, 8 do
          local out = assert(b24.read(tmp .. "." .. i))
-         local got = cjson.decode(out:match("({[^\n]*})%s*$"))
+         local got = cjson.decode((out:match("^({[^\n]*})") or out:match("\n({[^\n]*})")))
          assert.equal(tostring(i), tostring(got.result and got.result.ID), out)
       end
       local after = stats()
