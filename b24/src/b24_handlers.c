@@ -1,10 +1,14 @@
 /* Handler threads of the durable inbox: each claims a stored delivery, runs the router's
  * dispatch on it in its own Lua state, and records the outcome, which the inbox turns into
  * done, a later retry, or a dead letter. */
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 
@@ -62,9 +66,30 @@ static int call_dispatch(lua_State *L)
 
 static void run_one(b24_job *job);
 
+/* How much nicer than the process a handler thread runs: the CPU goes to answering and
+ * committing deliveries first (a 200 waits for its commit; a run only has to happen soon), so a
+ * burst is taken in at the rate the request threads and the inbox thread alone allow, and the
+ * handler threads run it down at full speed once the burst is in, or beside it wherever a CPU is
+ * idle (docs/performance.md, "The durable path"). Linux gives each thread its own nice value. */
+#define HANDLER_NICE 10
+
+/* This thread's nice value raised by HANDLER_NICE (at most 19); left as it is on failure. */
+static void lower_priority(void)
+{
+    id_t tid = (id_t)syscall(SYS_gettid);
+    errno = 0;
+    int nice_now = getpriority(PRIO_PROCESS, tid);
+    if (nice_now == -1 && errno != 0)
+        return;
+    int want = nice_now + HANDLER_NICE > 19 ? 19 : nice_now + HANDLER_NICE;
+    if (setpriority(PRIO_PROCESS, tid, want) != 0)
+        b24_log(B24_DEBUG, "handler thread priority unchanged", NULL);
+}
+
 static void *handler_main(void *arg)
 {
     (void)arg;
+    lower_priority();
     b24_job jobs[CLAIM];
     for (;;) {
         memset(jobs, 0, sizeof jobs);

@@ -6,8 +6,9 @@
  * queued, and a writer thread (started on first need) writes what is queued DEFER later in one
  * write(2). So at a few lines a second every line is out before b24_log returns, in order with
  * anything else written to stderr, as before; under load (a line per request, tens of
- * thousands a second) the lines go out in batches, one write(2) a millisecond instead of one a
- * line, and the threads never queue on the file's lock in the kernel. Lines stay in order; a
+ * thousands a second) the lines go out in batches (DEFER after the first, or by the thread that
+ * queues the FLUSH_AT-th byte), a write(2) every few milliseconds instead of one a line, and the
+ * threads never queue on the file's lock in the kernel. Lines stay in order; a
  * kill -9 under load can lose at most the last DEFER of them; exit() writes what is queued. */
 #include <errno.h>
 #include <pthread.h>
@@ -15,6 +16,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -58,8 +60,9 @@ int b24_log_enabled(b24_level level)
 /* Two buffers: lines are appended to the filling one while the writer writes the other. A
  * line that does not fit waits until the writer has taken the filling one (backpressure, as a
  * slow stderr gave before: nothing is dropped). */
-#define PENDING_MAX (64 * 1024)
-#define DEFER 0.001 /* seconds a queued line may wait, and the closest two writes come */
+#define PENDING_MAX (128 * 1024)
+#define FLUSH_AT (32 * 1024) /* queued bytes the thread that queues them writes itself */
+#define DEFER 0.002          /* seconds a queued line may wait, and the closest two writes come */
 
 static struct {
     pthread_mutex_t lock;
@@ -124,6 +127,7 @@ static void *writer_main(void *arg)
     sigset_t all;
     sigfillset(&all); /* signals are b24 serve's main thread's (sigwait) */
     pthread_sigmask(SIG_BLOCK, &all, NULL);
+    prctl(PR_SET_NAME, "b24-log", 0, 0, 0); /* not the name of the thread that started it */
     pthread_mutex_lock(&out.lock);
     for (;;) {
         while (out.pending == 0)
@@ -172,6 +176,8 @@ static void emit(const char *line, size_t len)
         if (out.pending == 0)
             pthread_cond_signal(&out.wake);
         out.pending += len;
+        if (out.pending >= FLUSH_AT && !out.writing) /* a heavy load: no thread to wake for it */
+            write_queued();
         pthread_mutex_unlock(&out.lock);
         return;
     }
