@@ -36,6 +36,7 @@ local router = bitrix24.router{ tokens = %s }
 router:on("*", function(event)
    local data = type(event.data) == "table" and event.data or {}
    if data.LOOP == "1" then
+      require("b24.host").log("info", "looping") -- the spec stops the server once it is in the loop
       while true do pcall(function() while true do end end) end
    end
 end)
@@ -127,6 +128,7 @@ end]]), { "--workers", "2", "--request-timeout", "1", "--sync" })
          assert.equal(200, inbox.post(srv, inbox.form{ name = "ONCRMDEALUPDATE", id = tostring(i) }).status)
       end
       assert.is_true(healthz_ok(srv))
+      assert(srv:wait_log("msg=looping")) -- its handler thread is in the loop now
       assert.equal(0, stop(srv))
       assert.matches("delivery released", srv:log(), 1, true)
       -- nothing the stop left may be a dead letter on the next start, with --max-attempts 1

@@ -30,7 +30,7 @@ describe("b24 serve limits", function()
          local path = b24.write(dir .. "/router.lua", 'return require("bitrix24").router{ insecure = true }\n')
          local out, code = serve("--inbox memory --max-body 1000000000 " .. b24.quote(path))
          assert.equal(2, code)
-         assert.matches("--max-body 1000000000 is over what the SQLite inbox stores", out, 1, true)
+         assert.matches("--max-body 1000000000 is over what the inbox stores", out, 1, true)
       end)
 
       it("takes that size with --sync, and a large one that fits with the inbox", function()

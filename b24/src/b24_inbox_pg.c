@@ -654,9 +654,11 @@ static void pg_run(void *db, batch *b)
         int synced = PQpipelineSync(p->c) == 1;
         ok = !pl.failed && synced;
         b->delta += delta;
-        for (int k = 0; k < sent && synced; k++)
-            if (take_result(p, b, &pl.ex[k]) != 0 && k <= commit_at)
+        for (int k = 0; k < sent && synced; k++) {
+            int bad = take_result(p, b, &pl.ex[k]) != 0;
+            if (bad && k <= commit_at) /* up to the COMMIT; the NEXT after it may fail */
                 ok = 0;
+        }
         if (synced) {
             PGresult *r = PQgetResult(p->c); /* PGRES_PIPELINE_SYNC */
             if (r == NULL || PQresultStatus(r) != PGRES_PIPELINE_SYNC)

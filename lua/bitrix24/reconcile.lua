@@ -925,7 +925,8 @@ function _M.attach(router, opts, tokens)
    end
    local self = setmetatable({
       router = router, client = client, runner = client:_runner(), kinds = kinds, state = state, host = host,
-      every = every, overlap = overlap, skew = skew, lookback = seconds("lookback", every + overlap), sweep = sweep or nil,
+      every = every, overlap = overlap, skew = skew, lookback = seconds("lookback", every + overlap),
+      sweep = sweep or nil,
       domain = string_lower(domain), member_id = opts.member_id, tokens = tokens,
       prefix = "bitrix24.reconcile|" .. string_lower(domain) .. "|",
       clock = client.now or os_time, seen = {}, totals = {}, runs = 0, failures = 0, handler_requests = 0,
