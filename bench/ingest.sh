@@ -251,12 +251,13 @@ now() { date +%s.%N; }
 
 # run_wrk KEY DURATION OUT [wrk options]: wrk with KEY's script (bench/ingest/post.lua unless
 # SCRIPT[KEY]). INGEST_RUN numbers the runs, so that distinct.lua never repeats an ID within this
-# run: call fresh_run before each, in this shell (not in a subshell that forgets the count).
+# run: call fresh_run before each, in this shell (not in a subshell that forgets the count). wrk waits
+# 10 s for an answer (its default, 2 s, counted Express's slowest answers as errors on a busy machine).
 fresh_run() { wrk_runs=$((wrk_runs + 1)); }
 run_wrk() {
   local key=$1 d=$2 out=$3
   shift 3
-  INGEST_RUN=$wrk_runs wrk -t"$THREADS" -c"$CONNS" -d"$d" "$@" -s "${SCRIPT[$key]:-$here/ingest/post.lua}" \
+  INGEST_RUN=$wrk_runs wrk -t"$THREADS" -c"$CONNS" -d"$d" --timeout 10s "$@" -s "${SCRIPT[$key]:-$here/ingest/post.lua}" \
     "${URL[$key]}" > "$out" 2>&1
 }
 
