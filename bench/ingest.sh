@@ -257,7 +257,8 @@ fresh_run() { wrk_runs=$((wrk_runs + 1)); }
 run_wrk() {
   local key=$1 d=$2 out=$3
   shift 3
-  INGEST_RUN=$wrk_runs wrk -t"$THREADS" -c"$CONNS" -d"$d" --timeout 10s "$@" -s "${SCRIPT[$key]:-$here/ingest/post.lua}" \
+  INGEST_RUN=$wrk_runs wrk -t"$THREADS" -c"$CONNS" -d"$d" --timeout 10s "$@" \
+    -s "${SCRIPT[$key]:-$here/ingest/post.lua}" \
     "${URL[$key]}" > "$out" 2>&1
 }
 
@@ -501,7 +502,8 @@ durable_mode() {
   say "         ($same; the device's write cache: $(cat /sys/block/"$(basename "$(findmnt -n -T "$dbdir" -o SOURCE 2> /dev/null || echo none)")"/queue/write_cache 2> /dev/null || echo unknown))"
   say "sync:    b24 serve --workers $WORKERS --sync --inbox memory: router:handle, the handler inside the request, in-memory dedup per server thread"
   if [[ $DURABLE_ONLY == 0 ]]; then
-    say "         and with --log-level warn; the same script under nginx $nginx_version + ngx_lua, worker_processes $WORKERS"
+    say "         and with --log-level warn; the same script under nginx $nginx_version + ngx_lua,"
+    say "         worker_processes $WORKERS"
     say "         (bench/ingest/nginx_router.conf.in: router:handle_ngx, the handlers in an ngx.timer after the answer,"
     say "         dedup in memory per worker), with its access log to a file and with access_log off"
   fi
@@ -636,7 +638,8 @@ start_nginx_router() {
   npid=$!
   pids+=("$npid")
   for ((i = 0; ; i++)); do
-    kill -0 "$npid" 2> /dev/null || { cat "$tmp/nginx-router.out" "$tmp/nginx-router-error.log" >&2; die "nginx (router) exited"; }
+    kill -0 "$npid" 2> /dev/null ||
+      { cat "$tmp/nginx-router.out" "$tmp/nginx-router-error.log" >&2; die "nginx (router) exited"; }
     curl -s -o /dev/null "http://127.0.0.1:$p2/" && break
     ((i < 100)) || die "nginx (router) did not answer on 127.0.0.1:$p2"
     sleep 0.1
@@ -699,10 +702,10 @@ burst() {
     x = 0; if (r > 0) x = h / r
     all = "MISSED"; if (ok == n) all = "met"
     kept = "MISSED"; if (x >= 0.5) kept = "met"
-    printf "burst: %d of %d answered 200 (%s), ack p99 %s ms, %s accepted/s, drained at %s handled/s = %.2fx (>= 0.5x: %s)",
-      ok, n, all, p, r, h, x, kept }')
+    printf "burst: %d of %d answered 200 (%s), ack p99 %s ms, %s accepted/s, ", ok, n, all, p, r
+    printf "drained at %s handled/s = %.2fx (>= 0.5x: %s)",
+      h, x, kept }')
   say "   $BURST_VERDICT"
-  B_RATE=$rate B_P99=$p99
 }
 
 # A perf profile and an strace count of the durable server's fsyncs, each under the same load.
@@ -1022,16 +1025,20 @@ plot=${INGEST_PLOT:-$root/build/ingest.svg}
   # Express left out: its p99 (near a second) would flatten every other bar of the p99 chart
   for k in b24 nginx-lua nginx-static b24-quiet nginx-lua-nolog nginx-static-nolog; do
     g=peer; [[ $k == b24* ]] && g=b24
-    printf '%s\t%s\t%s\t%s\n' "${DESC[$k]}" "${MED[$k]}" "${P99MED[$k]:-$(tr ' ' '\n' <<< "${P99[$k]}" | grep . | median)}" "$g"
+    p99=${P99MED[$k]:-$(tr ' ' '\n' <<< "${P99[$k]}" | grep . | median)}
+    printf '%s\t%s\t%s\t%s\n' "${DESC[$k]}" "${MED[$k]}" "$p99" "$g"
   done
   for k in b24-sync ngx-router b24-sync-quiet ngx-router-nolog; do
     g=peer; [[ $k == b24* ]] && g=b24
     printf '%s (router)\t%s\t%s\t%s\n' "${DESC[$k]}" "${MED[$k]}" "${P99MED[$k]}" "$g"
   done
   printf '%s (router)\t%s\t%s\tb24\n' "${DESC[b24-durable]}" \
-    "$(tr ' ' '\n' <<< "${RPS[b24-durable]}" | grep . | median)" "$(tr ' ' '\n' <<< "${P99[b24-durable]}" | grep . | median)"
+    "$(tr ' ' '\n' <<< "${RPS[b24-durable]}" | grep . | median)" \
+    "$(tr ' ' '\n' <<< "${P99[b24-durable]}" | grep . | median)"
 } > "$tmp/plot.tsv"
-if lua5.4 "$here/ingest/plot.lua" "b24 serve ingest, $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $NCPU CPUs" \
+plot_title="b24 serve ingest, $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+plot_title+=", $NCPU CPUs"
+if lua5.4 "$here/ingest/plot.lua" "$plot_title" \
   < "$tmp/plot.tsv" > "$plot.tmp"; then
   mv "$plot.tmp" "$plot"
   say ""
