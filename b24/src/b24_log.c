@@ -3,7 +3,7 @@
  *
  * Writing (docs/performance.md, "Logging"): a line is written at once, by the thread that logs
  * it, unless the last write(2) was less than DEFER ago or lines are already queued; then it is
- * queued, and a writer thread (started on first need) writes what is queued DEFER later in one
+ * queued, and a writer thread (started by the first line) writes what is queued DEFER later in one
  * write(2). So at a few lines a second every line is out before b24_log returns, in order with
  * anything else written to stderr, as before; under load (a line per request, tens of
  * thousands a second) the lines go out in batches (DEFER after the first, or by the thread that
@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -128,6 +130,12 @@ static void *writer_main(void *arg)
     sigfillset(&all); /* signals are b24 serve's main thread's (sigwait) */
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     prctl(PR_SET_NAME, "b24-log", 0, 0, 0); /* not the name of the thread that started it */
+    /* nor its nice value (a handler thread runs nicer, b24_handlers.c): the main thread's,
+     * where allowed */
+    errno = 0;
+    int nice_main = getpriority(PRIO_PROCESS, (id_t)getpid());
+    if (errno == 0)
+        setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice_main);
     pthread_mutex_lock(&out.lock);
     for (;;) {
         while (out.pending == 0)
@@ -149,7 +157,7 @@ static void flush_at_exit(void)
     pthread_mutex_unlock(&out.lock);
 }
 
-/* (under the lock) The writer thread, on first need; 0, or -1 when it cannot start. */
+/* (under the lock) The writer thread, started once; 0, or -1 when it cannot start. */
 static int start_writer(void)
 {
     if (out.started)
@@ -169,7 +177,8 @@ static void emit(const char *line, size_t len)
     pthread_mutex_lock(&out.lock);
     double now = b24_now();
     int queue = out.writing || out.pending > 0 || now - out.last_write < DEFER;
-    if (queue && len <= PENDING_MAX && start_writer() == 0) {
+    int writer = start_writer() == 0; /* by the first thread that logs: usually the main one */
+    if (queue && len <= PENDING_MAX && writer) {
         while (out.pending + len > PENDING_MAX) /* full: wait until the writer takes it */
             pthread_cond_wait(&out.taken, &out.lock);
         memcpy(out.bufs[out.filling] + out.pending, line, len);
