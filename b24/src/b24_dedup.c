@@ -17,24 +17,30 @@
 #include "b24_log.h"
 #include "b24_metrics.h"
 
-#define NBUCKETS 4096
+/* a power of two; with at most dedup_max (100,000) keys kept: short chains */
+#define NBUCKETS 65536
 
 enum { IDLE, RUNNING, DONE };
 
 typedef struct entry {
     struct entry *next;
-    char *key;
+    struct entry *older, *newer; /* the DONE entries, oldest first (the kept keys' order) */
+    uint64_t hash;
     size_t key_len;
     int duplicate_kind;
     int state;   /* IDLE (a waiter takes it over), RUNNING, DONE (duplicate kind: until expiry) */
     int waiting; /* a delivery waits for the run going on */
     pthread_t owner;
     double expiry;
+    char key[]; /* key_len bytes and a NUL */
 } entry;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t changed = PTHREAD_COND_INITIALIZER;
 static entry *buckets[NBUCKETS];
+static entry *oldest, *newest; /* the DONE list */
+static long done_count;
+static long done_max = 1;       /* the largest dedup_max a router gave (store_new) */
 static _Thread_local int owned; /* runs this thread began and has not finished */
 
 int b24_dedup_is_duplicate_kind(const char *event)
@@ -56,45 +62,69 @@ const char *b24_dedup_object(const char *key, size_t key_len, size_t *len)
     return second + 1;
 }
 
-static size_t hash(const char *key, size_t len)
+static uint64_t hash(const char *key, size_t len)
 {
     uint64_t h = 1469598103934665603ULL;
     for (size_t i = 0; i < len; i++)
         h = (h ^ (unsigned char)key[i]) * 1099511628211ULL;
-    return (size_t)(h % NBUCKETS);
+    return h ^ (h >> 29);
 }
 
-/* The entry of key in its bucket, dropping the expired ones on the way; NULL when none. */
-static entry *find(entry **bucket, const char *key, size_t len, double now)
+static entry **bucket_of(uint64_t h)
 {
-    for (entry **p = bucket; *p;) {
-        entry *e = *p;
-        if (e->state == DONE && e->expiry <= now) {
-            *p = e->next;
-            free(e->key);
-            free(e);
-            continue;
-        }
-        if (e->key_len == len && memcmp(e->key, key, len) == 0)
-            return e;
-        p = &e->next;
-    }
-    return NULL;
+    return &buckets[h & (NBUCKETS - 1)];
 }
 
-static void drop(entry **bucket, entry *e)
+/* Off the DONE list (e is on it). */
+static void unlist(entry *e)
 {
-    for (entry **p = bucket; *p; p = &(*p)->next)
+    if (e->older)
+        e->older->newer = e->newer;
+    else
+        oldest = e->newer;
+    if (e->newer)
+        e->newer->older = e->older;
+    else
+        newest = e->older;
+    e->older = e->newer = NULL;
+    done_count--;
+}
+
+/* Out of its bucket, off the DONE list when on it, freed. */
+static void drop(entry *e)
+{
+    for (entry **p = bucket_of(e->hash); *p; p = &(*p)->next)
         if (*p == e) {
             *p = e->next;
             break;
         }
-    free(e->key);
+    if (e->state == DONE)
+        unlist(e);
     free(e);
+}
+
+/* The kept keys past their expiry, and the oldest while more than done_max are kept, dropped:
+ * the store holds what the router's dedup_max allows, as its in-memory store does. */
+static void prune(double now)
+{
+    while (oldest && (oldest->expiry <= now || done_count > done_max))
+        drop(oldest);
+}
+
+/* The entry of key; NULL when none. The hash is compared first, so a chain costs no key
+ * comparison but the match's. */
+static entry *find(uint64_t h, const char *key, size_t len)
+{
+    for (entry *e = *bucket_of(h); e; e = e->next)
+        if (e->hash == h && e->key_len == len && memcmp(e->key, key, len) == 0)
+            return e;
+    return NULL;
 }
 
 static void take(entry *e)
 {
+    if (e->state == DONE)
+        unlist(e);
     e->state = RUNNING;
     e->owner = pthread_self();
     owned++;
@@ -107,26 +137,30 @@ static int store_begin(lua_State *L)
     const char *key = luaL_checklstring(L, 2, &len);
     int duplicate_kind = strcmp(luaL_checkstring(L, 3), "duplicate") == 0;
     const char *outcome = "run";
+    uint64_t h = hash(key, len);
+    double now = b24_now();
     pthread_mutex_lock(&lock);
-    entry **bucket = &buckets[hash(key, len)];
-    entry *e = find(bucket, key, len, b24_now());
+    prune(now);
+    entry *e = find(h, key, len);
     if (e == NULL) {
-        e = calloc(1, sizeof *e);
-        char *copy = malloc(len + 1);
-        if (e == NULL || copy == NULL) { /* no memory to remember it: run it, never drop it */
-            free(e);
-            free(copy);
+        e = malloc(sizeof *e + len + 1);
+        if (e == NULL) { /* no memory to remember it: run it, never drop it */
             pthread_mutex_unlock(&lock);
             lua_pushliteral(L, "run");
             return 1;
         }
-        memcpy(copy, key, len);
-        copy[len] = '\0';
-        e->key = copy;
+        memset(e, 0, sizeof *e);
+        memcpy(e->key, key, len);
+        e->key[len] = '\0';
+        e->hash = h;
         e->key_len = len;
         e->duplicate_kind = duplicate_kind;
+        entry **bucket = bucket_of(h);
         e->next = *bucket;
         *bucket = e;
+        take(e);
+    } else if (e->state == DONE && e->expiry <= now) { /* kept past its time: a new delivery */
+        e->duplicate_kind = duplicate_kind;
         take(e);
     } else if (duplicate_kind || e->duplicate_kind) {
         if (e->state == RUNNING || e->state == DONE) {
@@ -162,9 +196,9 @@ static int store_begin(lua_State *L)
     return 1;
 }
 
-/* Ends e's run (under the lock): remembered dedup_ttl (a duplicate kind that ran ok), handed to
- * its waiter, or forgotten. */
-static void end_run(entry **bucket, entry *e, int ok, double ttl)
+/* Ends e's run (under the lock): remembered dedup_ttl (a duplicate kind that ran ok; the newest
+ * of the kept keys), handed to its waiter, or forgotten. */
+static void end_run(entry *e, int ok, double ttl)
 {
     owned--;
     if (e->waiting) {
@@ -173,8 +207,16 @@ static void end_run(entry **bucket, entry *e, int ok, double ttl)
     } else if (e->duplicate_kind && ok) {
         e->state = DONE;
         e->expiry = b24_now() + ttl;
+        e->older = newest;
+        e->newer = NULL;
+        if (newest)
+            newest->newer = e;
+        else
+            oldest = e;
+        newest = e;
+        done_count++;
     } else {
-        drop(bucket, e);
+        drop(e);
     }
 }
 
@@ -185,11 +227,11 @@ static int store_finish(lua_State *L)
     const char *key = luaL_checklstring(L, 2, &len);
     int ok = lua_toboolean(L, 4);
     double ttl = luaL_optnumber(L, 6, 86400);
+    uint64_t h = hash(key, len);
     pthread_mutex_lock(&lock);
-    entry **bucket = &buckets[hash(key, len)];
-    entry *e = find(bucket, key, len, b24_now());
+    entry *e = find(h, key, len);
     if (e && e->state == RUNNING && pthread_equal(e->owner, pthread_self()))
-        end_run(bucket, e, ok, ttl);
+        end_run(e, ok, ttl);
     pthread_mutex_unlock(&lock);
     lua_pushboolean(L, 0);
     return 1;
@@ -206,16 +248,22 @@ void b24_dedup_release_thread(void)
         while (e) {
             entry *next = e->next;
             if (e->state == RUNNING && pthread_equal(e->owner, self))
-                end_run(&buckets[i], e, 0, 0);
+                end_run(e, 0, 0);
             e = next;
         }
     }
     pthread_mutex_unlock(&lock);
 }
 
-/* function(dedup_max) -> the store (one table; every call gives an equal one). */
+/* function(dedup_max) -> the store (one table; every call gives an equal one). The store keeps
+ * the largest dedup_max given by a router of the process. */
 static int store_new(lua_State *L)
 {
+    lua_Number max = luaL_optnumber(L, 1, 100000);
+    pthread_mutex_lock(&lock);
+    if (max >= 1 && max <= 1e9 && (long)max > done_max)
+        done_max = (long)max;
+    pthread_mutex_unlock(&lock);
     lua_createtable(L, 0, 2);
     lua_pushcfunction(L, store_begin);
     lua_setfield(L, -2, "begin");
