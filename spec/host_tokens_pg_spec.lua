@@ -79,7 +79,7 @@ describe("b24.host.tokens on PostgreSQL", function()
       local res = run(url, { { "list" }, { "put", { member_id = "m-1", access_token = SECRET } } })
       assert.same({ {} }, values(res, 1))
       assert.equal(1, values(res, 2)[1])
-      assert.equal(2, tonumber(db:psql("SELECT max(version) FROM b24_schema", name):match("%d+"))) -- b24_pg.c
+      assert.equal(3, tonumber(db:psql("SELECT max(version) FROM b24_schema", name):match("%d+"))) -- b24_pg.c
       local tables = db:psql("SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables"
          .. " WHERE tablename LIKE 'b24_app_%'", name)
       assert.matches("b24_app_leases,b24_app_portals", tables, 1, true)

@@ -40,7 +40,19 @@ struct b24_inbox {
     int closing;  /* the thread ends once the queues are empty */
     int poked;    /* another host stored or freed deliveries: claim now */
     atomic_long depth;
+    /* this host's runs not yet taken by a handler thread (a ring, oldest at head) */
+    b24_job ready[READY_MAX];
+    int head, nready;
 };
+
+/* Takes the oldest ready job (lock held). */
+static b24_job ready_take(b24_inbox *in)
+{
+    b24_job j = in->ready[in->head];
+    in->head = (in->head + 1) % READY_MAX;
+    in->nready--;
+    return j;
+}
 
 /* Opens (creating) the inbox at path: a PostgreSQL database for a postgresql:// URL, else a
  * SQLite file (or ":memory:"). */
@@ -146,13 +158,17 @@ static void *inbox_main(void *arg)
         in->finishes = NULL;
         in->ops = NULL;
         waiter *idle_list[64];
-        int nidle = 0, want = 0;
-        if (!in->stopping)
+        int nidle = 0, want = 0, room = 0;
+        if (!in->stopping) {
             for (waiter *w = in->waiters; w && nidle < 64; w = w->next)
                 if (w->state == 0 && want + w->max <= MAX_CLAIM) {
                     idle_list[nidle++] = w;
                     want += w->max;
                 }
+            if (in->be->prefetch) /* the ready queue only shrinks until the hand-out below */
+                room = READY_MAX - in->nready < MAX_CLAIM - want ? READY_MAX - in->nready
+                                                                 : MAX_CLAIM - want;
+        }
         pthread_mutex_unlock(&in->lock);
 
         b24_put *rev = NULL; /* oldest first, so deliveries keep their arrival order */
@@ -172,7 +188,12 @@ static void *inbox_main(void *arg)
         b24_job claimed[MAX_CLAIM];
         int nclaimed = 0;
         int failed;
-        batch bt = {.puts = rev, .fins = fins, .ops = rops, .want = want, .claimed = claimed};
+        batch bt = {.puts = rev,
+                    .fins = fins,
+                    .ops = rops,
+                    .want = want,
+                    .room = room,
+                    .claimed = claimed};
         in->be->run(in->db, &bt);
         next_ready = bt.next;
         nclaimed = bt.nclaimed;
@@ -242,6 +263,19 @@ static void *inbox_main(void *arg)
                 w->state = 1;
                 pthread_cond_signal(&w->cond);
             }
+        }
+        while (next < nclaimed && !in->stopping && in->nready < READY_MAX) {
+            in->ready[(in->head + in->nready) % READY_MAX] = claimed[next++];
+            in->nready++;
+        }
+        /* a thread that came to wait during the batch found the ready queue empty */
+        for (waiter *w = in->waiters; w && in->nready > 0 && !in->stopping; w = w->next) {
+            if (w->state != 0)
+                continue;
+            while (w->got < w->max && in->nready > 0)
+                w->jobs[w->got++] = ready_take(in);
+            w->state = 1;
+            pthread_cond_signal(&w->cond);
         }
         while (next < nclaimed) { /* stopping meanwhile: back to pending, no attempt spent */
             pthread_mutex_unlock(&in->lock);
@@ -315,7 +349,11 @@ int b24_inbox_claim(b24_inbox *in, b24_job *jobs, int max)
     w.max = max < 1 ? 1 : max > MAX_CLAIM ? MAX_CLAIM : max;
     pthread_cond_init(&w.cond, NULL);
     pthread_mutex_lock(&in->lock);
-    if (!in->stopping) {
+    while (!in->stopping && in->nready > 0 && w.got < w.max) /* this host's, waiting */
+        jobs[w.got++] = ready_take(in);
+    if (w.got > 0) {
+        w.state = 1;
+    } else if (!in->stopping) {
         w.next = in->waiters;
         /* on this stack until unlinked below, before returning */
         // cppcheck-suppress autoVariables
@@ -385,13 +423,20 @@ static void queue_outcome(b24_inbox *in, b24_job *job, const char *error, int re
     pthread_mutex_unlock(&in->lock);
 }
 
-/* Stops handing out deliveries and wakes every waiting thread. */
+/* Stops handing out deliveries, wakes every waiting thread, and hands back the ready queue's
+ * runs (pending again, no attempt spent). */
 void b24_inbox_stop_claims(b24_inbox *in)
 {
     pthread_mutex_lock(&in->lock);
     in->stopping = 1;
     for (waiter *w = in->waiters; w; w = w->next)
         pthread_cond_signal(&w->cond);
+    while (in->nready > 0) {
+        b24_job j = ready_take(in);
+        pthread_mutex_unlock(&in->lock);
+        b24_inbox_release(in, &j);
+        pthread_mutex_lock(&in->lock);
+    }
     pthread_mutex_unlock(&in->lock);
 }
 

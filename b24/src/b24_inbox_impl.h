@@ -24,9 +24,11 @@ typedef struct finish {
 /* One batch's work and results. */
 typedef struct batch {
     b24_put *puts; /* oldest first; each gets its result */
+    int nputs;     /* how many (counted by the backend that needs it) */
     finish *fins;  /* each gets buried */
     b24_op *ops;   /* in the order made; each gets its result */
     int want;      /* deliveries the idle handler threads take */
+    int room;      /* more this host may take for its ready queue (prefetch backends) */
     b24_job *claimed;
     int nclaimed;
     int failed;  /* the transaction failed: the outcomes are queued again, puts failed */
@@ -46,7 +48,13 @@ typedef struct inbox_backend {
      * deliveries; 0, or -1. */
     int (*listen)(void *db, void (*wake)(void *arg), void *arg);
     void (*close)(void *db);
+    /* The stores of a batch may become this host's runs beyond what idle threads take at once,
+     * kept in a queue of up to READY_MAX (the backend's store then runs them here rather than
+     * leaving them for a claim: PostgreSQL, where a claim is the costly statement). */
+    int prefetch;
 } inbox_backend;
+
+#define READY_MAX 256 /* claimed deliveries waiting here for a handler thread */
 
 extern const inbox_backend b24_inbox_sqlite;
 extern const inbox_backend b24_inbox_pg;

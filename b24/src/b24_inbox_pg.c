@@ -8,15 +8,25 @@
  * - at most one pending row per key (a unique partial index): a repeat of an update's key merges
  *   by ON CONFLICT DO NOTHING; an add's or delete's key seen (stored, or handled within the
  *   dedup TTL: b24_seen) is a duplicate;
+ * - at most one running row per key (a second unique partial index): a key never runs on two
+ *   hosts at once;
+ * - a store is inserted running on the host that took it in (its runs from the start, no claim)
+ *   when no row of its key is pending or running and one of its handler threads is idle, or
+ *   (an add's or delete's, which never merges) its ready queue has room; else pending. So a
+ *   delivery costs an insert and a delete, and the claim below only serves what waited;
  * - a pending row is claimable when no row of its key runs (so a repeat that arrived during a
  *   run is that run's one more run), claimed with FOR UPDATE SKIP LOCKED: no two hosts take one;
+ *   a claim is made only when pending rows may be claimable (this host stored, retried or
+ *   released one, a success found a rerun waiting, another host's NOTIFY, a retry come of age,
+ *   and once a second), in a transaction after the batch's;
  * - a running row carries its host (owner) and a lease the host renews every lease/3 while one
  *   of its handler threads has it (a claim whose commit's answer was lost is not renewed); a row
  *   whose lease ran out (its host died) goes back to pending (or to the dead letters when out of
  *   attempts), on whichever host notices first; a host's own rows at its start at once;
  * - a recorded success deletes the row: nothing runs again after it. Retries and dead letters
  *   only touch a row the host still owns.
- * Times are the database server's (extract(epoch from now())), one clock for the fleet. A lost
+ * A batch's stores are one statement (arrays in PostgreSQL's binary format), its successes one
+ * more. Times are the database server's (extract(epoch from now())), one clock for the fleet. A lost
  * connection fails the batch (its deliveries are answered 503: never a 200 without a commit) and
  * is retried with backoff (0.1 s doubling to 5 s); the log says so once per outage. */
 #include <arpa/inet.h>
@@ -70,23 +80,52 @@ enum {
 };
 
 static const char *const sql[P_COUNT] = {
-    /* a store: an add's or delete's key ($5) known (handled within the TTL, or stored: each
-     * state by its partial index) is not
-     * inserted; a pending row of the key is merged into (ON CONFLICT); a row back: stored, its
-     * value the rows of the key running (so a rerun) */
-    [P_PUT] = "INSERT INTO b24_deliveries (key, event, content_type, body, received_at, next_at)"
-              " SELECT $1::bytea, $2::text, $3::bytea, $4::bytea, " NOW ", " NOW
-              " WHERE NOT ($5::boolean AND (EXISTS (SELECT 1 FROM b24_seen WHERE key = $1::bytea"
-              " AND until > " NOW ") OR EXISTS (SELECT 1 FROM b24_deliveries"
-              " WHERE key = $1::bytea AND state = 'pending') OR EXISTS (SELECT 1 FROM"
-              " b24_deliveries WHERE key = $1::bytea AND state = 'running')))"
-              " ON CONFLICT (key) WHERE state = 'pending' DO NOTHING"
-              " RETURNING (SELECT count(*) FROM b24_deliveries r"
-              " WHERE r.key = $1::bytea AND r.state = 'running')",
-    /* a recorded success: the row goes, an add's or delete's key ($3) is remembered */
-    [P_SUCCESS] = "WITH d AS (DELETE FROM b24_deliveries WHERE id = $1 RETURNING key)"
-                  " INSERT INTO b24_seen (key, until) SELECT key, " NOW " + $2 FROM d"
-                  " WHERE $3::boolean ON CONFLICT (key) DO UPDATE SET until = excluded.until",
+    /* the batch's stores, in one statement (arrays of keys, events, content types, bodies,
+     * whether an add's or delete's key ($5), whether to run here ($6): one per idle handler
+     * thread's slot; owner $7, lease $8). An add's or delete's key known (handled within the
+     * TTL, or stored, pending or running: each state by its partial index) is not inserted; a
+     * pending row of the key is merged into. Else the row is inserted running on this host when
+     * $6 and no row of its key is pending or running, pending otherwise. The batch's own repeats
+     * of a key: its first row of each state is inserted (for an add's or delete's key, its first
+     * row at all), the others merged. ON CONFLICT without a target: both partial unique indexes
+     * (one pending and one running row per key) are arbiters, so a row of the key inserted
+     * meanwhile by another host's uncommitted batch merges this one (that run starts after that
+     * commit, so after this change), never two runs of a key at once nor an error that would fail
+     * the batch. Back, by the store's place in the arrays (n, from 1): its id, whether it runs
+     * here, whether a row of its key runs (a rerun); a store not back was merged or known */
+    [P_PUT] = "WITH k AS MATERIALIZED (SELECT u.*, r.x IS NOT NULL AS running,"
+              " p.x IS NOT NULL AS pending, sn.x IS NOT NULL AS seen"
+              " FROM unnest($1::bytea[], $2::text[], $3::bytea[], $4::bytea[], $5::boolean[],"
+              " $6::boolean[]) WITH ORDINALITY AS u(key, event, ct, body, dup, here, n)"
+              /* each a probe of one index per store (LIMIT: never a hash of a whole state) */
+              " LEFT JOIN LATERAL (SELECT 1 AS x FROM b24_deliveries d WHERE d.key = u.key"
+              " AND d.state = 'running' LIMIT 1) r ON true"
+              " LEFT JOIN LATERAL (SELECT 1 AS x FROM b24_deliveries d WHERE d.key = u.key"
+              " AND d.state = 'pending' LIMIT 1) p ON true"
+              " LEFT JOIN LATERAL (SELECT 1 AS x FROM b24_seen WHERE u.dup AND b24_seen.key = u.key"
+              " AND until > " NOW " LIMIT 1) sn ON true),"
+              " s AS (SELECT k.*, CASE WHEN here AND NOT running AND NOT pending THEN 'running'"
+              " ELSE 'pending' END AS st FROM k WHERE NOT (dup AND (running OR pending OR seen))),"
+              " f AS (SELECT DISTINCT ON (key, CASE WHEN dup THEN '' ELSE st END) * FROM s"
+              " ORDER BY key, CASE WHEN dup THEN '' ELSE st END, n),"
+              " ins AS (INSERT INTO b24_deliveries (key, event, content_type, body, received_at,"
+              " next_at, state, attempts, owner, lease_until)"
+              " SELECT key, event, ct, body, " NOW ", " NOW ", st, CASE WHEN st = 'running' THEN 1"
+              " ELSE 0 END, CASE WHEN st = 'running' THEN $7::text END, CASE WHEN st = 'running'"
+              " THEN " NOW " + $8::float8 END FROM f ORDER BY n"
+              " ON CONFLICT DO NOTHING RETURNING id, key, state)"
+              " SELECT f.n, ins.id, ins.state = 'running', f.running FROM f JOIN ins"
+              " ON ins.key = f.key AND ins.state = f.st ORDER BY f.n",
+    /* the batch's recorded successes ($1): the rows go, the keys of adds and deletes ($2)
+     * remembered for the TTL; back: whether a pending row of one of their keys waited for its
+     * run (claimable now) */
+    [P_SUCCESS] = "WITH d AS (DELETE FROM b24_deliveries WHERE id = ANY($1::bigint[])"
+                  " RETURNING id, key),"
+                  " s AS (INSERT INTO b24_seen (key, until) SELECT DISTINCT ON (key) key, " NOW
+                  " + $3 FROM d WHERE id = ANY($2::bigint[]) ORDER BY key"
+                  " ON CONFLICT (key) DO UPDATE SET until = excluded.until)"
+                  " SELECT count(*) > 0 FROM d, LATERAL (SELECT 1 FROM b24_deliveries p"
+                  " WHERE p.key = d.key AND p.state = 'pending' LIMIT 1) w",
     [P_BURY] = "WITH d AS (DELETE FROM b24_deliveries WHERE id = $1 AND owner = $3 RETURNING *)"
                " INSERT INTO b24_dead (key, event, content_type, body, received_at, attempts,"
                " last_error, died_at) SELECT key, event, content_type, body, received_at,"
@@ -103,6 +142,10 @@ static const char *const sql[P_COUNT] = {
                          " AND p.state = 'pending')",
     [P_RELEASE] = "UPDATE b24_deliveries SET state = 'pending', attempts = attempts - 1,"
                   " owner = NULL, lease_until = NULL WHERE id = $1 AND owner = $2",
+    /* deliveries stored pending (here with no idle handler thread, by another host, the rerun of
+     * a key, a retry come of age). Sent after the batch's COMMIT as a transaction of its own: the
+     * running index is unique, and a row of a candidate's key inserted running by another host
+     * after this statement's snapshot fails this statement (a unique violation), not the batch */
     [P_CLAIM] = "WITH c AS (SELECT id FROM b24_deliveries d WHERE state = 'pending'"
                 " AND next_at <= " NOW " AND NOT EXISTS (SELECT 1 FROM b24_deliveries r"
                 " WHERE r.key = d.key AND r.state = 'running')"
@@ -110,7 +153,11 @@ static const char *const sql[P_COUNT] = {
                 " UPDATE b24_deliveries d SET state = 'running', attempts = d.attempts + 1,"
                 " owner = $2, lease_until = " NOW " + $3 FROM c WHERE d.id = c.id"
                 " RETURNING d.id, d.attempts, d.key, d.event, d.content_type, d.body",
-    [P_NEXT] = "SELECT min(next_at) - " NOW " FROM b24_deliveries WHERE state = 'pending'",
+    /* when the next claimable row is ready (a rerun waits for its key's run to end, and then
+     * the host of that run claims it or tells the others) */
+    [P_NEXT] = "SELECT next_at - " NOW " FROM b24_deliveries d WHERE state = 'pending'"
+               " AND NOT EXISTS (SELECT 1 FROM b24_deliveries r WHERE r.key = d.key"
+               " AND r.state = 'running') ORDER BY next_at, id LIMIT 1",
     [P_KV_GET] = "SELECT value FROM b24_kv WHERE name = $1",
     [P_KV_PUT] = "INSERT INTO b24_kv (name, value, updated_at) VALUES ($1, $2, " NOW ")"
                  " ON CONFLICT (name) DO UPDATE SET value = excluded.value,"
@@ -158,6 +205,14 @@ typedef struct pg {
     double last_renew, last_prune, last_count;
     int64_t *running; /* the ids of the runs this host's handler threads have (leases renewed) */
     int nrunning, caprunning;
+    /* when to look for pending rows (P_CLAIM): most deliveries are inserted running on the host
+     * that took them in, so a claim is made only when a pending row may be claimable */
+    int maybe_pending; /* this host stored, retried or released a row, or one waited for a run */
+    int notify_next;   /* tell the other hosts with the next batch: a row waited for a run */
+    double last_scan;  /* the last claim (one a second anyway: `b24 inbox retry`, lost NOTIFYs) */
+    double next_at;    /* when the next pending row is ready (from the last claim; 0: unknown) */
+    atomic_int notified; /* another host said it stored or freed rows */
+    atomic_int backend_pid; /* the inbox connection's server process: its own NOTIFYs ignored */
     /* the listener */
     pthread_t listener;
     int listening;
@@ -232,6 +287,8 @@ static int connect_db(pg *p, char *err, size_t errlen)
         p->c = NULL;
         return -1;
     }
+    atomic_store(&p->backend_pid, PQbackendPID(p->c));
+    p->maybe_pending = 1; /* what was stored while this connection was away */
     return 0;
 }
 
@@ -350,7 +407,7 @@ static char *dup_value(const PGresult *r, int row, int col, size_t *len)
 }
 
 /* What a pipelined statement's result is for. */
-enum { E_NONE, E_PUT, E_DROPPED, E_KV_GET, E_MARKS, E_CLAIM_NAME, E_CLAIM, E_NEXT };
+enum { E_NONE, E_PUT, E_SUCCESS, E_DROPPED, E_KV_GET, E_MARKS, E_CLAIM_NAME, E_CLAIM, E_NEXT };
 
 typedef struct expect {
     int kind;
@@ -362,6 +419,7 @@ typedef struct pipeline {
     expect *ex;
     int n, cap;
     int failed; /* a send failed: the rest is not sent */
+    int notify; /* rows other hosts may claim: NOTIFY them */
 } pipeline;
 
 /* Sends statement i (or the SQL text when i < 0) with its parameters, expecting kind. */
@@ -397,25 +455,140 @@ static void send_stmt(pipeline *pl, int i, const char *text, int n, const char *
     pl->n++;
 }
 
-/* One store: one statement that checks an add's or delete's key and inserts. */
-static void send_put(pipeline *pl, b24_put *put)
+/* A growable byte buffer: PostgreSQL's binary array format and text id lists. */
+typedef struct buf {
+    char *p;
+    size_t n, cap;
+    int failed;
+} buf;
+
+static void buf_add(buf *b, const void *data, size_t n)
 {
-    const char *v[5] = {put->key, put->event, put->content_type, put->body,
-                        b24_dedup_is_duplicate_kind(put->event) ? "t" : "f"};
-    const int lens[5] = {(int)put->key_len, 0, (int)strlen(put->content_type), (int)put->body_len,
-                         0};
-    const int fmts[5] = {1, 0, 1, 1, 0}; /* bytea in binary: the bytes as they are */
-    send_stmt(pl, P_PUT, NULL, 5, v, lens, fmts, 0, E_PUT, put);
+    if (b->failed)
+        return;
+    if (b->n + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 1024;
+        while (cap < b->n + n)
+            cap *= 2;
+        char *p = cap > INT32_MAX ? NULL : realloc(b->p, cap); /* a parameter's length is an int */
+        if (p == NULL) {
+            b->failed = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, data, n);
+    b->n += n;
 }
 
-/* One outcome. */
-static void send_finish(pipeline *pl, finish *f, long *delta)
+static void buf_int32(buf *b, uint32_t v)
+{
+    v = htonl(v);
+    buf_add(b, &v, 4);
+}
+
+/* The header of a one-dimensional array of n elements of type oid, no NULLs (binary format:
+ * dimensions, has-nulls, element type, then each dimension's size and lower bound). */
+static void array_head(buf *b, uint32_t oid, int n)
+{
+    buf_int32(b, 1);
+    buf_int32(b, 0);
+    buf_int32(b, oid);
+    buf_int32(b, (uint32_t)n);
+    buf_int32(b, 1);
+}
+
+/* One element: its length, its bytes. */
+static void array_item(buf *b, const void *data, size_t n)
+{
+    buf_int32(b, (uint32_t)n);
+    buf_add(b, data, n);
+}
+
+#define OID_BOOL 16
+#define OID_BYTEA 17
+#define OID_TEXT 25
+
+/* The batch's stores as one statement. Which run here: one per idle handler thread's slot (as
+ * a claim in the same batch would take them), and then an add's or delete's into the ready
+ * queue's room: such a key is never merged, so running it here early changes nothing but who
+ * runs it; an update's stays pending, where a repeat merges into it. Returns the idle slots
+ * left (for a claim); *pending: a store left for any host. Each store's result comes back by
+ * its place (put_at). */
+static int send_puts(pipeline *pl, b24_put **put_at, int n, int idle, int room, const char *lease,
+                     int *pending)
+{
+    pg *p = pl->p;
+    buf a[6] = {{0}};
+    array_head(&a[0], OID_BYTEA, n);
+    array_head(&a[1], OID_TEXT, n);
+    array_head(&a[2], OID_BYTEA, n);
+    array_head(&a[3], OID_BYTEA, n);
+    array_head(&a[4], OID_BOOL, n);
+    array_head(&a[5], OID_BOOL, n);
+    for (int i = 0; i < n; i++) {
+        const b24_put *put = put_at[i];
+        char dup = (char)b24_dedup_is_duplicate_kind(put->event), run = 1;
+        if (idle > 0)
+            idle--;
+        else if (dup && room > 0)
+            room--;
+        else
+            run = 0, *pending = 1;
+        array_item(&a[0], put->key, put->key_len);
+        array_item(&a[1], put->event, strlen(put->event));
+        array_item(&a[2], put->content_type, strlen(put->content_type));
+        array_item(&a[3], put->body, put->body_len);
+        array_item(&a[4], &dup, 1);
+        array_item(&a[5], &run, 1);
+    }
+    const char *v[8];
+    int lens[8] = {0}, fmts[8] = {0};
+    for (int k = 0; k < 6; k++) {
+        pl->failed |= a[k].failed;
+        v[k] = a[k].p;
+        lens[k] = (int)a[k].n;
+        fmts[k] = 1;
+    }
+    v[6] = p->owner;
+    v[7] = lease;
+    send_stmt(pl, P_PUT, NULL, 8, v, lens, fmts, 0, E_PUT, put_at);
+    for (int k = 0; k < 6; k++)
+        free(a[k].p);
+    return idle;
+}
+
+/* The batch's successes as one statement: ids, and those of adds and deletes (keys kept). */
+static void send_successes(pipeline *pl, const buf *ids, const buf *kept)
+{
+    char ttl[32];
+    snprintf(ttl, sizeof ttl, "%.3f", pl->p->opt.dedup_ttl);
+    const char *v[3] = {ids->p, kept->p, ttl};
+    send_stmt(pl, P_SUCCESS, NULL, 3, v, NULL, NULL, 0, E_SUCCESS, NULL);
+}
+
+/* A copy of n bytes, NUL-terminated; NULL when out of memory. */
+static char *dup_bytes(const char *s, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (d) {
+        memcpy(d, s, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
+/* One outcome; a success is added to ids (and kept, an add's or delete's) for one statement. */
+static void send_finish(pipeline *pl, finish *f, long *delta, buf *ids, buf *kept)
 {
     pg *p = pl->p;
     b24_job *j = &f->job;
     char id[24], num[32];
     snprintf(id, sizeof id, "%lld", (long long)j->id);
     running_remove(p, j->id); /* its outcome goes now: no more renewals */
+    if (f->release || f->error)
+        p->maybe_pending = pl->notify = 1; /* pending again: for this host or another */
     if (f->release) {
         const char *v[2] = {id, p->owner};
         send_stmt(pl, P_RELEASE_MERGED, NULL, 2, v, NULL, NULL, 0, E_DROPPED, NULL);
@@ -423,10 +596,13 @@ static void send_finish(pipeline *pl, finish *f, long *delta)
         return;
     }
     if (f->error == NULL) {
-        snprintf(num, sizeof num, "%.3f", p->opt.dedup_ttl);
-        const char *v[3] = {id, num, b24_dedup_is_duplicate_kind(j->event) ? "t" : "f"};
         (*delta)--;
-        send_stmt(pl, P_SUCCESS, NULL, 3, v, NULL, NULL, 0, E_NONE, NULL);
+        buf_add(ids, ids->n > 1 ? "," : "", ids->n > 1);
+        buf_add(ids, id, strlen(id));
+        if (b24_dedup_is_duplicate_kind(j->event)) {
+            buf_add(kept, kept->n > 1 ? "," : "", kept->n > 1);
+            buf_add(kept, id, strlen(id));
+        }
         return;
     }
     if (j->attempt >= p->opt.max_attempts) {
@@ -532,6 +708,15 @@ static void send_op(pipeline *pl, b24_op *op)
 }
 
 /* Takes one expected result: 0, or -1 (the statement failed or was skipped). */
+/* Takes the result that ends a pipeline's segment (PQpipelineSync): 0, or -1. */
+static int take_sync(pg *p)
+{
+    PGresult *r = PQgetResult(p->c);
+    int ok = r && PQresultStatus(r) == PGRES_PIPELINE_SYNC;
+    PQclear(r);
+    return ok ? 0 : -1;
+}
+
 static int take_result(pg *p, batch *b, const expect *e)
 {
     PGresult *r = PQgetResult(p->c);
@@ -547,16 +732,42 @@ static int take_result(pg *p, batch *b, const expect *e)
     }
     switch (e->kind) {
     case E_PUT: {
-        b24_put *put = e->what;
-        if (PQntuples(r) == 0) /* known (an add's key), or a pending row of the key: merged */
-            put->result =
-                b24_dedup_is_duplicate_kind(put->event) ? B24_PUT_DUPLICATE : B24_PUT_MERGED;
-        else
-            put->result = atol(PQgetvalue(r, 0, 0)) > 0 ? B24_PUT_RERUN : B24_PUT_STORED;
-        if (put->result == B24_PUT_STORED || put->result == B24_PUT_RERUN)
+        b24_put **put_at = e->what;
+        for (int row = 0; row < PQntuples(r); row++) {
+            long n = atol(PQgetvalue(r, row, 0)); /* from 1 */
+            if (n < 1 || n > b->nputs)
+                continue;
+            b24_put *put = put_at[n - 1];
             b->delta++;
+            if (*PQgetvalue(r, row, 3) == 't') {
+                put->result = B24_PUT_RERUN; /* claimable once that run ends */
+            } else if (*PQgetvalue(r, row, 2) == 't') {
+                put->result = B24_PUT_STORED; /* running here: a job for an idle handler thread */
+                b24_job *j = &b->claimed[b->nclaimed];
+                memset(j, 0, sizeof *j);
+                j->id = atoll(PQgetvalue(r, row, 1));
+                j->attempt = 1;
+                j->key = dup_bytes(put->key, put->key_len);
+                j->key_len = put->key_len;
+                j->event = dup_bytes(put->event, strlen(put->event));
+                j->content_type = dup_bytes(put->content_type, strlen(put->content_type));
+                j->body = dup_bytes(put->body, put->body_len);
+                j->body_len = put->body_len;
+                if (!j->key || !j->event || !j->content_type || !j->body)
+                    b24_inbox_job_free(j); /* still running here: back when its lease runs out */
+                else
+                    b->nclaimed++;
+            } else {
+                put->result = B24_PUT_STORED; /* pending: for whichever host claims first */
+                p->maybe_pending = 1;
+            }
+        }
         break;
     }
+    case E_SUCCESS:
+        if (PQntuples(r) > 0 && *PQgetvalue(r, 0, 0) == 't')
+            p->maybe_pending = p->notify_next = 1; /* a rerun waited for this run */
+        break;
     case E_DROPPED:
         b->delta -= atol(PQcmdTuples(r));
         break;
@@ -601,8 +812,9 @@ static int take_result(pg *p, batch *b, const expect *e)
         }
         break;
     case E_NEXT:
-        if (PQntuples(r) > 0 && !PQgetisnull(r, 0, 0))
-            b->next = b24_wall_now() + strtod(PQgetvalue(r, 0, 0), NULL);
+        p->next_at = PQntuples(r) > 0 && !PQgetisnull(r, 0, 0)
+                         ? b24_wall_now() + strtod(PQgetvalue(r, 0, 0), NULL)
+                         : 0;
         break;
     default:
         break;
@@ -611,7 +823,16 @@ static int take_result(pg *p, batch *b, const expect *e)
     return 0;
 }
 
-/* The batch in one transaction, sent as one pipeline. */
+/* Whether to look for pending rows in this batch. */
+static int claim_due(pg *p, double now)
+{
+    if (atomic_exchange(&p->notified, 0))
+        p->maybe_pending = 1;
+    return p->maybe_pending || (p->next_at > 0 && p->next_at <= now) || now - p->last_scan >= 1.0;
+}
+
+/* The batch in one transaction, then (when due) the claim of pending rows in a second one, all
+ * sent as one pipeline: one round trip. */
 static void pg_run(void *db, batch *b)
 {
     pg *p = db;
@@ -621,54 +842,101 @@ static void pg_run(void *db, batch *b)
     b->next = 0;
     int ok = ensure_up(p) == 0 && PQenterPipelineMode(p->c) == 1;
     pipeline pl = {.p = p};
-    int sent = 0, commit_at = -1;
+    int claim_sent = 0, synced2 = 0, capputs = 0;
+    b24_put **put_at = NULL; /* the stores by their place in the statement's arrays */
+    b->nputs = 0;
     if (ok) {
-        int notify = 0;
+        char lease[32];
+        snprintf(lease, sizeof lease, "%.3f", p->opt.lease);
+        double now = b24_wall_now();
+        int here = b->want; /* idle handler threads' slots: for stores, then for a claim */
         send_stmt(&pl, -1, "BEGIN", 0, NULL, NULL, NULL, 0, E_NONE, NULL);
         for (b24_put *put = b->puts; put; put = put->next) {
-            send_put(&pl, put);
-            notify = 1;
+            /* merged or known unless the statement returns it */
+            put->result =
+                b24_dedup_is_duplicate_kind(put->event) ? B24_PUT_DUPLICATE : B24_PUT_MERGED;
+            if (b->nputs == capputs) {
+                int cap = capputs ? capputs * 2 : 64;
+                b24_put **at = realloc(put_at, sizeof *at * (size_t)cap);
+                if (at == NULL) {
+                    pl.failed = 1;
+                    break;
+                }
+                put_at = at;
+                capputs = cap;
+            }
+            put_at[b->nputs++] = put;
+        }
+        if (b->nputs > 0) {
+            /* pending: an idle host may take those */
+            here = send_puts(&pl, put_at, b->nputs, here, b->room, lease, &pl.notify);
         }
         long delta = 0;
-        for (finish *f = b->fins; f; f = f->next) {
-            send_finish(&pl, f, &delta);
-            notify = 1; /* a pending row of its key may be claimable now, on any host */
-        }
+        buf ids = {0}, kept = {0};
+        buf_add(&ids, "{", 1);
+        buf_add(&kept, "{", 1);
+        for (finish *f = b->fins; f; f = f->next)
+            send_finish(&pl, f, &delta, &ids, &kept);
+        buf_add(&ids, "}", 2); /* with its NUL */
+        buf_add(&kept, "}", 2);
+        if (ids.failed || kept.failed)
+            pl.failed = 1;
+        else if (ids.n > 3)
+            send_successes(&pl, &ids, &kept);
+        free(ids.p);
+        free(kept.p);
         for (b24_op *op = b->ops; op; op = op->next)
             send_op(&pl, op);
-        if (b->want > 0) {
-            char limit[16], lease[32];
-            snprintf(limit, sizeof limit, "%d", b->want);
-            snprintf(lease, sizeof lease, "%.3f", p->opt.lease);
-            const char *v[3] = {limit, p->owner, lease};
-            send_stmt(&pl, P_CLAIM, NULL, 3, v, NULL, NULL, 1, E_CLAIM, NULL);
-        }
+        int notify = pl.notify || p->notify_next;
         if (notify)
             send_stmt(&pl, -1, "NOTIFY " CHANNEL, 0, NULL, NULL, NULL, 0, E_NONE, NULL);
-        commit_at = pl.n;
         send_stmt(&pl, -1, "COMMIT", 0, NULL, NULL, NULL, 0, E_NONE, NULL);
-        send_stmt(&pl, P_NEXT, NULL, 0, NULL, NULL, NULL, 0, E_NEXT, NULL);
-        sent = pl.n;
         /* synced even when a send failed: the server then answers what it got, and every
          * result is read, a failure or not, so the connection is clean for the next batch */
-        int synced = PQpipelineSync(p->c) == 1;
+        int n1 = pl.n, synced = PQpipelineSync(p->c) == 1;
         ok = !pl.failed && synced;
+        if (ok && here > 0 && claim_due(p, now)) { /* a transaction of its own */
+            char limit[16];
+            snprintf(limit, sizeof limit, "%d", here);
+            const char *v[3] = {limit, p->owner, lease};
+            send_stmt(&pl, P_CLAIM, NULL, 3, v, NULL, NULL, 1, E_CLAIM, NULL);
+            send_stmt(&pl, P_NEXT, NULL, 0, NULL, NULL, NULL, 0, E_NEXT, NULL);
+            claim_sent = here;
+            synced2 = PQpipelineSync(p->c) == 1;
+        }
         b->delta += delta;
-        for (int k = 0; k < sent && synced; k++) {
-            int bad = take_result(p, b, &pl.ex[k]) != 0;
-            if (bad && k <= commit_at) /* up to the COMMIT; the NEXT after it may fail */
+        for (int k = 0; k < n1 && synced; k++)
+            if (take_result(p, b, &pl.ex[k]) != 0)
                 ok = 0;
-        }
-        if (synced) {
-            PGresult *r = PQgetResult(p->c); /* PGRES_PIPELINE_SYNC */
-            if (r == NULL || PQresultStatus(r) != PGRES_PIPELINE_SYNC)
-                ok = 0;
-            PQclear(r);
-        }
+        if (synced && take_sync(p) != 0)
+            ok = 0;
+        int claimed_before = b->nclaimed, claim_ok = claim_sent > 0 && !pl.failed && synced2;
+        for (int k = n1; k < pl.n && synced2; k++)
+            if (take_result(p, b, &pl.ex[k]) != 0)
+                claim_ok = 0;
+        if (synced2 && take_sync(p) != 0)
+            claim_ok = 0;
         if (PQexitPipelineMode(p->c) != 1)
             ok = 0;
+        if (ok) {
+            p->notify_next = notify ? 0 : p->notify_next;
+            if (claim_ok) { /* more may be ready when the claim took all it could */
+                p->maybe_pending = b->nclaimed - claimed_before >= claim_sent;
+                p->last_scan = now;
+            } else if (claim_sent) { /* lost a race for a key (or failed): again next batch */
+                for (int i = claimed_before; i < b->nclaimed; i++)
+                    b24_inbox_job_free(&b->claimed[i]);
+                b->nclaimed = claimed_before;
+                check_lost(p, "claim");
+                if (!p->down)
+                    b24_log(B24_DEBUG, "inbox claim lost a race for a key; again next batch",
+                            NULL);
+                p->maybe_pending = 1;
+            }
+        }
     }
     free(pl.ex);
+    free(put_at);
     for (int i = 0; ok && i < b->nclaimed; i++) /* committed: this host's runs now */
         running_add(p, b->claimed[i].id);
     if (!ok) {
@@ -696,7 +964,12 @@ static void pg_run(void *db, batch *b)
         b->delta = 0;
         b->failed = 1;
         b->next = b24_wall_now() + 1;
+        p->maybe_pending = 1;
+        return;
     }
+    b->next = p->next_at;
+    if (p->maybe_pending && p->wake) /* claimable rows, maybe: another batch when threads idle */
+        p->wake(p->wake_arg);
 }
 
 /* ---- leases and housekeeping ---------------------------------------------------------------- */
@@ -800,18 +1073,21 @@ static void *listen_main(void *arg)
                     usleep(100000);
                 continue;
             }
-            p->wake(p->wake_arg); /* what was stored meanwhile */
+            atomic_store(&p->notified, 1); /* what was stored meanwhile */
+            p->wake(p->wake_arg);
         }
         struct pollfd fd = {.fd = PQsocket(c), .events = POLLIN};
         if (poll(&fd, 1, 200) > 0) {
             if (!PQconsumeInput(c))
                 continue; /* reconnects above */
-            int woke = 0;
+            int woke = 0, own = atomic_load(&p->backend_pid);
             PGnotify *n;
             while ((n = PQnotifies(c)) != NULL) {
-                woke = 1;
+                woke |= n->be_pid != own; /* not this host's own NOTIFY */
                 PQfreemem(n);
             }
+            if (woke)
+                atomic_store(&p->notified, 1);
             if (woke)
                 p->wake(p->wake_arg);
         }
@@ -881,6 +1157,8 @@ static void *pg_open(const char *path, const b24_inbox_options *o, char *err, si
         pg_close(p);
         return NULL;
     }
+    atomic_store(&p->backend_pid, PQbackendPID(p->c));
+    p->maybe_pending = 1; /* rows left pending before this start, or by other hosts */
     b24_metrics_inbox_up(1);
     return p;
 }
@@ -891,4 +1169,5 @@ const inbox_backend b24_inbox_pg = {
     .maintain = pg_maintain,
     .listen = pg_listen,
     .close = pg_close,
+    .prefetch = 1,
 };

@@ -175,6 +175,11 @@ static const char *const migrations[] = {
     "  autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 1000,"
     "  fillfactor = 70);"
     "ALTER TABLE b24_seen SET (autovacuum_vacuum_scale_factor = 0.05);",
+    /* 3: a delivery is inserted running on the host that took it in when its key has no row
+     * (b24_inbox_pg.c): one running row per key is now the unique index's to keep, so that two
+     * hosts inserting one key at once merge instead of running it twice at the same time */
+    "DROP INDEX b24_deliveries_running;"
+    "CREATE UNIQUE INDEX b24_deliveries_running ON b24_deliveries(key) WHERE state = 'running';",
 };
 #define NMIGRATIONS (int)(sizeof migrations / sizeof migrations[0])
 #define MIGRATION_LOCK 0x62323401 /* pg_advisory_xact_lock: one host migrates at a time */
