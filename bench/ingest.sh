@@ -6,6 +6,9 @@
 #   bench/ingest.sh --durable-only   only the durable mode (also INGEST_DURABLE_ONLY=1); for a quick
 #                                    figure: INGEST_ROUNDS=1 INGEST_DURATION=5s bench/ingest.sh --durable-only
 #   bench/ingest.sh --fleet-only     only the fleet mode (also INGEST_FLEET_ONLY=1)
+#   INGEST_UPDATE=1 bench/ingest.sh  the event sent as ONCRMCONTACTUPDATE (an update's key merges
+#                                    while pending, so on PostgreSQL it runs on the host that took
+#                                    it in only when a handler thread is idle: the claim path)
 #
 # Every server decodes the same form-encoded event (bench/ingest/app-oncrmcontactadd.form, a copy
 # of ../shared/vectors/events/) and checks auth.application_token: 200 {"success":true}, 401 on a
@@ -94,6 +97,11 @@ DB_DIR=${INGEST_DB_DIR:-$root/build}
 DURABLE_ONLY=${INGEST_DURABLE_ONLY:-0}
 FLEET_ONLY=${INGEST_FLEET_ONLY:-0}
 BODY=$here/ingest/app-oncrmcontactadd.form
+if [[ -n "${INGEST_UPDATE:-}" && "$INGEST_UPDATE" != 0 ]]; then # the same event as an update
+  mkdir -p "$root/build"
+  sed 's/^event=ONCRMCONTACTADD&/event=ONCRMCONTACTUPDATE\&/' "$BODY" > "$root/build/ingest-update.form"
+  BODY=$root/build/ingest-update.form
+fi
 FORM=application/x-www-form-urlencoded
 
 say() { printf '%s\n' "$*"; }
@@ -300,6 +308,7 @@ expect() {
 
 ok='{"success":true}'
 dup='{"success":true,"duplicate":true}'
+[[ "$BODY" != */ingest-update.form ]] || dup='' # an update's repeat merges or runs once more: any 200
 
 # start_b24 LOG ARGS...: b24 serve on a port of its choice (it logs "msg=listening
 # address=127.0.0.1:PORT" at the default log level); sets started_pid and started_port.

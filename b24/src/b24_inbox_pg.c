@@ -899,6 +899,9 @@ static void pg_run(void *db, batch *b)
             char limit[16];
             snprintf(limit, sizeof limit, "%d", here);
             const char *v[3] = {limit, p->owner, lease};
+            /* its plan made once (a LIMIT parameter would have it planned anew each call) */
+            send_stmt(&pl, -1, "SET LOCAL plan_cache_mode = force_generic_plan", 0, NULL, NULL,
+                      NULL, 0, E_NONE, NULL);
             send_stmt(&pl, P_CLAIM, NULL, 3, v, NULL, NULL, 1, E_CLAIM, NULL);
             send_stmt(&pl, P_NEXT, NULL, 0, NULL, NULL, NULL, 0, E_NEXT, NULL);
             claim_sent = here;
