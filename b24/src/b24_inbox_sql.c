@@ -44,9 +44,9 @@ const char *const b24_inbox_sql[S_COUNT] = {
     [S_ROLLBACK] = "ROLLBACK",
     [S_SEEN] = "SELECT 1 FROM seen WHERE key = ?1 AND until > ?2",
     [S_KEY_STATES] = "SELECT state FROM deliveries WHERE key = ?1",
-    [S_INSERT] =
-        "INSERT INTO deliveries (key, event, content_type, body, received_at, next_at, state)"
-        " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
+    /* state 'running' with attempts 1: a run of this batch's claims from the start */
+    [S_INSERT] = "INSERT INTO deliveries (key, event, content_type, body, received_at, next_at,"
+                 " state, attempts) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)",
     /* in its arrival order among the ready deliveries */
     [S_PROMOTE] = "UPDATE deliveries SET state = 'pending', next_at = min(received_at, ?2)"
                   " WHERE key = ?1 AND state = 'waiting'",

@@ -160,6 +160,32 @@ static int promote(sq *in, const b24_job *j, double now)
     return step_done(in->st[S_PROMOTE]);
 }
 
+/* The job of a store inserted running (id): 1, or 0 when out of memory (the row then runs
+ * after a restart or a release, like any claim not handed out). */
+static int job_of_put(b24_job *j, const b24_put *p, int64_t id)
+{
+    memset(j, 0, sizeof *j);
+    j->id = id;
+    j->attempt = 1;
+    j->key_len = p->key_len;
+    j->body_len = p->body_len;
+    if ((j->key = malloc(p->key_len + 1)) != NULL) {
+        memcpy(j->key, p->key, p->key_len);
+        j->key[p->key_len] = '\0';
+    }
+    if ((j->body = malloc(p->body_len + 1)) != NULL) {
+        memcpy(j->body, p->body, p->body_len);
+        j->body[p->body_len] = '\0';
+    }
+    j->event = strdup(p->event);
+    j->content_type = strdup(p->content_type);
+    if (!j->key || !j->body || !j->event || !j->content_type) {
+        b24_inbox_job_free(j);
+        return 0;
+    }
+    return 1;
+}
+
 /* Whether a row of claimed[0..n) has key: one run of a key at a time. */
 static int claimed_key(const b24_job *claimed, int n, const char *key, size_t len)
 {
@@ -244,6 +270,8 @@ static void sqlite_run(void *db, batch *bt)
     double now = b24_wall_now();
     int ok = step_done(st[S_BEGIN]) == 0;
     long delta = 0;
+    int room = bt->room;
+    *nclaimed = 0;
     for (b24_put *p = puts; p && ok; p = p->next) {
         int key_len = (int)p->key_len;
         int duplicate_kind = b24_dedup_is_duplicate_kind(p->event);
@@ -270,6 +298,12 @@ static void sqlite_run(void *db, batch *bt)
         } else if (running) {
             state = "waiting";
         }
+        /* claimed at once (what the claim below would take first, without it): for an idle
+         * handler thread, or an add's or delete's (never merged) into the ready queue */
+        int here = !running && !claimed_key(claimed, *nclaimed, p->key, p->key_len) &&
+                   (nidle > 0 || (duplicate_kind && room > 0));
+        if (here)
+            state = "running";
         sqlite3_stmt *s = st[S_INSERT];
         sqlite3_bind_text(s, 1, p->key, key_len, SQLITE_STATIC);
         sqlite3_bind_text(s, 2, p->event, -1, SQLITE_STATIC);
@@ -277,9 +311,17 @@ static void sqlite_run(void *db, batch *bt)
         sqlite3_bind_blob(s, 4, p->body, (int)p->body_len, SQLITE_STATIC);
         sqlite3_bind_double(s, 5, now);
         sqlite3_bind_text(s, 6, state, -1, SQLITE_STATIC);
+        sqlite3_bind_int(s, 7, here);
         ok = step_done(s) == 0;
         p->result = running ? B24_PUT_RERUN : B24_PUT_STORED;
         delta++;
+        if (ok && here && job_of_put(&claimed[*nclaimed], p, sqlite3_last_insert_rowid(in->db))) {
+            (*nclaimed)++;
+            if (nidle > 0)
+                nidle--;
+            else
+                room--;
+        }
     }
     for (finish *f = fins; f && ok; f = f->next) {
         b24_job *j = &f->job;
@@ -321,12 +363,12 @@ static void sqlite_run(void *db, batch *bt)
     }
     for (b24_op *op = ops; op && ok; op = op->next)
         ok = run_op(in, op, now) == 0;
-    *nclaimed = 0;
     if (ok && nidle > 0) {
         sqlite3_stmt *s = st[S_READY];
         sqlite3_bind_double(s, 1, now);
         sqlite3_bind_int(s, 2, nidle);
-        int rc;
+        int rc, first = *nclaimed; /* the stores' runs before */
+        nidle += first;
         while ((rc = sqlite3_step(s)) == SQLITE_ROW && *nclaimed < nidle) {
             b24_job *j = &claimed[*nclaimed];
             j->id = sqlite3_column_int64(s, 0);
@@ -347,7 +389,7 @@ static void sqlite_run(void *db, batch *bt)
             (*nclaimed)++;
         }
         sqlite3_reset(s);
-        for (int i = 0; i < *nclaimed && ok; i++) {
+        for (int i = first; i < *nclaimed && ok; i++) {
             sqlite3_bind_int64(st[S_CLAIM], 1, claimed[i].id);
             ok = step_done(st[S_CLAIM]) == 0;
         }
@@ -402,4 +444,5 @@ const inbox_backend b24_inbox_sqlite = {
     .maintain = sqlite_maintain,
     .listen = NULL,
     .close = sqlite_close,
+    .prefetch = 1,
 };
