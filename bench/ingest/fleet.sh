@@ -358,9 +358,10 @@ fleet_mode() {
   if [[ $verdict == MISSED || "${INGEST_PERF:-}" == 1 ]]; then
     say ""
     say "-- where the database's time went, over the whole fleet mode (pg_stat_statements, top 12 by total time;"
-    say "   per call: ms; rows: per call)"
+    say "   per call: ms, and the slowest call's; rows: per call)"
     pg_psql "SELECT to_char(round(total_exec_time)::int, 'FM9999999') || ' ms' AS total, calls,
-        round((total_exec_time / calls)::numeric, 3) AS per_call, round(rows::numeric / calls, 1) AS rows,
+        round((total_exec_time / calls)::numeric, 3) AS per_call, round(max_exec_time::numeric, 1) AS max,
+        round(rows::numeric / calls, 1) AS rows,
         regexp_replace(left(query, 150), '\s+', ' ', 'g') FROM pg_stat_statements
         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'b24')
         ORDER BY total_exec_time DESC LIMIT 12" | sed 's/^/   /; s/|/  /g'
