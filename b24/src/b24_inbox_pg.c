@@ -202,7 +202,9 @@ typedef struct pg {
     char owner[160];
     int down; /* the connection was lost; retried from retry_at */
     double retry_at, retry_wait;
-    double last_renew, last_prune, last_count;
+    double last_renew;
+    double last_take, last_prune, last_count; /* the listener thread's housekeeping */
+    atomic_long counted; /* the depth the listener counted last (-1: none since taken) */
     int64_t *running; /* the ids of the runs this host's handler threads have (leases renewed) */
     int nrunning, caprunning;
     /* when to look for pending rows (P_CLAIM): most deliveries are inserted running on the host
@@ -899,9 +901,6 @@ static void pg_run(void *db, batch *b)
             char limit[16];
             snprintf(limit, sizeof limit, "%d", here);
             const char *v[3] = {limit, p->owner, lease};
-            /* its plan made once (a LIMIT parameter would have it planned anew each call) */
-            send_stmt(&pl, -1, "SET LOCAL plan_cache_mode = force_generic_plan", 0, NULL, NULL,
-                      NULL, 0, E_NONE, NULL);
             send_stmt(&pl, P_CLAIM, NULL, 3, v, NULL, NULL, 1, E_CLAIM, NULL);
             send_stmt(&pl, P_NEXT, NULL, 0, NULL, NULL, NULL, 0, E_NEXT, NULL);
             claim_sent = here;
@@ -977,27 +976,48 @@ static void pg_run(void *db, batch *b)
 
 /* ---- leases and housekeeping ---------------------------------------------------------------- */
 
-/* Rows whose host died go back to pending (or to the dead letters): own_too also takes this
- * host's own running rows (at its start, from before it). 0, or -1. */
-static int take_over(pg *p, int own_too)
+static int plain_on(PGconn *c, const char *q)
+{
+    PGresult *r = PQexec(c, q);
+    int ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    return ok ? 0 : -1;
+}
+
+/* Statement i's text run on connection c (not prepared there); NULL when it failed. */
+static PGresult *exec_on(PGconn *c, int i, int n, const char *const *values)
+{
+    PGresult *r = PQexecParams(c, sql[i], n, NULL, values, NULL, NULL, 0);
+    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        PQclear(r);
+        return NULL;
+    }
+    return r;
+}
+
+/* Rows whose host died go back to pending (or to the dead letters), on connection c: own_too
+ * also takes this host's own running rows (at its start, from before it). 0, or -1. */
+static int take_over(pg *p, PGconn *c, int own_too)
 {
     char max[16];
     snprintf(max, sizeof max, "%d", p->opt.max_attempts);
     const char *own = own_too ? p->owner : "";
     const char *v2[2] = {max, own};
     const char *v1[1] = {own};
-    if (plain(p, "BEGIN") != 0)
+    if (plain_on(c, "BEGIN") != 0)
         return -1;
-    PGresult *bury = exec_stmt(p, P_EXPIRED_BURY, 2, v2, NULL, NULL, 0);
+    PGresult *bury = exec_on(c, P_EXPIRED_BURY, 2, v2);
     long buried = bury ? atol(PQcmdTuples(bury)) : 0;
     PQclear(bury);
-    PGresult *merged = bury ? exec_stmt(p, P_EXPIRED_MERGED, 1, v1, NULL, NULL, 0) : NULL;
+    PGresult *merged = bury ? exec_on(c, P_EXPIRED_MERGED, 1, v1) : NULL;
     PQclear(merged);
-    PGresult *back = merged ? exec_stmt(p, P_EXPIRED_PENDING, 1, v1, NULL, NULL, 0) : NULL;
+    PGresult *back = merged ? exec_on(c, P_EXPIRED_PENDING, 1, v1) : NULL;
     long n = back ? atol(PQcmdTuples(back)) : 0;
     PQclear(back);
-    if (back == NULL || (n > 0 && plain(p, "NOTIFY " CHANNEL) != 0) || plain(p, "COMMIT") != 0) {
-        plain(p, "ROLLBACK");
+    if (back == NULL || (n > 0 && plain_on(c, "NOTIFY " CHANNEL) != 0) ||
+        plain_on(c, "COMMIT") != 0) {
+        plain_on(c, "ROLLBACK");
         return -1;
     }
     for (long i = 0; i < buried; i++)
@@ -1012,8 +1032,9 @@ static int take_over(pg *p, int own_too)
     return 0;
 }
 
-/* About once a second: renew this host's leases (every lease/3), take over rows of dead hosts,
- * prune the dedup memory and marks once a minute; the depth. */
+/* About once a second, on the inbox thread: renew this host's leases (every lease/3); the
+ * depth the listener thread last counted (the scans of a shared, churning table, the take-over
+ * and the pruning run there, on its own connection, never holding a commit back). */
 static long pg_maintain(void *db, double now)
 {
     pg *p = db;
@@ -1026,30 +1047,35 @@ static long pg_maintain(void *db, double now)
         const char *v[3] = {p->owner, lease, ids ? ids : "{}"};
         int renewed = run_stmt(p, P_RENEW, 3, v);
         free(ids);
-        if (renewed != 0 || take_over(p, 0) != 0) {
+        if (renewed != 0) {
             check_lost(p, "lease");
             return -1;
         }
         p->last_renew = now;
     }
-    if (now - p->last_prune > 60) {
-        if (run_stmt(p, P_PRUNE_SEEN, 0, NULL) != 0 || run_stmt(p, P_PRUNE_MARKS, 0, NULL) != 0) {
-            check_lost(p, "prune");
-            return -1;
-        }
+    return atomic_exchange(&p->counted, -1);
+}
+
+/* The listener's housekeeping on its connection c: the take-over of dead hosts' runs (every
+ * lease/3), the pruning of the dedup memory and marks (every minute), the depth (every 5 s). */
+static void housekeeping(pg *p, PGconn *c, double now)
+{
+    if (now - p->last_take >= p->opt.lease / 3) {
+        p->last_take = now;
+        take_over(p, c, 0);
+    }
+    if (now - p->last_prune >= 60) {
         p->last_prune = now;
+        PQclear(exec_on(c, P_PRUNE_SEEN, 0, NULL));
+        PQclear(exec_on(c, P_PRUNE_MARKS, 0, NULL));
     }
-    if (now - p->last_count < 5) /* a count of a shared, churning table: every 5 s */
-        return -1;
-    p->last_count = now;
-    PGresult *r = exec_stmt(p, P_COUNT_ROWS, 0, NULL, NULL, NULL, 0);
-    if (r == NULL) {
-        check_lost(p, "count");
-        return -1;
+    if (now - p->last_count >= 5) {
+        p->last_count = now;
+        PGresult *r = exec_on(c, P_COUNT_ROWS, 0, NULL);
+        if (r)
+            atomic_store(&p->counted, atol(PQgetvalue(r, 0, 0)));
+        PQclear(r);
     }
-    long depth = atol(PQgetvalue(r, 0, 0));
-    PQclear(r);
-    return depth;
 }
 
 /* ---- the listener -----------------------------------------------------------------------------
@@ -1065,7 +1091,7 @@ static void *listen_main(void *arg)
         if (c == NULL || PQstatus(c) != CONNECTION_OK) {
             PQfinish(c);
             char err[600];
-            c = b24_pg_connect(p->url, 0, err, sizeof err);
+            c = b24_pg_connect(p->url, STATEMENT_TIMEOUT_MS, err, sizeof err);
             PGresult *r = c ? PQexec(c, "LISTEN " CHANNEL) : NULL;
             int ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
             PQclear(r);
@@ -1080,19 +1106,18 @@ static void *listen_main(void *arg)
             p->wake(p->wake_arg);
         }
         struct pollfd fd = {.fd = PQsocket(c), .events = POLLIN};
-        if (poll(&fd, 1, 200) > 0) {
-            if (!PQconsumeInput(c))
-                continue; /* reconnects above */
-            int woke = 0, own = atomic_load(&p->backend_pid);
-            PGnotify *n;
-            while ((n = PQnotifies(c)) != NULL) {
-                woke |= n->be_pid != own; /* not this host's own NOTIFY */
-                PQfreemem(n);
-            }
-            if (woke)
-                atomic_store(&p->notified, 1);
-            if (woke)
-                p->wake(p->wake_arg);
+        if (poll(&fd, 1, 200) > 0 && !PQconsumeInput(c))
+            continue; /* reconnects above */
+        housekeeping(p, c, b24_now()); /* notifications that came meanwhile are queued */
+        int woke = 0, own = atomic_load(&p->backend_pid);
+        PGnotify *n;
+        while ((n = PQnotifies(c)) != NULL) {
+            woke |= n->be_pid != own; /* not this host's own NOTIFY */
+            PQfreemem(n);
+        }
+        if (woke) {
+            atomic_store(&p->notified, 1);
+            p->wake(p->wake_arg);
         }
     }
     PQfinish(c);
@@ -1153,7 +1178,7 @@ static void *pg_open(const char *path, const b24_inbox_options *o, char *err, si
     char why[600] = "";
     p->c = b24_pg_connect(p->url, STATEMENT_TIMEOUT_MS, why, sizeof why);
     if (p->c == NULL || b24_pg_migrate(p->c, why, sizeof why) != 0 ||
-        prepare(p, why, sizeof why) != 0 || take_over(p, 1) != 0) {
+        prepare(p, why, sizeof why) != 0 || take_over(p, p->c, 1) != 0) {
         if (p->c && PQstatus(p->c) == CONNECTION_OK && why[0] == '\0')
             b24_pg_error(p->c, why, sizeof why);
         snprintf(err, errlen, "cannot open the inbox %s: %s", p->masked, why);
@@ -1162,6 +1187,9 @@ static void *pg_open(const char *path, const b24_inbox_options *o, char *err, si
     }
     atomic_store(&p->backend_pid, PQbackendPID(p->c));
     p->maybe_pending = 1; /* rows left pending before this start, or by other hosts */
+    PGresult *count = exec_stmt(p, P_COUNT_ROWS, 0, NULL, NULL, NULL, 0);
+    atomic_store(&p->counted, count ? atol(PQgetvalue(count, 0, 0)) : -1);
+    PQclear(count);
     b24_metrics_inbox_up(1);
     return p;
 }
