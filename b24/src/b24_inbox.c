@@ -103,6 +103,31 @@ void b24_inbox_job_free(b24_job *job)
     job->key = job->event = job->content_type = job->body = NULL;
 }
 
+/* The job of a store inserted running (id): 1, or 0 when out of memory. */
+int b24_inbox_job_of_put(b24_job *j, const b24_put *p, int64_t id)
+{
+    memset(j, 0, sizeof *j);
+    j->id = id;
+    j->attempt = 1;
+    j->key_len = p->key_len;
+    j->body_len = p->body_len;
+    if ((j->key = malloc(p->key_len + 1)) != NULL) {
+        memcpy(j->key, p->key, p->key_len);
+        j->key[p->key_len] = '\0';
+    }
+    if ((j->body = malloc(p->body_len + 1)) != NULL) {
+        memcpy(j->body, p->body, p->body_len);
+        j->body[p->body_len] = '\0';
+    }
+    j->event = strdup(p->event);
+    j->content_type = strdup(p->content_type);
+    if (!j->key || !j->body || !j->event || !j->content_type) {
+        b24_inbox_job_free(j);
+        return 0;
+    }
+    return 1;
+}
+
 /* Seconds until the next run of a delivery that has run `attempts` times: exponential,
  * capped, with full jitter in [d/2, d] so retries of many deliveries spread out. */
 double b24_inbox_backoff(const b24_inbox_options *o, unsigned *seed, int attempts)

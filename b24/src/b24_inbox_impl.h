@@ -61,6 +61,9 @@ extern const inbox_backend b24_inbox_pg;
 
 /* Frees a job's strings. */
 void b24_inbox_job_free(b24_job *job);
+/* The job of a store its batch inserted running (its id): the store's strings copied; 1, or 0
+ * when out of memory (the row then stays running until a restart, or its lease runs out). */
+int b24_inbox_job_of_put(b24_job *j, const b24_put *p, int64_t id);
 /* Seconds until the next run of a delivery that has run `attempts` times: exponential from
  * o->retry_base, capped at o->retry_max, with full jitter in [d/2, d] (seed: the caller's). */
 double b24_inbox_backoff(const b24_inbox_options *o, unsigned *seed, int attempts);

@@ -570,17 +570,6 @@ static void send_successes(pipeline *pl, const buf *ids, const buf *kept)
     send_stmt(pl, P_SUCCESS, NULL, 3, v, NULL, NULL, 0, E_SUCCESS, NULL);
 }
 
-/* A copy of n bytes, NUL-terminated; NULL when out of memory. */
-static char *dup_bytes(const char *s, size_t n)
-{
-    char *d = malloc(n + 1);
-    if (d) {
-        memcpy(d, s, n);
-        d[n] = '\0';
-    }
-    return d;
-}
-
 /* One outcome; a success is added to ids (and kept, an add's or delete's) for one statement. */
 static void send_finish(pipeline *pl, finish *f, long *delta, buf *ids, buf *kept)
 {
@@ -745,20 +734,9 @@ static int take_result(pg *p, batch *b, const expect *e)
                 put->result = B24_PUT_RERUN; /* claimable once that run ends */
             } else if (*PQgetvalue(r, row, 2) == 't') {
                 put->result = B24_PUT_STORED; /* running here: a job for an idle handler thread */
-                b24_job *j = &b->claimed[b->nclaimed];
-                memset(j, 0, sizeof *j);
-                j->id = atoll(PQgetvalue(r, row, 1));
-                j->attempt = 1;
-                j->key = dup_bytes(put->key, put->key_len);
-                j->key_len = put->key_len;
-                j->event = dup_bytes(put->event, strlen(put->event));
-                j->content_type = dup_bytes(put->content_type, strlen(put->content_type));
-                j->body = dup_bytes(put->body, put->body_len);
-                j->body_len = put->body_len;
-                if (!j->key || !j->event || !j->content_type || !j->body)
-                    b24_inbox_job_free(j); /* still running here: back when its lease runs out */
-                else
-                    b->nclaimed++;
+                if (b24_inbox_job_of_put(&b->claimed[b->nclaimed], put,
+                                         atoll(PQgetvalue(r, row, 1))))
+                    b->nclaimed++; /* else still running here: back when its lease runs out */
             } else {
                 put->result = B24_PUT_STORED; /* pending: for whichever host claims first */
                 p->maybe_pending = 1;

@@ -160,32 +160,6 @@ static int promote(sq *in, const b24_job *j, double now)
     return step_done(in->st[S_PROMOTE]);
 }
 
-/* The job of a store inserted running (id): 1, or 0 when out of memory (the row then runs
- * after a restart or a release, like any claim not handed out). */
-static int job_of_put(b24_job *j, const b24_put *p, int64_t id)
-{
-    memset(j, 0, sizeof *j);
-    j->id = id;
-    j->attempt = 1;
-    j->key_len = p->key_len;
-    j->body_len = p->body_len;
-    if ((j->key = malloc(p->key_len + 1)) != NULL) {
-        memcpy(j->key, p->key, p->key_len);
-        j->key[p->key_len] = '\0';
-    }
-    if ((j->body = malloc(p->body_len + 1)) != NULL) {
-        memcpy(j->body, p->body, p->body_len);
-        j->body[p->body_len] = '\0';
-    }
-    j->event = strdup(p->event);
-    j->content_type = strdup(p->content_type);
-    if (!j->key || !j->body || !j->event || !j->content_type) {
-        b24_inbox_job_free(j);
-        return 0;
-    }
-    return 1;
-}
-
 /* Whether a row of claimed[0..n) has key: one run of a key at a time. */
 static int claimed_key(const b24_job *claimed, int n, const char *key, size_t len)
 {
@@ -315,7 +289,7 @@ static void sqlite_run(void *db, batch *bt)
         ok = step_done(s) == 0;
         p->result = running ? B24_PUT_RERUN : B24_PUT_STORED;
         delta++;
-        if (ok && here && job_of_put(&claimed[*nclaimed], p, sqlite3_last_insert_rowid(in->db))) {
+        if (ok && here && b24_inbox_job_of_put(&claimed[*nclaimed], p, sqlite3_last_insert_rowid(in->db))) {
             (*nclaimed)++;
             if (nidle > 0)
                 nidle--;
