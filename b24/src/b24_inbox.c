@@ -213,12 +213,8 @@ static void *inbox_main(void *arg)
         b24_job claimed[MAX_CLAIM];
         int nclaimed = 0;
         int failed;
-        batch bt = {.puts = rev,
-                    .fins = fins,
-                    .ops = rops,
-                    .want = want,
-                    .room = room,
-                    .claimed = claimed};
+        batch bt = {
+            .puts = rev, .fins = fins, .ops = rops, .want = want, .room = room, .claimed = claimed};
         in->be->run(in->db, &bt);
         next_ready = bt.next;
         nclaimed = bt.nclaimed;

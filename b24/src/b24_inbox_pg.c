@@ -26,9 +26,9 @@
  * - a recorded success deletes the row: nothing runs again after it. Retries and dead letters
  *   only touch a row the host still owns.
  * A batch's stores are one statement (arrays in PostgreSQL's binary format), its successes one
- * more. Times are the database server's (extract(epoch from now())), one clock for the fleet. A lost
- * connection fails the batch (its deliveries are answered 503: never a 200 without a commit) and
- * is retried with backoff (0.1 s doubling to 5 s); the log says so once per outage. */
+ * more. Times are the database server's (extract(epoch from now())), one clock for the fleet. A
+ * lost connection fails the batch (its deliveries are answered 503: never a 200 without a commit)
+ * and is retried with backoff (0.1 s doubling to 5 s); the log says so once per outage. */
 #include <arpa/inet.h>
 #include <math.h>
 #include <poll.h>
@@ -205,14 +205,14 @@ typedef struct pg {
     double last_renew;
     double last_take, last_prune, last_count; /* the listener thread's housekeeping */
     atomic_long counted; /* the depth the listener counted last (-1: none since taken) */
-    int64_t *running; /* the ids of the runs this host's handler threads have (leases renewed) */
+    int64_t *running;    /* the ids of the runs this host's handler threads have (leases renewed) */
     int nrunning, caprunning;
     /* when to look for pending rows (P_CLAIM): most deliveries are inserted running on the host
      * that took them in, so a claim is made only when a pending row may be claimable */
-    int maybe_pending; /* this host stored, retried or released a row, or one waited for a run */
-    int notify_next;   /* tell the other hosts with the next batch: a row waited for a run */
-    double last_scan;  /* the last claim (one a second anyway: `b24 inbox retry`, lost NOTIFYs) */
-    double next_at;    /* when the next pending row is ready (from the last claim; 0: unknown) */
+    int maybe_pending;   /* this host stored, retried or released a row, or one waited for a run */
+    int notify_next;     /* tell the other hosts with the next batch: a row waited for a run */
+    double last_scan;    /* the last claim (one a second anyway: `b24 inbox retry`, lost NOTIFYs) */
+    double next_at;      /* when the next pending row is ready (from the last claim; 0: unknown) */
     atomic_int notified; /* another host said it stored or freed rows */
     atomic_int backend_pid; /* the inbox connection's server process: its own NOTIFYs ignored */
     /* the listener */
@@ -909,8 +909,7 @@ static void pg_run(void *db, batch *b)
                 b->nclaimed = claimed_before;
                 check_lost(p, "claim");
                 if (!p->down)
-                    b24_log(B24_DEBUG, "inbox claim lost a race for a key; again next batch",
-                            NULL);
+                    b24_log(B24_DEBUG, "inbox claim lost a race for a key; again next batch", NULL);
                 p->maybe_pending = 1;
             }
         }
@@ -1085,7 +1084,7 @@ static void *listen_main(void *arg)
         }
         struct pollfd fd = {.fd = PQsocket(c), .events = POLLIN};
         if (poll(&fd, 1, 200) > 0 && !PQconsumeInput(c))
-            continue; /* reconnects above */
+            continue;                  /* reconnects above */
         housekeeping(p, c, b24_now()); /* notifications that came meanwhile are queued */
         int woke = 0, own = atomic_load(&p->backend_pid);
         PGnotify *n;

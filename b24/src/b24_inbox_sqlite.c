@@ -289,7 +289,8 @@ static void sqlite_run(void *db, batch *bt)
         ok = step_done(s) == 0;
         p->result = running ? B24_PUT_RERUN : B24_PUT_STORED;
         delta++;
-        if (ok && here && b24_inbox_job_of_put(&claimed[*nclaimed], p, sqlite3_last_insert_rowid(in->db))) {
+        if (ok && here &&
+            b24_inbox_job_of_put(&claimed[*nclaimed], p, sqlite3_last_insert_rowid(in->db))) {
             (*nclaimed)++;
             if (nidle > 0)
                 nidle--;
