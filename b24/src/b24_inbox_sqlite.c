@@ -246,58 +246,6 @@ static void sqlite_run(void *db, batch *bt)
     long delta = 0;
     int room = bt->room;
     *nclaimed = 0;
-    for (b24_put *p = puts; p && ok; p = p->next) {
-        int key_len = (int)p->key_len;
-        int duplicate_kind = b24_dedup_is_duplicate_kind(p->event);
-        int pending = 0, running = 0, waiting = 0;
-        sqlite3_bind_text(st[S_KEY_STATES], 1, p->key, key_len, SQLITE_STATIC);
-        while (sqlite3_step(st[S_KEY_STATES]) == SQLITE_ROW) {
-            const char *state = (const char *)sqlite3_column_text(st[S_KEY_STATES], 0);
-            pending |= state && strcmp(state, "pending") == 0;
-            running |= state && strcmp(state, "running") == 0;
-            waiting |= state && strcmp(state, "waiting") == 0;
-        }
-        sqlite3_reset(st[S_KEY_STATES]);
-        const char *state = "pending";
-        if (duplicate_kind) {
-            sqlite3_bind_text(st[S_SEEN], 1, p->key, key_len, SQLITE_STATIC);
-            sqlite3_bind_double(st[S_SEEN], 2, now);
-            if (pending || running || waiting || exists(st[S_SEEN])) {
-                p->result = B24_PUT_DUPLICATE;
-                continue;
-            }
-        } else if (pending || waiting) {
-            p->result = B24_PUT_MERGED;
-            continue;
-        } else if (running) {
-            state = "waiting";
-        }
-        /* claimed at once (what the claim below would take first, without it): for an idle
-         * handler thread, or an add's or delete's (never merged) into the ready queue */
-        int here = !running && !claimed_key(claimed, *nclaimed, p->key, p->key_len) &&
-                   (nidle > 0 || (duplicate_kind && room > 0));
-        if (here)
-            state = "running";
-        sqlite3_stmt *s = st[S_INSERT];
-        sqlite3_bind_text(s, 1, p->key, key_len, SQLITE_STATIC);
-        sqlite3_bind_text(s, 2, p->event, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 3, p->content_type, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(s, 4, p->body, (int)p->body_len, SQLITE_STATIC);
-        sqlite3_bind_double(s, 5, now);
-        sqlite3_bind_text(s, 6, state, -1, SQLITE_STATIC);
-        sqlite3_bind_int(s, 7, here);
-        ok = step_done(s) == 0;
-        p->result = running ? B24_PUT_RERUN : B24_PUT_STORED;
-        delta++;
-        if (ok && here &&
-            b24_inbox_job_of_put(&claimed[*nclaimed], p, sqlite3_last_insert_rowid(in->db))) {
-            (*nclaimed)++;
-            if (nidle > 0)
-                nidle--;
-            else
-                room--;
-        }
-    }
     for (finish *f = fins; f && ok; f = f->next) {
         b24_job *j = &f->job;
         if (f->release) {
@@ -342,8 +290,7 @@ static void sqlite_run(void *db, batch *bt)
         sqlite3_stmt *s = st[S_READY];
         sqlite3_bind_double(s, 1, now);
         sqlite3_bind_int(s, 2, nidle);
-        int rc, first = *nclaimed; /* the stores' runs before */
-        nidle += first;
+        int rc;
         while ((rc = sqlite3_step(s)) == SQLITE_ROW && *nclaimed < nidle) {
             b24_job *j = &claimed[*nclaimed];
             j->id = sqlite3_column_int64(s, 0);
@@ -364,9 +311,64 @@ static void sqlite_run(void *db, batch *bt)
             (*nclaimed)++;
         }
         sqlite3_reset(s);
-        for (int i = first; i < *nclaimed && ok; i++) {
+        for (int i = 0; i < *nclaimed && ok; i++) {
             sqlite3_bind_int64(st[S_CLAIM], 1, claimed[i].id);
             ok = step_done(st[S_CLAIM]) == 0;
+        }
+    }
+    /* the stores last: the ready deliveries claimed above (a retry come of age, the one more run
+     * of a key whose run just ended) keep their place before the newer ones */
+    nidle -= *nclaimed;
+    for (b24_put *p = puts; p && ok; p = p->next) {
+        int key_len = (int)p->key_len;
+        int duplicate_kind = b24_dedup_is_duplicate_kind(p->event);
+        int pending = 0, running = 0, waiting = 0;
+        sqlite3_bind_text(st[S_KEY_STATES], 1, p->key, key_len, SQLITE_STATIC);
+        while (sqlite3_step(st[S_KEY_STATES]) == SQLITE_ROW) {
+            const char *state = (const char *)sqlite3_column_text(st[S_KEY_STATES], 0);
+            pending |= state && strcmp(state, "pending") == 0;
+            running |= state && strcmp(state, "running") == 0;
+            waiting |= state && strcmp(state, "waiting") == 0;
+        }
+        sqlite3_reset(st[S_KEY_STATES]);
+        const char *state = "pending";
+        if (duplicate_kind) {
+            sqlite3_bind_text(st[S_SEEN], 1, p->key, key_len, SQLITE_STATIC);
+            sqlite3_bind_double(st[S_SEEN], 2, now);
+            if (pending || running || waiting || exists(st[S_SEEN])) {
+                p->result = B24_PUT_DUPLICATE;
+                continue;
+            }
+        } else if (pending || waiting) {
+            p->result = B24_PUT_MERGED;
+            continue;
+        } else if (running) {
+            state = "waiting";
+        }
+        /* claimed at once, after the older ready deliveries above: for an idle handler
+         * thread, or an add's or delete's (never merged) into the ready queue */
+        int here = !running && !claimed_key(claimed, *nclaimed, p->key, p->key_len) &&
+                   (nidle > 0 || (duplicate_kind && room > 0));
+        if (here)
+            state = "running";
+        sqlite3_stmt *s = st[S_INSERT];
+        sqlite3_bind_text(s, 1, p->key, key_len, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, p->event, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 3, p->content_type, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(s, 4, p->body, (int)p->body_len, SQLITE_STATIC);
+        sqlite3_bind_double(s, 5, now);
+        sqlite3_bind_text(s, 6, state, -1, SQLITE_STATIC);
+        sqlite3_bind_int(s, 7, here);
+        ok = step_done(s) == 0;
+        p->result = running ? B24_PUT_RERUN : B24_PUT_STORED;
+        delta++;
+        if (ok && here &&
+            b24_inbox_job_of_put(&claimed[*nclaimed], p, sqlite3_last_insert_rowid(in->db))) {
+            (*nclaimed)++;
+            if (nidle > 0)
+                nidle--;
+            else
+                room--;
         }
     }
     if (ok)
