@@ -419,6 +419,30 @@ describe("b24 serve --inbox: inbox_depth", function()
    end)
 end)
 
+describe("b24 serve --inbox: a busy host", function()
+   it("stores an add claimed into its ready queue, an update pending to merge into; runs each once", function()
+      local env = inbox.env{ tokens = inbox.tokens() }
+      finally(function() env:cleanup() end)
+      env:fifos()
+      local srv = env:start{ "--handler-threads", "1" }
+      env:hold(srv) -- the one handler thread is busy
+      assert.same(OK_BODY, decoded(post(srv, inbox.form{ name = "ONCRMLEADADD", id = "3101" })))
+      assert.same(OK_BODY, decoded(post(srv, inbox.form{ name = "ONCRMLEADUPDATE", id = "3102" })))
+      assert.same({ success = true, merged = true },
+         decoded(post(srv, inbox.form{ name = "ONCRMLEADUPDATE", id = "3102", ts = "1766048002" })))
+      local states = {}
+      for _, row in ipairs(env:rows()) do states[row.event] = { row.state, row.attempts } end
+      assert.same({ ONCRMLEADADD = { "running", 1 }, ONCRMLEADUPDATE = { "pending", 0 } }, states)
+      env:release_hold(srv)
+      wait_saw(srv, "ONCRMLEADADD", "3101", 1)
+      wait_saw(srv, "ONCRMLEADUPDATE", "3102", 1)
+      inbox.barrier(srv)
+      assert.same({ 1 }, env:attempts("ONCRMLEADADD", "3101"))
+      assert.same({ 1 }, env:attempts("ONCRMLEADUPDATE", "3102"))
+      assert.same({}, env:rows())
+   end)
+end)
+
 describe("b24 serve --inbox: duplicates", function()
    local env, srv
    setup(function()

@@ -182,17 +182,14 @@ static void *inbox_main(void *arg)
         in->puts = NULL;
         in->finishes = NULL;
         in->ops = NULL;
-        waiter *idle_list[64];
-        int nidle = 0, want = 0, room = 0;
+        int want = 0, room = 0;
         if (!in->stopping) {
-            for (waiter *w = in->waiters; w && nidle < 64; w = w->next)
-                if (w->state == 0 && want + w->max <= MAX_CLAIM) {
-                    idle_list[nidle++] = w;
+            for (waiter *w = in->waiters; w; w = w->next)
+                if (w->state == 0 && want + w->max <= MAX_CLAIM)
                     want += w->max;
-                }
-            if (in->be->prefetch) /* the ready queue only shrinks until the hand-out below */
-                room = READY_MAX - in->nready < MAX_CLAIM - want ? READY_MAX - in->nready
-                                                                 : MAX_CLAIM - want;
+            /* the ready queue only shrinks until the hand-out below */
+            room = READY_MAX - in->nready < MAX_CLAIM - want ? READY_MAX - in->nready
+                                                             : MAX_CLAIM - want;
         }
         pthread_mutex_unlock(&in->lock);
 
@@ -273,30 +270,21 @@ static void *inbox_main(void *arg)
             f = n;
         }
         pthread_mutex_lock(&in->lock);
-        int next = 0; /* hand the claimed deliveries out, each thread up to what it asked */
-        for (int i = 0; i < nidle; i++) {
-            waiter *w = idle_list[i];
-            if (w->state != 0 || in->stopping)
+        /* hand the claimed deliveries out to every waiting thread (those that came during the
+         * batch too, having found the ready queue empty), each up to what it asked; the rest
+         * wait in the ready queue */
+        int next = 0;
+        for (waiter *w = in->waiters; w && next < nclaimed && !in->stopping; w = w->next) {
+            if (w->state != 0)
                 continue;
             while (w->got < w->max && next < nclaimed)
                 w->jobs[w->got++] = claimed[next++];
-            if (w->got) {
-                w->state = 1;
-                pthread_cond_signal(&w->cond);
-            }
+            w->state = 1;
+            pthread_cond_signal(&w->cond);
         }
         while (next < nclaimed && !in->stopping && in->nready < READY_MAX) {
             in->ready[(in->head + in->nready) % READY_MAX] = claimed[next++];
             in->nready++;
-        }
-        /* a thread that came to wait during the batch found the ready queue empty */
-        for (waiter *w = in->waiters; w && in->nready > 0 && !in->stopping; w = w->next) {
-            if (w->state != 0)
-                continue;
-            while (w->got < w->max && in->nready > 0)
-                w->jobs[w->got++] = ready_take(in);
-            w->state = 1;
-            pthread_cond_signal(&w->cond);
         }
         while (next < nclaimed) { /* stopping meanwhile: back to pending, no attempt spent */
             pthread_mutex_unlock(&in->lock);

@@ -28,7 +28,7 @@ typedef struct batch {
     finish *fins;  /* each gets buried */
     b24_op *ops;   /* in the order made; each gets its result */
     int want;      /* deliveries the idle handler threads take */
-    int room;      /* more this host may take for its ready queue (prefetch backends) */
+    int room;      /* more runs this host may take for its ready queue (adds' and deletes') */
     b24_job *claimed;
     int nclaimed;
     int failed;  /* the transaction failed: the outcomes are queued again, puts failed */
@@ -48,13 +48,12 @@ typedef struct inbox_backend {
      * deliveries; 0, or -1. */
     int (*listen)(void *db, void (*wake)(void *arg), void *arg);
     void (*close)(void *db);
-    /* The stores of a batch may become this host's runs beyond what idle threads take at once,
-     * kept in a queue of up to READY_MAX (the backend's store then runs them here rather than
-     * leaving them for a claim: PostgreSQL, where a claim is the costly statement). */
-    int prefetch;
 } inbox_backend;
 
-#define READY_MAX 256 /* claimed deliveries waiting here for a handler thread */
+/* Claimed deliveries waiting here for a handler thread: a batch's stores may become this host's
+ * runs beyond what idle threads take at once (an add's or delete's, never merged), so they cost
+ * no claim of their own. */
+#define READY_MAX 256
 
 extern const inbox_backend b24_inbox_sqlite;
 extern const inbox_backend b24_inbox_pg;

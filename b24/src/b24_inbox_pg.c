@@ -266,12 +266,17 @@ static int run_stmt(pg *p, int i, int n, const char *const *values)
     return r ? 0 : -1;
 }
 
-static int plain(pg *p, const char *q)
+static int plain_on(PGconn *c, const char *q)
 {
-    PGresult *r = PQexec(p->c, q);
+    PGresult *r = PQexec(c, q);
     int ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
     PQclear(r);
     return ok ? 0 : -1;
+}
+
+static int plain(pg *p, const char *q)
+{
+    return plain_on(p->c, q);
 }
 
 /* ---- connection ---------------------------------------------------------------------------- */
@@ -953,14 +958,6 @@ static void pg_run(void *db, batch *b)
 
 /* ---- leases and housekeeping ---------------------------------------------------------------- */
 
-static int plain_on(PGconn *c, const char *q)
-{
-    PGresult *r = PQexec(c, q);
-    int ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
-    PQclear(r);
-    return ok ? 0 : -1;
-}
-
 /* Statement i's text run on connection c (not prepared there); NULL when it failed. */
 static PGresult *exec_on(PGconn *c, int i, int n, const char *const *values)
 {
@@ -1177,5 +1174,4 @@ const inbox_backend b24_inbox_pg = {
     .maintain = pg_maintain,
     .listen = pg_listen,
     .close = pg_close,
-    .prefetch = 1,
 };

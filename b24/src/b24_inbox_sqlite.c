@@ -347,8 +347,7 @@ static void sqlite_run(void *db, batch *bt)
         }
         /* claimed at once, after the older ready deliveries above: for an idle handler
          * thread, or an add's or delete's (never merged) into the ready queue */
-        int here = !running && !claimed_key(claimed, *nclaimed, p->key, p->key_len) &&
-                   (nidle > 0 || (duplicate_kind && room > 0));
+        int here = !running && (nidle > 0 || (duplicate_kind && room > 0));
         if (here)
             state = "running";
         sqlite3_stmt *s = st[S_INSERT];
@@ -421,5 +420,4 @@ const inbox_backend b24_inbox_sqlite = {
     .maintain = sqlite_maintain,
     .listen = NULL,
     .close = sqlite_close,
-    .prefetch = 1,
 };
