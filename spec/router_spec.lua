@@ -195,13 +195,51 @@ describe("bitrix24.router", function()
             { json('{"event":"X"," auth":{"application_token":"' .. T .. '"}}'), 200 },
             { json('{"event":"X","data":{"auth":{"application_token":"' .. T .. '"}}}'), 401 },
          }
-         for i, c in ipairs(cases) do
-            local v = r:accept(c[1])
-            assert.equal(c[2], v.status, "case " .. i)
-            -- the pre-scan agrees with the event the whole parse builds
-            local whole = require("bitrix24.event").parse(c[1].body, c[1].headers["content-type"])
-            assert.equal(c[2] == 200, whole.auth.application_token == T, "case " .. i)
+         -- each case small (decoded whole before the token) and padded past 16 KiB (its auth
+         -- fields first): the same answer either way
+         local pad = string.rep("x", 16384)
+         local function padded(req)
+            local body = req.body
+            if req.headers["content-type"] == JSON then
+               body = '{"pad":"' .. pad .. '",' .. body:sub(2)
+            else
+               body = "pad=" .. pad .. "&" .. body
+            end
+            return post(body, req.headers["content-type"])
          end
+         for i, c in ipairs(cases) do
+            for _, req in ipairs{ c[1], padded(c[1]) } do
+               local v = r:accept(req)
+               assert.equal(c[2], v.status, "case " .. i .. " of " .. #req.body .. " bytes")
+               -- the pre-scan agrees with the event the whole parse builds
+               local whole = require("bitrix24.event").parse(req.body, req.headers["content-type"])
+               assert.equal(c[2] == 200, whole.auth.application_token == T, "case " .. i)
+            end
+         end
+      end)
+
+      it("builds no more than a large stranger's auth fields", function()
+         -- 900 fields of 1 KiB: decoded whole, about 1 MiB of Lua strings; its auth fields alone
+         -- (what a body over 16 KiB gets before its token), a few bytes
+         local parts = { "event=ONCRMDEALADD", "auth[application_token]=not-the-token" }
+         -- each value distinct: LuaJIT interns every string
+         for i = 1, 900 do parts[#parts + 1] = "data[" .. i .. "]=" .. i .. string.rep("x", 1020) end
+         local req = post(table.concat(parts, "&"))
+         local function grown(fn)
+            collectgarbage()
+            collectgarbage("stop")
+            local before = collectgarbage("count")
+            fn()
+            local after = collectgarbage("count")
+            collectgarbage("restart")
+            return after - before
+         end
+         local v
+         local stranger = grown(function() v = r:accept(req) end)
+         assert.equal(401, v.status)
+         local whole = grown(function() assert(require("bitrix24.event").parse(req.body, FORM)) end)
+         assert.is_true(whole > 900, "the whole parse built " .. whole .. " KiB")
+         assert.is_true(stranger < whole / 10, "the stranger's body built " .. stranger .. " KiB")
       end)
 
       it("refuses a stranger's body of many pairs without building it", function()

@@ -236,6 +236,29 @@ local function decode(raw, content_type, limits, only)
    return fields
 end
 
+-- The table of fields of a raw body of the given Content-Type, as parse decodes it under the
+-- same limits (nil, err as parse fails): a router that decodes a small body once, before its
+-- token, reads the auth fields (auth_of), the name (name_of) and the event (new) from it.
+function _M.decode(raw, content_type, limits)
+   if type(raw) ~= "string" then error("bad argument #1 to 'decode' (string expected)", 2) end
+   return decode(raw, content_type, limits or DEFAULT_LIMITS)
+end
+
+-- The auth fields of a decoded body: a table, empty when it has none.
+local function auth_of(fields)
+   local auth = fields.auth
+   if type(auth) ~= "table" then auth = {} end
+   return auth
+end
+_M.auth_of = auth_of
+
+-- The upper-cased event name of a decoded body, "" when it has none.
+local function name_of(fields)
+   local name = fields.event
+   return type(name) == "string" and string_upper(name) or ""
+end
+_M.name_of = name_of
+
 -- The auth fields of a raw body (a table, empty when it has none), exactly as parse would
 -- find them (the decoders' `only`: the pairs or members of other top-level names are counted,
 -- and checked as far as the limits go, but never built), so a token is checked before a
@@ -245,9 +268,7 @@ function _M.auth(raw, content_type, limits)
    if type(raw) ~= "string" then error("bad argument #1 to 'auth' (string expected)", 2) end
    local fields, err = decode(raw, content_type, limits or DEFAULT_LIMITS, "auth")
    if fields == nil then return nil, err end
-   local auth = fields.auth
-   if type(auth) ~= "table" then auth = {} end
-   return auth
+   return auth_of(fields)
 end
 
 -- The event name of a raw body, from its `event` field alone (upper-cased; "" when it has
@@ -256,8 +277,7 @@ function _M.name(raw, content_type, limits)
    if type(raw) ~= "string" then error("bad argument #1 to 'name' (string expected)", 2) end
    local fields, err = decode(raw, content_type, limits or DEFAULT_LIMITS, "event")
    if fields == nil then return nil, err end
-   local name = fields.event
-   return type(name) == "string" and string_upper(name) or ""
+   return name_of(fields)
 end
 
 -- Decodes a raw body of the given Content-Type into an event.
