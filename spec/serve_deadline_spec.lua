@@ -52,6 +52,8 @@ end
 
 describe("b24 serve: no handler wedges the server or its stop", function()
    it("ends a handler inside the request that loops under pcall, or in a coroutine, with a 500", function()
+      -- no hook runs while a call is in time: a watchdog signals the thread of one past its
+      -- deadline, whatever state runs there (a coroutine resumed, wrapped or being closed)
       local srv = start([[
 return function(req)
    if req.path == "/spin" then while true do pcall(function() while true do end end) end end
@@ -59,12 +61,28 @@ return function(req)
    if req.path == "/xco" then
       while true do coroutine.resume(coroutine.create(function() while true do end end)) end
    end
+   if req.path == "/close" then -- a coroutine's to-be-closed variable that loops when closed
+      local co = coroutine.create(function()
+         local _ <close> = setmetatable({}, { __close = function() while true do end end })
+         coroutine.yield()
+      end)
+      coroutine.resume(co)
+      while true do pcall(coroutine.close, co) end
+   end
+   if req.path == "/wrapped" then -- coroutine.wrap as Lua's: values through, errors raised
+      local f = coroutine.wrap(function(a) local b = coroutine.yield(a + 1) error("boom " .. b) end)
+      local first = f(1)
+      local ok, err = pcall(f, 5)
+      return 200, {}, first .. " " .. tostring(ok) .. " " .. tostring(err)
+   end
    return 200, {}, "ok"
 end
 ]], { "--workers", "2", "--request-timeout", "1", "--drain-timeout", "1" })
       assert.equal(500, srv:request{ path = "/spin" }.status)
       assert.equal(500, srv:request{ path = "/co" }.status)
       assert.equal(500, srv:request{ path = "/xco" }.status)
+      assert.equal(500, srv:request{ path = "/close" }.status)
+      assert.matches("^2 false .*:%d+: boom 5$", srv:request{ path = "/wrapped" }.body)
       assert.equal("ok", srv:request{ path = "/" }.body)
       assert(srv:wait_log("ran past its deadline"))
       assert.equal(0, stop(srv))

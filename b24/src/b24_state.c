@@ -5,6 +5,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#include "b24_deadline.h"
 #include "b24_embedded.h"
 #include "b24_state.h"
 
@@ -36,7 +37,9 @@ int b24_state_call(lua_State *L, int nargs, int nresults)
     int base = lua_gettop(L) - nargs;
     lua_pushcfunction(L, msghandler);
     lua_insert(L, base);
+    b24_deadline_enter(L);
     int status = lua_pcall(L, nargs, nresults, base);
+    b24_deadline_leave(L);
     lua_remove(L, base);
     return status;
 }
