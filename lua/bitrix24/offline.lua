@@ -30,6 +30,12 @@
 -- they run in distinct threads, so portals are pulled at once, each by one job and one client:
 -- within its own rate limit. Hosts of a fleet sharing one inbox database pull each portal on
 -- one host at a time (host.kv_claim, renewed each run, taken over when its holder stops).
+--
+-- A pull never sleeps long inside its job's run: its client retries little and briefly (a run
+-- holds the other portals of its shard, and b24 serve's stop waits for the run under way, in a
+-- sleep the stop cannot cut), and a portal whose pull failed (gone, refusing connections, its
+-- OAuth server gone) is pulled again only after a backoff, doubling from `interval` up to
+-- `backoff_cap` (300 s) while it keeps failing: the wait is the jobs thread's, between runs.
 local core = require "bitrix24.core"
 local event_module = require "bitrix24.event"
 local router_module = require "bitrix24.router"
@@ -37,6 +43,7 @@ local router_module = require "bitrix24.router"
 local type = type
 local ipairs = ipairs
 local setmetatable = setmetatable
+local pairs = pairs
 local pcall = pcall
 local error = error
 local tostring = tostring
@@ -44,10 +51,20 @@ local os_time = os.time
 local string_find = string.find
 local string_byte = string.byte
 local json_encode = core.json_encode
+local math_min = math.min
+local math_huge = math.huge
 
 local _M = {}
 
 _M.JOB = "bitrix24.offline"
+
+-- The puller's clients: one short retry, no wait for OPERATION_TIME_LIMIT and no connection
+-- retries (the portal is pulled again after the backoff instead): a pull's sleeps stay under
+-- about 2 s, whatever the portal does.
+_M.CLIENT = { retries = 2, connect_retries = 1, backoff = { base = 0.5, cap = 2 }, max_wait = 0 }
+-- The longest wait between two pulls of a portal whose pulls fail (seconds), unless interval
+-- is longer.
+_M.BACKOFF_CAP = 300
 
 local function log(app, level, msg, fields)
    pcall(app.log, level, msg, fields)
@@ -184,7 +201,7 @@ function _M.drain(self, record)
       local held = claim("bitrix24.offline:" .. record.member_id, self.interval * 2 + 60)
       if held == false then return false end
    end
-   local client, err = self.app:client(record.member_id)
+   local client, err = self.app:client(record.member_id, self.client_opts)
    if not client then return nil, err end
    if not self.recovered[record.member_id] and self.modes[record.member_id] ~= "delete" then
       local pids, lerr = stale_processes(self, client)
@@ -206,17 +223,34 @@ function _M.drain(self, record)
    return n >= self.limit
 end
 
--- One job (shard k of n): each installed portal of the shard, one pull each; 0 (run again at
--- once) while some portal came back full, else nil (the interval).
+-- A failed pull of a portal: its next pull waits interval, doubled at each failure in a row, up
+-- to the cap; the wait in seconds.
+local function backoff(self, member_id)
+   local failures = (self.failures[member_id] or 0) + 1
+   self.failures[member_id] = failures
+   local wait = math_min(self.interval * 2 ^ (failures - 1), self.backoff_cap)
+   self.retry_at[member_id] = self.now() + wait
+   return wait
+end
+
+-- One job (shard k of n): each installed portal of the shard, one pull each (a portal in its
+-- backoff after failed pulls skipped); 0 (run again at once) while some portal came back full,
+-- else nil (the interval).
 function _M.run(self, k, n)
    local more = false
    self.job_name = self.names[k]
    for _, record in ipairs(self.app.store:list()) do
+      local member_id = record.member_id
       local ok, got, err = true, false, nil
-      if shard_of(record.member_id, n) == k then ok, got, err = pcall(_M.drain, self, record) end
+      if shard_of(member_id, n) == k and not (self.retry_at[member_id] and self.now() < self.retry_at[member_id]) then
+         ok, got, err = pcall(_M.drain, self, record)
+         if ok and got ~= nil then self.failures[member_id], self.retry_at[member_id] = nil, nil end
+      end
       if not ok or got == nil then
-         log(self.app, "warn", "bitrix24.offline: pull failed", { member_id = record.member_id,
-            error = ok and tostring(err) or tostring(got) })
+         local wait = backoff(self, member_id)
+         log(self.app, "warn", "bitrix24.offline: pull failed", { member_id = member_id,
+            error = ok and tostring(err) or tostring(got), failures = self.failures[member_id],
+            retry_in = ("%.1f"):format(wait) })
       elseif got then
          more = true
       end
@@ -230,8 +264,9 @@ end
 -- when it has it), interval (seconds between pulls without a ring, 60), limit (rows a pull, 50:
 -- the platform's LIST_LIMIT), parallel (host jobs the portals are dealt over, 2: at most b24
 -- serve's --jobs run at once), auth_connector, confirm = false (pull with clear = 1 even where
--- clear = 0 works), name (of the jobs: name/1 … name/parallel). Registers the host jobs and the
--- ONOFFLINEEVENT handler that wakes the ringing portal's job. Raises on misuse.
+-- clear = 0 works), name (of the jobs: name/1 … name/parallel), backoff_cap (the longest wait
+-- after failed pulls, 300 s or interval), client (client options over _M.CLIENT). Registers the
+-- host jobs and the ONOFFLINEEVENT handler that wakes the ringing portal's job. Raises on misuse.
 function _M.attach(app, router, opts)
    if type(opts) ~= "table" or type(opts.host) ~= "table" then
       error("bitrix24.app: offline needs { host = require('b24.host') } (under b24 serve)", 3)
@@ -244,11 +279,27 @@ function _M.attach(app, router, opts)
    if type(parallel) ~= "number" or parallel < 1 or parallel > 16 or parallel % 1 ~= 0 then
       error("bitrix24.app: bad offline option 'parallel' (an integer 1 to 16 expected)", 3)
    end
+   local interval = opts.interval or 60
+   if type(interval) ~= "number" or interval ~= interval or interval <= 0 or interval == math_huge then
+      error("bitrix24.app: bad offline option 'interval' (a number of seconds > 0 expected)", 3)
+   end
+   local cap = opts.backoff_cap or _M.BACKOFF_CAP
+   if type(cap) ~= "number" or cap ~= cap or cap <= 0 then
+      error("bitrix24.app: bad offline option 'backoff_cap' (a number of seconds > 0 expected)", 3)
+   end
+   if opts.client ~= nil and type(opts.client) ~= "table" then
+      error("bitrix24.app: bad offline option 'client' (a table of client options expected)", 3)
+   end
+   local client_opts = {}
+   for key, v in pairs(_M.CLIENT) do client_opts[key] = v end
+   for key, v in pairs(opts.client or {}) do client_opts[key] = v end
    local self = setmetatable({
       app = app, router = router, host = host,
-      interval = opts.interval or 60, limit = opts.limit or 50, auth_connector = opts.auth_connector,
+      interval = interval, limit = opts.limit or 50, auth_connector = opts.auth_connector,
       modes = {}, recovered = {}, pulled = {}, counts = { runs = 0, pulled = 0, committed = 0 },
-      parallel = parallel, names = {},
+      parallel = parallel, names = {}, client_opts = client_opts,
+      failures = {}, retry_at = {}, backoff_cap = cap > interval and cap or interval,
+      now = app.now or core.now,
    }, { __index = _M })
    if opts.confirm == false then
       setmetatable(self.modes, { __index = function() return "delete" end })
