@@ -88,6 +88,23 @@ end
       assert.equal(0, stop(srv))
    end)
 
+   it("ends at once with the script's code when a handler calls os.exit", function()
+      -- Lua's os.exit ran exit(3) beside the server's live threads: a thread crashed on a lock
+      -- OpenSSL's exit handler had freed, and under the sanitizers the process hung
+      local srv = start([[
+return function(req)
+   if req.path == "/exit" then os.exit(3) end
+   return 200, {}, "ok"
+end
+]], { "--workers", "2" })
+      assert.equal("ok", srv:request{ path = "/" }.body)
+      srv:request{ path = "/exit" } -- no answer: the process is gone
+      local line = assert(srv:wait_log("b24-exit="))
+      assert.equal("b24-exit=3", line)
+      assert.matches("the script called os.exit", srv:log(), 1, true)
+      assert.equal(3, srv:stop())
+   end)
+
    it("answers /healthz while a worker loops, and SIGTERM ends it with status 0", function()
       local srv = start("return function(req) while true do pcall(function() while true do end end) end end",
          { "--workers", "2", "--request-timeout", "600", "--drain-timeout", "1" })

@@ -149,8 +149,8 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
-/* At exit: what is queued is written. */
-static void flush_at_exit(void)
+/* What is queued is written (at exit, and before an _exit). */
+void b24_log_flush(void)
 {
     pthread_mutex_lock(&out.lock);
     write_queued();
@@ -166,7 +166,7 @@ static int start_writer(void)
     if (pthread_create(&t, NULL, writer_main, NULL) != 0)
         return -1;
     pthread_detach(t);
-    atexit(flush_at_exit);
+    atexit(b24_log_flush);
     out.started = 1;
     return 0;
 }

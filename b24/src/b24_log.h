@@ -11,5 +11,7 @@ int b24_log_configure(const char *format, const char *level);
 int b24_log_enabled(b24_level level);
 /* Logs msg with key/value string pairs, terminated by NULL. Values are masked. */
 void b24_log(b24_level level, const char *msg, ...);
+/* Writes the lines queued for the writer thread now (before an _exit). */
+void b24_log_flush(void);
 
 #endif

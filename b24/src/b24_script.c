@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 
@@ -104,6 +105,28 @@ static int is_handler(lua_State *L)
     return 1;
 }
 
+/* os.exit in a b24 serve script: the process ends at once, as a kill would (no drain; what was
+ * committed stays in the inbox, a request waiting for its commit goes unanswered and its sender
+ * retries), after the queued log lines. Lua's os.exit calls exit(3), which runs the process's
+ * exit handlers and the libraries' destructors (OpenSSL frees its locks) while the server's
+ * other threads still run: a handler thread then crashed on a freed lock, and under the
+ * sanitizers the process hung at 100% CPU, deaf to SIGTERM. */
+static int serve_exit(lua_State *L)
+{
+    int code = EXIT_SUCCESS;
+    if (lua_isboolean(L, 1))
+        code = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+    else if (!lua_isnoneornil(L, 1))
+        code = (int)luaL_checkinteger(L, 1);
+    char code_s[16];
+    snprintf(code_s, sizeof code_s, "%d", code);
+    b24_log(B24_WARN, "the script called os.exit: the process ends now, without a drain", "code",
+            code_s, NULL);
+    b24_log_flush();
+    fflush(stdout);
+    _exit(code);
+}
+
 /* Builds the handler in a fresh state, from the script's text (src) or the entry, and checks
  * it: a function handler(request), or a table with a handle method (a router). NULL and the
  * message in err on failure. */
@@ -116,6 +139,11 @@ static lua_State *load_state(const script *s, char *err, size_t errlen, int *kin
         return NULL;
     }
     b24_deadline_install(L); /* the load, like every call, ends in time */
+    if (lua_getglobal(L, "os") == LUA_TTABLE) {
+        lua_pushcfunction(L, serve_exit);
+        lua_setfield(L, -2, "exit");
+    }
+    lua_pop(L, 1);
     b24_deadline_begin(B24_DEADLINE_REQUEST);
     int status =
         s->src ? b24_state_run_script(L, from->path, s->src, s->len, 0)
