@@ -175,9 +175,11 @@ static int l_hmac_sha256(lua_State *L)
 /* SHA-256 fetched from the default provider once for every Lua state that has the module open.
  * OpenSSL 3's one-shot SHA256() fetches the algorithm on every call, under the provider store's
  * lock: a router digests the token of every delivery, and with two server threads that fetch
- * was most of libcrypto's share of a request (docs/performance.md). The last state to close
+ * was most of libcrypto's share of a request (docs/performance.md). A state takes its hold at
+ * its first digest (an idle server loads no provider), and the last state to close
  * frees it (a static alone would leak it once the library is unloaded). NULL when the fetch
  * failed: SHA256() then. */
+#define SHA256_HOLD "bitrix24.core sha256" /* the registry's key of a state's hold */
 static pthread_mutex_t sha256_lock = PTHREAD_MUTEX_INITIALIZER;
 static EVP_MD *sha256_md;
 static unsigned sha256_users;
@@ -194,19 +196,20 @@ static int sha256_release(lua_State *L)
     return 0;
 }
 
-/* [-0, +0] this state's hold on the fetched SHA-256, released when the state closes */
+/* [-0, +0] this state's hold on the fetched SHA-256, released when the state closes (the hold's
+ * userdata is made first: a memory error leaves the count as it was) */
 static void sha256_hold(lua_State *L)
 {
-    pthread_mutex_lock(&sha256_lock);
-    if (sha256_users++ == 0)
-        sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
-    pthread_mutex_unlock(&sha256_lock);
     lua_newuserdatauv(L, 1, 0);
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, sha256_release);
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
-    lua_setfield(L, LUA_REGISTRYINDEX, "bitrix24.core sha256");
+    pthread_mutex_lock(&sha256_lock);
+    if (sha256_users++ == 0)
+        sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    pthread_mutex_unlock(&sha256_lock);
+    lua_setfield(L, LUA_REGISTRYINDEX, SHA256_HOLD);
 }
 
 /* sha256(data [, "hex"|"base64"|"raw"]) -> string */
@@ -216,6 +219,10 @@ static int l_sha256(lua_State *L)
     const char *data = luaL_checklstring(L, 1, &dlen);
     unsigned char md[SHA256_DIGEST_LENGTH];
     unsigned int mdlen = 0;
+    lua_getfield(L, LUA_REGISTRYINDEX, SHA256_HOLD);
+    if (lua_isnil(L, -1)) /* the first digest of this state: OpenSSL loads its provider now */
+        sha256_hold(L);
+    lua_pop(L, 1);
     if (sha256_md == NULL || !EVP_Digest(data, dlen, md, &mdlen, sha256_md, NULL))
         SHA256((const unsigned char *)data, dlen, md);
     return push_digest(L, md, sizeof md, 2);
@@ -345,9 +352,5 @@ static const luaL_Reg crypto_funcs[] = {
 
 void b24_crypto_open(lua_State *L)
 {
-    lua_getfield(L, LUA_REGISTRYINDEX, "bitrix24.core sha256");
-    if (lua_isnil(L, -1))
-        sha256_hold(L);
-    lua_pop(L, 1);
     luaL_setfuncs(L, crypto_funcs, 0);
 }
