@@ -372,11 +372,12 @@ if command -v perf > /dev/null &&
   fsync_count=1
 fi
 
-# thread_ticks PID: "tid ticks" per thread, in start (tid) order.
+# thread_ticks PID: "tid ticks name" per thread, in start (tid) order (b24 names its threads:
+# b24-inbox, b24-handler, MHD-worker, b24-deadline, b24-log, b24-timer, …; the main one is b24).
 thread_ticks() {
   local t
   for t in "/proc/$1/task/"*; do
-    printf '%s %s\n' "${t##*/}" "$(task_ticks "$t" | awk '{ print $1 + $2 }')"
+    printf '%s %s %s\n' "${t##*/}" "$(task_ticks "$t" | awk '{ print $1 + $2 }')" "$(cat "$t/comm" 2> /dev/null)"
   done | sort -n
 }
 
@@ -505,8 +506,7 @@ durable_mode() {
     router_keys=(b24-sync ngx-router b24-sync-quiet ngx-router-nolog b24-plain-distinct)
   fi
   sleep 0.3
-  # the threads: main, inbox, handler threads, --workers http threads
-  handler_threads=$(($(ls "/proc/$durable_pid/task" | wc -l) - 2 - WORKERS))
+  handler_threads=$(cat /proc/"$durable_pid"/task/*/comm | grep -c '^b24-handler$' || true)
 
   say ""
   say "== durable mode: bench/ingest/router.lua (bitrix24.router{ token = the event's token }, router:on(\"*\", a no-op))"
@@ -573,16 +573,12 @@ durable_mode() {
   done
 
   say ""
-  say "-- durable server threads during its round-$ROUNDS run (CPUs busy; by start order: main, inbox, handlers, http)"
+  say "-- durable server threads during its round-$ROUNDS run (CPUs busy, by thread name; the request threads are MHD-worker)"
   local secs
   secs=$(field duration_us "$(grep '^INGEST ' "$tmp/wrk-b24-durable.txt")")
-  awk 'NR == FNR { a[$1] = $2; next } $1 in a { print $1, a[$1], $2 }' "$tmp/threads0.txt" "$tmp/threads1.txt" |
-    sort -n | awk -v h="$handler_threads" -v t="$TCK" -v s="$secs" '{
-      i++; c = ($3 - $2) / t / (s / 1e6)
-      if (i == 1) printf "   %-8s %-24s %.2f\n", $1, "main", c
-      else if (i == 2) printf "   %-8s %-24s %.2f\n", $1, "inbox (SQLite)", c
-      else if (i <= 2 + h) { hc += c; if (i == 2 + h) printf "   %-8s %-24s %.2f\n", "", h " handler threads, all", hc }
-      else printf "   %-8s %-24s %.2f\n", $1, "http", c }'
+  awk 'NR == FNR { a[$1] = $2; next } $1 in a { print $3, $2 - a[$1] }' "$tmp/threads0.txt" "$tmp/threads1.txt" |
+    awk -v t="$TCK" -v s="$secs" '{ c[$1] += $2 / t / (s / 1e6); n[$1]++ }
+      END { for (k in c) printf "   %-24s %.2f\n", k (n[k] > 1 ? " (" n[k] " threads)" : ""), c[k] }' | sort
 
   local rs rd p50s p50d p99s p99d cs cd es ed ad ratio verdict
   rs=$(tr ' ' '\n' <<< "${RPS[b24-sync]}" | grep . | median)

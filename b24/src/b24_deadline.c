@@ -16,6 +16,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 
 #include <lauxlib.h>
@@ -101,6 +102,7 @@ static void slot_unlist(void *p)
 static void *watch(void *arg)
 {
     (void)arg;
+    prctl(PR_SET_NAME, "b24-deadline", 0, 0, 0); /* the name top -H shows */
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -89,6 +90,7 @@ static void lower_priority(void)
 static void *handler_main(void *arg)
 {
     (void)arg;
+    prctl(PR_SET_NAME, "b24-handler", 0, 0, 0); /* the name top -H shows */
     lower_priority();
     b24_job jobs[CLAIM];
     for (;;) {

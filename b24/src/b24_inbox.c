@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 
 #include "b24_clock.h"
@@ -142,6 +143,7 @@ double b24_inbox_backoff(const b24_inbox_options *o, unsigned *seed, int attempt
 static void *inbox_main(void *arg)
 {
     b24_inbox *in = arg;
+    prctl(PR_SET_NAME, "b24-inbox", 0, 0, 0); /* the name top -H shows */
     double next_ready = 0, last_poll = 0, last_maintain = 0;
     pthread_mutex_lock(&in->lock);
     for (;;) {

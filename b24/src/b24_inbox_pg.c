@@ -38,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1060,6 +1061,7 @@ static void housekeeping(pg *p, PGconn *c, double now)
 static void *listen_main(void *arg)
 {
     pg *p = arg;
+    prctl(PR_SET_NAME, "b24-pg-listen", 0, 0, 0); /* the name top -H shows */
     PGconn *c = NULL;
     while (!atomic_load(&p->stop)) {
         if (c == NULL || PQstatus(c) != CONNECTION_OK) {

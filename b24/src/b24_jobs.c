@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 #include <lauxlib.h>
 
@@ -277,6 +278,7 @@ static void run(job *j)
 static void *jobs_main(void *arg)
 {
     int self = (int)(intptr_t)arg;
+    prctl(PR_SET_NAME, "b24-job", 0, 0, 0); /* the name top -H shows */
     in_jobs_thread = 1;
     adopt_state(); /* the first state: its load registers the jobs */
     pthread_mutex_lock(&lock);

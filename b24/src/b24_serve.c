@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -247,6 +248,7 @@ static void request_done(void *cls, struct MHD_Connection *c, void **con_cls,
 static void *header_watchdog(void *arg)
 {
     (void)arg;
+    prctl(PR_SET_NAME, "b24-headers", 0, 0, 0); /* the name top -H shows */
     pthread_mutex_lock(&hd.lock);
     while (!hd.stop) {
         double now = b24_now();

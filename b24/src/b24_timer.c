@@ -4,6 +4,7 @@
  * earliest deadline or a new earlier one. */
 #include <pthread.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <time.h>
 
 #include "b24_clock.h"
@@ -70,6 +71,7 @@ static timer pop(void)
 static void *run(void *unused)
 {
     (void)unused;
+    prctl(PR_SET_NAME, "b24-timer", 0, 0, 0); /* the name top -H shows */
     pthread_mutex_lock(&lock);
     for (;;) {
         if (count == 0) {
