@@ -10,7 +10,6 @@ local bitrix24 = require "bitrix24"
 local b24 = require "helpers.b24"
 local emu = require "helpers.emulator"
 local socket = require "socket"
-local cjson = require "cjson"
 
 local CLIENT_ID = "local.spec0offgone000001"
 local SECRET = "spec0offgone0secret0value0000001"
@@ -77,14 +76,7 @@ local function world(n)
                            .. (more or "") .. " " }
    end
 
-   function w.run(mode, ...)
-      local parts = { b24.quote(b24.bin), "run", b24.quote(b24.root .. "/spec/helpers/app_run.lua"),
-                      b24.quote(w.store), b24.quote(mode) }
-      for _, a in ipairs({ ... }) do parts[#parts + 1] = b24.quote(a) end
-      local out, code = b24.exec(w.env .. " " .. table.concat(parts, " "))
-      assert.equal(0, code, out)
-      return assert(cjson.decode((out:match("^({[^\n]*})") or out:match("\n({[^\n]*})"))), out)
-   end
+   function w.run(mode, ...) return b24.app_run(w.env, w.store, mode, ...) end
 
    function w.stop()
       for _, p in ipairs(w.portals) do p.srv:stop("KILL") end

@@ -21,7 +21,6 @@ if rawget(_G, "jit") then return end -- real processes killed and restarted: the
 local bitrix24 = require "bitrix24"
 local b24 = require "helpers.b24"
 local emu = require "helpers.emulator"
-local cjson = require "cjson"
 
 local CLIENT_ID = "local.spec0offkill000001"
 local SECRET = "spec0offkill0secret0value0000001"
@@ -51,14 +50,7 @@ local function world(extra)
                         env = w.env .. " APP_OFFLINE_INTERVAL=0.2 APP_OFFLINE_LIMIT=" .. LIMIT .. " " }
    end
 
-   function w.run(mode, ...)
-      local parts = { b24.quote(b24.bin), "run", b24.quote(b24.root .. "/spec/helpers/app_run.lua"),
-                      b24.quote(w.store), b24.quote(mode) }
-      for _, a in ipairs({ ... }) do parts[#parts + 1] = b24.quote(a) end
-      local out, code = b24.exec(w.env .. " " .. table.concat(parts, " "))
-      assert.equal(0, code, out)
-      return assert(cjson.decode((out:match("^({[^\n]*})") or out:match("\n({[^\n]*})"))), out)
-   end
+   function w.run(mode, ...) return b24.app_run(w.env, w.store, mode, ...) end
 
    -- n leads added through the webhook: their ids in the order added
    function w.add_leads(n, title)

@@ -12,7 +12,6 @@ local bitrix24 = require "bitrix24"
 local offline = require "bitrix24.offline"
 local b24 = require "helpers.b24"
 local emu = require "helpers.emulator"
-local cjson = require "cjson"
 
 local CLIENT_ID = "local.spec0portals00001"
 local SECRET = "spec0portals0secret0value000001"
@@ -58,14 +57,7 @@ local function world()
                         env = w.env .. " APP_OFFLINE_INTERVAL=0.2 APP_OFFLINE_PARALLEL=" .. PARALLEL .. " " }
    end
 
-   function w.run(mode, ...)
-      local parts = { b24.quote(b24.bin), "run", b24.quote(b24.root .. "/spec/helpers/app_run.lua"),
-                      b24.quote(w.store), b24.quote(mode) }
-      for _, a in ipairs({ ... }) do parts[#parts + 1] = b24.quote(a) end
-      local out, code = b24.exec(w.env .. " " .. table.concat(parts, " "))
-      assert.equal(0, code, out)
-      return assert(cjson.decode((out:match("^({[^\n]*})") or out:match("\n({[^\n]*})"))), out)
-   end
+   function w.run(mode, ...) return b24.app_run(w.env, w.store, mode, ...) end
 
    function w.stop()
       w.portals.b.srv:stop()

@@ -25,14 +25,7 @@ local function world(extra)
    w.env = "APP_CLIENT_ID=" .. CLIENT_ID .. " APP_CLIENT_SECRET=" .. SECRET .. " APP_OAUTH=" .. w.portal.base
    w.admin = bitrix24.client(w.portal.base .. emu.path(""))
 
-   function w.run(mode, ...)
-      local parts = { b24.quote(b24.bin), "run", b24.quote(b24.root .. "/spec/helpers/app_run.lua"),
-                      b24.quote(w.store), b24.quote(mode) }
-      for _, a in ipairs({ ... }) do parts[#parts + 1] = b24.quote(a) end
-      local out, code = b24.exec(w.env .. " " .. table.concat(parts, " "))
-      assert.equal(0, code, out)
-      return assert(cjson.decode((out:match("^({[^\n]*})") or out:match("\n({[^\n]*})"))), out)
-   end
+   function w.run(mode, ...) return b24.app_run(w.env, w.store, mode, ...) end
 
    -- the receiver on its fixed port and inbox; more: environment
    function w.receiver(more)

@@ -195,4 +195,19 @@ function M.emulate(opts)
       script = "return require('b24.emulator').main({ " .. table.concat(quoted, ", ") .. " })" }
 end
 
+-- `b24 run spec/helpers/app_run.lua STORE MODE ARGS…` with the environment env (an
+-- application's settings, "NAME=value …"): the JSON line it prints, decoded; raises with its
+-- output when it fails (the app_offline specs' way to act as the application's admin).
+function M.app_run(env, store, mode, ...)
+   local parts = { M.quote(M.bin), "run", M.quote(M.root .. "/spec/helpers/app_run.lua"), M.quote(store),
+                   M.quote(mode) }
+   for _, a in ipairs({ ... }) do parts[#parts + 1] = M.quote(a) end
+   local out, code = M.exec(env .. " " .. table.concat(parts, " "))
+   if code ~= 0 then error("app_run " .. mode .. " exited " .. tostring(code) .. ":\n" .. out, 2) end
+   local line = out:match("^({[^\n]*})") or out:match("\n({[^\n]*})")
+   local value = line and require("cjson").decode(line)
+   if not value then error("app_run " .. mode .. " printed no JSON line:\n" .. out, 2) end
+   return value
+end
+
 return M
