@@ -45,12 +45,14 @@ typedef struct slot {
 } slot;
 
 static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t watch_wake = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t
+    watch_wake; /* on the monotonic clock: a wall clock set back waits no longer */
 static slot *slots;
 static pthread_key_t slot_key;
 static pthread_once_t started = PTHREAD_ONCE_INIT;
 static int deadline_signal;
-static __thread slot own; /* this thread's, listed on its first call under a deadline */
+static atomic_int watching; /* the condition variable is made */
+static __thread slot own;   /* this thread's, listed on its first call under a deadline */
 static __thread int listed;
 
 static void hook(lua_State *L, lua_Debug *ar)
@@ -123,7 +125,7 @@ static void *watch(void *arg)
                 next = until;
         }
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts); /* the condition variable's clock */
+        clock_gettime(CLOCK_MONOTONIC, &ts); /* the condition variable's clock */
         double wait = next - now;
         if (wait < 0.001)
             wait = 0.001;
@@ -148,6 +150,12 @@ static void start_watchdog(void)
     sigemptyset(&sa.sa_mask);
     sigaction(deadline_signal, &sa, NULL);
     pthread_key_create(&slot_key, slot_unlist);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&watch_wake, &attr);
+    pthread_condattr_destroy(&attr);
+    atomic_store(&watching, 1);
     pthread_t t;
     if (pthread_create(&t, NULL, watch, NULL) == 0)
         pthread_detach(t);
@@ -320,6 +328,8 @@ void b24_deadline_leave(lua_State *L)
 void b24_deadline_cap(double at)
 {
     atomic_store(&cap, at);
+    if (!atomic_load(&watching)) /* no call has run under a deadline: nothing to watch */
+        return;
     pthread_mutex_lock(&slots_lock);
     pthread_cond_signal(&watch_wake);
     pthread_mutex_unlock(&slots_lock);
