@@ -340,6 +340,10 @@ void b24_logline_end(b24_logline *l); /* closes the line with "\n" */
 
 /* ---- time (b24_time.c) ------------------------------------------------------------------ */
 double b24_time_now(void); /* monotonic seconds: the one clock of the library and of b24 */
+/* The host's answer to "must the blocking call under way on this thread end now?" (b24 serve:
+ * its Lua call ran past its deadline). core.sleep and every HTTP transfer ask it; NULL outside a
+ * host, where nothing ends them early. */
+extern int (*b24_interrupted)(void);
 
 /* ---- registration of each area into the module table on the top of the stack ----------- */
 void b24_form_open(lua_State *L);

@@ -21,7 +21,10 @@ static int l_now(lua_State *L)
     return 1;
 }
 
-/* sleep(seconds): blocks the calling thread; a signal does not cut it short */
+int (*b24_interrupted)(void) = NULL;
+
+/* sleep(seconds): blocks the calling thread; a signal does not cut it short, unless the host
+ * says the call must end (b24 serve signals a thread whose Lua call ran past its deadline) */
 static int l_sleep(lua_State *L)
 {
     lua_Number s = luaL_checknumber(L, 1);
@@ -30,7 +33,8 @@ static int l_sleep(lua_State *L)
     ts.tv_sec = (time_t)s;
     ts.tv_nsec = (long)((s - floor(s)) * 1e9);
     while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
-        ;
+        if (b24_interrupted && b24_interrupted())
+            break;
     return 0;
 }
 

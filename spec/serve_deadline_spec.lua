@@ -3,6 +3,7 @@
 -- B24_SPEC_TIMEOUT seconds, and stop() then returns nil): never a timing assertion.
 local b24 = require "helpers.b24"
 local inbox = require "helpers.inbox"
+local socket = require "socket"
 
 local WATCHDOG = "B24_SPEC_TIMEOUT=90 "
 
@@ -69,6 +70,12 @@ return function(req)
       coroutine.resume(co)
       while true do pcall(coroutine.close, co) end
    end
+   -- blocking C calls of the library end once the call is late: a sleep, a request never answered
+   if req.path == "/sleep" then require("bitrix24.core").sleep(600) end
+   if req.path == "/rest" then
+      local session = require("bitrix24.core").http{ timeout = 600 }
+      session:request{ url = "http://127.0.0.1:" .. req.query .. "/" }
+   end
    if req.path == "/wrapped" then -- coroutine.wrap as Lua's: values through, errors raised
       local f = coroutine.wrap(function(a) local b = coroutine.yield(a + 1) error("boom " .. b) end)
       local first = f(1)
@@ -82,6 +89,12 @@ end
       assert.equal(500, srv:request{ path = "/co" }.status)
       assert.equal(500, srv:request{ path = "/xco" }.status)
       assert.equal(500, srv:request{ path = "/close" }.status)
+      -- (the client's own timeout is 30 s: past that, no answer and the assertion fails)
+      assert.equal(500, srv:request{ path = "/sleep" }.status)
+      local silent = assert(socket.bind("127.0.0.1", 0)) -- accepts in the kernel, never answers
+      local _, port = silent:getsockname()
+      assert.equal(500, srv:request{ path = "/rest?" .. port }.status)
+      silent:close()
       assert.matches("^2 false .*:%d+: boom 5$", srv:request{ path = "/wrapped" }.body)
       assert.equal("ok", srv:request{ path = "/" }.body)
       assert(srv:wait_log("ran past its deadline"))

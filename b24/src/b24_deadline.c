@@ -21,6 +21,7 @@
 
 #include <lauxlib.h>
 
+#include "b24.h" /* b24_interrupted */
 #include "b24_clock.h"
 #include "b24_deadline.h"
 
@@ -72,6 +73,17 @@ static void hook(lua_State *L, lua_Debug *ar)
     if (expired == B24_DEADLINE_STOPPED)
         luaL_error(L, "b24: the server is stopping; the Lua call was cut short");
     luaL_error(L, "b24: the Lua call ran past its deadline (%f s)", seconds_given);
+}
+
+/* Whether this thread's Lua call is past its deadline or the stop's cap: the library's
+ * blocking calls (core.sleep, an HTTP transfer) then end early (csrc's b24_interrupted), and the
+ * hook raises at the first instruction after them. */
+static int interrupted(void)
+{
+    if (deadline == 0)
+        return 0;
+    double now = b24_now(), stop_at = atomic_load(&cap);
+    return now > deadline || (stop_at != 0 && now > stop_at);
 }
 
 /* On the thread whose call ran past its deadline (or any thread, for a signal that came late:
@@ -156,6 +168,7 @@ static void start_watchdog(void)
     pthread_cond_init(&watch_wake, &attr);
     pthread_condattr_destroy(&attr);
     atomic_store(&watching, 1);
+    b24_interrupted = interrupted;
     pthread_t t;
     if (pthread_create(&t, NULL, watch, NULL) == 0)
         pthread_detach(t);

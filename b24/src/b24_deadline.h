@@ -4,8 +4,9 @@
  * on every instruction until the host's protected call has unwound, so a pcall in the script
  * cannot swallow it (pcall, xpcall, coroutine.resume, close and wrap are guarded), and the
  * script cannot remove it (debug.sethook is refused). No hook runs while a call is in time.
- * Blocking C calls (a REST request) are not interrupted: they keep their own timeouts, and the
- * hook raises at the first Lua instruction after them. */
+ * The library's blocking calls (an HTTP transfer, core.sleep) end early once the call is late
+ * (b24_interrupted); another module's blocking C call keeps its own timeout, and the hook raises
+ * at the first Lua instruction after it. */
 #ifndef B24_DEADLINE_H
 #define B24_DEADLINE_H
 
