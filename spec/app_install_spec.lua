@@ -66,6 +66,16 @@ describe("bitrix24.app install checks", function()
       assert.has_error(function() bitrix24.app{ client_id = "x", client_secret = "s", store = {} } end)
       assert.has_error(function() app:router{ token = "t" } end)
       assert.has_error(function() app:router{ offline = { host = {} } } end)
+      -- the offline puller's options, checked before anything is registered with the host
+      local host = { job = function() end, wake = function() end, inbox_put = function() end }
+      for _, bad in ipairs{ { interval = 0 }, { interval = -1 }, { interval = 0 / 0 }, { interval = math.huge },
+                            { backoff_cap = 0 }, { backoff_cap = "300" }, { client = 5 } } do
+         bad.host = host
+         local ok, err = pcall(app.router, app, { offline = bad })
+         assert.is_false(ok)
+         assert.matches("bad offline option", err)
+      end
+      assert.is_table(app:router{ offline = { host = host, interval = 5, backoff_cap = 60, client = { retries = 1 } } })
    end)
 
    it("gives no client for a portal not installed", function()

@@ -84,13 +84,7 @@ local function world(n)
    end
 
    local srv = w.receiver()
-   for _, p in ipairs(w.portals) do
-      assert(p.admin:call("emulator.app.install", { url = srv.base .. "/" }))
-      assert(srv:wait_log('msg="app installed" member_id=' .. p.member_id), srv:log())
-   end
-   for _, p in ipairs(w.portals) do
-      assert.same({ "ONCRMLEADADD" }, w.run("bind_offline", p.member_id, "ONCRMLEADADD").bound)
-   end
+   b24.app_install_offline(srv, w.portals, w.run)
    srv:stop()
    return w
 end

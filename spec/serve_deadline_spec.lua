@@ -107,10 +107,13 @@ end
       local srv = start([[
 return function(req)
    if req.path == "/exit" then os.exit(3) end
+   if req.path == "/badexit" then os.exit("soon") end -- a bad code: the handler fails, nothing ends
    return 200, {}, "ok"
 end
 ]], { "--workers", "2" })
       assert.equal("ok", srv:request{ path = "/" }.body)
+      assert.equal(500, srv:request{ path = "/badexit" }.status)
+      assert.matches("bad argument #1 to '[%w.]*exit'", assert(srv:wait_log("bad argument #1 to")))
       srv:request{ path = "/exit" } -- no answer: the process is gone
       local line = assert(srv:wait_log("b24-exit="))
       assert.equal("b24-exit=3", line)

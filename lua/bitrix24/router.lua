@@ -407,6 +407,13 @@ local function key_of(self, event)
    return key
 end
 
+-- A part of a body: of(whole) from its decoded table when accept has one, else scan(raw, …),
+-- which builds that part alone (nil, err as parse fails).
+local function from_whole(whole, of, scan, raw, content_type, limits)
+   if whole then return of(whole) end
+   return scan(raw, content_type, limits)
+end
+
 -- The refusal of a body that does not parse (err: event.parse's).
 local function unparsable(err)
    if err.code == "too_large" then return refuse(413, "too_large", "request body too large") end
@@ -456,23 +463,13 @@ function _M.accept(self, request)
    -- (bitrix24.app calls the OAuth server and the portal back) before anything is stored
    local installing = false
    if self.install then
-      local name, err
-      if whole then
-         name = name_of(whole)
-      else
-         name, err = event_module.name(raw, content_type, self.limits)
-         if not name then return unparsable(err) end
-      end
+      local name, err = from_whole(whole, name_of, event_module.name, raw, content_type, self.limits)
+      if not name then return unparsable(err) end
       installing = name == "ONAPPINSTALL"
    end
    if (self.token_digest or self.tokens or self.token_of) and not installing then
-      local auth, err
-      if whole then
-         auth = auth_of(whole)
-      else
-         auth, err = event_module.auth(raw, content_type, self.limits)
-         if not auth then return unparsable(err) end
-      end
+      local auth, err = from_whole(whole, auth_of, event_module.auth, raw, content_type, self.limits)
+      if not auth then return unparsable(err) end
       local why, status = check_token(self, auth)
       if why then return refuse(status or 401, status and "unavailable" or "unverified", why) end
    end

@@ -210,4 +210,23 @@ function M.app_run(env, store, mode, ...)
    return value
 end
 
+-- Installs the application on each portal of the list or map portals ({ admin, member_id }: its
+-- REST client and member_id) through the running receiver srv, and binds ONCRMLEADADD to the
+-- offline queue with run (a spec's b24.app_run); raises with the log when a step fails.
+function M.app_install_offline(srv, portals, run)
+   for _, p in pairs(portals) do
+      local ok, err = p.admin:call("emulator.app.install", { url = srv.base .. "/" })
+      if not ok then error("emulator.app.install failed: " .. tostring(err), 2) end
+      if not srv:wait_log('msg="app installed" member_id=' .. p.member_id) then
+         error("the receiver logged no install of " .. p.member_id .. ":\n" .. srv:log(), 2)
+      end
+   end
+   for _, p in pairs(portals) do
+      local bound = run("bind_offline", p.member_id, "ONCRMLEADADD").bound
+      if not (type(bound) == "table" and #bound == 1 and bound[1] == "ONCRMLEADADD") then
+         error("bind_offline of " .. p.member_id .. " bound " .. tostring(bound and bound[1]), 2)
+      end
+   end
+end
+
 return M
